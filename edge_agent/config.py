@@ -1,0 +1,555 @@
+"""YAML configuration -> validated, frozen, typed objects.
+
+The loader keeps the line of every key, so each problem is reported as one line
+``FILE:LINE key.path: what is wrong (what is expected)``. Validators are pure: nothing here
+touches the file system beyond reading the config file itself (the real-world checks, model
+present, source opens, live in ``preflight.py``).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    NonNegativeFloat,
+    PositiveFloat,
+    PositiveInt,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from edge_agent.errors import ConfigError
+
+DEFAULT_CONFIG_PATH = Path("/etc/edge-agent/config.yaml")
+
+NAME_PATTERN = r"^[a-z0-9_-]+$"
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# --------------------------------------------------------------------------- MQTT
+
+class TlsConfig(_Model):
+    """TLS to the broker; on when ``ca_certs`` is set."""
+
+    ca_certs: Path | None = None
+    certfile: Path | None = None
+    keyfile: Path | None = None
+    insecure: bool = False  # skip hostname verification (never for production)
+
+    @model_validator(mode="after")
+    def _cert_and_key(self) -> TlsConfig:
+        if (self.certfile is None) != (self.keyfile is None):
+            raise ValueError("certfile and keyfile go together (set both or neither)")
+        return self
+
+    @property
+    def enabled(self) -> bool:
+        """Whether the connection uses TLS."""
+        return self.ca_certs is not None
+
+
+class OutboxConfig(_Model):
+    """The durable outbox (SQLite WAL under state_dir)."""
+
+    max_messages: PositiveInt = 100_000
+    max_bytes: PositiveInt = 256 * 1024 * 1024
+    # normal: survives a kill -9 entirely; on power loss the last commits may be lost.
+    # full: survives power loss too, at one fsync per message.
+    synchronous: Literal["normal", "full"] = "normal"
+
+
+class MqttConfig(_Model):
+    """The broker connection."""
+
+    host: str = "localhost"
+    port: int = Field(default=1883, ge=1, le=65535)
+    topic_prefix: str = Field(default="edge-agent", pattern=r"^[^#+\s]+$")
+    client_id: str | None = None
+    qos: Literal[0, 1, 2] = 1
+    protocol: Literal["3.1.1", "5"] = "5"
+    keepalive: int = Field(default=30, ge=5, le=3600)
+    username: str | None = None
+    password_file: Path | None = None
+    tls: TlsConfig = TlsConfig()
+    outbox: OutboxConfig = OutboxConfig()
+    groups: tuple[Annotated[str, Field(pattern=NAME_PATTERN)], ...] = ()
+    stats_interval_s: PositiveFloat = 10.0
+    reconnect_max_s: PositiveFloat = 60.0
+
+
+# --------------------------------------------------------------------------- sources
+
+class _SourceBase(_Model):
+    fps: NonNegativeFloat | None = None  # None: the source's own rate; 0: as fast as taken
+
+
+class CameraSourceConfig(_SourceBase):
+    """A V4L2 camera (index or /dev/videoN) or an RTSP/HTTP stream through OpenCV/FFmpeg."""
+
+    type: Literal["camera"]
+    uri: str | int
+    width: PositiveInt | None = None
+    height: PositiveInt | None = None
+    fourcc: str | None = Field(default=None, min_length=4, max_length=4)
+
+
+class VideoSourceConfig(_SourceBase):
+    """A video file; paced at the file's fps unless ``fps`` says otherwise."""
+
+    type: Literal["video"]
+    uri: str
+    loop: bool = False
+
+
+class ImagesSourceConfig(_SourceBase):
+    """A folder or glob of images, in sorted order."""
+
+    type: Literal["images"]
+    uri: str
+    loop: bool = False
+
+
+class SyntheticSourceConfig(_SourceBase):
+    """Moving shapes on a background, seeded: for demos and tests."""
+
+    type: Literal["synthetic"]
+    uri: str | None = None
+    width: PositiveInt = 640
+    height: PositiveInt = 480
+    seed: int = 0
+    objects: int = Field(default=3, ge=0, le=64)
+    frames: PositiveInt | None = None  # stop after this many frames (None: forever)
+    loop: bool = False
+
+
+class NormalizeConfig(_Model):
+    """Per-channel normalisation of sensor samples before quantisation."""
+
+    mode: Literal["none", "meanstd", "minmax"] = "none"
+    mean: tuple[float, ...] = ()
+    std: tuple[float, ...] = ()
+    min: tuple[float, ...] = ()
+    max: tuple[float, ...] = ()
+
+
+class SensorSourceConfig(_SourceBase):
+    """Windows of numeric samples from a file, serial port, IIO device, socket or generator."""
+
+    type: Literal["sensor"]
+    uri: str  # file path, serial:///dev/ttyUSB0, iio:///sys/bus/iio/devices/iio:device0,
+    #           unix:///run/x.sock, stdin:, synthetic:sine, wav:///path.wav, alsa:default
+    window: PositiveInt = 1
+    hop: PositiveInt | None = None  # default: window (no overlap)
+    channels: PositiveInt = 1
+    loop: bool = False
+    realtime: bool = False  # replay a file at its own timestamps
+    baudrate: PositiveInt = 115200
+    separator: str = ","
+    sample_rate: PositiveFloat | None = None
+    normalize: NormalizeConfig = NormalizeConfig()
+    features: Literal["none", "micro_frontend"] = "none"
+
+
+SourceConfig = Annotated[
+    Union[
+        CameraSourceConfig,
+        VideoSourceConfig,
+        ImagesSourceConfig,
+        SyntheticSourceConfig,
+        SensorSourceConfig,
+    ],
+    Field(discriminator="type"),
+]
+
+
+# --------------------------------------------------------------------------- model
+
+class DelegateLibraryConfig(_Model):
+    """An external delegate by shared-library path, with its options."""
+
+    library: str = Field(min_length=1)
+    options: dict[str, str | int | float | bool] = {}
+
+
+DecoderName = Literal["auto", "ssd", "yolo", "classification", "anchors", "raw", "threshold"]
+
+
+class ModelConfig(_Model):
+    """The model a pipeline runs and how its outputs are decoded."""
+
+    path: Path
+    labels: Path | None = None
+    name: str | None = None  # default: the file's stem
+    decoder: DecoderName = "auto"
+    # decoder-specific settings (yolo: iou_threshold; classification: top_k, background;
+    # anchors: preset or anchor options; threshold: level, hysteresis); checked at preflight
+    decoder_options: dict[str, Any] = {}
+    threads: int = Field(default=2, ge=1, le=64)
+    delegate: Literal["edgetpu"] | DelegateLibraryConfig | None = None
+    fallback_to_cpu: bool = True
+    color: Literal["rgb", "bgr"] = "rgb"
+    letterbox: bool | None = None  # None: what the decoder needs (yolo, anchors: yes)
+
+
+# --------------------------------------------------------------------------- stages
+
+Point = tuple[Annotated[float, Field(ge=0, le=1)], Annotated[float, Field(ge=0, le=1)]]
+Polygon = Annotated[tuple[Point, ...], Field(min_length=3)]
+
+
+class MotionConfig(_Model):
+    """Frame-difference gate: inference runs on motion, plus a heartbeat."""
+
+    enabled: bool = False
+    threshold: int = Field(default=25, ge=1, le=255)  # grey-level difference per pixel
+    min_area: float = Field(default=0.002, gt=0, le=1)  # fraction of the frame that changed
+    heartbeat_s: PositiveFloat = 30.0
+    width: PositiveInt = 160  # the small grey copy the gate compares
+    masks: tuple[Polygon, ...] = ()  # areas whose motion is ignored
+
+
+class TrackingConfig(_Model):
+    """IoU tracker giving stable track ids and enter/leave events."""
+
+    enabled: bool = False
+    iou_threshold: float = Field(default=0.3, gt=0, lt=1)
+    max_missed: PositiveInt = 5  # frames an object may be unseen before it has left
+    min_hits: PositiveInt = 2  # frames before an object counts as entered
+
+
+class LabelFilterConfig(_Model):
+    """Which labels may leave the device."""
+
+    allow: tuple[str, ...] | None = None
+    deny: tuple[str, ...] = ()
+
+
+class PrivacyConfig(_Model):
+    """The per-pipeline privacy policy (see PRIVACY.md)."""
+
+    publish_images: bool = False
+    redact_faces: bool = True
+    redact_mode: Literal["blur", "fill"] = "fill"
+    snapshots_per_minute: int = Field(default=6, ge=0, le=600)
+    snapshot_quality: int = Field(default=80, ge=10, le=100)
+    masks: tuple[Polygon, ...] = ()
+    labels: LabelFilterConfig = LabelFilterConfig()
+    min_score: float | None = Field(default=None, ge=0, le=1)
+    aggregate: Literal["counts"] | None = None
+    box_precision: int = Field(default=3, ge=0, le=6)
+    drop_scores: bool = False
+    identifying_fields: Literal["drop", "hash", "keep"] = "drop"
+
+
+class PipelineConfig(_Model):
+    """One source -> model -> policy -> publish chain."""
+
+    name: str = Field(pattern=NAME_PATTERN, max_length=64)
+    source: SourceConfig
+    model: ModelConfig
+    score_threshold: float = Field(default=0.5, ge=0, le=1)
+    publish: Literal["every_frame", "on_change"] = "every_frame"
+    heartbeat_s: PositiveFloat = 60.0
+    motion: MotionConfig = MotionConfig()
+    tracking: TrackingConfig = TrackingConfig()
+    privacy: PrivacyConfig = PrivacyConfig()
+    stall_timeout_s: PositiveFloat = 30.0  # heartbeat age after which the watchdog stops
+
+
+# --------------------------------------------------------------------------- device-wide
+
+class UpdatesConfig(_Model):
+    """Signed model updates from the cloud."""
+
+    enabled: bool = True
+    public_keys: tuple[Path, ...] = ()
+    allow_downgrade: bool = False
+    max_size_bytes: PositiveInt = 512 * 1024 * 1024
+    max_latency_ms: PositiveFloat | None = None
+    watch_inferences: int = Field(default=50, ge=0)
+    watch_seconds: NonNegativeFloat = 30.0
+    max_failure_ratio: float = Field(default=0.2, ge=0, le=1)
+    fetch_timeout_s: PositiveFloat = 30.0
+
+
+class CommandsConfig(_Model):
+    """The MQTT command channel."""
+
+    require_signature: bool = True  # for commands that change the device (not model updates)
+    public_keys: tuple[Path, ...] = ()  # default: updates.public_keys
+    max_skew_s: PositiveFloat = 300.0
+    max_payload_bytes: PositiveInt = 64 * 1024 * 1024
+
+
+class HomeAssistantConfig(_Model):
+    """Home Assistant MQTT discovery."""
+
+    enabled: bool = False
+    discovery_prefix: str = "homeassistant"
+    labels: tuple[str, ...] = ("person",)  # one count sensor per label
+
+
+class PrometheusConfig(_Model):
+    """The /metrics endpoint."""
+
+    enabled: bool = True
+    bind: str = "127.0.0.1"
+    port: int = Field(default=9108, ge=0, le=65535)  # 0: any free port
+
+
+class MetricsConfig(_Model):
+    """Metrics export."""
+
+    prometheus: PrometheusConfig = PrometheusConfig()
+
+
+class LoggingConfig(_Model):
+    """Logging; under systemd the format has no timestamp and carries priority prefixes."""
+
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["auto", "text", "journald", "json"] = "auto"
+
+
+class AuditConfig(_Model):
+    """The local append-only audit log of outgoing messages (metadata only)."""
+
+    enabled: bool = True
+    max_bytes: PositiveInt = 5 * 1024 * 1024
+    backups: int = Field(default=3, ge=0, le=100)
+
+
+class AgentConfig(_Model):
+    """The whole configuration file."""
+
+    device_id: str = Field(default_factory=lambda: _default_device_id(), pattern=NAME_PATTERN)
+    state_dir: Path = Path("/var/lib/edge-agent")
+    mqtt: MqttConfig = MqttConfig()
+    pipelines: tuple[PipelineConfig, ...]
+    updates: UpdatesConfig = UpdatesConfig()
+    commands: CommandsConfig = CommandsConfig()
+    homeassistant: HomeAssistantConfig = HomeAssistantConfig()
+    metrics: MetricsConfig = MetricsConfig()
+    logging: LoggingConfig = LoggingConfig()
+    audit: AuditConfig = AuditConfig()
+
+    @field_validator("pipelines")
+    @classmethod
+    def _unique_names(cls, value: tuple[PipelineConfig, ...]) -> tuple[PipelineConfig, ...]:
+        if not value:
+            raise ValueError("at least one pipeline is required (a list under 'pipelines')")
+        names = [p.name for p in value]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"duplicate pipeline name {', '.join(dupes)} (names must be unique)")
+        return value
+
+    def pipeline(self, name: str) -> PipelineConfig:
+        """The pipeline called ``name``."""
+        for p in self.pipelines:
+            if p.name == name:
+                return p
+        raise KeyError(name)
+
+    @property
+    def client_id(self) -> str:
+        """The MQTT client id: configured, or ``edge-agent-<device_id>``."""
+        return self.mqtt.client_id or f"edge-agent-{self.device_id}"
+
+
+def _default_device_id() -> str:
+    import re
+
+    name = re.sub(r"[^a-z0-9_-]+", "-", socket.gethostname().lower()).strip("-")
+    return name or "edge-agent"
+
+
+# --------------------------------------------------------------------------- loading
+
+class _LineLoader(yaml.SafeLoader):
+    """A safe loader that records the line of every mapping key and sequence item."""
+
+
+def _node_lines(node: yaml.Node, path: tuple[Any, ...], out: dict[tuple[Any, ...], int]) -> None:
+    out.setdefault(path, node.start_mark.line + 1)
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            key = key_node.value
+            out[(*path, key)] = key_node.start_mark.line + 1
+            _node_lines(value_node, (*path, key), out)
+            out[(*path, key)] = key_node.start_mark.line + 1
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _node_lines(item, (*path, i), out)
+
+
+def _line_for(loc: tuple[Any, ...], lines: dict[tuple[Any, ...], int]) -> int | None:
+    for n in range(len(loc), -1, -1):
+        if loc[:n] in lines:
+            return lines[loc[:n]]
+    return None
+
+
+def _clean_loc(loc: tuple[Any, ...], data: Any) -> tuple[Any, ...]:
+    """Drop pydantic's union tags (``camera``, ``function-after[...]``) that are not keys."""
+    out: list[Any] = []
+    node = data
+    for part in loc:
+        if isinstance(node, dict) and part in node:
+            out.append(part)
+            node = node[part]
+        elif isinstance(node, list) and isinstance(part, int) and part < len(node):
+            out.append(part)
+            node = node[part]
+        elif isinstance(node, dict) and isinstance(part, str) and not out[-1:] == [part]:
+            # a missing key (required) or a union tag: keep real-looking keys only
+            if "[" not in part and part not in {"str", "int", "float", "bool", "dict", "list"}:
+                out.append(part)
+                node = None
+        else:
+            continue
+    return tuple(out)
+
+
+def _dotted(loc: tuple[Any, ...]) -> str:
+    text = ""
+    for part in loc:
+        if isinstance(part, int):
+            text += f"[{part}]"
+        else:
+            text += ("." if text else "") + str(part)
+    return text or "(top level)"
+
+
+def _describe(err: dict[str, Any]) -> str:
+    kind = err.get("type", "")
+    msg = str(err.get("msg", "invalid value"))
+    ctx = err.get("ctx") or {}
+    if kind == "extra_forbidden":
+        return "unknown key (check the spelling; see README's config reference)"
+    if kind == "missing":
+        return "required key is missing"
+    if kind == "literal_error":
+        return f"invalid value {err.get('input')!r} (expected {ctx.get('expected', 'a listed value')})"
+    if kind == "union_tag_invalid":
+        return f"unknown type {ctx.get('tag')!r} (expected {ctx.get('expected_tags')})"
+    if kind == "union_tag_not_found":
+        return "missing 'type' (expected camera, video, images, synthetic or sensor)"
+    if kind == "string_pattern_mismatch":
+        return f"invalid value {err.get('input')!r} (expected to match {ctx.get('pattern')})"
+    if msg.startswith("Value error, "):
+        msg = msg[len("Value error, "):]
+    inp = err.get("input")
+    if kind.endswith(("_type", "_parsing")) or kind in {"greater_than_equal", "less_than_equal",
+                                                          "greater_than", "less_than"}:
+        return f"invalid value {inp!r} ({msg.lower()})"
+    return msg
+
+
+def parse_config(text: str, filename: str = "<config>") -> AgentConfig:
+    """Parse and validate YAML text; raise :class:`ConfigError` with one line per problem."""
+    try:
+        root = yaml.compose(text, Loader=_LineLoader)
+        data = yaml.load(text, Loader=_LineLoader)  # noqa: S506 - _LineLoader is a SafeLoader
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{filename}{line}: invalid YAML: {problem}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{filename}:1 (top level): expected a mapping of keys, got "
+                          f"{type(data).__name__}")
+    lines: dict[tuple[Any, ...], int] = {}
+    if root is not None:
+        _node_lines(root, (), lines)
+    try:
+        return AgentConfig.model_validate(data)
+    except ValidationError as exc:
+        problems: list[str] = []
+        for err in exc.errors():
+            loc = _clean_loc(tuple(err["loc"]), data)
+            line = _line_for(loc, lines)
+            where = f"{filename}:{line}" if line is not None else filename
+            problems.append(f"{where} {_dotted(loc)}: {_describe(dict(err))}")
+        raise ConfigError(list(dict.fromkeys(problems))) from None
+
+
+def load_config(path: str | Path | None = None) -> tuple[AgentConfig, Path]:
+    """Load the config from ``path``, ``$EDGE_AGENT_CONFIG`` or the default location.
+
+    Relative paths inside the file (models, labels, state_dir, keys) are resolved against the
+    config file's folder, so a config travels with its models.
+    """
+    chosen = Path(path or os.environ.get("EDGE_AGENT_CONFIG") or DEFAULT_CONFIG_PATH)
+    try:
+        text = chosen.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{chosen}: config file not found (pass -c FILE or set "
+                          "EDGE_AGENT_CONFIG)") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{chosen}: cannot read config file: {exc}") from None
+    config = parse_config(text, str(chosen))
+    return resolve_paths(config, chosen.parent.resolve()), chosen
+
+
+def resolve_paths(config: AgentConfig, base: Path) -> AgentConfig:
+    """Return ``config`` with every relative path made absolute against ``base``."""
+
+    def fix(p: Path | None) -> Path | None:
+        if p is None or p.is_absolute():
+            return p
+        return (base / p).resolve()
+
+    pipelines = []
+    for p in config.pipelines:
+        model = p.model.model_copy(update={"path": fix(p.model.path), "labels": fix(p.model.labels)})
+        source = p.source
+        if source.type in {"video", "images"} and isinstance(source.uri, str):
+            uri = source.uri
+            if "://" not in uri and not Path(uri).is_absolute():
+                source = source.model_copy(update={"uri": str(base / uri)})
+        pipelines.append(p.model_copy(update={"model": model, "source": source}))
+    tls = config.mqtt.tls.model_copy(update={
+        "ca_certs": fix(config.mqtt.tls.ca_certs),
+        "certfile": fix(config.mqtt.tls.certfile),
+        "keyfile": fix(config.mqtt.tls.keyfile),
+    })
+    mqtt = config.mqtt.model_copy(update={"tls": tls, "password_file": fix(config.mqtt.password_file)})
+    updates = config.updates.model_copy(
+        update={"public_keys": tuple(fix(k) for k in config.updates.public_keys)})
+    commands = config.commands.model_copy(
+        update={"public_keys": tuple(fix(k) for k in config.commands.public_keys)})
+    return config.model_copy(update={
+        "state_dir": fix(config.state_dir),
+        "pipelines": tuple(pipelines),
+        "mqtt": mqtt,
+        "updates": updates,
+        "commands": commands,
+    })
+
+
+def make_config(**overrides: Any) -> AgentConfig:
+    """Build a real config from keyword overrides of a minimal valid one (for tests)."""
+    base: dict[str, Any] = {
+        "device_id": "test-device",
+        "state_dir": "/tmp/edge-agent-test",
+        "pipelines": [{
+            "name": "cam",
+            "source": {"type": "synthetic", "fps": 0, "frames": 10},
+            "model": {"path": "model.tflite"},
+        }],
+    }
+    base.update(overrides)
+    return AgentConfig.model_validate(base)

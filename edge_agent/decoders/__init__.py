@@ -1,0 +1,1 @@
+"""Decoders: pure numpy functions from output tensors to detections, classes or values."""

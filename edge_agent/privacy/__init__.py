@@ -1,0 +1,1 @@
+"""The on-device privacy policy, redaction, and the single egress guard."""

@@ -1,0 +1,1 @@
+"""Model runtimes: the only package that imports a TFLite backend."""

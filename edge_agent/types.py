@@ -1,0 +1,190 @@
+"""Small frozen values that cross stage boundaries.
+
+Coordinate convention, defined once here: a box is ``(xmin, ymin, xmax, ymax)`` as floats,
+normalised to the *original* frame (0..1 on both axes, origin top-left). Decoders map model
+coordinates back through :class:`Transform` before they build a :class:`Detection`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+
+Box = tuple[float, float, float, float]
+"""``(xmin, ymin, xmax, ymax)`` normalised to the original frame."""
+
+
+@dataclass(frozen=True, slots=True)
+class Frame:
+    """One unit of input: an image (H, W, 3) uint8 BGR, or a sensor window (N, C) float32.
+
+    Attributes:
+        index: position in the source, from 0, rising by one per frame the source produced.
+        ts: capture time, seconds since the epoch.
+        image: the BGR image for camera-like sources, else None.
+        data: the sensor window (samples, channels) for sensor sources, else None.
+        timestamps: per-sample timestamps of a sensor window, when the source has them.
+    """
+
+    index: int
+    ts: float
+    image: np.ndarray | None = None
+    data: np.ndarray | None = None
+    timestamps: np.ndarray | None = None
+
+    @property
+    def width(self) -> int:
+        """Image width in pixels (sensor windows: number of samples)."""
+        if self.image is not None:
+            return int(self.image.shape[1])
+        return int(self.data.shape[0]) if self.data is not None else 0
+
+    @property
+    def height(self) -> int:
+        """Image height in pixels (sensor windows: number of channels)."""
+        if self.image is not None:
+            return int(self.image.shape[0])
+        if self.data is not None:
+            return int(self.data.shape[1]) if self.data.ndim > 1 else 1
+        return 0
+
+
+@dataclass(frozen=True, slots=True)
+class Transform:
+    """How a frame was mapped into the model input, so decoders can map boxes back.
+
+    Model-normalised coordinates ``u`` (0..1 over the model input) map to frame-normalised ones
+    by ``x = (u - pad_x) / scale_x``; a plain resize has pad 0 and scale 1, a letterbox has the
+    padding fraction and the fraction of the input the image occupies.
+    """
+
+    scale_x: float = 1.0
+    scale_y: float = 1.0
+    pad_x: float = 0.0
+    pad_y: float = 0.0
+
+    def to_frame(self, boxes: np.ndarray) -> np.ndarray:
+        """Map (N, 4) xyxy boxes normalised to the model input onto the original frame, clipped."""
+        out = np.empty_like(boxes, dtype=np.float32)
+        out[:, 0] = (boxes[:, 0] - self.pad_x) / self.scale_x
+        out[:, 2] = (boxes[:, 2] - self.pad_x) / self.scale_x
+        out[:, 1] = (boxes[:, 1] - self.pad_y) / self.scale_y
+        out[:, 3] = (boxes[:, 3] - self.pad_y) / self.scale_y
+        np.clip(out, 0.0, 1.0, out=out)
+        return out
+
+
+IDENTITY = Transform()
+
+
+@dataclass(frozen=True, slots=True)
+class Detection:
+    """One detected object.
+
+    Attributes:
+        class_id: the model's class index.
+        label: the label from the label file (or the class id as text).
+        score: confidence in 0..1.
+        box: normalised xyxy on the original frame.
+        keypoints: optional normalised (x, y) points (BlazeFace: eyes, nose, mouth, ears).
+        track_id: set by the tracker when tracking is on.
+        attributes: extra decoder fields (for example recognised text); the privacy policy
+            hashes or drops the ones it is told to.
+    """
+
+    class_id: int
+    label: str
+    score: float
+    box: Box
+    keypoints: tuple[tuple[float, float], ...] = ()
+    track_id: int | None = None
+    attributes: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class ClassScore:
+    """One class of a classification result."""
+
+    class_id: int
+    label: str
+    score: float
+
+
+@dataclass(frozen=True, slots=True)
+class Inference:
+    """What a decoder makes of one set of output tensors."""
+
+    detections: tuple[Detection, ...] = ()
+    classes: tuple[ClassScore, ...] | None = None
+    values: tuple[float, ...] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ModelRef:
+    """The identity of the model that produced a result."""
+
+    name: str
+    version: int
+    sha256: str
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    """One frame's result before the privacy policy: internal, never published as it is."""
+
+    pipeline: str
+    frame_index: int
+    ts: float
+    width: int
+    height: int
+    model: ModelRef
+    inference_ms: float
+    inference: Inference
+    image: np.ndarray | None = None  # the frame, only kept when snapshots are on
+
+
+@dataclass(frozen=True, slots=True)
+class TrackEvent:
+    """A tracked object entered or left the scene."""
+
+    pipeline: str
+    ts: float
+    event: Literal["enter", "leave"]
+    track_id: int
+    label: str
+    class_id: int
+    dwell_s: float
+    box: Box
+
+
+MessageKind = Literal[
+    "result", "event", "status", "model_state", "stats", "snapshot", "cmd_reply", "discovery",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class OutgoingMessage:
+    """A message that the privacy policy made and the egress guard may publish.
+
+    Only :mod:`edge_agent.privacy` constructs these (it holds the seal the guard checks).
+
+    Attributes:
+        kind: what the message is; it selects topic, JSON schema, size limit and durability.
+        pipeline: the pipeline it belongs to, or None for device-wide messages.
+        payload: the JSON body (already filtered by the policy); for snapshots the metadata.
+        data: raw bytes for snapshots (the redacted JPEG), else None.
+        topic_suffix: extra topic levels (discovery topics, cmd reply), when the kind needs them.
+        retain: publish as a retained message.
+        seal: the policy's seal; the guard refuses anything else.
+    """
+
+    kind: MessageKind
+    pipeline: str | None
+    payload: Mapping[str, Any]
+    data: bytes | None = None
+    topic_suffix: str | None = None
+    retain: bool = False
+    seal: object = None

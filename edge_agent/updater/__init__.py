@@ -1,0 +1,1 @@
+"""Signed model updates: manifest, signature, fetch, store, validate, swap, rollback."""
