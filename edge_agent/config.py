@@ -488,6 +488,19 @@ def parse_config(text: str, filename: str = "<config>") -> AgentConfig:
         raise ConfigError(list(dict.fromkeys(problems))) from None
 
 
+def locate(config_file: str | Path, loc: tuple[Any, ...]) -> str:
+    """``FILE:LINE key.path`` for a key of a config file (for preflight problems)."""
+    lines: dict[tuple[Any, ...], int] = {}
+    try:
+        root = yaml.compose(Path(config_file).read_text(encoding="utf-8"), Loader=_LineLoader)
+        if root is not None:
+            _node_lines(root, (), lines)
+    except (OSError, yaml.YAMLError):
+        pass
+    line = _line_for(loc, lines)
+    return f"{config_file}:{line} {_dotted(loc)}" if line else f"{config_file} {_dotted(loc)}"
+
+
 def load_config(path: str | Path | None = None) -> tuple[AgentConfig, Path]:
     """Load the config from ``path``, ``$EDGE_AGENT_CONFIG`` or the default location.
 

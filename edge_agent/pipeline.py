@@ -1,0 +1,439 @@
+"""One pipeline: source -> [motion] -> mask -> preprocess -> invoke -> decode -> [track]
+-> policy -> egress guard.
+
+Three threads joined by bounded queues, so capture and preprocessing of the next frame and
+decoding and publishing of the previous one overlap with the invoke of the current one (TFLite
+releases the GIL while it runs):
+
+    capture   read, gate, mask, preprocess      -> q_in  (maxsize 2; live: newest wins)
+    infer     the runtime, swaps between frames -> q_out (maxsize 2)
+    post      decode, track, policy, publish
+
+File sources hand over every frame in order (the queue blocks); live sources drop the oldest
+queued frame and count it. A failing source is reopened with backoff and shown in status; it
+never stops the daemon.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+
+from edge_agent.bundle import ModelBundle, outputs_finite
+from edge_agent.config import PipelineConfig
+from edge_agent.errors import SourceError
+from edge_agent.types import Frame, Result, Transform
+
+logger = logging.getLogger(__name__)
+
+STAGES = ("capture", "preprocess", "invoke", "decode", "policy", "publish")
+
+
+@dataclass(slots=True)
+class _Item:
+    frame: Frame
+    inputs: list[np.ndarray]
+    transform: Transform
+    bundle: ModelBundle
+    t_capture: float
+    outputs: list[np.ndarray] | None = None
+    inference_ms: float = 0.0
+
+
+class _Stats:
+    """Rolling per-pipeline figures for status, stats and metrics."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.frames = 0  # frames read from the source
+        self.inferred = 0
+        self.published = 0
+        self.dropped = 0  # frames the pipeline dropped (live sources, busy)
+        self.gated = 0  # frames the motion gate skipped
+        self.errors = 0
+        self.inference_ms: deque[float] = deque(maxlen=256)
+        self.done_times: deque[float] = deque(maxlen=64)
+
+    def snapshot(self) -> dict[str, Any]:
+        with self.lock:
+            ms = sorted(self.inference_ms)
+            times = list(self.done_times)
+            fps = 0.0
+            if len(times) >= 2 and times[-1] > times[0]:
+                fps = (len(times) - 1) / (times[-1] - times[0])
+            if times and time.monotonic() - times[-1] > 5.0:
+                fps = 0.0
+            return {
+                "frames": self.frames, "inferred": self.inferred, "published": self.published,
+                "dropped": self.dropped, "gated": self.gated, "errors": self.errors,
+                "fps": round(fps, 2),
+                "inference_ms_p50": round(ms[len(ms) // 2], 2) if ms else None,
+                "inference_ms_p95": round(ms[min(len(ms) - 1, int(len(ms) * 0.95))], 2)
+                if ms else None,
+            }
+
+
+class Pipeline:
+    """Runs one configured pipeline on its own threads.
+
+    Args:
+        cfg: the pipeline's config.
+        bundle: the model to start with.
+        source_factory: makes a (not yet opened) source from ``cfg.source``.
+        policy: the pipeline's privacy policy (masks, result and snapshot messages).
+        send: the egress guard's ``send``: the only way out of the device.
+        gate: an optional motion gate (``check(image, ts) -> bool``).
+        tracker: an optional tracker (``update(detections, ts) -> (detections, events)``).
+        on_inference: called after every inference with ``(ok, finite)`` (the updater watch).
+        observe: optional ``(pipeline, stage, seconds)`` metrics callback.
+    """
+
+    def __init__(
+        self,
+        cfg: PipelineConfig,
+        bundle: ModelBundle,
+        *,
+        source_factory: Callable[[Any], Any],
+        policy: Any,
+        send: Callable[[Any], bool],
+        gate: Any = None,
+        tracker: Any = None,
+        on_inference: Callable[[bool, bool], None] | None = None,
+        observe: Callable[[str, str, float], None] | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.name = cfg.name
+        self._bundle = bundle
+        self._source_factory = source_factory
+        self._policy = policy
+        self._send = send
+        self._gate = gate
+        self._tracker = tracker
+        self.on_inference = on_inference
+        self._observe = observe
+        self._stop = threading.Event()
+        self._capture_done = threading.Event()
+        self._infer_done = threading.Event()
+        self._q_in: queue.Queue[_Item] = queue.Queue(maxsize=2)
+        self._q_out: queue.Queue[_Item] = queue.Queue(maxsize=2)
+        self._threads: list[threading.Thread] = []
+        self._pending_swap: tuple[ModelBundle, threading.Event] | None = None
+        self._swap_lock = threading.Lock()
+        self.stats = _Stats()
+        self.state = "starting"
+        self.source_error: str | None = None
+        self.source_dropped = 0
+        self._last_frame: Frame | None = None
+        self._heartbeats: dict[str, float] = {}
+        self._last_key: tuple[Any, ...] | None = None
+        self._last_publish = 0.0
+
+    # ------------------------------------------------------------------ lifecycle
+
+    @property
+    def bundle(self) -> ModelBundle:
+        """The model serving now."""
+        return self._bundle
+
+    def start(self) -> None:
+        """Start the capture, inference and post threads."""
+        now = time.monotonic()
+        self._heartbeats = {"capture": now, "infer": now, "post": now}
+        for target, name in ((self._capture_loop, "capture"), (self._infer_loop, "infer"),
+                             (self._post_loop, "post")):
+            t = threading.Thread(target=target, name=f"{self.name}-{name}", daemon=True)
+            self._threads.append(t)
+            t.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop in data-flow order: the source first, then inference, then publishing."""
+        self._stop.set()
+        deadline = time.monotonic() + timeout
+        for t in self._threads:
+            t.join(max(0.1, deadline - time.monotonic()))
+            if t.is_alive():
+                logger.error("pipeline %s: thread %s did not stop within %.0fs",
+                             self.name, t.name, timeout)
+        self._threads = []
+
+    def join(self, timeout: float | None = None) -> None:
+        """Wait for the threads (a finite source ends on its own)."""
+        for t in self._threads:
+            t.join(timeout)
+
+    def healthy(self, now: float | None = None) -> bool:
+        """Whether every stage's heartbeat is fresh (a finished pipeline is healthy)."""
+        if self.state in {"finished", "stopped"}:
+            return True
+        now = time.monotonic() if now is None else now
+        limit = self.cfg.stall_timeout_s
+        return all(now - hb < limit for hb in self._heartbeats.values())
+
+    def last_frame(self) -> Frame | None:
+        """The most recent frame (for warm-up runs of model updates)."""
+        return self._last_frame
+
+    def swap(self, bundle: ModelBundle, timeout: float = 30.0) -> bool:
+        """Swap in ``bundle`` between two frames; True once the inference thread took it."""
+        done = threading.Event()
+        with self._swap_lock:
+            self._pending_swap = (bundle, done)
+        if not any(t.is_alive() for t in self._threads):
+            self._apply_swap()
+        return done.wait(timeout)
+
+    def _apply_swap(self) -> None:
+        with self._swap_lock:
+            pending, self._pending_swap = self._pending_swap, None
+        if pending is None:
+            return
+        bundle, done = pending
+        old, self._bundle = self._bundle, bundle
+        logger.info("pipeline %s: now serving %s v%d (%s)", self.name, bundle.ref.name,
+                    bundle.ref.version, bundle.ref.sha256[:12])
+        done.set()
+        del old  # the post thread may still decode with it; the interpreter goes with it
+
+    def status(self) -> dict[str, Any]:
+        """The pipeline's part of the retained status message and stats."""
+        info = self._bundle.runtime.info
+        out = {
+            "name": self.name,
+            "state": self.state,
+            "source": self.cfg.source.type,
+            "source_error": self.source_error,
+            "model": {"name": self._bundle.ref.name, "version": self._bundle.ref.version,
+                      "sha256": self._bundle.ref.sha256},
+            "runtime": {"backend": info.backend, "version": info.backend_version,
+                        "delegate": info.delegate, "threads": info.threads,
+                        "fallback": info.fallback_reason},
+        }
+        snap = self.stats.snapshot()
+        snap["dropped"] += self.source_dropped
+        out.update(snap)
+        return out
+
+    # ------------------------------------------------------------------ threads
+
+    def _observe_stage(self, stage: str, seconds: float) -> None:
+        if self._observe is not None:
+            self._observe(self.name, stage, seconds)
+
+    def _capture_loop(self) -> None:
+        source: Any = None
+        backoff = 0.5
+        live = False
+        try:
+            while not self._stop.is_set():
+                self._heartbeats["capture"] = time.monotonic()
+                if source is None:
+                    try:
+                        source = self._source_factory(self.cfg.source)
+                        source.open()
+                        live = bool(getattr(source, "live", False))
+                        self.state, self.source_error, backoff = "running", None, 0.5
+                    except SourceError as exc:
+                        source = self._close_quietly(source)
+                        self._source_failed(str(exc), backoff)
+                        backoff = min(backoff * 2, 30.0)
+                        continue
+                t0 = time.perf_counter()
+                try:
+                    frame = source.read(0.5)
+                except EOFError:
+                    self.state = "finished"
+                    logger.info("pipeline %s: source ended", self.name)
+                    break
+                except SourceError as exc:
+                    source = self._close_quietly(source)
+                    self._source_failed(str(exc), backoff)
+                    backoff = min(backoff * 2, 30.0)
+                    continue
+                self.source_dropped = int(getattr(source, "dropped", 0))
+                if frame is None:
+                    continue
+                t1 = time.perf_counter()
+                self._observe_stage("capture", t1 - t0)
+                self._handle_frame(frame, live, t1)
+        except Exception:
+            logger.exception("pipeline %s: capture thread failed", self.name)
+            self.state = "error"
+        finally:
+            self._close_quietly(source)
+            self._capture_done.set()
+
+    def _source_failed(self, message: str, backoff: float) -> None:
+        if self.source_error != message:
+            logger.warning("pipeline %s: source failed: %s (retrying in %.1fs)",
+                           self.name, message, backoff)
+        self.state, self.source_error = "reconnecting", message
+        self._stop.wait(backoff)
+
+    @staticmethod
+    def _close_quietly(source: Any) -> None:
+        if source is not None:
+            try:
+                source.close()
+            except Exception:  # a broken device must not stop the pipeline
+                logger.warning("source close failed", exc_info=True)
+        return None
+
+    def _handle_frame(self, frame: Frame, live: bool, t_capture: float) -> None:
+        with self.stats.lock:
+            self.stats.frames += 1
+        if self._gate is not None and frame.image is not None:
+            if not self._gate.check(frame.image, frame.ts):
+                with self.stats.lock:
+                    self.stats.gated += 1
+                return
+        if frame.image is not None:
+            masked = self._policy.mask_frame(frame.image)
+            if masked is not frame.image:
+                frame = replace(frame, image=masked)
+        self._last_frame = frame
+        t0 = time.perf_counter()
+        bundle = self._bundle
+        inputs, transform = bundle.prepare(frame)
+        self._observe_stage("preprocess", time.perf_counter() - t0)
+        item = _Item(frame, inputs, transform, bundle, t_capture)
+        if live:
+            while True:
+                try:
+                    self._q_in.put_nowait(item)
+                    break
+                except queue.Full:
+                    try:
+                        self._q_in.get_nowait()
+                        with self.stats.lock:
+                            self.stats.dropped += 1
+                    except queue.Empty:
+                        pass
+        else:
+            while not self._stop.is_set():
+                try:
+                    self._q_in.put(item, timeout=0.5)
+                    break
+                except queue.Full:
+                    self._heartbeats["capture"] = time.monotonic()
+
+    def _infer_loop(self) -> None:
+        try:
+            while True:
+                self._heartbeats["infer"] = time.monotonic()
+                if self._pending_swap is not None:
+                    self._apply_swap()
+                try:
+                    item = self._q_in.get(timeout=0.5)
+                except queue.Empty:
+                    if self._capture_done.is_set():
+                        break
+                    continue
+                bundle = self._bundle
+                if item.bundle is not bundle:  # preprocessed for the model swapped out
+                    item.inputs, item.transform = bundle.prepare(item.frame)
+                    item.bundle = bundle
+                t0 = time.perf_counter()
+                try:
+                    item.outputs = bundle.runtime.infer(item.inputs)
+                except Exception:
+                    logger.exception("pipeline %s: inference failed", self.name)
+                    with self.stats.lock:
+                        self.stats.errors += 1
+                    if self.on_inference is not None:
+                        self.on_inference(False, False)
+                    continue
+                dt = time.perf_counter() - t0
+                item.inference_ms = dt * 1000
+                self._observe_stage("invoke", dt)
+                self._q_out.put(item)
+        except Exception:
+            logger.exception("pipeline %s: inference thread failed", self.name)
+            self.state = "error"
+        finally:
+            self._infer_done.set()
+
+    def _post_loop(self) -> None:
+        while True:
+            self._heartbeats["post"] = time.monotonic()
+            try:
+                item = self._q_out.get(timeout=0.5)
+            except queue.Empty:
+                if self._infer_done.is_set():
+                    break
+                continue
+            try:
+                self._post(item)
+            except Exception:  # one bad frame must not stop the pipeline
+                logger.exception("pipeline %s: post-processing failed", self.name)
+                with self.stats.lock:
+                    self.stats.errors += 1
+        if self.state not in {"finished", "error"}:
+            self.state = "stopped"
+
+    def _post(self, item: _Item) -> None:
+        assert item.outputs is not None
+        finite = outputs_finite(item.outputs)
+        t0 = time.perf_counter()
+        inference = item.bundle.decode(item.outputs, item.transform)
+        t1 = time.perf_counter()
+        self._observe_stage("decode", t1 - t0)
+        if self.on_inference is not None:
+            self.on_inference(True, finite)
+        events: list[Any] = []
+        if self._tracker is not None:
+            dets, events = self._tracker.update(inference.detections, item.frame.ts)
+            inference = replace(inference, detections=tuple(dets))
+        frame = item.frame
+        result = Result(
+            pipeline=self.name, frame_index=frame.index, ts=frame.ts, width=frame.width,
+            height=frame.height, model=item.bundle.ref, inference_ms=round(item.inference_ms, 2),
+            inference=inference,
+            image=frame.image if self.cfg.privacy.publish_images else None,
+        )
+        with self.stats.lock:
+            self.stats.inferred += 1
+            self.stats.inference_ms.append(item.inference_ms)
+            self.stats.done_times.append(time.monotonic())
+        if self._should_publish(result):
+            t2 = time.perf_counter()
+            msg = self._policy.result(result)
+            t3 = time.perf_counter()
+            self._observe_stage("policy", t3 - t2)
+            if msg is not None and self._send(msg):
+                with self.stats.lock:
+                    self.stats.published += 1
+            self._observe_stage("publish", time.perf_counter() - t3)
+            if self.cfg.privacy.publish_images:
+                snap = self._policy.snapshot(result)
+                if snap is not None:
+                    self._send(snap)
+        for event in events:
+            msg = self._policy.event(event)
+            if msg is not None:
+                self._send(msg)
+
+    def _should_publish(self, result: Result) -> bool:
+        if self.cfg.publish == "every_frame":
+            return True
+        inf = result.inference
+        counts: dict[str, int] = {}
+        for d in inf.detections:
+            counts[d.label] = counts.get(d.label, 0) + 1
+        key: tuple[Any, ...] = (
+            tuple(sorted(counts.items())),
+            tuple(c.label for c in inf.classes[:1]) if inf.classes else (),
+            tuple(sorted(d.track_id for d in inf.detections if d.track_id is not None)),
+        )
+        now = time.monotonic()
+        if key != self._last_key or now - self._last_publish >= self.cfg.heartbeat_s:
+            self._last_key, self._last_publish = key, now
+            return True
+        return False
