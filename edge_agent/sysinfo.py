@@ -1,0 +1,162 @@
+"""What the board says about itself: CPU temperature, throttling, free disk, clock, model name.
+
+Every function reads the kernel's own files (``/sys``, ``/proc``, ``/run``) and returns None when
+the board does not expose the value, so callers (metrics, stats, doctor) need no per-board
+branches. ``root`` lets tests point the functions at a fake tree.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+# Pi firmware's throttling bitmask (vcgencmd get_throttled): bit -> meaning
+THROTTLE_BITS: dict[int, str] = {
+    0: "under-voltage now",
+    1: "ARM frequency capped now",
+    2: "throttled now",
+    3: "soft temperature limit now",
+    16: "under-voltage has occurred",
+    17: "ARM frequency capping has occurred",
+    18: "throttling has occurred",
+    19: "soft temperature limit has occurred",
+}
+
+# thermal zone types that are the CPU (Pi: cpu-thermal, Jetson: CPU-therm, x86: x86_pkg_temp)
+_CPU_ZONE_HINTS = ("cpu", "x86_pkg", "soc", "k10temp", "coretemp")
+_GET_THROTTLED = "sys/devices/platform/soc/soc:firmware/get_throttled"
+_VCGENCMD_CACHE_S = 10.0
+_vcgencmd_cache: tuple[float, int | None] = (0.0, None)
+
+
+def _read(path: Path) -> str | None:
+    try:
+        return path.read_text(encoding="ascii", errors="replace").strip()
+    except OSError:
+        return None
+
+
+def cpu_temperature(root: Path = Path("/")) -> float | None:
+    """The CPU temperature in degrees Celsius, or None when no thermal zone is readable."""
+    zones = sorted((root / "sys/class/thermal").glob("thermal_zone*"))
+    fallback: float | None = None
+    for zone in zones:
+        raw = _read(zone / "temp")
+        if raw is None:
+            continue
+        try:
+            celsius = int(raw) / 1000.0  # the kernel reports millidegrees
+        except ValueError:
+            continue
+        kind = (_read(zone / "type") or "").lower()
+        if any(hint in kind for hint in _CPU_ZONE_HINTS):
+            return celsius
+        if fallback is None:
+            fallback = celsius
+    return fallback
+
+
+def throttled(root: Path = Path("/"), *, use_vcgencmd: bool = True) -> int | None:
+    """The Raspberry Pi firmware's throttling bitmask (see :data:`THROTTLE_BITS`), or None.
+
+    Read from sysfs (Pi kernels expose ``get_throttled``), else from ``vcgencmd get_throttled``
+    where it is installed (cached for a few seconds: it spawns a process).
+    """
+    raw = _read(root / _GET_THROTTLED)
+    if raw is not None:
+        try:
+            return int(raw, 16)
+        except ValueError:
+            return None
+    if not use_vcgencmd:
+        return None
+    return _vcgencmd_throttled()
+
+
+def _vcgencmd_throttled() -> int | None:
+    global _vcgencmd_cache
+    now = time.monotonic()
+    stamp, value = _vcgencmd_cache
+    if stamp and now - stamp < _VCGENCMD_CACHE_S:
+        return value
+    value = None
+    exe = shutil.which("vcgencmd")
+    if exe is not None:
+        try:
+            out = subprocess.run([exe, "get_throttled"], capture_output=True, text=True,
+                                 timeout=2, check=False).stdout
+            # "throttled=0x50000"
+            value = int(out.strip().partition("=")[2], 16)
+        except (OSError, ValueError, subprocess.SubprocessError):
+            value = None
+    _vcgencmd_cache = (now, value)
+    return value
+
+
+def describe_throttled(bits: int) -> list[str]:
+    """The meanings of the set bits of a throttling mask, e.g. ``["under-voltage now"]``."""
+    return [text for bit, text in THROTTLE_BITS.items() if bits & (1 << bit)]
+
+
+@dataclass(frozen=True, slots=True)
+class DiskSpace:
+    """Free and total bytes of the file system holding a path."""
+
+    free: int
+    total: int
+
+    @property
+    def free_ratio(self) -> float:
+        """Free space as a fraction of the total."""
+        return self.free / self.total if self.total else 0.0
+
+
+def disk_space(path: Path) -> DiskSpace | None:
+    """Space on the file system of ``path`` (or of its nearest existing parent)."""
+    probe = path
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    try:
+        usage = shutil.disk_usage(probe)
+    except OSError:
+        return None
+    return DiskSpace(free=usage.free, total=usage.total)
+
+
+def clock_synchronized(root: Path = Path("/")) -> bool | None:
+    """Whether the system clock is NTP-synchronised; None when it cannot be told.
+
+    ``systemd-timesyncd`` touches ``/run/systemd/timesync/synchronized`` once synced; otherwise
+    ``timedatectl show`` answers (chrony and ntpd report through it as well).
+    """
+    if (root / "run/systemd/timesync/synchronized").exists():
+        return True
+    if root != Path("/"):
+        return None
+    exe = shutil.which("timedatectl")
+    if exe is None:
+        return None
+    try:
+        out = subprocess.run([exe, "show", "-p", "NTPSynchronized", "--value"],
+                             capture_output=True, text=True, timeout=3, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    value = out.stdout.strip()
+    if out.returncode != 0 or value not in {"yes", "no"}:
+        return None
+    return value == "yes"
+
+
+def board_model(root: Path = Path("/")) -> str | None:
+    """The board's name from the device tree ("Raspberry Pi 5 Model B Rev 1.0"), or None."""
+    for rel in ("proc/device-tree/model", "sys/firmware/devicetree/base/model"):
+        raw = _read(root / rel)
+        if raw:
+            return raw.rstrip("\0")
+    return None
