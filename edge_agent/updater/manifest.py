@@ -1,0 +1,176 @@
+"""The signed model manifest (``edge-agent/model-manifest@1``): parse, validate, sign, verify.
+
+```json
+{"schema": "edge-agent/model-manifest@1", "name": "detector", "version": 7,
+ "sha256": "<hex>", "size": 4183312, "url": "https://... (optional)",
+ "labels": "person\\nbicycle\\n... (optional, inline)", "labels_sha256": "<hex> (with labels)",
+ "allow_downgrade": false, "created": "2026-11-28T12:00:00Z",
+ "key_id": "<16 hex>", "signature": "<base64 Ed25519>"}
+```
+
+Labels travel inside the manifest as inline text (``labels``), so the signature covers them and
+no second download can fail or be swapped; ``labels_sha256`` is their sha256 and is checked.
+Label files are small (ImageNet's 1001 labels are 22 KB). Unknown fields are kept and covered
+by the signature (newer signers may add fields); they are otherwise ignored.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from edge_agent.errors import UpdateError
+from edge_agent.updater.signing import sign_object, verify_object
+
+SCHEMA = "edge-agent/model-manifest@1"
+NAME_RE = re.compile(r"[A-Za-z0-9._-]{1,128}")
+SHA256_RE = re.compile(r"[0-9a-f]{64}")
+MAX_LABELS_CHARS = 1024 * 1024
+MAX_MANIFEST_BYTES = 2 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """A parsed, validated manifest (its signature is checked by :func:`verify`).
+
+    Attributes:
+        raw: every field as received, the exact object the signature covers.
+    """
+
+    name: str
+    version: int
+    sha256: str
+    size: int
+    created: str
+    key_id: str
+    signature: str
+    url: str | None = None
+    labels: str | None = None
+    labels_sha256: str | None = None
+    allow_downgrade: bool = False
+    raw: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    def to_json(self) -> str:
+        """The manifest as stored next to the model (the raw signed object)."""
+        return json.dumps(dict(self.raw), sort_keys=True, ensure_ascii=False, indent=1)
+
+    def describe(self) -> dict[str, Any]:
+        """``{name, version, sha256}`` for state messages."""
+        return {"name": self.name, "version": self.version, "sha256": self.sha256}
+
+
+def _check_name(name: Any) -> str:
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name) or name.startswith("."):
+        raise UpdateError(f"invalid name {name!r}: use 1-128 of [A-Za-z0-9._-], not starting "
+                          "with '.' (no paths)")
+    return name
+
+
+def _int(obj: Mapping[str, Any], key: str, minimum: int) -> int:
+    value = obj.get(key)
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise UpdateError(f"manifest {key} must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def _sha(value: Any, key: str) -> str:
+    if not isinstance(value, str) or not SHA256_RE.fullmatch(value):
+        raise UpdateError(f"manifest {key} must be 64 lowercase hex characters")
+    return value
+
+
+def parse_manifest(data: str | bytes | Mapping[str, Any]) -> Manifest:
+    """A :class:`Manifest` from JSON text or a decoded object, strictly validated.
+
+    Raises:
+        UpdateError: not JSON, wrong schema, a missing or malformed field, a name with a path
+            in it, or labels that do not match labels_sha256.
+    """
+    if isinstance(data, (str, bytes)):
+        if len(data) > MAX_MANIFEST_BYTES:
+            raise UpdateError("manifest is larger than 2 MB")
+        try:
+            obj = json.loads(data)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise UpdateError(f"manifest is not JSON: {exc}") from exc
+    else:
+        obj = dict(data)
+    if not isinstance(obj, dict):
+        raise UpdateError("manifest must be a JSON object")
+    if obj.get("schema") != SCHEMA:
+        raise UpdateError(f"manifest schema must be {SCHEMA!r}, got {obj.get('schema')!r}")
+    name = _check_name(obj.get("name"))
+    version = _int(obj, "version", 0)
+    size = _int(obj, "size", 1)
+    sha = _sha(obj.get("sha256"), "sha256")
+    url = obj.get("url")
+    if url is not None and (not isinstance(url, str) or not url):
+        raise UpdateError("manifest url must be a non-empty string")
+    labels = obj.get("labels")
+    labels_sha = obj.get("labels_sha256")
+    if labels is not None:
+        if not isinstance(labels, str) or len(labels) > MAX_LABELS_CHARS:
+            raise UpdateError("manifest labels must be text of at most 1 M characters")
+        if labels_sha is None:
+            raise UpdateError("manifest has labels but no labels_sha256")
+    if labels_sha is not None:
+        labels_sha = _sha(labels_sha, "labels_sha256")
+        if labels is None:
+            raise UpdateError("manifest has labels_sha256 but no inline labels")
+        if hashlib.sha256(labels.encode()).hexdigest() != labels_sha:
+            raise UpdateError("labels do not match labels_sha256")
+    allow_downgrade = obj.get("allow_downgrade", False)
+    if not isinstance(allow_downgrade, bool):
+        raise UpdateError("manifest allow_downgrade must be true or false")
+    created = obj.get("created", "")
+    kid = obj.get("key_id", "")
+    signature = obj.get("signature", "")
+    for key, value in (("created", created), ("key_id", kid), ("signature", signature)):
+        if not isinstance(value, str):
+            raise UpdateError(f"manifest {key} must be a string")
+    return Manifest(name=name, version=version, sha256=sha, size=size, created=created,
+                    key_id=kid, signature=signature, url=url, labels=labels,
+                    labels_sha256=labels_sha, allow_downgrade=allow_downgrade, raw=obj)
+
+
+def verify_manifest(manifest: Manifest, keys: Mapping[str, Ed25519PublicKey]) -> str:
+    """Check the manifest's signature against the configured keys by its key_id.
+
+    Returns:
+        the key_id that signed it.
+
+    Raises:
+        UpdateError: unsigned, signed by an unknown key, or a signature over other content.
+    """
+    if not keys:
+        raise UpdateError("no public keys are configured (updates.public_keys): "
+                          "updates cannot be verified")
+    return verify_object(manifest.raw, keys)
+
+
+def build_manifest(*, name: str, version: int, sha256: str, size: int, key: Ed25519PrivateKey,
+                   url: str | None = None, labels: str | None = None,
+                   allow_downgrade: bool = False, created: str | None = None,
+                   extra: Mapping[str, Any] | None = None) -> Manifest:
+    """A signed manifest (what ``edge-agent model sign`` writes)."""
+    obj: dict[str, Any] = {
+        "schema": SCHEMA, "name": name, "version": version, "sha256": sha256, "size": size,
+        "created": created or datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+    }
+    if url:
+        obj["url"] = url
+    if labels is not None:
+        obj["labels"] = labels
+        obj["labels_sha256"] = hashlib.sha256(labels.encode()).hexdigest()
+    if allow_downgrade:
+        obj["allow_downgrade"] = True
+    if extra:
+        obj.update(extra)
+    return parse_manifest(sign_object(obj, key))
