@@ -1,0 +1,309 @@
+"""OpenCV sources: live cameras and streams (newest frame wins) and video files (every frame).
+
+:class:`OpencvCameraSource` opens a V4L2 device (an index such as ``0`` or ``"0"``, or a path
+``/dev/videoN``) or a network stream (``rtsp://``, ``http(s)://``, ... through FFmpeg). A reader
+thread grabs continuously and keeps only the newest frame, so the pipeline always works on the
+present and the frames it could not take are counted in ``dropped``.
+
+:class:`OpencvVideoSource` reads a file and hands over every frame in order, paced at the
+file's own fps by default (``fps: 0`` as fast as the pipeline takes them, ``fps: N`` at N).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from edge_agent.config import CameraSourceConfig, VideoSourceConfig
+from edge_agent.errors import SourceError
+from edge_agent.sources.pacing import FramePacer
+from edge_agent.types import Frame
+
+logger = logging.getLogger(__name__)
+
+STREAM_SCHEMES = ("rtsp://", "rtsps://", "rtmp://", "http://", "https://", "udp://", "tcp://",
+                  "srt://")
+OPEN_TIMEOUT_MS = 10_000  # FFmpeg: give up opening a stream after this long
+READ_TIMEOUT_MS = 10_000  # FFmpeg: a stream that sends nothing for this long has failed
+DEFAULT_FILE_FPS = 25.0  # when a file does not say its frame rate
+JOIN_TIMEOUT_S = 5.0
+
+
+def _file_path(uri: str) -> str:
+    return uri[len("file://"):] if uri.startswith("file://") else uri
+
+
+def capture_target(uri: str | int) -> tuple[str | int, int]:
+    """The VideoCapture argument and backend for a camera ``uri``.
+
+    Args:
+        uri: a V4L2 index (int or digits), ``/dev/videoN``, a stream URL or a file path.
+
+    Returns:
+        ``(target, api)`` for ``cv2.VideoCapture(target, api)``.
+    """
+    if isinstance(uri, int):
+        return uri, cv2.CAP_V4L2
+    text = uri.strip()
+    if text.isdigit():
+        return int(text), cv2.CAP_V4L2
+    if text.startswith("/dev/video"):
+        return text, cv2.CAP_V4L2
+    if text.lower().startswith(STREAM_SCHEMES):
+        return text, cv2.CAP_FFMPEG
+    if text.startswith("file://") or Path(text).exists():
+        return _file_path(text), cv2.CAP_FFMPEG
+    return text, cv2.CAP_ANY
+
+
+class OpencvCameraSource:
+    """A live camera or stream: a reader thread keeps only the newest frame.
+
+    Args:
+        cfg: the camera config (uri, optional width, height, fourcc and fps).
+
+    Attributes:
+        dropped: frames grabbed but replaced by a newer one before the pipeline took them.
+        grabbed: frames the reader thread grabbed since open().
+        live: always True.
+    """
+
+    live = True
+
+    def __init__(self, cfg: CameraSourceConfig) -> None:
+        self.cfg = cfg
+        self.dropped = 0
+        self.grabbed = 0
+        self._index = 0
+        self._cond = threading.Condition()
+        self._latest: Frame | None = None
+        self._error: str | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __repr__(self) -> str:
+        return f"OpencvCameraSource({self.cfg.uri!r})"
+
+    @property
+    def running(self) -> bool:
+        """Whether the reader thread is alive."""
+        return self._thread is not None and self._thread.is_alive()
+
+    def open(self) -> None:
+        """Open the device or stream and start the reader thread.
+
+        Raises:
+            SourceError: the device or stream cannot be opened.
+        """
+        self.close()
+        target, api = capture_target(self.cfg.uri)
+        params: list[int] = []
+        if api == cv2.CAP_FFMPEG:
+            params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, OPEN_TIMEOUT_MS,
+                      cv2.CAP_PROP_READ_TIMEOUT_MSEC, READ_TIMEOUT_MS]
+        cap = cv2.VideoCapture(target, api, params)
+        if not cap.isOpened():
+            cap.release()
+            hint = ("check that the device exists and is not used by another program"
+                    if api == cv2.CAP_V4L2 else "check the URL, the network and the credentials")
+            raise SourceError(f"camera {self.cfg.uri!r} cannot be opened ({hint})")
+        self._configure(cap)
+        self._stop.clear()
+        with self._cond:
+            self._latest = None
+            self._error = None
+        self.grabbed = 0
+        self._thread = threading.Thread(target=self._reader, args=(cap,), daemon=True,
+                                        name=f"camera-reader[{self.cfg.uri}]")
+        self._thread.start()
+        logger.info("camera %s opened (%s, %dx%d)", self.cfg.uri, cap.getBackendName(),
+                    int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)),
+                    int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT)))
+
+    def _configure(self, cap: cv2.VideoCapture) -> None:
+        cfg = self.cfg
+        if cfg.fourcc:
+            cap.set(cv2.CAP_PROP_FOURCC, cv2.VideoWriter_fourcc(*cfg.fourcc))
+        if cfg.width:
+            cap.set(cv2.CAP_PROP_FRAME_WIDTH, cfg.width)
+        if cfg.height:
+            cap.set(cv2.CAP_PROP_FRAME_HEIGHT, cfg.height)
+        if cfg.fps:
+            cap.set(cv2.CAP_PROP_FPS, cfg.fps)
+        # a device-side queue adds latency; ask for the smallest (ignored where unsupported)
+        cap.set(cv2.CAP_PROP_BUFFERSIZE, 1)
+
+    def _reader(self, cap: cv2.VideoCapture) -> None:
+        try:
+            while not self._stop.is_set():
+                ok, image = cap.read()
+                if not ok or image is None:
+                    with self._cond:
+                        self._error = (f"camera {self.cfg.uri!r} stopped delivering frames "
+                                       f"(unplugged, stream ended or lost) after "
+                                       f"{self.grabbed} frames")
+                        self._cond.notify_all()
+                    return
+                frame = Frame(index=self._index, ts=time.time(), image=image)
+                self._index += 1
+                with self._cond:
+                    if self._latest is not None:
+                        self.dropped += 1
+                    self._latest = frame
+                    self.grabbed += 1
+                    self._cond.notify_all()
+        except cv2.error as exc:
+            with self._cond:
+                self._error = f"camera {self.cfg.uri!r} failed: {exc}"
+                self._cond.notify_all()
+        finally:
+            cap.release()
+
+    def read(self, timeout: float) -> Frame | None:
+        """The newest frame not handed over yet, or None after ``timeout`` seconds.
+
+        Raises:
+            SourceError: the camera failed or vanished, or the source is not open.
+        """
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while self._latest is None:
+                if self._error is not None:
+                    raise SourceError(self._error)
+                if self._thread is None:
+                    raise SourceError(f"camera {self.cfg.uri!r} is not open")
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return None
+                self._cond.wait(remaining)
+            frame, self._latest = self._latest, None
+            return frame
+
+    def close(self) -> None:
+        """Stop and join the reader thread, which releases the device. Safe to call twice."""
+        thread, self._thread = self._thread, None
+        if thread is None:
+            return
+        self._stop.set()
+        with self._cond:
+            self._cond.notify_all()
+        thread.join(JOIN_TIMEOUT_S)
+        if thread.is_alive():
+            logger.warning("camera %s: reader thread did not stop within %.0f s",
+                           self.cfg.uri, JOIN_TIMEOUT_S)
+        with self._cond:
+            self._latest = None
+
+
+class OpencvVideoSource:
+    """A video file: every frame in order, paced at its own fps unless ``fps`` says otherwise.
+
+    Args:
+        cfg: the video config (uri, fps, loop).
+
+    Attributes:
+        dropped: always 0 (a file source never drops frames).
+        live: always False.
+        native_fps: the frame rate the file declares (after open()).
+        loops: how many times the file restarted (``loop: true``).
+    """
+
+    live = False
+
+    def __init__(self, cfg: VideoSourceConfig) -> None:
+        self.cfg = cfg
+        self.path = _file_path(cfg.uri)
+        self.dropped = 0
+        self.loops = 0
+        self.native_fps = 0.0
+        self._cap: cv2.VideoCapture | None = None
+        self._index = 0
+        self._in_pass = 0  # frames read in the current pass over the file
+        self._closed = threading.Event()
+        self._pacer = FramePacer(0)
+        self._pending: np.ndarray | None = None
+
+    def __repr__(self) -> str:
+        return f"OpencvVideoSource({self.path!r})"
+
+    def _open_capture(self) -> cv2.VideoCapture:
+        is_url = "://" in self.path
+        if not is_url and not Path(self.path).is_file():
+            raise SourceError(f"video file {self.path} does not exist (check the source uri)")
+        cap = cv2.VideoCapture(self.path, cv2.CAP_FFMPEG)
+        if not cap.isOpened():
+            cap.release()
+            raise SourceError(f"video file {self.path} cannot be read (not a video, or a "
+                              "codec this OpenCV build lacks)")
+        return cap
+
+    def open(self) -> None:
+        """Open the file and start the pacing schedule.
+
+        Raises:
+            SourceError: the file is missing or not a readable video.
+        """
+        self.close()
+        self._closed.clear()
+        self._cap = self._open_capture()
+        fps = float(self._cap.get(cv2.CAP_PROP_FPS) or 0.0)
+        self.native_fps = fps if 0 < fps < 1000 else DEFAULT_FILE_FPS
+        rate = self.native_fps if self.cfg.fps is None else self.cfg.fps
+        self._pacer = FramePacer(rate, self._closed)
+        self._in_pass = 0
+        self._pending = None
+        logger.info("video %s opened (%.1f fps in the file, delivered at %s)", self.path,
+                    self.native_fps, f"{rate:g} fps" if rate else "the pipeline's pace")
+
+    def _next_image(self) -> np.ndarray:
+        if self._cap is None:
+            raise SourceError(f"video file {self.path} is not open")
+        ok, image = self._cap.read()
+        if ok and image is not None:
+            self._in_pass += 1
+            return image
+        if self._in_pass == 0:
+            raise SourceError(f"video file {self.path} has no readable frames")
+        if not self.cfg.loop:
+            raise EOFError(f"video file {self.path} ended after {self._index} frames")
+        # reopening is more reliable across containers than seeking back to frame 0
+        self._cap.release()
+        self._cap = self._open_capture()
+        self.loops += 1
+        self._in_pass = 0
+        ok, image = self._cap.read()
+        if not ok or image is None:
+            raise SourceError(f"video file {self.path} has no readable frames")
+        self._in_pass = 1
+        return image
+
+    def read(self, timeout: float) -> Frame | None:
+        """The next frame in file order, once it is due; None if not due within ``timeout``.
+
+        Raises:
+            SourceError: the file cannot be read.
+            EOFError: the file ended (and ``loop`` is off).
+        """
+        if self._pending is None:
+            # decode first, so the wait for the due time hides the decode cost
+            self._pending = self._next_image()
+        if not self._pacer.wait(timeout):
+            return None
+        image, self._pending = self._pending, None
+        frame = Frame(index=self._index, ts=time.time(), image=image)
+        self._index += 1
+        self._pacer.advance()
+        return frame
+
+    def close(self) -> None:
+        """Release the file. Safe to call twice."""
+        self._closed.set()
+        cap, self._cap = self._cap, None
+        if cap is not None:
+            cap.release()
+        self._pending = None

@@ -1,0 +1,64 @@
+"""Delivery pacing for file-like sources (video files, image folders, synthetic scenes).
+
+A paced source hands over frame ``n`` no earlier than ``start + n / fps``. When the pipeline
+falls behind by more than one frame interval, the schedule restarts from now instead of
+bursting to catch up; file sources never drop frames themselves (the pipeline decides, from
+``Source.live``, whether it may).
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+
+
+class FramePacer:
+    """Decides when the next frame of a paced source is due.
+
+    Args:
+        fps: frames per second; 0 or None means unpaced (every frame as soon as it is asked for).
+        wake: set this event to interrupt a wait (the source's close()).
+    """
+
+    def __init__(self, fps: float | None, wake: threading.Event | None = None) -> None:
+        self.interval = 1.0 / fps if fps and fps > 0 and math.isfinite(fps) else 0.0
+        self._wake = wake or threading.Event()
+        self._due: float | None = None
+
+    @property
+    def paced(self) -> bool:
+        """Whether frames are paced at all."""
+        return self.interval > 0.0
+
+    def reset(self) -> None:
+        """Restart the schedule: the next frame is due at once."""
+        self._due = None
+
+    def wait(self, timeout: float) -> bool:
+        """Wait until the next frame is due, at most ``timeout`` seconds.
+
+        Returns:
+            True when the frame is due now (call :meth:`advance` once it is delivered); False
+            when ``timeout`` ran out first or the wake event was set.
+        """
+        if not self.interval or self._due is None:
+            return not self._wake.is_set()
+        delay = self._due - time.monotonic()
+        if delay <= 0:
+            return not self._wake.is_set()
+        if delay > timeout:
+            self._wake.wait(max(timeout, 0.0))
+            return False
+        return not self._wake.wait(delay)
+
+    def advance(self) -> None:
+        """Schedule the frame after the one just delivered."""
+        if not self.interval:
+            return
+        now = time.monotonic()
+        if self._due is None or now - self._due > self.interval:
+            # first frame, or the pipeline fell behind: restart the schedule, never burst
+            self._due = now + self.interval
+        else:
+            self._due += self.interval
