@@ -1,0 +1,218 @@
+"""The daemon: wires config, transport, egress guard, policies, pipelines, updaters, commands,
+metrics and systemd notification together, and runs until SIGTERM/SIGINT.
+
+Start-up: validate config -> preflight (models load and fit their decoders) -> transport and
+guard -> pipelines -> READY=1. Shutdown, in reverse data-flow order: sources and pipelines,
+then flush the publisher, then the retained ``offline`` status, then disconnect. SIGHUP reloads
+the config: changed pipelines restart in place, the others keep running; an invalid new config
+is refused with the same one-line errors and the old one keeps running.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import threading
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from edge_agent import __version__
+from edge_agent.agent_parts import PipelineSet, build_face_detector
+from edge_agent.config import AgentConfig, load_config
+from edge_agent.errors import ConfigError, EdgeAgentError
+from edge_agent.preflight import preflight
+
+logger = logging.getLogger(__name__)
+
+
+class Agent:
+    """One running daemon.
+
+    Args:
+        config: the validated config.
+        config_file: where it came from (for reloads and error lines).
+    """
+
+    def __init__(self, config: AgentConfig, config_file: Path) -> None:
+        self.config = config
+        self.config_file = config_file
+        self.stop_event = threading.Event()
+        self.reload_event = threading.Event()
+        self.started_at = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+        self._last_status_key: Any = None
+
+    # ------------------------------------------------------------------ wiring
+
+    def _build(self) -> None:
+        from edge_agent.metrics import Metrics, MetricsServer
+        from edge_agent.mqtt.client import MqttTransport
+        from edge_agent.privacy import messages
+        from edge_agent.privacy.audit import AuditLog
+        from edge_agent.privacy.egress import EgressGuard
+        from edge_agent.privacy.seal import new_seal
+
+        cfg = self.config
+        self.messages = messages
+        self.seal = new_seal()
+        self.transport = MqttTransport(cfg, cfg.state_dir)
+        self.audit = AuditLog(cfg.state_dir / "audit", cfg.audit) if cfg.audit.enabled else None
+        self.guard = EgressGuard(self.transport, cfg.mqtt.topic_prefix, cfg.device_id,
+                                 self.audit, self.seal)
+        self.metrics = Metrics()
+        self.metrics_server: Any = None
+        if cfg.metrics.prometheus.enabled:
+            self.metrics_server = MetricsServer(self.metrics, cfg.metrics.prometheus.bind,
+                                                cfg.metrics.prometheus.port)
+        face_detector = build_face_detector(cfg)
+        self.pipelines = PipelineSet(cfg, self.seal, self.guard, self.metrics, face_detector,
+                                     on_state=self.publish_model_state)
+
+    # ------------------------------------------------------------------ messages
+
+    def status_message(self, state: str) -> Any:
+        """The retained status message (online or offline)."""
+        pipelines = self.pipelines.status() if state == "online" else []
+        return self.messages.status(
+            self.seal, device=self.config.device_id, state=state, agent_version=__version__,
+            started_at=self.started_at, pipelines=pipelines, boot_id=self.transport.boot_id,
+            outbox=self._outbox_stats())
+
+    def _outbox_stats(self) -> dict[str, Any]:
+        st = self.transport.stats()
+        return {"depth": st.get("outbox_depth", 0), "dropped": st.get("outbox_dropped", 0)}
+
+    def publish_status(self) -> None:
+        """Publish the retained online status now."""
+        self.guard.send(self.status_message("online"))
+
+    def publish_model_state(self, payload: dict[str, Any]) -> None:
+        """Publish a retained model state message for a pipeline."""
+        self.guard.send(self.messages.model_state(self.seal, **payload))
+
+    def publish_stats(self) -> None:
+        """Publish the stats message and refresh the metrics gauges."""
+        st = self.transport.stats()
+        pipes = self.pipelines.stats()
+        from edge_agent.sysinfo import cpu_temperature
+
+        self.guard.send(self.messages.stats(
+            self.seal, device=self.config.device_id, pipelines=pipes,
+            outbox_depth=st.get("outbox_depth", 0), outbox_dropped=st.get("outbox_dropped", 0),
+            reconnects=st.get("reconnects", 0), cpu_temperature_c=cpu_temperature(),
+            privacy=self.pipelines.privacy_counters(), egress=self.guard.counters()))
+        self.metrics.set_gauge("edge_agent_outbox_depth", st.get("outbox_depth", 0))
+        self.metrics.set_gauge("edge_agent_outbox_dropped_total", st.get("outbox_dropped", 0))
+
+    def _on_connected(self) -> None:
+        self.publish_status()
+        self.pipelines.republish_model_states()
+        self.pipelines.publish_discovery()
+
+    # ------------------------------------------------------------------ run
+
+    def run(self) -> int:
+        """Run until stopped; return the exit code (0 on a clean stop)."""
+        from edge_agent.notify import SystemdNotifier, Watchdog
+
+        problems = preflight(self.config, self.config_file, open_sources=False)
+        if problems:
+            raise ConfigError(problems)
+        self._build()
+        notifier = SystemdNotifier()
+        self._install_signals()
+        self.guard.set_will(self.status_message("offline"))
+        self.transport.on_connected(self._on_connected)
+        self.pipelines.attach_commands(self.transport, self.guard)
+        self.transport.start()
+        if self.metrics_server is not None:
+            self.metrics_server.start()
+        self.pipelines.start_all()
+        notifier.notify("READY=1", f"STATUS=running {len(self.config.pipelines)} pipelines")
+        logger.info("edge-agent %s running: device %s, %d pipelines, broker %s:%d",
+                    __version__, self.config.device_id, len(self.config.pipelines),
+                    self.config.mqtt.host, self.config.mqtt.port)
+        watchdog = Watchdog(notifier, self.pipelines.healthy)
+        watchdog.start()
+        next_stats = time.monotonic() + self.config.mqtt.stats_interval_s
+        try:
+            while not self.stop_event.wait(0.5):
+                if self.reload_event.is_set():
+                    self.reload_event.clear()
+                    notifier.notify("RELOADING=1")
+                    self.reload()
+                    notifier.notify("READY=1")
+                now = time.monotonic()
+                if now >= next_stats:
+                    next_stats = now + self.config.mqtt.stats_interval_s
+                    self.publish_stats()
+                key = self.pipelines.status_key()
+                if key != self._last_status_key:
+                    self._last_status_key = key
+                    self.publish_status()
+        finally:
+            notifier.notify("STOPPING=1")
+            watchdog.stop()
+            self.shutdown()
+        return 0
+
+    def shutdown(self) -> None:
+        """Stop pipelines, flush, publish offline, disconnect."""
+        logger.info("stopping")
+        self.pipelines.stop_all()
+        self.guard.send(self.status_message("offline"))
+        self.transport.stop(timeout=10.0)
+        if self.metrics_server is not None:
+            self.metrics_server.stop()
+        if self.audit is not None:
+            self.audit.close()
+        logger.info("stopped")
+
+    def _install_signals(self) -> None:
+        def on_stop(signum: int, frame: Any) -> None:
+            self.stop_event.set()
+
+        def on_hup(signum: int, frame: Any) -> None:
+            self.reload_event.set()
+
+        signal.signal(signal.SIGTERM, on_stop)
+        signal.signal(signal.SIGINT, on_stop)
+        signal.signal(signal.SIGHUP, on_hup)
+
+    def reload(self) -> bool:
+        """Re-read the config file; apply pipeline changes, or keep the old config."""
+        try:
+            new, _ = load_config(self.config_file)
+            problems = preflight(new, self.config_file, open_sources=False)
+            if problems:
+                raise ConfigError(problems)
+        except ConfigError as exc:
+            for line in exc.problems:
+                logger.error("reload refused: %s", line)
+            logger.error("reload refused: keeping the running config")
+            return False
+        if new.model_dump(exclude={"pipelines"}) != self.config.model_dump(exclude={"pipelines"}):
+            logger.warning("reload: device-wide settings changed (mqtt, updates, metrics...); "
+                           "they take effect at the next restart")
+        changed = self.pipelines.apply(new)
+        self.config = self.config.model_copy(update={"pipelines": new.pipelines})
+        logger.info("reload: applied (%s)", ", ".join(changed) or "no pipeline changed")
+        self.publish_status()
+        return True
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """``edge-agent run [-c FILE]``."""
+    from edge_agent.logsetup import setup_logging
+
+    config, path = load_config(args.config)
+    setup_logging(config.logging)
+    try:
+        return Agent(config, path).run()
+    except ConfigError:
+        raise
+    except EdgeAgentError as exc:
+        logger.error("%s", exc)
+        return 1

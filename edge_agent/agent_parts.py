@@ -1,0 +1,303 @@
+"""The agent's per-pipeline wiring: model bundle, policy, gate, tracker, pipeline, updater.
+
+Split from ``agent.py`` (daemon lifecycle) to keep both readable; like ``agent.py`` this is the
+wiring layer, the only place besides ``pipeline.py`` that connects stages.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edge_agent.bundle import ModelBundle, load_bundle, outputs_finite
+from edge_agent.config import AgentConfig, PipelineConfig
+from edge_agent.errors import EdgeAgentError, ModelError
+from edge_agent.pipeline import Pipeline
+from edge_agent.types import Box, Frame
+
+logger = logging.getLogger(__name__)
+
+FACE_MODEL = "face_detection_full_range_sparse.tflite"
+
+
+def build_face_detector(cfg: AgentConfig) -> Callable[[np.ndarray], list[Box]] | None:
+    """The on-device face detector for snapshot redaction, when any pipeline needs one.
+
+    BlazeFace full range from the default models, on the same runtime. Returns None when no
+    pipeline publishes images, or when the model is not there (snapshots then fail closed).
+    """
+    if not any(p.privacy.publish_images and p.privacy.redact_faces for p in cfg.pipelines):
+        return None
+    from edge_agent.default_models import default_models_dir
+    from edge_agent.privacy.redact import TiledFaceDetector
+
+    path = default_models_dir() / FACE_MODEL
+    if not path.exists():
+        logger.warning("face model %s is missing (run: edge-agent models fetch); snapshots "
+                       "will not be published (fail closed)", path)
+        return None
+    from edge_agent.config import ModelConfig
+
+    bundle = load_bundle(ModelConfig(path=path, decoder="anchors", threads=1), 0.5)
+    lock = threading.Lock()
+
+    def detect(image: np.ndarray) -> list[Box]:
+        with lock:  # one interpreter, used by one thread at a time
+            frame = Frame(0, 0.0, image=image)
+            inputs, transform = bundle.prepare(frame)
+            outputs = bundle.runtime.infer(inputs)
+            return [d.box for d in bundle.decode(outputs, transform).detections]
+
+    return TiledFaceDetector(detect)
+
+
+class _Unit:
+    """Everything one pipeline owns."""
+
+    def __init__(self, cfg: PipelineConfig, pipeline: Pipeline, policy: Any,
+                 updater: Any) -> None:
+        self.cfg = cfg
+        self.pipeline = pipeline
+        self.policy = policy
+        self.updater = updater
+
+
+class PipelineSet:
+    """The running pipelines of the agent, built from config and rebuilt on reload."""
+
+    def __init__(self, cfg: AgentConfig, seal: Any, guard: Any, metrics: Any,
+                 face_detector: Callable[[np.ndarray], list[Box]] | None,
+                 on_state: Callable[[dict[str, Any]], None]) -> None:
+        self.cfg = cfg
+        self.seal = seal
+        self.guard = guard
+        self.metrics = metrics
+        self.face_detector = face_detector
+        self.on_state = on_state
+        self.units: dict[str, _Unit] = {}
+        self._lock = threading.Lock()
+        self.dispatcher: Any = None
+        for p in cfg.pipelines:
+            self.units[p.name] = self._build(p)
+
+    # ------------------------------------------------------------------ build
+
+    def _build(self, p: PipelineConfig) -> _Unit:
+        from edge_agent.motion import MotionGate
+        from edge_agent.privacy.policy import PrivacyPolicy
+        from edge_agent.sources.factory import create_source
+        from edge_agent.tracking import IouTracker
+        from edge_agent.updater.store import ModelStore
+        from edge_agent.updater.updater import ModelUpdater
+
+        store = ModelStore(self.cfg.state_dir / "models" / p.name)
+        active = store.resolve_active(p.model.path)
+        bundle = load_bundle(p.model, p.score_threshold, path=active.path,
+                             labels_path=active.labels_path or p.model.labels,
+                             version=active.version,
+                             name=active.name or p.model.name or Path(p.model.path).stem,
+                             sha256=active.sha256)
+        policy = PrivacyPolicy(p.privacy, p.name, self.cfg.device_id, self.seal,
+                               face_detector=self.face_detector)
+        gate = MotionGate(p.motion) if p.motion.enabled else None
+        tracker = IouTracker(p.tracking, p.name) if p.tracking.enabled else None
+        pipeline = Pipeline(p, bundle, source_factory=create_source, policy=policy,
+                            send=self.guard.send, gate=gate, tracker=tracker,
+                            observe=self.metrics.observe_stage)
+        hooks = _UpdateHooks(self, p, pipeline)
+        updater = ModelUpdater(p.name, self.cfg.updates, store, hooks)
+        pipeline.on_inference = updater.record_inference
+        self.metrics.set_model_info(p.name, bundle.ref, bundle.runtime.info)
+        return _Unit(p, pipeline, policy, updater)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start_all(self) -> None:
+        """Start every pipeline and updater."""
+        for unit in self.units.values():
+            unit.updater.start()
+            unit.pipeline.start()
+
+    def stop_all(self) -> None:
+        """Stop every pipeline (sources first) and updater."""
+        for unit in self.units.values():
+            unit.pipeline.stop()
+        for unit in self.units.values():
+            unit.updater.stop()
+
+    def apply(self, new: AgentConfig) -> list[str]:
+        """Restart changed pipelines, stop removed ones, start added ones."""
+        changed: list[str] = []
+        new_names = {p.name for p in new.pipelines}
+        for name in list(self.units):
+            if name not in new_names:
+                unit = self.units.pop(name)
+                unit.pipeline.stop()
+                unit.updater.stop()
+                changed.append(f"removed {name}")
+        self.cfg = self.cfg.model_copy(update={"pipelines": new.pipelines})
+        for p in new.pipelines:
+            old = self.units.get(p.name)
+            if old is not None and old.cfg == p:
+                continue
+            if old is not None:
+                old.pipeline.stop()
+                old.updater.stop()
+            unit = self._build(p)
+            self.units[p.name] = unit
+            unit.updater.start()
+            unit.pipeline.start()
+            changed.append(f"{'restarted' if old else 'added'} {p.name}")
+        return changed
+
+    def healthy(self) -> bool:
+        """Whether every pipeline's heartbeats are fresh (for the systemd watchdog)."""
+        return all(u.pipeline.healthy() for u in self.units.values())
+
+    # ------------------------------------------------------------------ status
+
+    def status(self) -> list[dict[str, Any]]:
+        """Each pipeline's status entry."""
+        out = []
+        for u in self.units.values():
+            st = u.pipeline.status()
+            out.append({k: st[k] for k in ("name", "state", "source", "source_error", "model",
+                                           "runtime")})
+        return out
+
+    def status_key(self) -> Any:
+        """Changes when something worth a new retained status changes."""
+        return tuple((u.pipeline.name, u.pipeline.state, u.pipeline.source_error,
+                      u.pipeline.bundle.ref.sha256) for u in self.units.values())
+
+    def stats(self) -> list[dict[str, Any]]:
+        """Each pipeline's stats entry."""
+        out = []
+        for u in self.units.values():
+            st = u.pipeline.status()
+            out.append({k: st[k] for k in ("name", "state", "frames", "inferred", "published",
+                                           "dropped", "gated", "errors", "fps",
+                                           "inference_ms_p50", "inference_ms_p95")})
+            self.metrics.set_gauge("edge_agent_fps", st["fps"], pipeline=u.pipeline.name)
+            self.metrics.set_gauge("edge_agent_frames_dropped_total", st["dropped"],
+                                   pipeline=u.pipeline.name)
+        return out
+
+    def privacy_counters(self) -> dict[str, Any]:
+        """Each pipeline's privacy counters."""
+        return {name: u.policy.counters() for name, u in self.units.items()}
+
+    def republish_model_states(self) -> None:
+        """The retained model state of every pipeline (at start-up and after reconnects)."""
+        for u in self.units.values():
+            u.updater.publish_current()
+
+    def publish_discovery(self) -> None:
+        """Home Assistant discovery, when enabled."""
+        if not self.cfg.homeassistant.enabled:
+            return
+        from edge_agent.mqtt.discovery import discovery_configs
+
+        for suffix, payload in discovery_configs(self.cfg, [u.cfg for u in self.units.values()]):
+            self.guard.send(self._messages().discovery(self.seal, suffix, payload))
+
+    def _messages(self) -> Any:
+        from edge_agent.privacy import messages
+
+        return messages
+
+    # ------------------------------------------------------------------ commands
+
+    def attach_commands(self, transport: Any, guard: Any) -> None:
+        """Subscribe to the command topics and dispatch to the updaters."""
+        from edge_agent.mqtt.commands import CommandDispatcher
+
+        def reply(request_id: str | None, ok: bool, error: str | None) -> None:
+            guard.send(self._messages().cmd_reply(self.seal, request_id=request_id, ok=ok,
+                                                  error=error))
+
+        handlers = {
+            "model/update": self._cmd_update,
+            "rollback": self._cmd_rollback,
+            "model/rollback": self._cmd_rollback,
+        }
+        self.dispatcher = CommandDispatcher(self.cfg, handlers, reply)
+        self.dispatcher.attach(transport)
+
+    def _unit_for(self, command: Any) -> _Unit:
+        name = command.payload.get("pipeline")
+        unit = self.units.get(name)
+        if unit is None:
+            raise EdgeAgentError(f"unknown pipeline {name!r} (this device has "
+                                 f"{', '.join(self.units)})")
+        return unit
+
+    def _cmd_update(self, command: Any) -> Any:
+        return self._unit_for(command).updater.handle_update(dict(command.payload))
+
+    def _cmd_rollback(self, command: Any) -> Any:
+        return self._unit_for(command).updater.rollback(command.payload.get("request_id"))
+
+
+class _UpdateHooks:
+    """What a pipeline's updater may do to the running pipeline."""
+
+    def __init__(self, owner: PipelineSet, cfg: PipelineConfig, pipeline: Pipeline) -> None:
+        self.owner = owner
+        self.cfg = cfg
+        self.pipeline = pipeline
+
+    def active(self) -> tuple[str, int, str]:
+        ref = self.pipeline.bundle.ref
+        return ref.name, ref.version, ref.sha256
+
+    def _load(self, path: Path, labels_path: Path | None, manifest: Any) -> ModelBundle:
+        return load_bundle(self.cfg.model, self.cfg.score_threshold, path=path,
+                           labels_path=labels_path or self.cfg.model.labels,
+                           version=int(getattr(manifest, "version", 0) or 0),
+                           name=getattr(manifest, "name", None),
+                           sha256=getattr(manifest, "sha256", None))
+
+    def validate(self, path: Path, labels_path: Path | None) -> None:
+        """Load in a separate interpreter, check it fits, warm up on a recent real frame."""
+        from edge_agent.bundle import warm_up
+        from edge_agent.errors import UpdateError
+
+        try:
+            bundle = self._load(path, labels_path, None)
+        except (ModelError, EdgeAgentError) as exc:
+            raise UpdateError(str(exc)) from None
+        try:
+            warm_up(bundle, self.pipeline.last_frame(),
+                    self.owner.cfg.updates.max_latency_ms)
+        except ModelError as exc:
+            raise UpdateError(str(exc)) from None
+        finally:
+            bundle.close()
+
+    def swap(self, path: Path, labels_path: Path | None, manifest: Any) -> None:
+        """Swap the new model in between two frames."""
+        from edge_agent.errors import UpdateError
+
+        try:
+            bundle = self._load(path, labels_path, manifest)
+        except EdgeAgentError as exc:
+            raise UpdateError(str(exc)) from None
+        if not self.pipeline.swap(bundle):
+            raise UpdateError("the pipeline did not take the new model within 30 s")
+        self.owner.metrics.set_model_info(self.cfg.name, bundle.ref, bundle.runtime.info)
+
+    def publish_state(self, payload: dict[str, Any]) -> None:
+        self.owner.on_state(payload)
+
+    def reply(self, request_id: str | None, ok: bool, error: str | None) -> None:
+        if self.owner.dispatcher is not None:
+            self.owner.dispatcher.reply(request_id, ok, error)
+
+
+__all__ = ["PipelineSet", "build_face_detector", "outputs_finite"]
