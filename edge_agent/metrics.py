@@ -226,6 +226,10 @@ class Registry:
         """Register a histogram."""
         return self._add(Histogram(name, help_, labelnames, buckets))  # type: ignore[no-any-return]
 
+    def get(self, name: str) -> _Metric | None:
+        """The metric registered as ``name``."""
+        return self._metrics.get(name)
+
     def add_collector(self, collect: Callable[[], None]) -> None:
         """Call ``collect()`` before every scrape (to copy values that are cheap to read then)."""
         with self._lock:
@@ -329,6 +333,22 @@ class Metrics:
             self.model_info.remove(*old)
         self._model_keys[pipeline] = key
         self.model_info.labels(*key).set(1)
+
+    def set_model_info(self, pipeline: str, ref: Any, info: Any) -> None:
+        """:meth:`set_model` from a ``ModelRef`` and a ``RuntimeInfo``."""
+        self.set_model(pipeline, name=ref.name, version=ref.version, sha256=ref.sha256,
+                       delegate=info.delegate, backend=info.backend)
+
+    def set_gauge(self, name: str, value: float, **labels: str) -> None:
+        """Set any registered gauge, or a counter mirrored from a running total, by name.
+
+        For values whose owner keeps the count (pipeline stats, transport stats): e.g.
+        ``set_gauge("edge_agent_frames_dropped_total", 12, pipeline="door")``.
+        """
+        metric = self.registry.get(name)
+        if not isinstance(metric, (Gauge, Counter)):
+            raise KeyError(f"{name} is not a registered gauge or counter")
+        metric.labels(*(labels[n] for n in metric.labelnames)).set(value)
 
     def remove_pipeline(self, pipeline: str) -> None:
         """Forget a pipeline's model series (after a reload removed it)."""

@@ -79,8 +79,14 @@ class SystemdNotifier:
     False: notifications are advisory, they never stop the agent.
     """
 
-    def __init__(self, socket_name: str | None) -> None:
-        """Notify the socket ``socket_name`` (a path, ``@abstract``, or None for a no-op)."""
+    def __init__(self, socket_name: str | None = None, *,
+                 env: Mapping[str, str] | None = None) -> None:
+        """Notify ``socket_name`` (a path or ``@abstract``); default ``$NOTIFY_SOCKET``.
+
+        Pass ``""`` for a notifier that never sends.
+        """
+        if socket_name is None:
+            socket_name = (os.environ if env is None else env).get("NOTIFY_SOCKET")
         self.socket_name = socket_name or None
         self._sock: socket.socket | None = None
         self._lock = threading.Lock()
@@ -89,8 +95,7 @@ class SystemdNotifier:
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> SystemdNotifier:
         """The notifier for ``$NOTIFY_SOCKET`` (a no-op one when it is unset)."""
-        env = os.environ if env is None else env
-        return cls(env.get("NOTIFY_SOCKET") or None)
+        return cls(None, env=env)
 
     @property
     def enabled(self) -> bool:
