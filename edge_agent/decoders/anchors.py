@@ -1,0 +1,263 @@
+"""BlazeFace / BlazePose style SSD heads decoded against generated anchors.
+
+The anchors follow MediaPipe's ``SsdAnchorsCalculator`` (``generate_anchors``); decoding
+follows ``TensorsToDetectionsCalculator``: for anchor ``(ax, ay, aw, ah)`` and regressors
+``reg``, ``cx = reg[0] / scale * aw + ax``, ``cy = reg[1] / scale * ah + ay``,
+``w = reg[2] / scale * aw``, ``h = reg[3] / scale * ah``, keypoint ``k`` at
+``reg[4+2k] / scale * aw + ax`` (and y alike); score = sigmoid(logit). Then weighted NMS
+(MediaPipe's default for these models) or plain NMS, and the letterbox is undone.
+
+Presets, chosen by the number of anchors (the output's A) unless ``preset`` is set:
+
+=============== ===== ======= ================== ============ =======
+preset          A     input   strides            anchors/cell label
+=============== ===== ======= ================== ============ =======
+face_short      896   128     8,16,16,16         2            face
+face_full       2304  192     4                  1            face
+pose            2254  224     8,16,32,32,32      2            person
+=============== ===== ======= ================== ============ =======
+
+Options: ``preset``; or anchor options ``num_layers``, ``strides``, ``min_scale``,
+``max_scale``, ``anchor_offset_x``/``anchor_offset_y``, ``aspect_ratios``,
+``interpolated_scale_aspect_ratio``, ``fixed_anchor_size``, ``reduce_boxes_in_lowest_layer``,
+``input_size`` ([w, h]); ``scale`` (box scale, default: input size); ``label`` (the name of the
+single class when the label file has none); ``nms`` (weighted|plain), ``iou_threshold`` (0.3),
+``max_detections`` (100).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+
+from edge_agent.decoders.base import Options, input_size, misfit, sigmoid, squeeze_batch
+from edge_agent.decoders.labels import Labels
+from edge_agent.decoders.nms import nms, weighted_nms
+from edge_agent.runtime.base import ModelSignature
+from edge_agent.types import Detection, Inference, Transform
+
+EXPECTED = "2 outputs regressors [1,A,4+2K] and scores [1,A,1]"
+
+
+@dataclass(frozen=True, slots=True)
+class AnchorOptions:
+    """MediaPipe ``SsdAnchorsCalculatorOptions`` (the fields these models use)."""
+
+    input_w: int
+    input_h: int
+    num_layers: int
+    strides: tuple[int, ...]
+    min_scale: float = 0.1484375
+    max_scale: float = 0.75
+    anchor_offset_x: float = 0.5
+    anchor_offset_y: float = 0.5
+    aspect_ratios: tuple[float, ...] = (1.0,)
+    interpolated_scale_aspect_ratio: float = 1.0
+    fixed_anchor_size: bool = True
+    reduce_boxes_in_lowest_layer: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Preset:
+    """A known model family: its anchors and the name of its single class."""
+
+    name: str
+    anchors: AnchorOptions
+    label: str
+
+
+PRESETS: dict[str, Preset] = {
+    "face_short": Preset("face_short", AnchorOptions(128, 128, 4, (8, 16, 16, 16)), "face"),
+    "face_full": Preset("face_full", AnchorOptions(
+        192, 192, 1, (4,), interpolated_scale_aspect_ratio=0.0), "face"),
+    "pose": Preset("pose", AnchorOptions(224, 224, 5, (8, 16, 32, 32, 32)), "person"),
+}
+PRESET_BY_COUNT = {896: "face_short", 2304: "face_full", 2254: "pose"}
+
+
+def _calc_scale(min_scale: float, max_scale: float, index: int, count: int) -> float:
+    if count == 1:
+        return (min_scale + max_scale) / 2
+    return min_scale + (max_scale - min_scale) * index / (count - 1)
+
+
+def generate_anchors(o: AnchorOptions) -> np.ndarray:
+    """MediaPipe's SSD anchors as an (A, 4) float32 array of ``(cx, cy, w, h)``, normalised."""
+    out: list[np.ndarray] = []
+    layer = 0
+    while layer < o.num_layers:
+        ratios: list[float] = []
+        scales: list[float] = []
+        last = layer
+        # layers sharing a stride are merged into one feature map with more anchors per cell
+        while last < o.num_layers and o.strides[last] == o.strides[layer]:
+            scale = _calc_scale(o.min_scale, o.max_scale, last, o.num_layers)
+            if last == 0 and o.reduce_boxes_in_lowest_layer:
+                ratios += [1.0, 2.0, 0.5]
+                scales += [0.1, scale, scale]
+            else:
+                for ar in o.aspect_ratios:
+                    ratios.append(ar)
+                    scales.append(scale)
+                if o.interpolated_scale_aspect_ratio > 0:
+                    nxt = 1.0 if last == o.num_layers - 1 else _calc_scale(
+                        o.min_scale, o.max_scale, last + 1, o.num_layers)
+                    scales.append(math.sqrt(scale * nxt))
+                    ratios.append(o.interpolated_scale_aspect_ratio)
+            last += 1
+        r = np.sqrt(np.asarray(ratios, dtype=np.float64))
+        widths = np.asarray(scales) * r
+        heights = np.asarray(scales) / r
+        stride = o.strides[layer]
+        fh, fw = math.ceil(o.input_h / stride), math.ceil(o.input_w / stride)
+        ys, xs = np.meshgrid((np.arange(fh) + o.anchor_offset_y) / fh,
+                             (np.arange(fw) + o.anchor_offset_x) / fw, indexing="ij")
+        n = len(ratios)
+        grid = np.empty((fh, fw, n, 4), dtype=np.float64)
+        grid[..., 0] = xs[..., None]
+        grid[..., 1] = ys[..., None]
+        grid[..., 2] = 1.0 if o.fixed_anchor_size else widths
+        grid[..., 3] = 1.0 if o.fixed_anchor_size else heights
+        out.append(grid.reshape(-1, 4))
+        layer = last
+    return np.concatenate(out).astype(np.float32)
+
+
+def _anchor_options(opts: Options, base: AnchorOptions | None, in_w: int,
+                    in_h: int) -> AnchorOptions | None:
+    """Anchor options from the config, on top of a preset (or from scratch)."""
+    fields: dict[str, Any] = {}
+    for key in ("min_scale", "max_scale", "anchor_offset_x", "anchor_offset_y",
+                "interpolated_scale_aspect_ratio"):
+        if opts.has(key):
+            fields[key] = opts.get_float(key, 0.0)
+    if opts.has("num_layers"):
+        fields["num_layers"] = opts.get_int("num_layers", 1, lo=1)
+    for key, conv in (("strides", int), ("aspect_ratios", float)):
+        if opts.has(key):
+            value = opts.raw(key)
+            if not isinstance(value, Sequence) or isinstance(value, str) or not value:
+                raise opts.error(key, "expected a list of numbers")
+            try:
+                fields[key] = tuple(conv(v) for v in value)
+            except (TypeError, ValueError):
+                raise opts.error(key, "expected a list of numbers") from None
+    for key in ("fixed_anchor_size", "reduce_boxes_in_lowest_layer"):
+        if opts.has(key):
+            fields[key] = opts.get_choice(key, True, [True, False])
+    if opts.has("input_size"):
+        size = opts.raw("input_size")
+        if not isinstance(size, Sequence) or len(size) != 2:
+            raise opts.error("input_size", "expected [width, height]")
+        try:
+            fields["input_w"], fields["input_h"] = int(size[0]), int(size[1])
+        except (TypeError, ValueError):
+            raise opts.error("input_size", "expected [width, height]") from None
+    if base is None:
+        if "strides" not in fields:
+            return None
+        fields.setdefault("num_layers", len(fields["strides"]))
+        fields.setdefault("input_w", in_w)
+        fields.setdefault("input_h", in_h)
+        if len(fields["strides"]) != fields["num_layers"]:
+            raise opts.error("strides", "expected num_layers entries")
+        return AnchorOptions(**fields)
+    return replace(base, **fields)
+
+
+class AnchorsDecoder:
+    """BlazeFace / BlazePose detector heads: boxes, keypoints and scores per anchor."""
+
+    kind = "anchors"
+    letterbox = True
+
+    def __init__(self, signature: ModelSignature, labels: Labels, options: Mapping[str, Any],
+                 score_threshold: float) -> None:
+        """Match regressors and scores by shape, generate anchors, resolve options.
+
+        Raises:
+            ModelError: the outputs are not [1,A,4+2K] + [1,A,1], or the anchors do not match A.
+            ConfigError: an unknown or bad option.
+        """
+        outs = signature.outputs
+        if len(outs) != 2:
+            raise misfit(self.kind, EXPECTED, signature)
+        shapes = [squeeze_batch(t.shape) for t in outs]
+        if any(len(s) != 2 for s in shapes):
+            raise misfit(self.kind, EXPECTED, signature)
+        self._reg, self._cls = (0, 1) if shapes[1][1] == 1 else (1, 0)
+        reg_shape, cls_shape = shapes[self._reg], shapes[self._cls]
+        if (cls_shape[1] != 1 or reg_shape[0] != cls_shape[0] or reg_shape[1] < 4
+                or reg_shape[1] % 2):
+            raise misfit(self.kind, EXPECTED, signature)
+        count = reg_shape[0]
+        in_w, in_h = input_size(signature)
+        opts = Options(self.kind, options)
+        preset_name = opts.get_choice("preset", PRESET_BY_COUNT.get(count, "none"),
+                                      [*PRESETS, "none"])
+        preset = PRESETS.get(preset_name)
+        anchor_opts = _anchor_options(opts, preset.anchors if preset else None, in_w, in_h)
+        default_label = preset.label if preset else "object"
+        label = opts.raw("label", default_label)
+        self.scale = opts.get_float("scale", float(anchor_opts.input_w if anchor_opts else in_w),
+                                    lo=1e-6)
+        self.nms = opts.get_choice("nms", "weighted", ["weighted", "plain"])
+        self.iou_threshold = opts.get_float("iou_threshold", 0.3, lo=0.0, hi=1.0)
+        self.max_detections = opts.get_int("max_detections", 100, lo=1)
+        opts.finish()
+        if anchor_opts is None:
+            raise misfit(self.kind, f"{EXPECTED} with A in {sorted(PRESET_BY_COUNT)} (or set "
+                         "decoder_options preset / strides)", signature)
+        self.anchors = generate_anchors(anchor_opts)
+        if len(self.anchors) != count:
+            raise misfit(self.kind, f"{EXPECTED} with A = {len(self.anchors)} anchors from the "
+                         "anchor options", signature)
+        self.preset = preset_name
+        self.num_keypoints = (reg_shape[1] - 4) // 2
+        self.label = labels.get(0) if len(labels) else str(label)
+        self.specs = outs
+        self.score_threshold = float(score_threshold)
+        # sigmoid(x) >= t  <=>  x >= logit(t): filter on logits, sigmoid only the survivors
+        t = min(max(self.score_threshold, 1e-6), 1 - 1e-6)
+        self._logit_threshold = math.log(t / (1 - t))
+
+    def decode(self, outputs: list[np.ndarray], transform: Transform) -> Inference:
+        """Detections with keypoints, on the original frame."""
+        logits = self.specs[self._cls].dequantize(np.asarray(outputs[self._cls])).reshape(-1)
+        cand = np.nonzero(logits >= self._logit_threshold)[0]
+        if cand.size == 0:
+            return Inference()
+        reg = self.specs[self._reg].dequantize(np.asarray(outputs[self._reg]))
+        reg = reg.reshape(len(self.anchors), -1)[cand] / np.float32(self.scale)
+        anc = self.anchors[cand]
+        scores = sigmoid(logits[cand])
+        # fixed-size anchors have w = h = 1, so this matches MediaPipe for both kinds
+        cx = reg[:, 0] * anc[:, 2] + anc[:, 0]
+        cy = reg[:, 1] * anc[:, 3] + anc[:, 1]
+        w = reg[:, 2] * anc[:, 2]
+        h = reg[:, 3] * anc[:, 3]
+        boxes = np.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], axis=1)
+        kp = reg[:, 4:4 + 2 * self.num_keypoints].reshape(-1, self.num_keypoints, 2)
+        kp = (kp * anc[:, None, 2:4] + anc[:, None, 0:2]).reshape(len(cand), -1)
+        if self.nms == "weighted":
+            boxes, scores, kp_out = weighted_nms(boxes, scores, self.iou_threshold, kp,
+                                                 self.max_detections)
+            kp = kp_out if kp_out is not None else kp[:0]
+        else:
+            keep = nms(boxes, scores, self.iou_threshold, max_detections=self.max_detections)
+            boxes, scores, kp = boxes[keep], scores[keep], kp[keep]
+        framed = transform.to_frame(boxes)
+        kp_xy = kp.reshape(-1, 2)
+        kp_frame = transform.to_frame(np.concatenate([kp_xy, kp_xy], axis=1))[:, :2]
+        kp_frame = kp_frame.reshape(len(boxes), self.num_keypoints, 2)
+        dets = tuple(
+            Detection(class_id=0, label=self.label, score=float(s),
+                      box=(float(b[0]), float(b[1]), float(b[2]), float(b[3])),
+                      keypoints=tuple((float(x), float(y)) for x, y in k))
+            for s, b, k in zip(scores.tolist(), framed, kp_frame, strict=True)
+        )
+        return Inference(detections=dets)

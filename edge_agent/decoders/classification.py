@@ -1,0 +1,90 @@
+"""Image (or sensor) classifiers: one output of K class scores -> the top-k classes.
+
+The output is dequantised with its own scale and zero point. Scores are passed through softmax
+only when they look like logits (``softmax: auto``: some value below 0 or above 1), or when
+``softmax: true``. A background class (ImageNet models with 1001 outputs: index 0) is never
+reported: ``background: auto`` treats index 0 as background when K is 1001 or the label file's
+first line is ``background``; ``true``/``false`` force it. Classes below the pipeline's
+``score_threshold`` are dropped; the rest come best first, at most ``top_k`` (default 5).
+
+Label alignment: a label file with one more line than K whose first line is a background line
+is shifted by one; ``label_offset`` overrides.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from edge_agent.decoders.base import Options, misfit, squeeze_batch
+from edge_agent.decoders.labels import Labels
+from edge_agent.runtime.base import ModelSignature
+from edge_agent.types import ClassScore, Inference, Transform
+
+EXPECTED = "1 output of class scores [1,K] with K >= 2"
+
+
+def softmax(x: np.ndarray) -> np.ndarray:
+    """Softmax over the last axis, float32."""
+    e = np.exp(x - np.max(x, axis=-1, keepdims=True))
+    return (e / np.sum(e, axis=-1, keepdims=True)).astype(np.float32)
+
+
+class ClassificationDecoder:
+    """Top-k classes of a single score vector."""
+
+    kind = "classification"
+    letterbox = False
+
+    def __init__(self, signature: ModelSignature, labels: Labels, options: Mapping[str, Any],
+                 score_threshold: float) -> None:
+        """Check for one [1,K] output and resolve options.
+
+        Raises:
+            ModelError: the model does not have exactly one score vector output.
+            ConfigError: an unknown or bad option.
+        """
+        opts = Options(self.kind, options)
+        self.top_k = opts.get_int("top_k", 5, lo=1)
+        background = opts.get_choice("background", "auto", ["auto", True, False])
+        self.softmax = opts.get_choice("softmax", "auto", ["auto", True, False])
+        offset = opts.get_int("label_offset", 0) if opts.has("label_offset") else None
+        opts.finish()
+        outs = signature.outputs
+        if len(outs) != 1 or outs[0].dtype == "int64":
+            raise misfit(self.kind, EXPECTED, signature)
+        shape = squeeze_batch(outs[0].shape)
+        if len(shape) != 1 or shape[0] < 2:
+            raise misfit(self.kind, EXPECTED, signature)
+        self.spec = outs[0]
+        self.num_classes = shape[0]
+        self.labels = labels.fit(self.num_classes, offset=offset)
+        if background == "auto":
+            background = self.num_classes == 1001 or (
+                len(self.labels) == self.num_classes and self.labels.has_background)
+        self.background = bool(background)
+        self.score_threshold = float(score_threshold)
+
+    def scores(self, output: np.ndarray) -> np.ndarray:
+        """The (K,) class probabilities of one output array."""
+        x = self.spec.dequantize(np.asarray(output)).reshape(-1)
+        use_softmax = self.softmax is True or (
+            self.softmax == "auto" and (float(x.min()) < -1e-3 or float(x.max()) > 1.0 + 1e-3))
+        return softmax(x) if use_softmax else x
+
+    def decode(self, outputs: list[np.ndarray], transform: Transform) -> Inference:
+        """The best classes at or above the threshold, best first (``transform`` unused)."""
+        p = self.scores(outputs[0])
+        if self.background:
+            p = p.copy()
+            p[0] = -np.inf
+        k = min(self.top_k, len(p))
+        top = np.argpartition(-p, k - 1)[:k]
+        top = top[np.argsort(-p[top], kind="stable")]
+        classes = tuple(
+            ClassScore(class_id=int(i), label=self.labels.get(int(i)), score=float(p[i]))
+            for i in top.tolist() if p[i] >= self.score_threshold
+        )
+        return Inference(classes=classes)

@@ -1,0 +1,81 @@
+"""Build the configured decoder; ``auto`` picks one from the model's output signature.
+
+``auto`` rules (first match wins):
+
+* 4 outputs, one ``[1,N,4]`` and one ``[1]`` -> ``ssd`` (TFLite_Detection_PostProcess);
+* 1 output ``[1,N,5+C]`` or ``[1,4+C,N]`` with N much larger than C -> ``yolo``;
+* 2 outputs ``[1,A,16|12|4+2K]`` and ``[1,A,1]`` -> ``anchors`` (BlazeFace / BlazePose);
+* 1 output ``[1,K]`` with K >= 2 -> ``classification``;
+* anything else raises ModelError naming the decoder to set (usually ``raw``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from edge_agent.decoders.base import Decoder, describe_outputs, squeeze_batch
+from edge_agent.decoders.labels import Labels
+from edge_agent.decoders.registry import DECODERS
+from edge_agent.errors import ModelError
+from edge_agent.runtime.base import ModelSignature
+
+
+def _is_yolo_shape(shape: tuple[int, ...]) -> bool:
+    if len(shape) != 2:
+        return False
+    a, b = shape
+    rows, cols = (a, b) if a > b else (b, a)
+    return cols >= 6 and rows >= 4 * cols
+
+
+def guess_decoder(signature: ModelSignature) -> str | None:
+    """The decoder that fits ``signature``'s outputs, or None when no rule matches."""
+    outs = signature.outputs
+    shapes = [squeeze_batch(t.shape) for t in outs]
+    if len(outs) == 4 and sum(1 for s in shapes if len(s) == 2 and s[1] == 4) == 1 and \
+            sum(1 for s in shapes if s == (1,)) == 1:
+        return "ssd"
+    if len(outs) == 1 and _is_yolo_shape(shapes[0]) and outs[0].dtype != "int64":
+        return "yolo"
+    if len(outs) == 2:
+        a, b = shapes
+        if len(a) == 2 and len(b) == 2 and a[0] == b[0] and a[0] > 1:
+            reg, cls = (a, b) if b[1] == 1 else (b, a)
+            if cls[1] == 1 and reg[1] >= 4 and reg[1] % 2 == 0:
+                return "anchors"
+    if len(outs) == 1 and len(shapes[0]) == 1 and shapes[0][0] >= 2 and \
+            outs[0].dtype != "int64":
+        return "classification"
+    return None
+
+
+def create_decoder(name: str, signature: ModelSignature, labels: Labels,
+                   options: Mapping[str, Any] | None, score_threshold: float) -> Decoder:
+    """Construct decoder ``name`` (or the one ``auto`` picks) for a loaded model.
+
+    Args:
+        name: the config's ``model.decoder``: a registered kind or ``auto``.
+        signature: the model's inputs and outputs.
+        labels: the loaded label file (see :func:`edge_agent.decoders.labels.load_labels`).
+        options: the config's ``model.decoder_options``.
+        score_threshold: the pipeline's ``score_threshold``.
+
+    Raises:
+        ModelError: ``auto`` cannot tell, or the decoder does not fit the model's outputs.
+        ConfigError: a bad decoder option.
+        PluginUnavailableError: an unknown decoder name.
+    """
+    kind = name
+    if name == "auto":
+        guess = guess_decoder(signature)
+        if guess is None:
+            raise ModelError(
+                "decoder 'auto' cannot tell how to decode this model's outputs "
+                f"({describe_outputs(signature.outputs)}); set model.decoder to one of: "
+                f"{', '.join(k for k in DECODERS.kinds())} (raw publishes the dequantized "
+                "first output)")
+        kind = guess
+    cls = DECODERS.get(kind)
+    decoder: Decoder = cls(signature, labels, options or {}, score_threshold)
+    return decoder
