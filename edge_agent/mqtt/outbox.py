@@ -1,0 +1,281 @@
+"""The durable outbox: results and events are written here before paho ever sees them.
+
+SQLite in WAL mode at ``state_dir/outbox.sqlite``. One transaction per message allocates the
+pipeline's next ``seq`` (gap-free, persistent across restarts), a unique ``id``, renders the
+payload with both and stores it. A row is deleted only when the broker acknowledged it
+(PUBACK for QoS 1, PUBCOMP for QoS 2).
+
+Durability (``mqtt.outbox.synchronous``):
+
+* ``normal`` (default): WAL with ``synchronous=NORMAL``. A committed message survives a crash
+  of the process (kill -9) entirely, because the WAL is in the OS page cache. On power loss or
+  a kernel crash the last commits since the previous WAL checkpoint's fsync may be lost; the
+  database is never corrupted and ``seq`` stays consistent with what was kept (a subscriber
+  may then see the counter continue from a lower value: the boot id tells it a restart
+  happened).
+* ``full``: ``synchronous=FULL``, one fsync per message; survives power loss too.
+
+The bounds (``max_messages``, ``max_bytes``) drop the oldest rows first and count the drops in
+a persisted counter.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import threading
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from edge_agent.config import OutboxConfig
+
+logger = logging.getLogger(__name__)
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS messages (
+    rowid INTEGER PRIMARY KEY AUTOINCREMENT,
+    pipeline TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    id TEXT NOT NULL,
+    topic TEXT NOT NULL,
+    qos INTEGER NOT NULL,
+    payload BLOB NOT NULL,
+    sent INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS seqs (pipeline TEXT PRIMARY KEY, next INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+"""
+
+FILENAME = "outbox.sqlite"
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxMessage:
+    """One stored message.
+
+    Attributes:
+        rowid: position in the outbox (global order of appends).
+        pipeline: the pipeline whose ``seq`` counter it used.
+        seq: its sequence number in that pipeline.
+        id: its unique id (stable across resends: the subscriber's dedupe key).
+        topic: where it goes.
+        qos: MQTT QoS it is published with.
+        payload: the rendered bytes.
+        sent: it may already have been handed to the broker once (a resend is a replay).
+    """
+
+    rowid: int
+    pipeline: str
+    seq: int
+    id: str
+    topic: str
+    qos: int
+    payload: bytes
+    sent: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Appended:
+    """What :meth:`SqliteOutbox.append` allocated."""
+
+    rowid: int
+    seq: int
+    id: str
+
+
+class SqliteOutbox:
+    """A bounded, persistent, thread-safe FIFO of rendered messages.
+
+    One connection guarded by a lock: every operation is a short transaction, and SQLite
+    serialises writers anyway.
+
+    Args:
+        path: the database file (its folder is created).
+        config: bounds and durability.
+    """
+
+    def __init__(self, path: Path, config: OutboxConfig) -> None:
+        self.path = Path(path)
+        self.config = config
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute(f"PRAGMA synchronous={config.synchronous.upper()}")
+        self._db.executescript(_SCHEMA)
+        self._seqs: dict[str, int] = dict(self._db.execute("SELECT pipeline, next FROM seqs"))
+        row = self._db.execute("SELECT COUNT(*), COALESCE(SUM(LENGTH(payload)), 0) FROM messages")
+        self._count, self._bytes = (int(v) for v in row.fetchone())
+        found = self._db.execute("SELECT value FROM counters WHERE name='dropped'").fetchone()
+        self._dropped = int(found[0]) if found else 0
+        self._closed = False
+        if self._count:
+            logger.info("outbox %s holds %d unacknowledged messages", self.path, self._count)
+
+    # ------------------------------------------------------------------ writing
+
+    def append(self, pipeline: str, topic: str, render: Callable[[int, str], bytes], qos: int,
+               *, sent: bool = False) -> Appended:
+        """Allocate ``seq`` and ``id``, render and store the message, in one transaction.
+
+        If ``render`` raises, nothing is stored and the ``seq`` is not used (no gap).
+
+        Args:
+            pipeline: whose counter to use.
+            topic: the destination topic.
+            render: ``render(seq, id) -> bytes``, the payload.
+            qos: QoS to publish with.
+            sent: the caller hands it to the broker right after this returns (so a later resend
+                is a replay). Set here to save a second transaction on the live path.
+
+        Returns:
+            the rowid, seq and id.
+        """
+        msg_id = uuid.uuid4().hex
+        with self._lock:
+            self._check_open()
+            seq = self._seqs.get(pipeline, 0) + 1
+            db = self._db
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                payload = bytes(render(seq, msg_id))
+                db.execute("INSERT INTO seqs(pipeline, next) VALUES(?, ?) ON CONFLICT(pipeline) "
+                           "DO UPDATE SET next=excluded.next", (pipeline, seq))
+                cur = db.execute(
+                    "INSERT INTO messages(pipeline, seq, id, topic, qos, payload, sent) "
+                    "VALUES(?, ?, ?, ?, ?, ?, ?)",
+                    (pipeline, seq, msg_id, topic, qos, payload, int(sent)))
+                rowid = int(cur.lastrowid or 0)
+                dropped = self._enforce_bounds(len(payload))
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            self._seqs[pipeline] = seq
+            self._count += 1 - dropped[0]
+            self._bytes += len(payload) - dropped[1]
+            self._dropped += dropped[0]
+        if dropped[0]:
+            logger.warning("outbox full: dropped the %d oldest messages (%d dropped in total)",
+                           dropped[0], self._dropped)
+        return Appended(rowid, seq, msg_id)
+
+    def _enforce_bounds(self, new_bytes: int) -> tuple[int, int]:
+        """Delete the oldest rows while over a bound; inside the caller's transaction."""
+        count = self._count + 1
+        size = self._bytes + new_bytes
+        cfg = self.config
+        if count <= cfg.max_messages and size <= cfg.max_bytes:
+            return 0, 0
+        n = 0
+        freed = 0
+        last = 0
+        # The newest row (just inserted) is never dropped, so a single oversized message is
+        # still delivered.
+        for rowid, length in self._db.execute(
+                "SELECT rowid, LENGTH(payload) FROM messages ORDER BY rowid LIMIT ?",
+                (max(count - 1, 0),)):
+            if count - n <= cfg.max_messages and size - freed <= cfg.max_bytes:
+                break
+            n += 1
+            freed += int(length)
+            last = int(rowid)
+        if n:
+            self._db.execute("DELETE FROM messages WHERE rowid <= ?", (last,))
+            self._db.execute("INSERT INTO counters(name, value) VALUES('dropped', ?) "
+                             "ON CONFLICT(name) DO UPDATE SET value=value+excluded.value", (n,))
+        return n, freed
+
+    def mark_sent(self, rowids: Iterable[int]) -> None:
+        """Record that these rows are about to be handed to the broker (one transaction)."""
+        ids = [(int(r),) for r in rowids]
+        if not ids:
+            return
+        with self._lock:
+            self._check_open()
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.executemany("UPDATE messages SET sent=1 WHERE rowid=?", ids)
+            self._db.execute("COMMIT")
+
+    def ack(self, rowids: int | Iterable[int]) -> int:
+        """Delete acknowledged rows (one transaction); unknown rowids are ignored.
+
+        Returns:
+            how many rows were deleted.
+        """
+        ids = [(rowids,)] if isinstance(rowids, int) else [(int(r),) for r in rowids]
+        if not ids:
+            return 0
+        with self._lock:
+            if self._closed:
+                return 0
+            db = self._db
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                freed = 0
+                deleted = 0
+                for (rowid,) in ids:
+                    row = db.execute("SELECT LENGTH(payload) FROM messages WHERE rowid=?",
+                                     (rowid,)).fetchone()
+                    if row is None:
+                        continue
+                    db.execute("DELETE FROM messages WHERE rowid=?", (rowid,))
+                    freed += int(row[0])
+                    deleted += 1
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            self._count -= deleted
+            self._bytes -= freed
+            return deleted
+
+    # ------------------------------------------------------------------ reading
+
+    def pending(self, after: int = 0, limit: int | None = None) -> list[OutboxMessage]:
+        """Unacknowledged messages with rowid > ``after``, oldest first."""
+        with self._lock:
+            self._check_open()
+            rows = self._db.execute(
+                "SELECT rowid, pipeline, seq, id, topic, qos, payload, sent FROM messages "
+                "WHERE rowid > ? ORDER BY rowid LIMIT ?", (after, -1 if limit is None else limit))
+            return [OutboxMessage(int(r[0]), r[1], int(r[2]), r[3], r[4], int(r[5]), bytes(r[6]),
+                                  bool(r[7])) for r in rows]
+
+    def last_seq(self, pipeline: str) -> int:
+        """The last seq allocated for ``pipeline`` (0: none yet)."""
+        with self._lock:
+            return self._seqs.get(pipeline, 0)
+
+    @property
+    def depth(self) -> int:
+        """Messages waiting for an acknowledgement."""
+        return self._count
+
+    @property
+    def size_bytes(self) -> int:
+        """Payload bytes waiting for an acknowledgement."""
+        return self._bytes
+
+    @property
+    def dropped(self) -> int:
+        """Messages dropped by the bounds, ever (persisted)."""
+        return self._dropped
+
+    def close(self) -> None:
+        """Checkpoint and close the database; later calls raise, except ack (ignored)."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            try:
+                self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            except sqlite3.Error as exc:
+                logger.warning("outbox checkpoint failed: %s", exc)
+            self._db.close()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RuntimeError("the outbox is closed")
