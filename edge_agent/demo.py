@@ -60,11 +60,13 @@ class LocalBroker:
     def start(self) -> None:
         """Start mosquitto, or amqtt when mosquitto is not installed."""
         mosquitto = shutil.which("mosquitto") or (
-            "/usr/sbin/mosquitto" if os.path.exists("/usr/sbin/mosquitto") else None)
+            "/usr/sbin/mosquitto" if os.path.exists("/usr/sbin/mosquitto") else None
+        )
         if mosquitto:
             conf = self.workdir / "mosquitto.conf"
-            conf.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\n"
-                            "persistence false\n")
+            conf.write_text(
+                f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
+            )
             cmd = [mosquitto, "-c", str(conf)]
             self.kind = "mosquitto"
         else:
@@ -72,15 +74,19 @@ class LocalBroker:
             if amqtt is None:
                 raise EdgeAgentError(
                     "the demo needs a local MQTT broker: install mosquitto "
-                    "(sudo apt-get install mosquitto) or pip install 'edge-agent[broker]'")
+                    "(sudo apt-get install mosquitto) or pip install 'edge-agent[broker]'"
+                )
             conf = self.workdir / "amqtt.yaml"
-            conf.write_text(f"listeners:\n  default:\n    type: tcp\n    bind: 127.0.0.1:{self.port}\n"
-                            "plugins:\n  amqtt.plugins.authentication.AnonymousAuthPlugin:\n"
-                            "    allow_anonymous: true\n")
+            conf.write_text(
+                f"listeners:\n  default:\n    type: tcp\n    bind: 127.0.0.1:{self.port}\n"
+                "plugins:\n  amqtt.plugins.authentication.AnonymousAuthPlugin:\n"
+                "    allow_anonymous: true\n"
+            )
             cmd = [amqtt, "-c", str(conf)]
             self.kind = "amqtt"
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                     start_new_session=True)
+        self.proc = subprocess.Popen(
+            cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+        )
         if not _wait_port(self.port, 10):
             self.stop()
             raise EdgeAgentError(f"the local {self.kind} broker did not start")
@@ -126,8 +132,7 @@ def demo_config(workdir: Path, port: int, model: Path | None, source: str | None
     config = {
         "device_id": DEVICE,
         "state_dir": str(workdir / "state"),
-        "mqtt": {"host": "127.0.0.1", "port": port, "topic_prefix": PREFIX,
-                 "stats_interval_s": 2},
+        "mqtt": {"host": "127.0.0.1", "port": port, "topic_prefix": PREFIX, "stats_interval_s": 2},
         "pipelines": [pipeline],
         "metrics": {"prometheus": {"port": 0}},
     }
@@ -184,22 +189,33 @@ class LiveView:
             ]
             for p in self.status.get("pipelines", []) or []:
                 rt = p.get("runtime") or {}
-                lines.append(f"  pipeline {p.get('name')}: {p.get('state')}  model "
-                             f"{(p.get('model') or {}).get('name')} on {rt.get('backend')} "
-                             f"{rt.get('version')} ({rt.get('delegate') or 'CPU'})")
-            pstats = (self.stats.get("pipelines") or [{}])
+                lines.append(
+                    f"  pipeline {p.get('name')}: {p.get('state')}  model "
+                    f"{(p.get('model') or {}).get('name')} on {rt.get('backend')} "
+                    f"{rt.get('version')} ({rt.get('delegate') or 'CPU'})"
+                )
+            pstats = self.stats.get("pipelines") or [{}]
             ps = pstats[0] if isinstance(pstats, list) and pstats else {}
-            lines.append(f"stats  : fps {ps.get('fps', '?')}   inference p50 "
-                         f"{ps.get('inference_ms_p50', '?')} ms  p95 {ps.get('inference_ms_p95', '?')}"
-                         f" ms   dropped {ps.get('dropped', '?')}")
-            lines.append(f"topics : " + "  ".join(f"{k}={v}" for k, v in sorted(self.counts.items()))
-                         + f"   ({self.bytes / 1024:.1f} KiB, no images)")
+            lines.append(
+                f"stats  : fps {ps.get('fps', '?')}   inference p50 "
+                f"{ps.get('inference_ms_p50', '?')} ms  p95 {ps.get('inference_ms_p95', '?')}"
+                f" ms   dropped {ps.get('dropped', '?')}"
+            )
+            lines.append(
+                "topics : "
+                + "  ".join(f"{k}={v}" for k, v in sorted(self.counts.items()))
+                + f"   ({self.bytes / 1024:.1f} KiB, no images)"
+            )
             lines.append("")
             if r:
-                lines.append(f"last result: seq {r.get('seq')}  frame {(r.get('frame') or {}).get('index')}"
-                             f"  {r.get('inference_ms')} ms  counts {r.get('counts')}")
+                lines.append(
+                    f"last result: seq {r.get('seq')}  frame {(r.get('frame') or {}).get('index')}"
+                    f"  {r.get('inference_ms')} ms  counts {r.get('counts')}"
+                )
                 for d in (r.get("detections") or [])[:6]:
-                    lines.append(f"  {d.get('label'):<10} {d.get('score', ''):<6} box {d.get('box')}")
+                    lines.append(
+                        f"  {d.get('label'):<10} {d.get('score', ''):<6} box {d.get('box')}"
+                    )
             lines.append("")
             lines.append("recent messages:")
             lines.extend("  " + x[:150] for x in self.recent)
@@ -238,8 +254,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
         sub = Subscriber("127.0.0.1", broker.port, [f"{PREFIX}/{DEVICE}/#"], view.on_message)
         sub.start()
         log = open(workdir / "agent.log", "wb")  # noqa: SIM115 - closed with the process
-        agent = subprocess.Popen([sys.executable, "-m", "edge_agent", "run", "-c", str(config)],
-                                 stdout=log, stderr=subprocess.STDOUT)
+        agent = subprocess.Popen(
+            [sys.executable, "-m", "edge_agent", "run", "-c", str(config)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
         deadline = time.monotonic() + args.seconds if args.seconds else None
         while not stop.is_set():
             if agent.poll() is not None:
@@ -266,6 +285,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
             sub.stop()
         broker.stop()
     print(view.render() if plain else "")
-    print(f"demo: stopped (agent exit code {agent.returncode if agent else 'n/a'}); "
-          f"log in {workdir / 'agent.log'}")
+    print(
+        f"demo: stopped (agent exit code {agent.returncode if agent else 'n/a'}); "
+        f"log in {workdir / 'agent.log'}"
+    )
     return 0
