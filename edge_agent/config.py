@@ -412,7 +412,7 @@ def _clean_loc(loc: tuple[Any, ...], data: Any) -> tuple[Any, ...]:
         if in_dict or in_list:
             out.append(part)
             node = node[part]
-        elif isinstance(node, dict) and isinstance(part, str) and not out[-1:] == [part]:
+        elif isinstance(node, dict) and isinstance(part, str) and out[-1:] != [part]:
             # a missing key (required) or a union tag: keep real-looking keys only
             if "[" not in part and part not in {"str", "int", "float", "bool", "dict", "list"}:
                 out.append(part)
@@ -441,7 +441,8 @@ def _describe(err: dict[str, Any]) -> str:
     if kind == "missing":
         return "required key is missing"
     if kind == "literal_error":
-        return f"invalid value {err.get('input')!r} (expected {ctx.get('expected', 'a listed value')})"
+        expected = ctx.get("expected", "a listed value")
+        return f"invalid value {err.get('input')!r} (expected {expected})"
     if kind == "union_tag_invalid":
         return f"unknown type {ctx.get('tag')!r} (expected {ctx.get('expected_tags')})"
     if kind == "union_tag_not_found":
@@ -528,7 +529,8 @@ def resolve_paths(config: AgentConfig, base: Path) -> AgentConfig:
 
     pipelines = []
     for p in config.pipelines:
-        model = p.model.model_copy(update={"path": fix(p.model.path), "labels": fix(p.model.labels)})
+        model = p.model.model_copy(
+            update={"path": fix(p.model.path), "labels": fix(p.model.labels)})
         source = p.source
         if source.type in {"video", "images"} and isinstance(source.uri, str):
             uri = source.uri
@@ -540,7 +542,8 @@ def resolve_paths(config: AgentConfig, base: Path) -> AgentConfig:
         "certfile": fix(config.mqtt.tls.certfile),
         "keyfile": fix(config.mqtt.tls.keyfile),
     })
-    mqtt = config.mqtt.model_copy(update={"tls": tls, "password_file": fix(config.mqtt.password_file)})
+    mqtt = config.mqtt.model_copy(
+        update={"tls": tls, "password_file": fix(config.mqtt.password_file)})
     updates = config.updates.model_copy(
         update={"public_keys": tuple(fix(k) for k in config.updates.public_keys)})
     commands = config.commands.model_copy(
@@ -558,7 +561,7 @@ def make_config(**overrides: Any) -> AgentConfig:
     """Build a real config from keyword overrides of a minimal valid one (for tests)."""
     base: dict[str, Any] = {
         "device_id": "test-device",
-        "state_dir": "/tmp/edge-agent-test",
+        "state_dir": "/tmp/edge-agent-test",  # noqa: S108 - tests override it
         "pipelines": [{
             "name": "cam",
             "source": {"type": "synthetic", "fps": 0, "frames": 10},
