@@ -122,6 +122,18 @@ def get_backend(name: str | None = None) -> Backend:
     raise PluginUnavailableError(f"{what} ({'; '.join(errors)}); install one with: {hint}")
 
 
+def schema_module() -> Any | None:
+    """The flatc-generated TFLite schema (``ai_edge_litert.schema_py_generated``), or None.
+
+    Used to read a model file without an interpreter (``model inspect``); tflite-runtime and
+    TensorFlow wheels do not ship it.
+    """
+    try:
+        return importlib.import_module("ai_edge_litert.schema_py_generated")
+    except ImportError:
+        return None
+
+
 def _spec(detail: Mapping[str, Any]) -> TensorSpec:
     params = detail.get("quantization_parameters") or {}
     scales = params.get("scales")
