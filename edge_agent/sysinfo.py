@@ -160,3 +160,33 @@ def board_model(root: Path = Path("/")) -> str | None:
         if raw:
             return raw.rstrip("\0")
     return None
+
+
+@dataclass(frozen=True, slots=True)
+class VideoDevice:
+    """A V4L2 device node and the driver's name for it."""
+
+    path: Path
+    name: str
+
+
+def video_devices(root: Path = Path("/")) -> list[VideoDevice]:
+    """The ``/dev/video*`` nodes, in numeric order, with their names from sysfs."""
+    out: list[VideoDevice] = []
+    for node in (root / "dev").glob("video*"):
+        suffix = node.name[len("video"):]
+        if not suffix.isdigit():
+            continue
+        name = _read(root / "sys/class/video4linux" / node.name / "name") or "?"
+        out.append(VideoDevice(node, name))
+    return sorted(out, key=lambda d: int(d.path.name[len("video"):]))
+
+
+def usb_ids(root: Path = Path("/")) -> set[tuple[str, str]]:
+    """``(vendor, product)`` hex ids of the connected USB devices, e.g. ``("18d1", "9302")``."""
+    ids: set[tuple[str, str]] = set()
+    for dev in (root / "sys/bus/usb/devices").glob("*"):
+        vendor, product = _read(dev / "idVendor"), _read(dev / "idProduct")
+        if vendor and product:
+            ids.add((vendor.lower(), product.lower()))
+    return ids

@@ -1,0 +1,427 @@
+"""``edge-agent doctor``: what works on this device, and what to do about the rest.
+
+Device checks always run (runtimes, delegates, cameras, board health, clock); with a config
+(``-c FILE``, ``$EDGE_AGENT_CONFIG`` or /etc/edge-agent/config.yaml when present) each pipeline's
+model, decoder and source, the broker with its TLS and credentials, and the state folder are
+checked too. Every check is ``ok``, ``warn`` or ``fail`` with a one-line fix; the exit code is 1
+when any check fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import ctypes.util
+import json
+import os
+import platform
+import socket
+import ssl
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from edge_agent import __version__, sysinfo
+from edge_agent.config import DEFAULT_CONFIG_PATH, AgentConfig, PipelineConfig, load_config
+from edge_agent.errors import ConfigError, EdgeAgentError
+
+OK, WARN, FAIL = "ok", "warn", "fail"
+# Coral USB: 1a6e:089a (Global Unichip) before its firmware is loaded, 18d1:9302 (Google) after
+CORAL_USB_IDS = {("1a6e", "089a"), ("18d1", "9302")}
+EDGETPU_LIBRARY = "libedgetpu.so.1"
+SOURCE_OPEN_TIMEOUT_S = 10.0
+NET_TIMEOUT_S = 5.0
+MIN_FREE_BYTES = 200 * 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Check:
+    """One line of the doctor's table."""
+
+    name: str
+    status: str  # ok | warn | fail
+    detail: str
+    fix: str = ""
+
+
+# --------------------------------------------------------------------------- device
+
+
+def check_runtimes() -> list[Check]:
+    """Which TFLite backends import, and their versions."""
+    try:
+        from edge_agent.runtime.interpreter import available_backends
+    except ImportError as exc:
+        return [Check("runtime", FAIL, f"cannot import edge_agent.runtime: {exc}",
+                      "reinstall edge-agent")]
+    found = [(n, v) for n, v, err in available_backends() if err is None]
+    missing = [n for n, v, err in available_backends() if err is not None]
+    if not found:
+        return [Check("runtime", FAIL, "no TFLite backend imports",
+                      "pip install ai-edge-litert (or 'edge-agent[tflite-runtime]' with numpy<2 "
+                      "where LiteRT has no wheel)")]
+    detail = ", ".join(f"{n} {v}" for n, v in found)
+    if missing:
+        detail += f" (not installed: {', '.join(missing)})"
+    return [Check("runtime", OK, f"{detail}; python {platform.python_version()} "
+                  f"{platform.machine()}")]
+
+
+def _edgetpu_library() -> str | None:
+    try:
+        ctypes.CDLL(EDGETPU_LIBRARY)
+        return EDGETPU_LIBRARY
+    except OSError:
+        return ctypes.util.find_library("edgetpu")
+
+
+def check_delegates(wanted: bool, root: Path = Path("/")) -> list[Check]:
+    """The Edge TPU: its library, PCIe devices (/dev/apex_*) and USB sticks."""
+    lib = _edgetpu_library()
+    apex = sorted((root / "dev").glob("apex_*"))
+    usb = sysinfo.usb_ids(root) & CORAL_USB_IDS
+    parts = [f"libedgetpu: {lib or 'not found'}",
+             f"PCIe: {', '.join(str(a) for a in apex) or 'none'}",
+             f"USB: {', '.join(':'.join(i) for i in sorted(usb)) or 'none'}"]
+    detail = "; ".join(parts)
+    if apex or usb:
+        if lib is None:
+            return [Check("edgetpu", FAIL if wanted else WARN, detail,
+                          "install the Edge TPU runtime: apt install libedgetpu1-std "
+                          "(Coral's apt repository)")]
+        denied = [str(a) for a in apex if not os.access(a, os.R_OK | os.W_OK)]
+        if denied:
+            return [Check("edgetpu", WARN, f"{detail}; no access to {', '.join(denied)}",
+                          "add the service user to the group owning the device (apex or video): "
+                          "usermod -aG apex edge-agent")]
+        return [Check("edgetpu", OK, detail)]
+    if wanted:
+        return [Check("edgetpu", FAIL, detail, "a pipeline asks for delegate: edgetpu but no "
+                      "Coral is attached (plug it in, or set fallback_to_cpu: true)")]
+    return [Check("edgetpu", OK, f"no Coral attached ({detail})")]
+
+
+def _probe_camera(path: Path) -> str:
+    try:
+        import cv2
+    except ImportError:
+        return "OpenCV not installed"
+    cap = cv2.VideoCapture(str(path), cv2.CAP_V4L2)
+    try:
+        if not cap.isOpened():
+            return "not a capture device (or busy)"
+        w, h = int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT))
+        fps = cap.get(cv2.CAP_PROP_FPS)
+        fourcc = int(cap.get(cv2.CAP_PROP_FOURCC))
+        code = "".join(chr((fourcc >> (8 * i)) & 0xFF) for i in range(4)).strip("\0 ")
+        return f"opens at {w}x{h} {fps:.0f} fps {code}".strip()
+    finally:
+        cap.release()
+
+
+def check_cameras(root: Path = Path("/"), probe: bool = True) -> list[Check]:
+    """The V4L2 devices, and what OpenCV opens each at."""
+    devices = sysinfo.video_devices(root)
+    if not devices:
+        return [Check("cameras", OK, "no /dev/video* devices")]
+    checks: list[Check] = []
+    for dev in devices:
+        if not os.access(dev.path, os.R_OK | os.W_OK):
+            checks.append(Check(f"camera {dev.path}", WARN, f"{dev.name}: no access",
+                                "add the user to the video group: usermod -aG video edge-agent"))
+            continue
+        detail = _probe_camera(dev.path) if probe else "accessible"
+        checks.append(Check(f"camera {dev.path}", OK, f"{dev.name}: {detail}"))
+    return checks
+
+
+def check_board(root: Path = Path("/")) -> list[Check]:
+    """Board name, CPU temperature and Pi throttling."""
+    checks: list[Check] = []
+    model = sysinfo.board_model(root) or platform.machine()
+    temp = sysinfo.cpu_temperature(root)
+    if temp is None:
+        checks.append(Check("board", OK, f"{model}; no CPU temperature sensor"))
+    elif temp >= 80:
+        checks.append(Check("board", WARN, f"{model}; CPU at {temp:.1f} °C",
+                            "add a heatsink or fan: above 80-85 °C the SoC throttles"))
+    else:
+        checks.append(Check("board", OK, f"{model}; CPU at {temp:.1f} °C"))
+    bits = sysinfo.throttled(root, use_vcgencmd=root == Path("/"))
+    if bits:
+        now = bits & 0xF
+        checks.append(Check("throttling", WARN, "; ".join(sysinfo.describe_throttled(bits)),
+                            "use the official power supply (under-voltage) and cooling"
+                            if now or bits & (1 << 16) else "check cooling"))
+    return checks
+
+
+def check_clock(root: Path = Path("/"), now: float | None = None) -> list[Check]:
+    """A plausible year (TLS and signatures need it) and NTP synchronisation."""
+    year = time.gmtime(now).tm_year
+    if year < 2025:
+        return [Check("clock", FAIL, f"the system clock says {year}",
+                      "enable NTP (timedatectl set-ntp true) or add an RTC: TLS certificates "
+                      "and update signatures are checked against the time")]
+    synced = sysinfo.clock_synchronized(root)
+    if synced is False:
+        return [Check("clock", WARN, "not NTP-synchronised",
+                      "timedatectl set-ntp true (and check network access to NTP)")]
+    return [Check("clock", OK, "synchronised" if synced else f"year {year} (sync unknown)")]
+
+
+# --------------------------------------------------------------------------- config
+
+
+def check_state_dir(config: AgentConfig) -> list[Check]:
+    """state_dir writable, and its free space."""
+    d = config.state_dir
+    try:
+        d.mkdir(parents=True, exist_ok=True)
+        probe = d / f".doctor-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        return [Check("state_dir", FAIL, f"cannot write to {d}: {exc.strerror or exc}",
+                      "create it, owned by the service user (install.sh does), or point "
+                      "state_dir elsewhere")]
+    checks = [Check("state_dir", OK, f"{d} is writable")]
+    space = sysinfo.disk_space(d)
+    if space is not None:
+        free_mb = space.free / 1e6
+        detail = f"{free_mb:.0f} MB free of {space.total / 1e6:.0f} MB under {d}"
+        if space.free < MIN_FREE_BYTES // 4:
+            checks.append(Check("disk", FAIL, detail, "free space: models, the outbox and "
+                                "updates need room (journalctl --vacuum-size=50M helps)"))
+        elif space.free < MIN_FREE_BYTES or space.free_ratio < 0.05:
+            checks.append(Check("disk", WARN, detail, "free some space before model updates"))
+        else:
+            checks.append(Check("disk", OK, detail))
+    return checks
+
+
+def check_pipeline(p: PipelineConfig) -> list[Check]:
+    """The model loads, fits its decoder, and the source opens."""
+    checks: list[Check] = []
+    name = f"{p.name}: model"
+    try:
+        from edge_agent.runtime.interpreter import load_runtime
+        runtime = load_runtime(p.model.path, threads=p.model.threads, delegate=p.model.delegate,
+                               fallback_to_cpu=p.model.fallback_to_cpu)
+    except EdgeAgentError as exc:
+        return [Check(name, FAIL, str(exc), "fix model.path (or run `edge-agent models fetch` "
+                      "for the default models)")]
+    try:
+        info = runtime.info
+        detail = (f"{p.model.path.name} on {info.delegate or 'CPU'} ({info.backend} "
+                  f"{info.backend_version}, {info.threads} threads)")
+        if info.fallback_reason:
+            checks.append(Check(name, WARN, f"{detail}; {info.fallback_reason}",
+                                "install or attach the delegate's hardware, or drop `delegate`"))
+        else:
+            checks.append(Check(name, OK, detail))
+        checks.append(_check_decoder(p, runtime.signature))
+    finally:
+        runtime.close()
+    checks.append(_check_source(p))
+    return checks
+
+
+def _check_decoder(p: PipelineConfig, signature: Any) -> Check:
+    name = f"{p.name}: decoder"
+    try:
+        from edge_agent.decoders.factory import create_decoder
+        from edge_agent.decoders.labels import load_labels
+    except ImportError as exc:
+        return Check(name, WARN, f"decoders are not available in this build ({exc})")
+    try:
+        labels = load_labels(p.model.labels)
+        decoder = create_decoder(p.model.decoder, signature, labels,
+                                 dict(p.model.decoder_options), p.score_threshold)
+    except (EdgeAgentError, OSError, ValueError, TypeError, KeyError) as exc:
+        text = "; ".join(exc.problems) if isinstance(exc, ConfigError) else str(exc)
+        return Check(name, FAIL, text, "set model.decoder (and decoder_options) to fit the "
+                     "model's outputs: `edge-agent model inspect FILE` shows them")
+    return Check(name, OK, f"{getattr(decoder, 'kind', p.model.decoder)} fits the model's outputs")
+
+
+def _check_source(p: PipelineConfig) -> Check:
+    """Open and close the source, on a thread: opening a FIFO or a dead stream can block."""
+    name = f"{p.name}: source"
+    uri = getattr(p.source, "uri", None)
+    what = f"{p.source.type} {uri}" if uri is not None else p.source.type
+    result: list[Check] = []
+
+    def attempt() -> None:
+        try:
+            from edge_agent.sources.factory import create_source
+        except ImportError as exc:
+            result.append(Check(name, WARN, f"sources are not available in this build ({exc})"))
+            return
+        source = None
+        try:
+            source = create_source(p.source)
+            source.open()
+            result.append(Check(name, OK, f"{what} opens"))
+        except (EdgeAgentError, OSError, ValueError) as exc:
+            result.append(Check(name, FAIL, f"{what}: {exc}",
+                                "check the source uri, the device's permissions (group video) "
+                                "and that nothing else holds it"))
+        finally:
+            if source is not None:
+                try:
+                    source.close()
+                except Exception as exc:  # a close error is not the finding
+                    result.append(Check(name, WARN, f"{what}: close failed: {exc}"))
+
+    t = threading.Thread(target=attempt, name="doctor-source", daemon=True)
+    t.start()
+    t.join(SOURCE_OPEN_TIMEOUT_S)
+    if t.is_alive():
+        return Check(name, FAIL, f"{what} did not open within {SOURCE_OPEN_TIMEOUT_S:.0f} s",
+                     "check the camera or stream is reachable (a FIFO needs a writer)")
+    return result[0]
+
+
+def _mqtt_connect_packet(client_id: str, username: str | None, password: bytes | None,
+                         keepalive: int = 10) -> bytes:
+    """An MQTT 3.1.1 CONNECT (clean session) with optional credentials."""
+
+    def field(data: bytes) -> bytes:
+        return len(data).to_bytes(2, "big") + data
+
+    flags = 0x02 | (0x80 if username is not None else 0) | (0x40 if password is not None else 0)
+    body = field(b"MQTT") + bytes([4, flags]) + keepalive.to_bytes(2, "big")
+    body += field(client_id.encode())
+    if username is not None:
+        body += field(username.encode())
+    if password is not None:
+        body += field(password)
+    size, length = len(body), b""
+    while True:
+        byte, size = size % 128, size // 128
+        length += bytes([byte | (0x80 if size else 0)])
+        if not size:
+            break
+    return b"\x10" + length + body
+
+
+_CONNACK_CODES = {1: "unacceptable protocol version", 2: "client id rejected",
+                  3: "server unavailable", 4: "bad user name or password", 5: "not authorised"}
+
+
+def check_broker(config: AgentConfig) -> list[Check]:
+    """TCP connect, the TLS handshake as configured, then an MQTT CONNECT/CONNACK."""
+    m = config.mqtt
+    target = f"{m.host}:{m.port}" + (" (TLS)" if m.tls.enabled else "")
+    name = "broker"
+    try:
+        raw = socket.create_connection((m.host, m.port), timeout=NET_TIMEOUT_S)
+    except OSError as exc:
+        return [Check(name, FAIL, f"{target}: {exc.strerror or exc}",
+                      "check mqtt.host/port, that the broker runs, and the firewall")]
+    sock: socket.socket = raw
+    try:
+        if m.tls.enabled:
+            ctx = ssl.create_default_context(cafile=str(m.tls.ca_certs))
+            if m.tls.certfile is not None:
+                ctx.load_cert_chain(str(m.tls.certfile), str(m.tls.keyfile))
+            if m.tls.insecure:
+                ctx.check_hostname = False
+            try:
+                sock = ctx.wrap_socket(raw, server_hostname=m.host)
+            except (ssl.SSLError, OSError) as exc:
+                return [Check(name, FAIL, f"{target}: TLS handshake failed: {exc}",
+                              "check mqtt.tls.ca_certs signs the broker's certificate, the "
+                              "host name matches it, and the clock is right")]
+        password = m.password_file.read_bytes().strip() if m.password_file else None
+        client_id = f"edge-agent-doctor-{os.getpid()}"  # never the agent's own session
+        sock.sendall(_mqtt_connect_packet(client_id, m.username, password))
+        reply = sock.recv(4)
+        if len(reply) < 4 or reply[0] != 0x20:
+            return [Check(name, WARN, f"{target} is reachable but did not answer MQTT CONNECT",
+                          "is this port an MQTT listener (1883 plain, 8883 TLS)?")]
+        if reply[3] != 0:
+            why = _CONNACK_CODES.get(reply[3], f"code {reply[3]}")
+            return [Check(name, FAIL, f"{target}: broker refused the connection: {why}",
+                          "check mqtt.username and mqtt.password_file")]
+        sock.sendall(b"\xe0\x00")  # DISCONNECT
+        return [Check(name, OK, f"{target}: MQTT CONNECT accepted")]
+    except OSError as exc:
+        return [Check(name, FAIL, f"{target}: {exc.strerror or exc}",
+                      "check the broker's logs, credentials and TLS settings")]
+    finally:
+        sock.close()
+
+
+# --------------------------------------------------------------------------- command
+
+
+def _config_path(arg: str | None) -> Path | None:
+    if arg:
+        return Path(arg)
+    env = os.environ.get("EDGE_AGENT_CONFIG")
+    if env:
+        return Path(env)
+    return DEFAULT_CONFIG_PATH if DEFAULT_CONFIG_PATH.exists() else None
+
+
+def run_checks(config_arg: str | None) -> list[Check]:
+    """Every check, device first, then the config's."""
+    checks: list[Check] = [Check("edge-agent", OK, f"version {__version__}")]
+    config: AgentConfig | None = None
+    path = _config_path(config_arg)
+    if path is None:
+        checks.append(Check("config", WARN, "no config (pass -c FILE); device checks only",
+                            f"install.sh writes a commented one to {DEFAULT_CONFIG_PATH}"))
+    else:
+        try:
+            config, _ = load_config(path)
+            checks.append(Check("config", OK, f"{path}: {len(config.pipelines)} pipeline(s)"))
+        except ConfigError as exc:
+            checks.append(Check("config", FAIL, "; ".join(exc.problems),
+                                f"fix the file (edge-agent check-config -c {path})"))
+    wants_tpu = config is not None and any(p.model.delegate == "edgetpu"
+                                           for p in config.pipelines)
+    steps: list[Callable[[], list[Check]]] = [
+        check_runtimes, lambda: check_delegates(wants_tpu), check_cameras, check_board,
+        check_clock]
+    if config is not None:
+        cfg = config
+        steps.append(lambda: check_state_dir(cfg))
+        steps.extend((lambda p=p: check_pipeline(p)) for p in cfg.pipelines)
+        steps.append(lambda: check_broker(cfg))
+    for step in steps:
+        checks.extend(step())
+    return checks
+
+
+def render_table(checks: list[Check]) -> str:
+    """The human-readable table, fixes indented under the rows that need them."""
+    width = max(len(c.name) for c in checks)
+    lines = []
+    for c in checks:
+        lines.append(f"{c.status.upper():<4}  {c.name:<{width}}  {c.detail}")
+        if c.fix and c.status != OK:
+            lines.append(f"{'':<4}  {'':<{width}}  -> {c.fix}")
+    fails = sum(c.status == FAIL for c in checks)
+    warns = sum(c.status == WARN for c in checks)
+    lines.append("")
+    lines.append(f"{len(checks)} checks: {fails} failed, {warns} warnings")
+    return "\n".join(lines)
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    """``edge-agent doctor [-c FILE] [--json]``: 0 when nothing fails, else 1."""
+    checks = run_checks(getattr(args, "config", None))
+    failed = any(c.status == FAIL for c in checks)
+    if getattr(args, "json", False):
+        print(json.dumps({"ok": not failed, "checks": [asdict(c) for c in checks]}, indent=2))
+    else:
+        print(render_table(checks))
+    sys.stdout.flush()
+    return 1 if failed else 0
