@@ -110,6 +110,9 @@ class SqliteOutbox:
         self._count, self._bytes = (int(v) for v in row.fetchone())
         found = self._db.execute("SELECT value FROM counters WHERE name='dropped'").fetchone()
         self._dropped = int(found[0]) if found else 0
+        found = self._db.execute("SELECT seq FROM sqlite_sequence WHERE name='messages'").fetchone()
+        self.rowid_at_open = int(found[0]) if found else 0
+        """Rows up to this one were stored by an earlier process."""
         self._closed = False
         if self._count:
             logger.info("outbox %s holds %d unacknowledged messages", self.path, self._count)

@@ -1,0 +1,436 @@
+"""The MQTT transport: paho-mqtt 2.x behind the Transport contract, with a durable outbox.
+
+Threads: paho's network thread (``loop_start``) and one ``mqtt-outbox`` pump thread of ours.
+The pump is the only code that hands durable messages to paho. It keeps at most ``window``
+durable messages in flight, in outbox (rowid) order, so the outbox drains in order per
+pipeline and paho's in-memory queue stays small.
+
+Reconnects: paho reconnects by itself; before each wait we set ``reconnect_delay_set(d, d)``
+with ``d`` from :class:`JitteredBackoff`. On every successful CONNACK the transport drops what
+paho still holds (``drop_out_messages``: paho would otherwise resend it behind our back),
+rewinds the pump to the oldest unacknowledged outbox row, re-subscribes every filter and calls
+the ``on_connected`` callbacks (which re-publish status and discovery). Messages that may have
+reached the broker before are resent with ``"replayed": true`` and the same ``id``.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import logging
+import os
+import ssl
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from edge_agent.config import AgentConfig, MqttConfig
+from edge_agent.errors import ConfigError
+from edge_agent.mqtt.backoff import JitteredBackoff
+from edge_agent.mqtt.outbox import FILENAME, SqliteOutbox
+from edge_agent.mqtt.topics import Topics
+
+logger = logging.getLogger(__name__)
+
+Handler = Callable[[str, bytes], None]
+Render = Callable[[int, str], bytes]
+
+SESSION_EXPIRY_S = 7 * 24 * 3600
+"""MQTT 5 session expiry: the broker keeps our command subscription and queued commands."""
+
+_OK = MQTTErrorCode.MQTT_ERR_SUCCESS
+
+
+def read_password(cfg: MqttConfig) -> str | None:
+    """The broker password: ``mqtt.password_file``, else ``$CREDENTIALS_DIRECTORY/mqtt-password``.
+
+    Raises:
+        ConfigError: the configured password file cannot be read.
+    """
+    path = cfg.password_file
+    if path is None:
+        creds = os.environ.get("CREDENTIALS_DIRECTORY")
+        if not creds or not (Path(creds) / "mqtt-password").is_file():
+            return None
+        path = Path(creds) / "mqtt-password"
+    try:
+        return path.read_text(encoding="utf-8").rstrip("\r\n")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"mqtt.password_file: cannot read {path}: {exc}") from None
+
+
+def mark_replayed(payload: bytes) -> bytes:
+    """Add ``"replayed": true`` to a JSON object payload (other payloads pass unchanged)."""
+    try:
+        obj = json.loads(payload)
+    except (ValueError, UnicodeDecodeError):
+        return payload
+    if not isinstance(obj, dict):
+        return payload
+    obj["replayed"] = True
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+class MqttTransport:
+    """Publishes results durably and everything else best-effort; subscribes for commands.
+
+    Args:
+        config: the agent config (``mqtt`` section, ``device_id``, ``client_id``).
+        state_dir: where ``outbox.sqlite`` lives.
+        window: durable messages in flight at once (paho's in-flight window is a bit larger to
+            leave room for status, replies and stats).
+    """
+
+    def __init__(self, config: AgentConfig, state_dir: Path, *, window: int = 100) -> None:
+        self.config = config
+        self.mqtt = config.mqtt
+        self.boot_id = uuid.uuid4().hex
+        self.topics = Topics(config.mqtt.topic_prefix, config.device_id)
+        self.window = window
+        self._outbox = SqliteOutbox(Path(state_dir) / FILENAME, config.mqtt.outbox)
+        self._lock = threading.RLock()  # connection state, in-flight map, cursor, handlers
+        self._connected = False
+        self._epoch = 0  # +1 per successful CONNACK
+        self._inflight: dict[int, int] = {}  # paho mid -> outbox rowid (this epoch)
+        self._cursor = 0  # highest rowid handed to paho in this epoch
+        self._handed = 0  # highest rowid handed to paho since this process started
+        self._acks: collections.deque[tuple[int, int]] = collections.deque()  # (epoch, mid)
+        self._handlers: dict[str, Handler] = {}
+        self._on_connected: list[Callable[[], None]] = []
+        self._recent: collections.deque[paho.MQTTMessageInfo] = collections.deque(maxlen=1000)
+        self._wake = threading.Event()
+        self._halt = threading.Event()
+        self._pump: threading.Thread | None = None
+        self._started = False
+        self._ever_connected = False
+        self._counters = {"reconnects": 0, "published": 0, "acked": 0, "dropped_nondurable": 0,
+                          "refused": 0, "replayed": 0, "connect_failures": 0}
+        self._backoff = JitteredBackoff(base=min(0.5, config.mqtt.reconnect_max_s),
+                                        cap=config.mqtt.reconnect_max_s)
+        self._client = self._make_client()
+
+    # ------------------------------------------------------------------ setup
+
+    def _make_client(self) -> paho.Client:
+        cfg = self.mqtt
+        v5 = cfg.protocol == "5"
+        client = paho.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=self.config.client_id,
+            protocol=MQTTProtocolVersion.MQTTv5 if v5 else MQTTProtocolVersion.MQTTv311,
+            clean_session=None if v5 else False,
+        )
+        client.max_inflight_messages_set(self.window + 20)
+        client.max_queued_messages_set(self.window + 1000)
+        client.reconnect_delay_set(1, max(1, int(cfg.reconnect_max_s)))
+        if cfg.username:
+            client.username_pw_set(cfg.username, read_password(cfg))
+        if cfg.tls.enabled:
+            try:
+                client.tls_set(
+                    ca_certs=str(cfg.tls.ca_certs),
+                    certfile=str(cfg.tls.certfile) if cfg.tls.certfile else None,
+                    keyfile=str(cfg.tls.keyfile) if cfg.tls.keyfile else None,
+                    cert_reqs=ssl.CERT_REQUIRED,
+                    tls_version=ssl.PROTOCOL_TLS_CLIENT,
+                )
+            except (OSError, ssl.SSLError) as exc:
+                raise ConfigError(f"mqtt.tls: cannot load certificates: {exc}") from None
+            client.tls_insecure_set(cfg.tls.insecure)
+        client.on_connect = self._handle_connect
+        client.on_connect_fail = self._handle_connect_fail
+        client.on_disconnect = self._handle_disconnect
+        client.on_publish = self._handle_publish
+        client.on_message = self._handle_message
+        return client
+
+    def set_will(self, topic: str, payload: bytes) -> None:
+        """The last will (retained, QoS 1); call before :meth:`start` (else: next connect)."""
+        self._client.will_set(topic, payload, qos=1, retain=True)
+
+    def on_connected(self, callback: Callable[[], None]) -> None:
+        """Call ``callback()`` after every successful (re)connect, on paho's network thread.
+
+        It must be quick (publish status, discovery); exceptions are logged and swallowed.
+        """
+        with self._lock:
+            self._on_connected.append(callback)
+
+    def start(self) -> None:
+        """Connect in the background; returns at once even when the broker is down."""
+        if self._started:
+            return
+        self._started = True
+        cfg = self.mqtt
+        props = None
+        if cfg.protocol == "5":
+            props = Properties(PacketTypes.CONNECT)
+            props.SessionExpiryInterval = SESSION_EXPIRY_S
+        self._client.connect_async(cfg.host, cfg.port, keepalive=cfg.keepalive,
+                                   clean_start=False, properties=props)
+        self._client.loop_start()
+        self._pump = threading.Thread(target=self._run_pump, name="mqtt-outbox", daemon=True)
+        self._pump.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Flush (while connected, until ``timeout``), disconnect, stop every thread.
+
+        Publishes nothing itself: the agent publishes its retained ``offline`` before this.
+        Unacknowledged durable messages stay in the outbox for the next start.
+        """
+        deadline = time.monotonic() + max(0.0, timeout)
+        if self._started:
+            while time.monotonic() < deadline and self._connected and not self._flushed():
+                self._wake.set()
+                time.sleep(0.01)
+            self._halt.set()
+            self._wake.set()
+            if self._pump is not None:
+                self._pump.join(max(0.1, deadline - time.monotonic()))
+                if self._pump.is_alive():
+                    logger.warning("mqtt outbox pump did not stop in time")
+            self._client.disconnect()
+            self._client.loop_stop()
+            self._flush_acks()
+            self._started = False
+        with self._lock:
+            self._connected = False
+        self._outbox.close()
+
+    def _flushed(self) -> bool:
+        if self._outbox.depth:
+            return False
+        return all(info.is_published() for info in list(self._recent))
+
+    # ------------------------------------------------------------------ publishing
+
+    def publish(self, topic: str, payload: bytes, *, qos: int, retain: bool) -> None:
+        """Best-effort publish (status, stats, replies, snapshots): dropped while disconnected.
+
+        A drop is counted in ``dropped_nondurable``; retained status is re-sent by the
+        agent's ``on_connected`` callback.
+        """
+        with self._lock:
+            if not self._connected:
+                self._counters["dropped_nondurable"] += 1
+                return
+            info = self._client.publish(topic, payload, qos=qos, retain=retain)
+        if info.rc != _OK:
+            self._counters["dropped_nondurable"] += 1
+            logger.debug("publish to %s not queued: %s", topic, paho.error_string(info.rc))
+            return
+        self._counters["published"] += 1
+        self._recent.append(info)
+
+    def publish_durable(self, pipeline: str, topic: str, render: Render) -> int:
+        """Store a result/event in the outbox (allocating seq and id), then send it.
+
+        Args:
+            pipeline: whose ``seq`` counter to use.
+            topic: the destination.
+            render: ``render(seq, id) -> bytes`` builds the payload inside the outbox's
+                transaction; if it raises, nothing is stored and the seq is not used.
+
+        Returns:
+            the message's seq.
+        """
+        appended = self._outbox.append(pipeline, topic, render, self.mqtt.qos,
+                                       sent=self._connected)
+        self._wake.set()
+        return appended.seq
+
+    # ------------------------------------------------------------------ pump
+
+    def _run_pump(self) -> None:
+        while not self._halt.is_set():
+            self._wake.wait(0.25)
+            self._wake.clear()
+            try:
+                self._flush_acks()
+                self._send_backlog()
+            except Exception:
+                logger.exception("mqtt outbox pump failed; retrying")
+                self._halt.wait(1.0)
+
+    def _flush_acks(self) -> None:
+        rowids: list[int] = []
+        with self._lock:
+            while self._acks:
+                epoch, mid = self._acks.popleft()
+                if epoch == self._epoch:
+                    rowid = self._inflight.pop(mid, None)
+                    if rowid is not None:
+                        rowids.append(rowid)
+        if rowids:
+            self._outbox.ack(rowids)
+            self._counters["acked"] += len(rowids)
+
+    def _send_backlog(self) -> None:
+        while not self._halt.is_set():
+            with self._lock:
+                if not self._connected:
+                    return
+                free = self.window - len(self._inflight)
+                after, epoch = self._cursor, self._epoch
+            if free <= 0:
+                return
+            rows = self._outbox.pending(after=after, limit=free)
+            if not rows:
+                return
+            self._outbox.mark_sent(r.rowid for r in rows if not r.sent)
+            for row in rows:
+                # a replay: handed out before by this process, or possibly by an earlier one
+                replay = row.rowid <= self._handed or (
+                    row.sent and row.rowid <= self._outbox.rowid_at_open)
+                payload = mark_replayed(row.payload) if replay else row.payload
+                with self._lock:
+                    if not self._connected or self._epoch != epoch:
+                        return
+                    info = self._client.publish(row.topic, payload, qos=row.qos)
+                    if info.rc != _OK:
+                        logger.debug("outbox publish failed: %s", paho.error_string(info.rc))
+                        return
+                    self._cursor = row.rowid
+                    self._handed = max(self._handed, row.rowid)
+                    if row.qos:
+                        self._inflight[info.mid] = row.rowid
+                if replay:
+                    self._counters["replayed"] += 1
+                self._counters["published"] += 1
+                if not row.qos:
+                    self._outbox.ack(row.rowid)
+            self._flush_acks()
+
+    # ------------------------------------------------------------------ subscribing
+
+    def subscribe(self, topic_filter: str, handler: Handler) -> None:
+        """Route messages matching ``topic_filter`` to ``handler(topic, payload)`` (QoS 1).
+
+        The subscription is renewed on every reconnect; the session is persistent, so
+        commands sent while the device was offline arrive when it is back. Handlers run on
+        paho's network thread: they must be quick (hand work to a queue).
+        """
+        with self._lock:
+            self._handlers[topic_filter] = handler
+            connected = self._connected
+        if connected:
+            self._subscribe(topic_filter)
+
+    def _subscribe(self, topic_filter: str) -> None:
+        rc, _mid = self._client.subscribe(topic_filter, qos=1)
+        if rc != _OK:
+            logger.warning("subscribe to %s failed: %s", topic_filter, paho.error_string(rc))
+
+    def _handle_message(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
+        with self._lock:
+            handlers = [h for f, h in self._handlers.items()
+                        if paho.topic_matches_sub(f, msg.topic)]
+        for handler in handlers:
+            try:
+                handler(msg.topic, bytes(msg.payload))
+            except Exception:
+                logger.exception("handler for %s failed", msg.topic)
+
+    # ------------------------------------------------------------------ paho callbacks
+
+    def _handle_connect(self, client: paho.Client, userdata: Any, flags: paho.ConnectFlags,
+                        reason_code: Any, properties: Properties | None) -> None:
+        if reason_code.is_failure:
+            self._counters["connect_failures"] += 1
+            with self._lock:
+                self._connected = False
+            logger.warning("broker %s:%d refused the connection: %s", self.mqtt.host,
+                           self.mqtt.port, reason_code)
+            self._set_delay()
+            return
+        with self._lock:
+            # What paho still holds would be resent without the replayed mark and out of our
+            # order: the pump resends it from the outbox instead.
+            client.drop_out_messages()
+            self._epoch += 1
+            self._inflight.clear()
+            self._cursor = 0
+            self._connected = True
+            if self._ever_connected:
+                self._counters["reconnects"] += 1
+            self._ever_connected = True
+            filters = list(self._handlers)
+            callbacks = list(self._on_connected)
+        self._backoff.reset()
+        logger.info("connected to %s:%d (session present: %s, outbox depth %d)", self.mqtt.host,
+                    self.mqtt.port, flags.session_present, self._outbox.depth)
+        for topic_filter in filters:
+            self._subscribe(topic_filter)
+        for callback in callbacks:
+            try:
+                callback()
+            except Exception:
+                logger.exception("on_connected callback failed")
+        self._wake.set()
+
+    def _handle_connect_fail(self, client: paho.Client, userdata: Any) -> None:
+        self._counters["connect_failures"] += 1
+        self._set_delay()
+
+    def _handle_disconnect(self, client: paho.Client, userdata: Any,
+                           flags: paho.DisconnectFlags, reason_code: Any,
+                           properties: Properties | None) -> None:
+        # No lock here: paho may call this with its own locks held.
+        was, self._connected = self._connected, False
+        if was and not self._halt.is_set():
+            logger.warning("disconnected from %s:%d (%s); outbox keeps results", self.mqtt.host,
+                           self.mqtt.port, reason_code)
+        self._set_delay()
+
+    def _set_delay(self) -> None:
+        delay = self._backoff.next()
+        # floats work: paho only adds and compares the delay
+        self._client.reconnect_delay_set(delay, delay)  # type: ignore[arg-type]
+
+    def _handle_publish(self, client: paho.Client, userdata: Any, mid: int, reason_code: Any,
+                        properties: Properties | None) -> None:
+        # Called with paho's out-message lock held: never take self._lock here (the pump holds
+        # it while it calls publish). The pump maps mids to rows.
+        if reason_code.is_failure:
+            self._counters["refused"] += 1
+            logger.warning("broker refused message %d: %s", mid, reason_code)
+        self._acks.append((self._epoch, mid))
+        self._wake.set()
+
+    # ------------------------------------------------------------------ stats
+
+    @property
+    def connected(self) -> bool:
+        """Whether the broker accepted our last connect and we are still connected."""
+        return self._connected
+
+    @property
+    def outbox(self) -> SqliteOutbox:
+        """The outbox (read-only use: depth, dropped)."""
+        return self._outbox
+
+    def stats(self) -> dict[str, Any]:
+        """Counters for the stats message and /metrics.
+
+        Keys: connected, reconnects, outbox_depth, outbox_bytes, outbox_dropped, inflight,
+        published, acked, replayed, refused, dropped_nondurable, connect_failures, boot_id.
+        """
+        with self._lock:
+            inflight = len(self._inflight)
+        return {
+            "connected": self._connected,
+            "outbox_depth": self._outbox.depth,
+            "outbox_bytes": self._outbox.size_bytes,
+            "outbox_dropped": self._outbox.dropped,
+            "inflight": inflight,
+            **self._counters,
+            "boot_id": self.boot_id,
+        }

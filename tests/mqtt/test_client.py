@@ -1,0 +1,207 @@
+"""MqttTransport against a real mosquitto: durable delivery, outages, sessions, counters."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as paho
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+
+from edge_agent.mqtt.client import MqttTransport, mark_replayed
+from tests.broker import Mosquitto
+from tests.mqtt.conftest import Subscriber, agent_config, result_renderer, wait_until
+
+
+@pytest.mark.parametrize("protocol", ["3.1.1", "5"])
+def test_durable_publish_reaches_subscriber(broker: Mosquitto, tmp_path: Path,
+                                            subscriber_factory: Any, protocol: str) -> None:
+    sub: Subscriber = subscriber_factory(broker, "edge-agent/test-device/results/#")
+    transport = MqttTransport(agent_config(broker, tmp_path, protocol=protocol), tmp_path)
+    connected = threading.Event()
+    transport.on_connected(connected.set)
+    transport.start()
+    try:
+        assert connected.wait(10)
+        topic = transport.topics.results("cam")
+        render = result_renderer("cam", transport.boot_id)
+        seqs = [transport.publish_durable("cam", topic, render) for _ in range(20)]
+        assert seqs == list(range(1, 21))
+        assert wait_until(lambda: len(sub.payloads()) >= 20)
+        assert wait_until(lambda: transport.stats()["outbox_depth"] == 0)
+    finally:
+        transport.stop(5)
+    got = sub.payloads()
+    assert [p["seq"] for p in got] == list(range(1, 21))
+    assert not any(p.get("replayed") for p in got)
+    stats = transport.stats()
+    assert stats["acked"] == 20 and stats["outbox_depth"] == 0 and stats["connected"] is False
+
+
+def test_start_is_non_blocking_without_broker_and_nondurable_drops_are_counted(
+        tmp_path: Path) -> None:
+    dead = Mosquitto(tmp_path / "never-started")
+    transport = MqttTransport(agent_config(dead, tmp_path / "state"), tmp_path / "state")
+    began = time.monotonic()
+    transport.start()
+    try:
+        assert time.monotonic() - began < 1.0
+        transport.publish("edge-agent/test-device/stats", b"{}", qos=0, retain=False)
+        seq = transport.publish_durable("cam", transport.topics.results("cam"),
+                                        result_renderer("cam", transport.boot_id))
+        assert seq == 1
+        stats = transport.stats()
+        assert stats["connected"] is False
+        assert stats["dropped_nondurable"] == 1
+        assert stats["outbox_depth"] == 1
+    finally:
+        transport.stop(1)
+    # and the result waits in the outbox for the next start
+    again = MqttTransport(agent_config(dead, tmp_path / "state"), tmp_path / "state")
+    assert again.stats()["outbox_depth"] == 1
+    again.stop(0)
+
+
+def test_outage_loses_nothing(broker: Mosquitto, tmp_path: Path,
+                              subscriber_factory: Any) -> None:
+    """Broker down >= 10 s while publishing >= 10 msg/s: every seq arrives, ids stable."""
+    sub: Subscriber = subscriber_factory(broker, "edge-agent/test-device/results/#")
+    transport = MqttTransport(agent_config(broker, tmp_path), tmp_path)
+    connected = threading.Event()
+    transport.on_connected(connected.set)
+    transport.start()
+    stop = threading.Event()
+    produced: list[int] = []
+    topic = transport.topics.results("cam")
+    render = result_renderer("cam", transport.boot_id)
+
+    def produce() -> None:
+        while not stop.is_set():
+            produced.append(transport.publish_durable("cam", topic, render))
+            stop.wait(0.05)  # 20 results/s
+
+    assert connected.wait(10)
+    producer = threading.Thread(target=produce, name="test-producer")
+    producer.start()
+    try:
+        time.sleep(1.5)
+        broker.stop()
+        assert wait_until(lambda: not transport.stats()["connected"], 5)
+        time.sleep(10.5)
+        depth_in_outage = transport.stats()["outbox_depth"]
+        broker.start()
+        time.sleep(1.5)
+        stop.set()
+        producer.join()
+        last = produced[-1]
+        assert wait_until(lambda: {p["seq"] for p in sub.payloads()} >= set(range(1, last + 1)),
+                          30)
+        assert wait_until(lambda: transport.stats()["outbox_depth"] == 0, 10)
+    finally:
+        stop.set()
+        producer.join()
+        transport.stop(5)
+    assert depth_in_outage >= 150  # >= 10 s at 20/s buffered in the outbox
+    got = sub.payloads()
+    assert produced == list(range(1, len(produced) + 1))
+    assert sorted({p["seq"] for p in got}) == produced  # 0 lost
+    ids_by_seq: dict[int, set[str]] = defaultdict(set)
+    copies: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for p in got:
+        ids_by_seq[p["seq"]].add(p["id"])
+        copies[p["id"]].append(p)
+    assert all(len(ids) == 1 for ids in ids_by_seq.values())  # same id on every resend
+    assert len(copies) == len(produced)  # ids unique
+    for dupes in copies.values():  # every extra copy is marked
+        assert sum(1 for p in dupes if p.get("replayed")) >= len(dupes) - 1
+    assert transport.stats()["reconnects"] >= 1
+
+
+def test_unacked_messages_are_replayed_with_the_same_id(broker: Mosquitto, tmp_path: Path,
+                                                        subscriber_factory: Any) -> None:
+    # messages stored and handed out once, never acknowledged: a new transport resends them
+    # marked as replayed
+    dead = Mosquitto(tmp_path / "dead")
+    first = MqttTransport(agent_config(dead, tmp_path), tmp_path)
+    render = result_renderer("cam", first.boot_id)
+    for _ in range(3):
+        first.publish_durable("cam", first.topics.results("cam"), render)
+    first.outbox.mark_sent(m.rowid for m in first.outbox.pending())
+    ids = [m.id for m in first.outbox.pending()]
+    first.stop(0)
+    sub: Subscriber = subscriber_factory(broker, "edge-agent/test-device/results/#")
+    second = MqttTransport(agent_config(broker, tmp_path), tmp_path)
+    second.start()
+    try:
+        assert wait_until(lambda: len(sub.payloads()) >= 3)
+    finally:
+        second.stop(5)
+    got = sub.payloads()
+    assert [p["id"] for p in got] == ids
+    assert all(p["replayed"] is True for p in got)
+    assert second.stats()["replayed"] == 3
+
+
+def test_commands_sent_while_offline_arrive_after_restart(broker: Mosquitto,
+                                                         tmp_path: Path) -> None:
+    cfg = agent_config(broker, tmp_path)
+    received: list[tuple[str, bytes]] = []
+    transport = MqttTransport(cfg, tmp_path)
+    subscribed = threading.Event()
+    transport.subscribe(transport.topics.cmd_filter(), lambda t, p: received.append((t, p)))
+    transport.on_connected(subscribed.set)
+    transport.start()
+    assert subscribed.wait(10)
+    time.sleep(0.3)  # SUBACK
+    transport.stop(2)
+
+    op = paho.Client(CallbackAPIVersion.VERSION2, client_id="operator")
+    op.connect(broker.host, broker.port)
+    op.loop_start()
+    info = op.publish(transport.topics.cmd("restart"), b'{"request_id": "r1"}', qos=1)
+    info.wait_for_publish(5)
+    op.disconnect()
+    op.loop_stop()
+
+    again = MqttTransport(cfg, tmp_path)
+    again.subscribe(again.topics.cmd_filter(), lambda t, p: received.append((t, p)))
+    again.start()
+    try:
+        assert wait_until(lambda: len(received) == 1)
+    finally:
+        again.stop(2)
+    assert received == [("edge-agent/test-device/cmd/restart", b'{"request_id": "r1"}')]
+
+
+def test_on_connected_runs_after_every_reconnect(broker: Mosquitto, tmp_path: Path,
+                                                 subscriber_factory: Any) -> None:
+    sub: Subscriber = subscriber_factory(broker, "edge-agent/test-device/status")
+    transport = MqttTransport(agent_config(broker, tmp_path), tmp_path)
+    calls: list[float] = []
+
+    def announce() -> None:
+        calls.append(time.monotonic())
+        transport.publish(transport.topics.status(), b'{"state": "online"}', qos=1, retain=True)
+
+    transport.on_connected(announce)
+    transport.set_will(transport.topics.status(), b'{"state": "offline"}')
+    transport.start()
+    try:
+        assert wait_until(lambda: len(calls) == 1)
+        broker.restart()
+        assert wait_until(lambda: len(calls) == 2, 15)
+        assert wait_until(lambda: transport.stats()["reconnects"] == 1)
+    finally:
+        transport.stop(2)
+    assert wait_until(lambda: len(sub.payloads()) >= 2)
+    assert sub.payloads()[-1] == {"state": "online"}
+
+
+def test_mark_replayed() -> None:
+    assert mark_replayed(b'{"a": 1}') == b'{"a":1,"replayed":true}'
+    assert mark_replayed(b"\xff\xd8jpeg") == b"\xff\xd8jpeg"
+    assert mark_replayed(b"[1]") == b"[1]"
