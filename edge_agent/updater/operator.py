@@ -1,0 +1,254 @@
+"""Operator commands: ``edge-agent model keygen | sign | verify | push | status | rollback``.
+
+These run on the operator's machine, not on the device. ``push``, ``status`` and ``rollback``
+talk to the broker through :class:`edge_agent.mqtt.subscriber.Subscriber` (only
+``edge_agent.mqtt`` imports paho).
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from edge_agent.errors import UpdateError
+from edge_agent.updater.manifest import build_manifest, parse_manifest, verify_manifest
+from edge_agent.updater.signing import (
+    generate_key_pair,
+    load_private_key,
+    load_public_keys,
+    sign_command,
+)
+from edge_agent.updater.store import sha256_file
+
+TERMINAL = {"active": 0, "rejected": 1, "rolled_back": 1}
+
+
+def cmd_keygen(args: argparse.Namespace) -> int:
+    """``model keygen --out DIR``: write signing.key (0600) and signing.pub."""
+    priv, pub, kid = generate_key_pair(args.out)
+    print(f"private key: {priv} (mode 0600; keep it off the devices)")
+    print(f"public key:  {pub} (list it in updates.public_keys on the devices)")
+    print(f"key_id:      {kid}")
+    return 0
+
+
+def cmd_sign(args: argparse.Namespace) -> int:
+    """``model sign FILE --key KEY --name N --version V [--url] [--labels] --out MANIFEST``."""
+    model = Path(args.file)
+    if not model.is_file():
+        raise UpdateError(f"{model}: no such file")
+    labels = Path(args.labels).read_text(encoding="utf-8") if args.labels else None
+    manifest = build_manifest(
+        name=args.name, version=int(args.version), sha256=sha256_file(model),
+        size=model.stat().st_size, key=load_private_key(args.key), url=args.url, labels=labels,
+        allow_downgrade=bool(getattr(args, "allow_downgrade", False)))
+    out = Path(args.out)
+    out.write_text(manifest.to_json() + "\n", encoding="utf-8")
+    print(f"{out}: {manifest.name} v{manifest.version} sha256 {manifest.sha256} "
+          f"size {manifest.size} key_id {manifest.key_id}")
+    return 0
+
+
+def _load_manifest_file(path: str) -> dict[str, Any]:
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise UpdateError(f"cannot read manifest {path}: {exc.strerror or exc}") from exc
+    return dict(parse_manifest(text).raw)
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    """``model verify MANIFEST --pub KEY.pub [--file MODEL]``: signature, and size/sha256."""
+    manifest = parse_manifest(_load_manifest_file(args.manifest))
+    kid = verify_manifest(manifest, load_public_keys(args.pub))
+    print(f"signature OK: {manifest.name} v{manifest.version} signed by {kid}")
+    if args.file:
+        _check_file(Path(args.file), manifest.size, manifest.sha256)
+        print(f"file OK: {args.file} matches size {manifest.size} and sha256")
+    return 0
+
+
+def _check_file(path: Path, size: int, sha: str) -> None:
+    if not path.is_file():
+        raise UpdateError(f"{path}: no such file")
+    if path.stat().st_size != size:
+        raise UpdateError(f"{path} is {path.stat().st_size} bytes, the manifest says {size}")
+    if sha256_file(path) != sha:
+        raise UpdateError(f"{path} does not match the manifest's sha256")
+
+
+def _broker(spec: str) -> tuple[str, int]:
+    host, sep, port = spec.rpartition(":")
+    if sep and port.isdigit() and host:
+        return host.strip("[]"), int(port)
+    return spec, 1883
+
+
+def _tls(args: argparse.Namespace) -> tuple[str | None, str | None, str | None] | None:
+    ca, cert, key = (getattr(args, n, None) for n in ("cafile", "cert", "keyfile"))
+    return (ca, cert, key) if (ca or cert or key) else None
+
+
+class _Watcher:
+    """Collects state messages and replies for one request and shows them as they arrive."""
+
+    def __init__(self, request_id: str, single: bool, terminal: dict[str, int]) -> None:
+        self.request_id = request_id
+        self.terminal = terminal
+        self.single = single
+        self.outcomes: dict[str, int] = {}
+        self.done = threading.Event()
+        self._bar = False
+
+    def on_message(self, topic: str, payload: bytes, retained: bool) -> None:
+        try:
+            msg = json.loads(payload)
+        except ValueError:
+            return
+        if not isinstance(msg, dict) or msg.get("request_id") != self.request_id:
+            return  # someone else's state (e.g. the retained one from before)
+        device = topic.split("/")[-4] if "/model/" in topic else topic.split("/")[-3]
+        if topic.endswith("/cmd/reply"):
+            if not msg.get("ok"):
+                self._line(f"{device}: refused: {msg.get('error')}")
+                self.outcomes.setdefault(device, 1)
+                self._finish()
+            return
+        state = str(msg.get("state"))
+        progress = msg.get("progress")
+        if state == "downloading" and isinstance(progress, dict) and progress.get("total"):
+            done, total = int(progress.get("bytes", 0)), int(progress["total"])
+            width = 30
+            filled = int(width * done / total)
+            print(f"\r{device}: downloading [{'#' * filled}{'.' * (width - filled)}] "
+                  f"{100 * done // total:3d}% {done / 1e6:.1f}/{total / 1e6:.1f} MB",
+                  end="", file=sys.stderr, flush=True)
+            self._bar = True
+            return
+        reason = f": {msg['reason']}" if msg.get("reason") else ""
+        self._line(f"{device}: {state} {msg.get('name')} v{msg.get('version')}{reason}")
+        if state in self.terminal and "watch" not in msg:
+            self.outcomes[device] = self.terminal[state]
+            self._finish()
+
+    def _line(self, text: str) -> None:
+        if self._bar:
+            print(file=sys.stderr)
+            self._bar = False
+        print(text, flush=True)
+
+    def _finish(self) -> None:
+        if self.single:
+            self.done.set()
+
+
+def _run_request(args: argparse.Namespace, topic: str, payload: bytes, watch: list[str],
+                 request_id: str, single: bool, terminal: dict[str, int]) -> int:
+    from edge_agent.mqtt.subscriber import Subscriber  # only edge_agent.mqtt imports paho
+
+    host, port = _broker(args.broker)
+    watcher = _Watcher(request_id, single, terminal)
+    sub = Subscriber(host, port, watch, watcher.on_message, tls=_tls(args))
+    try:
+        if not sub.start(timeout=min(10.0, args.timeout)):
+            raise UpdateError(f"cannot reach the broker at {host}:{port}")
+        if not sub.publish(topic, payload, qos=1):
+            raise UpdateError(f"the broker did not accept the command on {topic}")
+        finished = watcher.done.wait(args.timeout)
+    finally:
+        sub.stop()
+    if not watcher.outcomes:
+        print(f"timed out after {args.timeout:g} s without an answer", file=sys.stderr)
+        return 1
+    if single and not finished:
+        return 1
+    return 0 if all(v == 0 for v in watcher.outcomes.values()) else 1
+
+
+def cmd_push(args: argparse.Namespace) -> int:
+    """``model push MANIFEST --pipeline P (--device D | --group G) --broker H[:P] [--file]``.
+
+    Shows the device's state messages as they arrive; exit 0 when the update is ``active``,
+    1 on rejected, rolled_back, a refused command or timeout. A group push waits the whole
+    ``--timeout`` and succeeds when every device that answered went active.
+    """
+    raw = _load_manifest_file(args.manifest)
+    manifest = parse_manifest(raw)
+    rid = uuid.uuid4().hex
+    command: dict[str, Any] = {"request_id": rid, "pipeline": args.pipeline, "manifest": raw}
+    if args.file:
+        path = Path(args.file)
+        _check_file(path, manifest.size, manifest.sha256)
+        command["data"] = base64.b64encode(path.read_bytes()).decode()
+    elif not manifest.url:
+        raise UpdateError("the manifest has no url: sign it with --url or push with --file")
+    p = args.topic_prefix
+    if args.device:
+        topic = f"{p}/{args.device}/cmd/model/update"
+        watch = [f"{p}/{args.device}/model/{args.pipeline}/state", f"{p}/{args.device}/cmd/reply"]
+    else:
+        topic = f"{p}/group/{args.group}/cmd/model/update"
+        watch = [f"{p}/+/model/{args.pipeline}/state", f"{p}/+/cmd/reply"]
+    print(f"pushing {manifest.name} v{manifest.version} ({manifest.size} bytes, "
+          f"{'inline' if args.file else 'by url'}) to {topic}")
+    return _run_request(args, topic, json.dumps(command).encode(), watch, rid,
+                        single=bool(args.device), terminal=TERMINAL)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """``model status --device D --broker H[:P]``: the retained model state of each pipeline."""
+    from edge_agent.mqtt.subscriber import Subscriber
+
+    host, port = _broker(args.broker)
+    states: dict[str, dict[str, Any]] = {}
+    last = [time.monotonic()]
+
+    def on_message(topic: str, payload: bytes, retained: bool) -> None:
+        try:
+            msg = json.loads(payload)
+        except ValueError:
+            return
+        if isinstance(msg, dict):
+            states[topic.split("/")[-2]] = msg
+            last[0] = time.monotonic()
+
+    sub = Subscriber(host, port, [f"{args.topic_prefix}/{args.device}/model/+/state"],
+                     on_message)
+    try:
+        if not sub.start(timeout=args.timeout):
+            raise UpdateError(f"cannot reach the broker at {host}:{port}")
+        deadline = time.monotonic() + args.timeout
+        # Retained messages arrive right after SUBACK: stop shortly after the last one.
+        while time.monotonic() < deadline and not (states and time.monotonic() - last[0] > 0.5):
+            time.sleep(0.05)
+    finally:
+        sub.stop()
+    if not states:
+        print(f"no model state from device {args.device} (is it running and connected?)")
+        return 1
+    for pipeline, s in sorted(states.items()):
+        act = s.get("active") or {}
+        prev = s.get("previous") or {}
+        print(f"{pipeline}: {s.get('state')}  active {act.get('name')} v{act.get('version')} "
+              f"{str(act.get('sha256', ''))[:12]}  previous "
+              f"{(prev.get('name'), prev.get('version')) if prev else None}"
+              + (f"  reason: {s['reason']}" if s.get("reason") else ""))
+    return 0
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    """``model rollback --device D --pipeline P --broker H[:P] --key KEY``: signed command."""
+    key = load_private_key(args.key)
+    rid = uuid.uuid4().hex
+    command = sign_command({"request_id": rid, "pipeline": args.pipeline}, key)
+    p = f"{args.topic_prefix}/{args.device}"
+    watch = [f"{p}/model/{args.pipeline}/state", f"{p}/cmd/reply"]
+    return _run_request(args, f"{p}/cmd/rollback", json.dumps(command).encode(), watch, rid,
+                        single=True, terminal={"rolled_back": 0})

@@ -1,0 +1,417 @@
+"""The update state machine of one pipeline: fetch, verify, validate, store, swap, watch.
+
+States published (retained, on ``P/D/model/<pipeline>/state``): ``downloading`` (with
+progress), ``verifying``, ``validating``, ``active``, ``rejected`` (with reason) and
+``rolled_back`` (with reason). Every refusal ends ``rejected`` and the model that was serving
+keeps serving. The agent hands in small callables (:class:`UpdateHooks`); this module never
+touches a runtime, a decoder or MQTT itself.
+
+One update runs at a time, on the updater's own worker thread; a second command while one
+is running (or while a new model is being watched) is answered "busy".
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from edge_agent.config import UpdatesConfig
+from edge_agent.errors import EdgeAgentError, UpdateError
+from edge_agent.updater.fetch import fetch, write_inline
+from edge_agent.updater.manifest import Manifest, parse_manifest, verify_manifest
+from edge_agent.updater.store import ActiveModel, ModelStore, sha256_file
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class UpdateHooks:
+    """What the agent provides to one pipeline's updater.
+
+    Attributes:
+        active: ``() -> (name, version, sha256)`` of the model serving now.
+        validate: ``(model_path, labels_path | None) -> None``: load the model in a separate
+            interpreter, check it fits the pipeline's decoder, warm it up on a recent real
+            frame (finite outputs), check ``max_latency_ms``; raise UpdateError (or
+            ModelError) with the reason.
+        swap: ``(model_path, labels_path | None, manifest | None) -> None``: make the
+            pipeline use this model from the next frame on (between two frames); manifest
+            None means the configured model (version 0). Raise on failure.
+        publish_state: publish the retained state message (a dict).
+        reply: ``(request_id, ok, error | None)``: the reply on ``P/D/cmd/reply``.
+    """
+
+    active: Callable[[], tuple[str, int, str]]
+    validate: Callable[[Path, Path | None], None]
+    swap: Callable[[Path, Path | None, Manifest | None], None]
+    publish_state: Callable[[dict[str, Any]], None]
+    reply: Callable[[str, bool, str | None], None]
+
+
+@dataclass
+class _Watch:
+    sha256: str
+    about: dict[str, Any]
+    request_id: str
+    n: int = 0
+    errors: int = 0
+    non_finite: int = 0
+    manual: str | None = None  # request_id of a manual rollback during the watch
+    wake: threading.Event = field(default_factory=threading.Event)
+
+    @property
+    def failures(self) -> int:
+        return self.errors + self.non_finite
+
+
+class ModelUpdater:
+    """Signed model updates for one pipeline.
+
+    Args:
+        pipeline: the pipeline name.
+        config: the ``updates`` config section.
+        store: this pipeline's :class:`ModelStore`.
+        keys: trusted public keys by key_id (``signing.load_public_keys``).
+        hooks: the agent's callables.
+    """
+
+    def __init__(self, pipeline: str, config: UpdatesConfig, store: ModelStore,
+                 keys: Mapping[str, Ed25519PublicKey], hooks: UpdateHooks) -> None:
+        self.pipeline = pipeline
+        self.config = config
+        self.store = store
+        self.keys = dict(keys)
+        self.hooks = hooks
+        self._queue: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=1)
+        self._lock = threading.Lock()
+        self._busy = False
+        self._watch: _Watch | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # -- lifecycle -----------------------------------------------------------------------
+    def start(self, initial: ActiveModel | None = None) -> None:
+        """Start the worker and publish the start-up state (``rolled_back`` when the store
+        fell back at start, else ``active``)."""
+        if self._thread is not None:
+            return
+        self._thread = threading.Thread(target=self._run, name=f"updater-{self.pipeline}",
+                                        daemon=True)
+        self._thread.start()
+        if initial is not None and initial.reason:
+            self._publish("rolled_back", None, initial.reason)
+        else:
+            self._publish("active", None, None)
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop the worker (a download is cancelled between chunks) and join it."""
+        self._stop.set()
+        with self._lock:
+            if self._watch is not None:
+                self._watch.wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            if self._thread.is_alive():
+                logger.warning("updater %s did not stop within %.1f s", self.pipeline, timeout)
+            self._thread = None
+
+    @property
+    def busy(self) -> bool:
+        """Whether an update, rollback or watch is in progress."""
+        with self._lock:
+            return self._busy
+
+    # -- entry points (any thread) -------------------------------------------------------
+    def handle_update(self, command: Mapping[str, Any]) -> bool:
+        """Queue an update command ``{request_id, pipeline, manifest, url?, data?}``.
+
+        Returns:
+            True when accepted; False when busy (then "busy" has been replied).
+        """
+        rid = str(command.get("request_id", ""))
+        if not self._claim(rid):
+            return False
+        self._queue.put(("update", dict(command)))
+        return True
+
+    def rollback(self, request_id: str) -> bool:
+        """Roll back to the previous model (manual). During a watch it ends the watch."""
+        with self._lock:
+            if self._watch is not None:
+                self._watch.manual = request_id
+                self._watch.wake.set()
+                return True
+        if not self._claim(request_id):
+            return False
+        self._queue.put(("rollback", request_id))
+        return True
+
+    def record_inference(self, ok: bool, finite: bool = True, sha256: str | None = None) -> None:
+        """Count one inference of the watched model (cheap; called by the pipeline thread).
+
+        Args:
+            ok: the invoke and decode succeeded.
+            finite: every output value was finite.
+            sha256: the model that ran; other models' inferences are ignored.
+        """
+        with self._lock:
+            w = self._watch
+            if w is None or (sha256 is not None and sha256 != w.sha256):
+                return
+            w.n += 1
+            if not ok:
+                w.errors += 1
+            elif not finite:
+                w.non_finite += 1
+            limit = self.config.watch_inferences
+            if limit and (w.n >= limit or w.failures > self.config.max_failure_ratio * limit):
+                w.wake.set()
+
+    def _claim(self, request_id: str) -> bool:
+        with self._lock:
+            if self._busy or self._stop.is_set():
+                what = "watching a new model" if self._watch is not None else "busy"
+                reason = f"busy: pipeline {self.pipeline} is {what}; retry later"
+                claimed = False
+            else:
+                self._busy = claimed = True
+        if not claimed:
+            self.hooks.reply(request_id, False, reason)
+        return claimed
+
+    # -- worker --------------------------------------------------------------------------
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                kind, arg = self._queue.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            try:
+                if kind == "update":
+                    self._update(arg)
+                else:
+                    self._manual_rollback(arg)
+            except Exception:  # worker boundary: keep the updater alive
+                logger.exception("updater %s: unexpected error", self.pipeline)
+            finally:
+                with self._lock:
+                    self._busy = False
+                    self._watch = None
+
+    def _state(self, state: str, about: Mapping[str, Any] | None, reason: str | None,
+               request_id: str | None = None, **extra: Any) -> dict[str, Any]:
+        name, version, sha = self.hooks.active()
+        about = dict(about) if about else {"name": name, "version": version, "sha256": sha}
+        msg: dict[str, Any] = {"state": state, "pipeline": self.pipeline, **about,
+                               "reason": reason,
+                               "active": {"name": name, "version": version, "sha256": sha},
+                               "previous": self.store.describe("previous")}
+        if request_id is not None:
+            msg["request_id"] = request_id
+        msg.update(extra)
+        return msg
+
+    def _publish(self, state: str, about: Mapping[str, Any] | None, reason: str | None,
+                 request_id: str | None = None, **extra: Any) -> None:
+        self.hooks.publish_state(self._state(state, about, reason, request_id, **extra))
+
+    def _update(self, command: dict[str, Any]) -> None:
+        rid = str(command.get("request_id", ""))
+        about: dict[str, Any] | None = None
+        t0 = time.monotonic()
+        try:
+            manifest = self._check_manifest(command)
+            about = manifest.describe()
+            staged = self._obtain(command, manifest, rid)
+            self._publish("verifying", about, None, rid)
+            self._verify_bytes(staged, manifest)
+            labels = None
+            if manifest.labels is not None:
+                labels = self.store.staged_labels_path(manifest.sha256)
+                labels.write_text(manifest.labels)
+            self._publish("validating", about, None, rid)
+            self._validate(staged, labels)
+            watch = _Watch(manifest.sha256, about, rid)
+            with self._lock:
+                self._watch = watch  # count inferences from the very first frame after swap
+            self._install_and_swap(staged, manifest)
+        except UpdateError as exc:
+            logger.warning("update %s of pipeline %s rejected: %s", rid, self.pipeline, exc)
+            self._publish("rejected", about, str(exc), rid)
+            self.hooks.reply(rid, False, str(exc))
+            with self._lock:
+                self._watch = None
+            return
+        elapsed = time.monotonic() - t0
+        logger.info("pipeline %s: model %s v%d active after %.2f s", self.pipeline,
+                    manifest.name, manifest.version, elapsed)
+        self._publish("active", about, None, rid, elapsed_s=round(elapsed, 3))
+        self.hooks.reply(rid, True, None)
+        self.store.prune()
+        self._watch_model(watch)
+
+    def _check_manifest(self, command: Mapping[str, Any]) -> Manifest:
+        if "manifest" not in command:
+            raise UpdateError("command has no manifest")
+        pipeline = command.get("pipeline")
+        if pipeline is not None and pipeline != self.pipeline:
+            raise UpdateError(f"command is for pipeline {pipeline!r}, not {self.pipeline!r}")
+        manifest = parse_manifest(command["manifest"])
+        if manifest.size > self.config.max_size_bytes:
+            raise UpdateError(f"model size {manifest.size} is over updates.max_size_bytes "
+                              f"({self.config.max_size_bytes})")
+        verify_manifest(manifest, self.keys)
+        _name, version, sha = self.hooks.active()
+        if manifest.sha256 == sha:
+            raise UpdateError(f"model {sha[:12]} is already active")
+        if manifest.version <= version:
+            if not (self.config.allow_downgrade and manifest.allow_downgrade):
+                raise UpdateError(
+                    f"version {manifest.version} is not above the active version {version}; a "
+                    "downgrade needs updates.allow_downgrade on the device and a manifest "
+                    "signed with --allow-downgrade")
+            logger.info("pipeline %s: downgrade %d -> %d allowed by config and manifest",
+                        self.pipeline, version, manifest.version)
+        return manifest
+
+    def _obtain(self, command: Mapping[str, Any], manifest: Manifest, rid: str) -> Path:
+        sha, total = manifest.sha256, manifest.size
+        about = manifest.describe()
+        installed = self.store.model_path(sha)
+        if installed.exists() and sha256_file(installed) == sha:
+            return installed  # e.g. going back to a model that is still in the store
+        self.store.discard_parts(keep=sha)
+        part = self.store.part_path(sha)
+        last = [0.0]
+
+        def progress(done: int, size: int) -> None:
+            now = time.monotonic()
+            if now - last[0] >= 0.5 or done == size:
+                last[0] = now
+                self._publish("downloading", about, None, rid,
+                              progress={"bytes": done, "total": size})
+
+        progress(part.stat().st_size if part.exists() else 0, total)
+        data = command.get("data")
+        if data is not None:
+            part.unlink(missing_ok=True)
+            write_inline(data, part, total)
+            progress(total, total)
+            return part
+        url = command.get("url") or manifest.url
+        if not url:
+            raise UpdateError("no url in the command or the manifest, and no inline data")
+        return fetch(str(url), part, total, timeout=self.config.fetch_timeout_s,
+                     progress=progress, cancel=self._stop)
+
+    def _verify_bytes(self, staged: Path, manifest: Manifest) -> None:
+        size = staged.stat().st_size
+        if size != manifest.size:
+            if staged.parent == self.store.staging:
+                staged.unlink(missing_ok=True)
+            raise UpdateError(f"size mismatch: got {size} bytes, the manifest says "
+                              f"{manifest.size}")
+        digest = sha256_file(staged)
+        if digest != manifest.sha256:
+            if staged.parent == self.store.staging:
+                staged.unlink(missing_ok=True)
+            raise UpdateError(f"sha256 mismatch: got {digest[:16]}..., the manifest says "
+                              f"{manifest.sha256[:16]}...")
+
+    def _validate(self, staged: Path, labels: Path | None) -> None:
+        try:
+            self.hooks.validate(staged, labels)
+        except EdgeAgentError as exc:
+            raise UpdateError(f"validation failed: {exc}") from exc
+        except Exception as exc:  # an untrusted model can make a runtime raise anything
+            raise UpdateError(f"validation failed: {type(exc).__name__}: {exc}") from exc
+
+    def _install_and_swap(self, staged: Path, manifest: Manifest) -> Path:
+        path = self.store.install(staged, manifest)
+        watching = self.config.watch_inferences > 0 or self.config.watch_seconds > 0
+        self.store.activate(manifest.sha256, trial=watching)
+        labels = self.store.labels_path(manifest.sha256) if manifest.labels is not None else None
+        try:
+            self.hooks.swap(path, labels, manifest)
+        except Exception as exc:
+            self.store.rollback()
+            raise UpdateError(f"swap failed: {exc}") from exc
+        return path
+
+    # -- watch and rollback --------------------------------------------------------------
+    def _watch_model(self, w: _Watch) -> None:
+        cfg = self.config
+        about, rid = w.about, w.request_id
+        if cfg.watch_inferences == 0 and cfg.watch_seconds == 0:
+            self.store.confirm()
+            return
+        deadline = time.monotonic() + cfg.watch_seconds if cfg.watch_seconds else None
+        while True:
+            timeout = 0.5 if deadline is None else max(0.0, min(0.5, deadline - time.monotonic()))
+            w.wake.wait(timeout)
+            w.wake.clear()
+            with self._lock:
+                n, failures, manual = w.n, w.failures, w.manual
+                errors, non_finite = w.errors, w.non_finite
+            limit = cfg.watch_inferences
+            failed = (limit and failures > cfg.max_failure_ratio * limit) or (
+                n and failures / n > cfg.max_failure_ratio
+                and ((limit and n >= limit) or (deadline and time.monotonic() >= deadline)))
+            reason = (f"{failures} of {n} inferences failed during the watch ({errors} errors, "
+                      f"{non_finite} non-finite outputs; max_failure_ratio "
+                      f"{cfg.max_failure_ratio:g})")
+            if manual is not None:
+                self._rollback_to_previous(about, f"manual rollback (request {manual})", manual)
+                return
+            if failed:
+                self._rollback_to_previous(about, reason, None)
+                return
+            done = (limit and n >= limit) or (deadline and time.monotonic() >= deadline)
+            if done:
+                self.store.confirm()
+                logger.info("pipeline %s: model %s passed its watch (%d inferences, %d failed)",
+                            self.pipeline, about["sha256"][:12], n, failures)
+                self._publish("active", about, None, rid, watch="passed",
+                              watch_inferences=n, watch_failures=failures)
+                return
+            if self._stop.is_set():
+                # A clean stop is not a crash: keep the model, the watch was fine so far.
+                self.store.confirm()
+                return
+
+    def _manual_rollback(self, request_id: str) -> None:
+        name, version, sha = self.hooks.active()
+        self._rollback_to_previous({"name": name, "version": version, "sha256": sha},
+                                   f"manual rollback (request {request_id})", request_id)
+
+    def _rollback_to_previous(self, about: Mapping[str, Any], reason: str,
+                              request_id: str | None) -> None:
+        prev = self.store.read_pointer("previous")
+        error: str | None = None
+        if prev is None:
+            error = "no previous model to roll back to"
+        else:
+            try:
+                target = self.store.resolve(prev.target, "previous", reason)
+                self.hooks.swap(target.path, target.labels_path, target.manifest)
+            except Exception as exc:
+                error = f"rollback failed: {exc}"
+        if error is not None:
+            logger.warning("pipeline %s: %s", self.pipeline, error)
+            if request_id is not None:
+                self.hooks.reply(request_id, False, error)
+            return
+        self.store.rollback()
+        logger.warning("pipeline %s: rolled back model %s: %s", self.pipeline,
+                       str(about.get("sha256", ""))[:12], reason)
+        self._publish("rolled_back", about, reason, request_id)
+        if request_id is not None:
+            self.hooks.reply(request_id, True, None)
