@@ -1,0 +1,308 @@
+"""The single egress point: every byte that goes to the broker passes through EgressGuard.
+
+The agent gives the transport to the guard and the guard (never the transport) to
+pipelines, the updater and the command handler, so nothing else can reach
+``transport.publish``. The guard accepts only :class:`~edge_agent.types.OutgoingMessage`
+objects issued by its own seal (see :mod:`edge_agent.privacy.seal`); for each it builds the
+topic from kind and pipeline, serialises compact UTF-8 JSON, validates it against the kind's
+published JSON Schema, enforces the kind's size limit, publishes (results and events through
+the durable outbox), and writes an audit line. Anything else is refused, counted by kind
+and reason, and logged without its content.
+
+Topics (``P`` = topic prefix, ``D`` = device id)::
+
+    result       P/D/results/<pipeline>        durable (outbox allocates seq and id)
+    event        P/D/events/<pipeline>         durable
+    status       P/D/status                    retained
+    model_state  P/D/model/<pipeline>/state    retained
+    stats        P/D/stats
+    snapshot     P/D/snapshots/<pipeline>      the JPEG; metadata on .../<pipeline>/meta
+    cmd_reply    P/D/cmd/reply
+    discovery    <topic_suffix>                retained; must start with the discovery prefix
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import threading
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
+
+from edge_agent.errors import PublishError
+from edge_agent.privacy.audit import AuditLog
+from edge_agent.privacy.schemas import validate
+from edge_agent.privacy.seal import Seal, thaw
+from edge_agent.types import OutgoingMessage
+
+logger = logging.getLogger(__name__)
+
+KiB = 1024
+DEFAULT_LIMITS: dict[str, int] = {
+    "result": 256 * KiB, "event": 8 * KiB, "status": 64 * KiB, "model_state": 8 * KiB,
+    "stats": 128 * KiB, "snapshot": 4096 * KiB, "snapshot_meta": 4 * KiB,
+    "cmd_reply": 8 * KiB, "discovery": 16 * KiB,
+}
+"""Largest payload in bytes per kind (``snapshot``: the JPEG; ``snapshot_meta``: its JSON)."""
+
+DURABLE_KINDS = frozenset({"result", "event"})
+_SEGMENT = re.compile(r"^[a-z0-9_-]{1,64}$")
+_JPEG_SOI = b"\xff\xd8\xff"
+_JPEG_EOI = b"\xff\xd9"
+
+
+class Transport(Protocol):
+    """What the guard needs of :class:`edge_agent.mqtt.client.MqttTransport`."""
+
+    def publish(self, topic: str, payload: bytes, *, qos: int, retain: bool) -> None: ...
+
+    def publish_durable(self, pipeline: str, topic: str,
+                        render: Callable[[int, str], bytes]) -> int: ...
+
+    def set_will(self, topic: str, payload: bytes) -> None: ...
+
+
+class Refused(Exception):
+    """Internal: why a message is refused (a reason word, never content)."""
+
+
+def dumps(payload: Any) -> bytes:
+    """Compact UTF-8 JSON; NaN and infinities are refused."""
+    return json.dumps(payload, separators=(",", ":"), ensure_ascii=False,
+                      allow_nan=False).encode("utf-8")
+
+
+class EgressGuard:
+    """The one object allowed to publish; see the module docstring."""
+
+    def __init__(self, transport: Transport, topic_prefix: str, device_id: str,
+                 audit: AuditLog | None, seal: Seal, limits: Mapping[str, int] | None = None,
+                 *, qos: int = 1, discovery_prefix: str = "homeassistant") -> None:
+        """Guard ``transport``.
+
+        Args:
+            transport: the MQTT transport (publish, publish_durable, set_will).
+            topic_prefix: ``mqtt.topic_prefix``.
+            device_id: the device id (second topic level).
+            audit: the audit log, or None to keep none.
+            seal: the agent's seal; only messages it issued are published.
+            limits: per-kind byte limits overriding :data:`DEFAULT_LIMITS`.
+            qos: MQTT QoS for non-durable messages (``mqtt.qos``).
+            discovery_prefix: Home Assistant discovery topics must start with it.
+        """
+        self._transport = transport
+        self.base = f"{topic_prefix.rstrip('/')}/{device_id}"
+        self.audit = audit
+        self._seal = seal
+        self.limits = {**DEFAULT_LIMITS, **(limits or {})}
+        self.qos = qos
+        self.discovery_prefix = discovery_prefix.rstrip("/") + "/"
+        self._lock = threading.Lock()
+        self._published: dict[str, int] = {}
+        self._bytes: dict[str, int] = {}
+        self._refused: dict[str, int] = {}
+        self._reasons: dict[str, int] = {}
+        self._per_pipeline: dict[str, dict[str, int]] = {}
+        self._last_result: dict[str, tuple[int, int]] = {}  # pipeline -> (frame index, seq)
+
+    # ------------------------------------------------------------------ counters
+
+    def counters(self) -> dict[str, dict[str, int]]:
+        """Published/refused counts and bytes per kind, and refusal reasons (flat dicts)."""
+        with self._lock:
+            return {"published": dict(self._published), "bytes": dict(self._bytes),
+                    "refused": dict(self._refused), "refused_reasons": dict(self._reasons)}
+
+    def pipeline_counters(self, pipeline: str) -> dict[str, int]:
+        """``published`` and ``refused`` messages of one pipeline."""
+        with self._lock:
+            return dict(self._per_pipeline.get(pipeline, {"published": 0, "refused": 0}))
+
+    def _bump_pipeline(self, pipeline: str | None, key: str) -> None:
+        if pipeline is not None and _SEGMENT.match(pipeline):
+            d = self._per_pipeline.setdefault(pipeline, {"published": 0, "refused": 0})
+            d[key] += 1
+
+    def _refuse(self, kind: str, reason: str, pipeline: str | None = None,
+                size: int = 0) -> bool:
+        with self._lock:
+            n = self._refused[kind] = self._refused.get(kind, 0) + 1
+            self._reasons[reason] = self._reasons.get(reason, 0) + 1
+            self._bump_pipeline(pipeline, "refused")
+        if n <= 10 or n & (n - 1) == 0:  # the first ten, then at powers of two
+            logger.warning("egress refused a %s message (%s); %d refused so far",
+                           kind, reason, n)
+        if self.audit is not None:
+            self.audit.record(topic="", kind=kind, size=size, pipeline=pipeline,
+                              outcome="refused", reason=reason)
+        return False
+
+    def _published_ok(self, kind: str, topic: str, size: int, pipeline: str | None) -> None:
+        with self._lock:
+            self._published[kind] = self._published.get(kind, 0) + 1
+            self._bytes[kind] = self._bytes.get(kind, 0) + size
+            self._bump_pipeline(pipeline, "published")
+        if self.audit is not None:
+            self.audit.record(topic=topic, kind=kind, size=size, pipeline=pipeline)
+
+    # ------------------------------------------------------------------ topics
+
+    def topic(self, msg: OutgoingMessage) -> str:
+        """The topic ``msg`` goes to (raises :class:`Refused` for a bad pipeline or suffix)."""
+        kind, p = msg.kind, msg.pipeline
+        per_pipeline = kind in {"result", "event", "model_state", "snapshot"}
+        if per_pipeline and (not isinstance(p, str) or not _SEGMENT.match(p)):
+            raise Refused("bad_pipeline")
+        if kind == "result":
+            return f"{self.base}/results/{p}"
+        if kind == "event":
+            return f"{self.base}/events/{p}"
+        if kind == "model_state":
+            return f"{self.base}/model/{p}/state"
+        if kind == "snapshot":
+            return f"{self.base}/snapshots/{p}"
+        if kind == "status":
+            return f"{self.base}/status"
+        if kind == "stats":
+            return f"{self.base}/stats"
+        if kind == "cmd_reply":
+            return f"{self.base}/cmd/reply"
+        if kind == "discovery":
+            t = msg.topic_suffix
+            if (not isinstance(t, str) or not t.startswith(self.discovery_prefix)
+                    or any(c in t for c in "#+\0") or len(t) > 256):
+                raise Refused("bad_topic")
+            return t
+        raise Refused("unknown_kind")
+
+    # ------------------------------------------------------------------ sending
+
+    def _check(self, msg: object) -> tuple[str, str | None] | None:
+        """(kind, pipeline) of an acceptable message; None after counting a refusal."""
+        if not isinstance(msg, OutgoingMessage):
+            name = "dict" if isinstance(msg, Mapping) else type(msg).__name__
+            self._refuse("invalid", f"not_a_message:{name}"[:64])
+            return None
+        kind, pipeline = str(msg.kind), msg.pipeline
+        if msg.seal is None:
+            self._refuse(kind, "unsealed", pipeline)
+            return None
+        if msg.seal is not self._seal:
+            self._refuse(kind, "foreign_seal", pipeline)
+            return None
+        if not self._seal.redeem(msg):
+            self._refuse(kind, "not_issued", pipeline)
+            return None
+        if msg.data is not None and kind != "snapshot":
+            self._refuse(kind, "unexpected_data", pipeline)
+            return None
+        return kind, pipeline
+
+    def _body(self, kind: str, payload: Any, limit_key: str | None = None) -> bytes:
+        try:
+            body = dumps(payload)
+        except (TypeError, ValueError):
+            raise Refused("not_serialisable") from None
+        if len(body) > self.limits[limit_key or kind]:
+            raise Refused("too_large")
+        try:
+            validate(kind, json.loads(body))
+        except PublishError as exc:
+            logger.debug("%s", exc)
+            raise Refused("schema") from None
+        return body
+
+    def send(self, msg: OutgoingMessage) -> bool:
+        """Publish ``msg``; False when refused (counted, logged without content) or failed."""
+        checked = self._check(msg)
+        if checked is None:
+            return False
+        kind, pipeline = checked
+        try:
+            topic = self.topic(msg)
+            if kind in DURABLE_KINDS:
+                return self._send_durable(msg, kind, topic)
+            if kind == "snapshot":
+                return self._send_snapshot(msg, topic)
+            if kind == "discovery" and not msg.payload:
+                body = b""  # removal of a retained discovery config
+            else:
+                body = self._body(kind, thaw(msg.payload))
+        except Refused as why:
+            return self._refuse(kind, str(why), pipeline)
+        return self._publish(kind, topic, body, msg.retain, pipeline)
+
+    def _publish(self, kind: str, topic: str, body: bytes, retain: bool,
+                 pipeline: str | None) -> bool:
+        try:
+            self._transport.publish(topic, body, qos=self.qos, retain=retain)
+        except PublishError as exc:
+            logger.warning("publishing a %s message to %s failed: %s", kind, topic, exc)
+            return self._refuse(kind, "publish_failed", pipeline, len(body))
+        self._published_ok(kind, topic, len(body), pipeline)
+        return True
+
+    def _send_durable(self, msg: OutgoingMessage, kind: str, topic: str) -> bool:
+        base = thaw(msg.payload)
+        pipeline = str(msg.pipeline)
+        # check before the outbox is touched: a placeholder seq/id of maximal length
+        self._body(kind, {"schema": base.get("schema"), "id": "x" * 36, "seq": 2**53,
+                          **{k: v for k, v in base.items() if k != "schema"}})
+        sizes: list[int] = []
+
+        def render(seq: int, msg_id: str) -> bytes:
+            if (not isinstance(seq, int) or seq < 0 or not isinstance(msg_id, str)
+                    or not 0 < len(msg_id) <= 64):
+                raise PublishError("outbox handed a bad seq or id to render")
+            body = dumps({"schema": base.get("schema"), "id": msg_id, "seq": seq,
+                          **{k: v for k, v in base.items() if k != "schema"}})
+            if len(body) > self.limits[kind]:
+                raise PublishError(f"{kind} payload over its size limit after seq/id")
+            sizes.append(len(body))
+            return body
+
+        try:
+            seq = self._transport.publish_durable(pipeline, topic, render)
+        except PublishError as exc:
+            logger.warning("queueing a %s message for %s failed: %s", kind, topic, exc)
+            return self._refuse(kind, "publish_failed", pipeline)
+        if kind == "result":
+            frame = base.get("frame") or {}
+            with self._lock:
+                self._last_result[pipeline] = (int(frame.get("index", -1)), int(seq))
+        self._published_ok(kind, topic, sizes[-1] if sizes else 0, pipeline)
+        return True
+
+    def _send_snapshot(self, msg: OutgoingMessage, topic: str) -> bool:
+        data, pipeline = msg.data, str(msg.pipeline)
+        if not isinstance(data, bytes) or not (data.startswith(_JPEG_SOI)
+                                               and data.endswith(_JPEG_EOI)):
+            raise Refused("not_jpeg")
+        if len(data) > self.limits["snapshot"]:
+            raise Refused("too_large")
+        meta = thaw(msg.payload)
+        with self._lock:
+            index, seq = self._last_result.get(pipeline, (-1, -1))
+        frame = meta.get("frame") or {}
+        meta["result_seq"] = seq if seq >= 0 and frame.get("index") == index else None
+        body = self._body("snapshot", meta, "snapshot_meta")
+        if not self._publish("snapshot", topic, data, False, pipeline):
+            return False
+        return self._publish("snapshot_meta", f"{topic}/meta", body, False, pipeline)
+
+    def set_will(self, msg: OutgoingMessage) -> bool:
+        """Register the offline ``status`` message as the MQTT last will."""
+        checked = self._check(msg)
+        if checked is None:
+            return False
+        kind, pipeline = checked
+        if kind != "status" or msg.payload.get("state") != "offline":
+            return self._refuse(kind, "not_an_offline_status", pipeline)
+        try:
+            topic = self.topic(msg)
+            body = self._body(kind, thaw(msg.payload))
+        except Refused as why:
+            return self._refuse(kind, str(why), pipeline)
+        self._transport.set_will(topic, body)
+        return True

@@ -1,0 +1,161 @@
+"""Factories for every device-wide outgoing message (status, stats, model state, replies,
+events, Home Assistant discovery). Each needs the agent's seal; the egress guard publishes
+nothing else. Results and snapshots come from :class:`~edge_agent.privacy.policy.PrivacyPolicy`.
+
+Values are coerced to plain JSON types (numpy scalars to numbers, paths to text, non-finite
+floats to null); nesting deeper than the schemas allow is refused later by the guard.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import PurePath
+from typing import Any
+
+from edge_agent.privacy.policy import PrivacyPolicy, iso_ts, model_dict
+from edge_agent.privacy.schemas import SCHEMA_IDS
+from edge_agent.privacy.seal import Seal
+from edge_agent.types import ModelRef, OutgoingMessage, TrackEvent
+
+MODEL_STATES = ("downloading", "verifying", "validating", "active", "rejected", "rolled_back")
+
+
+def plain(value: Any) -> Any:
+    """``value`` as plain JSON data (dicts, lists, str, int, float, bool, None)."""
+    if value is None or isinstance(value, (bool, str, int)):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, Mapping):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [plain(v) for v in value]
+    if isinstance(value, PurePath):
+        return str(value)
+    if hasattr(value, "item") and callable(value.item):  # numpy scalar
+        try:
+            return plain(value.item())
+        except (TypeError, ValueError):
+            return str(value)
+    return str(value)
+
+
+def _now(ts: float | None) -> str:
+    return iso_ts(time.time() if ts is None else ts)
+
+
+def status(seal: Seal, *, device: str, state: str, agent_version: str,
+           started_at: float | None, pipelines: Sequence[Mapping[str, Any]] = (),
+           runtime: Mapping[str, Any] | None = None, boot_id: str | None = None,
+           outbox: Mapping[str, Any] | None = None, ts: float | None = None) -> OutgoingMessage:
+    """The retained ``P/D/status`` message (``state`` online, or offline for the last will).
+
+    Args:
+        seal: the agent's seal.
+        device: the device id.
+        state: ``online`` or ``offline``.
+        agent_version: the package version.
+        started_at: when the agent started (epoch seconds), or None.
+        pipelines: one dict per pipeline: ``name`` (required), ``state`` and further scalar
+            fields or flat dicts of scalars (e.g. ``model``: name/version/sha256).
+        runtime: flat dict about the runtime (backend, version, delegate, threads).
+        boot_id: the transport's boot id (a restart changes it).
+        outbox: flat dict of outbox stats (depth, dropped).
+        ts: the message time; default now.
+    """
+    payload: dict[str, Any] = {
+        "schema": SCHEMA_IDS["status"], "device": device, "state": state, "ts": _now(ts),
+        "agent_version": agent_version,
+        "started_at": None if started_at is None else iso_ts(started_at),
+        "boot_id": boot_id, "pipelines": [plain(p) for p in pipelines],
+    }
+    if runtime is not None:
+        payload["runtime"] = plain(runtime)
+    if outbox is not None:
+        payload["outbox"] = plain(outbox)
+    return seal.issue("status", None, payload, retain=True)
+
+
+def stats(seal: Seal, *, device: str, pipelines: Mapping[str, Mapping[str, Any]],
+          uptime_s: float | None = None, outbox: Mapping[str, Any] | None = None,
+          mqtt: Mapping[str, Any] | None = None,
+          egress: Mapping[str, Mapping[str, Any]] | None = None,
+          cpu_temp_c: float | None = None, ts: float | None = None) -> OutgoingMessage:
+    """The periodic ``P/D/stats`` message.
+
+    Args:
+        seal: the agent's seal.
+        device: the device id.
+        pipelines: pipeline name -> dict of scalars or flat dicts (fps, inference_ms_p50,
+            inference_ms_p95, dropped_frames, ..., ``privacy``: the policy's counters).
+        uptime_s: seconds since start.
+        outbox: flat dict (depth, dropped, ...).
+        mqtt: flat dict (connected, reconnects, ...).
+        egress: :meth:`EgressGuard.counters` (flat dicts per counter group).
+        cpu_temp_c: CPU temperature, if known.
+        ts: the message time; default now.
+    """
+    payload: dict[str, Any] = {"schema": SCHEMA_IDS["stats"], "device": device, "ts": _now(ts),
+                               "pipelines": plain(pipelines), "cpu_temp_c": plain(cpu_temp_c)}
+    if uptime_s is not None:
+        payload["uptime_s"] = round(max(0.0, float(uptime_s)), 3)
+    for key, value in (("outbox", outbox), ("mqtt", mqtt), ("egress", egress)):
+        if value is not None:
+            payload[key] = plain(value)
+    return seal.issue("stats", None, payload)
+
+
+def _ref(model: ModelRef | Mapping[str, Any] | None) -> dict[str, Any] | None:
+    if model is None:
+        return None
+    if isinstance(model, ModelRef):
+        return model_dict(model)
+    return model_dict(ModelRef(str(model["name"]), int(model["version"]), str(model["sha256"])))
+
+
+def model_state(seal: Seal, *, device: str, pipeline: str, state: str, name: str,
+                version: int, sha256: str, reason: str | None = None,
+                active: ModelRef | Mapping[str, Any] | None = None,
+                previous: ModelRef | Mapping[str, Any] | None = None,
+                progress: float | None = None, ts: float | None = None) -> OutgoingMessage:
+    """The retained ``P/D/model/<pipeline>/state`` message.
+
+    ``name``/``version``/``sha256`` are the model the event is about; ``active`` names the
+    model serving now; ``progress`` (0..1) is for downloads.
+    """
+    payload: dict[str, Any] = {
+        "schema": SCHEMA_IDS["model_state"], "device": device, "pipeline": pipeline,
+        "ts": _now(ts), "state": state, "name": str(name), "version": int(version),
+        "sha256": str(sha256).lower(), "reason": None if reason is None else str(reason)[:1024],
+        "active": _ref(active), "previous": _ref(previous),
+    }
+    if progress is not None:
+        payload["progress"] = plain(min(1.0, max(0.0, float(progress))))
+    return seal.issue("model_state", pipeline, payload, retain=True)
+
+
+def cmd_reply(seal: Seal, *, device: str, request_id: str, ok: bool, error: str | None = None,
+              ts: float | None = None) -> OutgoingMessage:
+    """The ``P/D/cmd/reply`` message answering one command."""
+    payload: dict[str, Any] = {"schema": SCHEMA_IDS["cmd_reply"], "device": device,
+                               "ts": _now(ts), "request_id": str(request_id)[:128],
+                               "ok": bool(ok)}
+    if error is not None:
+        payload["error"] = str(error)[:2048]
+    return seal.issue("cmd_reply", None, payload)
+
+
+def event(ev: TrackEvent, policy: PrivacyPolicy) -> OutgoingMessage | None:
+    """The ``P/D/events/<pipeline>`` message for a tracker event, or None if the policy hides it."""
+    return policy.event(ev)
+
+
+def discovery(seal: Seal, topic: str, config: Mapping[str, Any] | None) -> OutgoingMessage:
+    """A retained Home Assistant discovery config on ``topic`` (full topic, e.g.
+    ``homeassistant/sensor/<device>_<pipeline>_person/config``).
+
+    An empty or None ``config`` removes the entity (an empty retained payload).
+    """
+    return seal.issue("discovery", None, plain(config or {}), topic_suffix=topic, retain=True)

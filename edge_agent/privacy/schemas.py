@@ -1,0 +1,95 @@
+"""The published JSON Schemas of every outgoing message kind, loaded and compiled once.
+
+The schemas ship inside the package (``edge_agent/schemas/*.json``) and are copied to
+``docs/schemas/`` for subscribers. Every schema closes its objects
+(``additionalProperties: false``) and bounds every array and string, so a payload that
+validates cannot smuggle image data or a long numeric array off the device.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from functools import cache
+from importlib import resources
+from typing import Any
+
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import ValidationError
+
+from edge_agent.errors import PublishError
+
+SCHEMA_FILES: dict[str, str] = {
+    "result": "result.json",
+    "event": "event.json",
+    "status": "status.json",
+    "model_state": "model_state.json",
+    "stats": "stats.json",
+    "snapshot": "snapshot_meta.json",  # the metadata; the JPEG itself is checked by magic
+    "cmd_reply": "cmd_reply.json",
+    "discovery": "discovery.json",
+}
+"""Message kind -> schema file in ``edge_agent/schemas``."""
+
+SCHEMA_IDS: dict[str, str] = {
+    "result": "edge-agent/result@1",
+    "event": "edge-agent/event@1",
+    "status": "edge-agent/status@1",
+    "model_state": "edge-agent/model-state@1",
+    "stats": "edge-agent/stats@1",
+    "snapshot": "edge-agent/snapshot-meta@1",
+    "cmd_reply": "edge-agent/cmd-reply@1",
+}
+"""The ``schema`` field each kind's payload carries (discovery payloads belong to HA)."""
+
+_lock = threading.Lock()
+
+
+def load_schema(kind: str) -> dict[str, Any]:
+    """The JSON Schema (as a dict) for messages of ``kind``.
+
+    Raises:
+        KeyError: no schema for that kind.
+    """
+    text = resources.files("edge_agent.schemas").joinpath(SCHEMA_FILES[kind]).read_text("utf-8")
+    schema: dict[str, Any] = json.loads(text)
+    return schema
+
+
+@cache
+def _validator(kind: str) -> Draft202012Validator:
+    schema = load_schema(kind)
+    Draft202012Validator.check_schema(schema)
+    return Draft202012Validator(schema)
+
+
+def validator(kind: str) -> Draft202012Validator:
+    """The compiled validator for ``kind`` (compiled on first use, then shared)."""
+    with _lock:
+        return _validator(kind)
+
+
+def validate(kind: str, instance: Any) -> None:
+    """Check ``instance`` (parsed JSON) against the schema of ``kind``.
+
+    Raises:
+        PublishError: it does not validate; the message names the failing path and rule,
+            never the offending value.
+    """
+    error = next(iter(validator(kind).iter_errors(instance)), None)
+    if error is not None:
+        raise PublishError(f"{kind} payload breaks its schema at {_where(error)}: "
+                           f"{error.validator} {_rule(error)}")
+
+
+def _where(error: ValidationError) -> str:
+    path = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in error.absolute_path)
+    return path.lstrip(".") or "(root)"
+
+
+def _rule(error: ValidationError) -> str:
+    # the rule's own value (a bound, a pattern, a type), not the payload's: logs carry no content
+    value = error.validator_value
+    if isinstance(value, (dict, list)):
+        return ""
+    return str(value)[:80]

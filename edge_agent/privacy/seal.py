@@ -1,0 +1,129 @@
+"""The seal: proof that a message was made by the privacy package, checked by the egress guard.
+
+The agent creates one :class:`Seal` with :func:`new_seal` and hands the same object to every
+:class:`~edge_agent.privacy.policy.PrivacyPolicy`, to the message factories in
+:mod:`edge_agent.privacy.messages`, and to the :class:`~edge_agent.privacy.egress.EgressGuard`.
+The guard publishes a message only when its ``seal`` *is* the guard's own seal **and** the seal
+issued that very message object. The second check closes the ``dataclasses.replace(msg,
+payload=...)`` hole: a copy carries the seal but was never issued, so it is refused.
+
+Python cannot stop determined code in the same process from forging anything; the seal makes
+the safe path the only easy one and turns accidents (a dict, a hand-built message, an edited
+copy) into counted refusals.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Mapping
+from typing import Any
+
+from edge_agent.types import MessageKind, OutgoingMessage
+
+_MAX_PENDING = 10_000  # issued but not yet sent; older ones are forgotten (then refused)
+
+
+class Seal:
+    """An opaque token; only :func:`new_seal` should create one."""
+
+    __slots__ = ("__weakref__", "_issued", "_lock")
+
+    def __init__(self) -> None:
+        self._issued: OrderedDict[int, OutgoingMessage] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"<Seal {id(self):#x}>"
+
+    def __copy__(self) -> Seal:
+        raise TypeError("a Seal cannot be copied")
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> Seal:
+        raise TypeError("a Seal cannot be copied")
+
+    def __reduce__(self) -> Any:
+        raise TypeError("a Seal cannot be pickled")
+
+    def issue(
+        self,
+        kind: MessageKind,
+        pipeline: str | None,
+        payload: Mapping[str, Any],
+        *,
+        data: bytes | None = None,
+        topic_suffix: str | None = None,
+        retain: bool = False,
+    ) -> OutgoingMessage:
+        """Make and remember one message carrying this seal (privacy package use only)."""
+        msg = OutgoingMessage(kind=kind, pipeline=pipeline, payload=freeze(payload), data=data,
+                              topic_suffix=topic_suffix, retain=retain, seal=self)
+        with self._lock:
+            self._issued[id(msg)] = msg
+            while len(self._issued) > _MAX_PENDING:
+                self._issued.popitem(last=False)
+        return msg
+
+    def redeem(self, msg: object) -> bool:
+        """Whether this seal issued ``msg`` (this exact object); forgets it (one send each)."""
+        with self._lock:
+            issued = self._issued.get(id(msg))
+            if issued is msg:
+                del self._issued[id(msg)]
+                return True
+            return False
+
+    def peek(self, msg: object) -> bool:
+        """Whether this seal issued ``msg``, without forgetting it (for set_will)."""
+        with self._lock:
+            return self._issued.get(id(msg)) is msg
+
+    @property
+    def pending(self) -> int:
+        """Messages issued and not yet redeemed."""
+        with self._lock:
+            return len(self._issued)
+
+
+def new_seal() -> Seal:
+    """Create the one seal the agent shares between its policies, factories and guard."""
+    return Seal()
+
+
+class FrozenDict(dict[str, Any]):
+    """A dict that refuses mutation (a payload cannot be edited after the policy made it).
+
+    It stays a ``dict`` so ``json`` serialises it directly.
+    """
+
+    __slots__ = ()
+
+    def _refuse(self, *args: Any, **kwargs: Any) -> None:
+        raise TypeError("an outgoing payload is read-only")
+
+    __setitem__ = _refuse  # type: ignore[assignment]
+    __delitem__ = _refuse  # type: ignore[assignment]
+    clear = _refuse  # type: ignore[assignment]
+    pop = _refuse  # type: ignore[assignment]
+    popitem = _refuse  # type: ignore[assignment]
+    setdefault = _refuse  # type: ignore[assignment]
+    update = _refuse  # type: ignore[assignment]
+    __ior__ = _refuse  # type: ignore[assignment]
+
+
+def freeze(value: Any) -> Any:
+    """``value`` with every dict made a :class:`FrozenDict` and every list a tuple."""
+    if isinstance(value, Mapping):
+        return FrozenDict({str(k): freeze(v) for k, v in value.items()})
+    if isinstance(value, (list, tuple)):
+        return tuple(freeze(v) for v in value)
+    return value
+
+
+def thaw(value: Any) -> Any:
+    """A plain, mutable deep copy of a frozen payload."""
+    if isinstance(value, Mapping):
+        return {k: thaw(v) for k, v in value.items()}
+    if isinstance(value, tuple):
+        return [thaw(v) for v in value]
+    return value
