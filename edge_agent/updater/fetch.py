@@ -131,8 +131,11 @@ def _fetch_http(url: str, dest: Path, have: int, total: int, timeout: float,
                 raise UpdateError(f"server announces {start + int(length)} bytes, over the "
                                   f"manifest size of {total}: refused")
             with dest.open("ab" if start else "wb") as out:
-                _copy(resp, out, start, total, progress, cancel)
+                done = _copy(resp, out, start, total, progress, cancel)
                 _finish(out)
+            if done < total:
+                raise UpdateError(f"download from {_safe(url)} ended after {done} of {total} "
+                                  "bytes; the partial file is kept and resumed next time")
     except urllib.error.HTTPError as exc:
         if exc.code == 416 and have:
             dest.unlink(missing_ok=True)  # our partial file is no use to this server
