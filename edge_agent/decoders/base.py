@@ -72,8 +72,8 @@ def misfit(kind: str, expected: str, signature: ModelSignature) -> ModelError:
 
     guess = guess_decoder(signature)
     got = describe_outputs(signature.outputs)
-    tail = f" (try decoder: {guess})" if guess and guess != kind else \
-        " (try decoder: raw)" if kind != "raw" else ""
+    # the right decoder with the wrong settings gets no hint: the expectation says what to change
+    tail = "" if guess == kind or kind == "raw" else f" (try decoder: {guess or 'raw'})"
     return ModelError(f"decoder {kind!r} does not fit this model: expected {expected}; "
                       f"got {len(signature.outputs)} output(s) {got}{tail}")
 
