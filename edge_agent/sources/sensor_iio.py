@@ -65,15 +65,15 @@ class IioSysfsReader:
     """Polls ``in_*_raw`` files of one IIO device (see module docs)."""
 
     live = True
-    bad_lines = 0
 
     def __init__(self, uri: SensorUri, channels: int, sample_rate: float | None) -> None:
         self.root = Path(uri.path)
+        self.bad_lines = 0
         self.sample_rate = uri.get_float("rate", sample_rate) or 10.0
         wanted = uri.query.get("channels")
         self._wanted = [c.strip() for c in wanted.split(",") if c.strip()] if wanted else None
         self.channels = channels
-        self._fds: list[int] = []
+        self._paths: list[Path] = []
         self.names: list[str] = []
         self._scale = np.ones(0, np.float64)
         self._offset = np.zeros(0, np.float64)
@@ -98,11 +98,11 @@ class IioSysfsReader:
         pairs = [_scale_offset(self.root, n) for n in names]
         self._scale = np.array([p[0] for p in pairs], np.float64)
         self._offset = np.array([p[1] for p in pairs], np.float64)
-        try:
-            self._fds = [os.open(self.root / f"in_{n}_raw", os.O_RDONLY) for n in names]
-        except OSError as exc:
-            self.close()
-            raise SourceError(f"cannot read IIO channel: {exc}") from None
+        self._paths = [self.root / f"in_{n}_raw" for n in names]
+        unreadable = [p.name for p in self._paths if not os.access(p, os.R_OK)]
+        if unreadable:
+            raise SourceError(f"IIO device {self.root}: cannot read {', '.join(unreadable)} "
+                              "(permissions: add the user to the iio group or a udev rule)")
         self.names = names
         self._closed.clear()
         self._next = time.monotonic()
@@ -118,11 +118,16 @@ class IioSysfsReader:
         now = time.monotonic()
         # keep the grid, but never try to catch up on samples missed while busy
         self._next = max(self._next + 1.0 / self.sample_rate, now)
-        raw = np.empty(len(self._fds), np.float64)
+        raw = np.empty(len(self._paths), np.float64)
         try:
-            for i, fd in enumerate(self._fds):
-                raw[i] = float(os.pread(fd, 64, 0).decode().strip())
-        except (OSError, ValueError) as exc:
+            for i, path in enumerate(self._paths):
+                # reopened per sample: sysfs regenerates the value on every open-and-read
+                with open(path, "rb") as f:
+                    raw[i] = float(f.read(64).decode("ascii", "replace").strip())
+        except ValueError:
+            self.bad_lines += 1  # a garbled or empty reading: skip this sample
+            return None
+        except OSError as exc:
             raise SourceError(f"IIO device {self.root}: cannot read a channel: {exc}") from None
         v = ((raw + self._offset) * self._scale).astype(np.float32)
         return Chunk(np.array([time.time()]), v[None, :])
@@ -131,12 +136,8 @@ class IioSysfsReader:
         """A device cannot be replayed."""
 
     def close(self) -> None:
-        """Close the raw files."""
+        """Stop waiting for the next sample."""
         self._closed.set()
-        for fd in self._fds:
-            with contextlib.suppress(OSError):
-                os.close(fd)
-        self._fds = []
 
 
 @dataclass(frozen=True, slots=True)
