@@ -237,7 +237,7 @@ class EgressGuard:
                  pipeline: str | None) -> bool:
         try:
             self._transport.publish(topic, body, qos=self.qos, retain=retain)
-        except PublishError as exc:
+        except (PublishError, OSError) as exc:
             logger.warning("publishing a %s message to %s failed: %s", kind, topic, exc)
             return self._refuse(kind, "publish_failed", pipeline, len(body))
         self._published_ok(kind, topic, len(body), pipeline)
@@ -264,7 +264,7 @@ class EgressGuard:
 
         try:
             seq = self._transport.publish_durable(pipeline, topic, render)
-        except PublishError as exc:
+        except (PublishError, OSError) as exc:
             logger.warning("queueing a %s message for %s failed: %s", kind, topic, exc)
             return self._refuse(kind, "publish_failed", pipeline)
         if kind == "result":
