@@ -21,8 +21,8 @@ Options: ``preset``; or anchor options ``num_layers``, ``strides``, ``min_scale`
 ``max_scale``, ``anchor_offset_x``/``anchor_offset_y``, ``aspect_ratios``,
 ``interpolated_scale_aspect_ratio``, ``fixed_anchor_size``, ``reduce_boxes_in_lowest_layer``,
 ``input_size`` ([w, h]); ``scale`` (box scale, default: input size); ``label`` (the name of the
-single class when the label file has none); ``nms`` (weighted|plain), ``iou_threshold`` (0.3),
-``max_detections`` (100).
+single class; default: the label file's first line, else the preset's name); ``nms``
+(weighted|plain), ``iou_threshold`` (0.3), ``max_detections`` (100).
 """
 
 from __future__ import annotations
@@ -201,8 +201,9 @@ class AnchorsDecoder:
                                       [*PRESETS, "none"])
         preset = PRESETS.get(preset_name)
         anchor_opts = _anchor_options(opts, preset.anchors if preset else None, in_w, in_h)
-        default_label = preset.label if preset else "object"
-        label = opts.raw("label", default_label)
+        # the class name: the option, else the label file's first name, else the preset's
+        label = opts.raw("label") if opts.has("label") else (
+            labels.get(0) if len(labels) else preset.label if preset else "object")
         self.scale = opts.get_float("scale", float(anchor_opts.input_w if anchor_opts else in_w),
                                     lo=1e-6)
         self.nms = opts.get_choice("nms", "weighted", ["weighted", "plain"])
@@ -218,7 +219,7 @@ class AnchorsDecoder:
                          "anchor options", signature)
         self.preset = preset_name
         self.num_keypoints = (reg_shape[1] - 4) // 2
-        self.label = labels.get(0) if len(labels) else str(label)
+        self.label = str(label)
         self.specs = outs
         self.score_threshold = float(score_threshold)
         # sigmoid(x) >= t  <=>  x >= logit(t): filter on logits, sigmoid only the survivors

@@ -183,4 +183,5 @@ def dequantize(spec: TensorSpec, array: np.ndarray) -> np.ndarray:
 def sigmoid(x: np.ndarray) -> np.ndarray:
     """Numerically safe logistic function, float32."""
     x = np.clip(np.asarray(x, dtype=np.float32), -80.0, 80.0)
-    return np.float32(1.0) / (np.float32(1.0) + np.exp(-x))
+    out: np.ndarray = np.float32(1.0) / (np.float32(1.0) + np.exp(-x))
+    return out

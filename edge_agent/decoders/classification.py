@@ -29,7 +29,8 @@ EXPECTED = "1 output of class scores [1,K] with K >= 2"
 def softmax(x: np.ndarray) -> np.ndarray:
     """Softmax over the last axis, float32."""
     e = np.exp(x - np.max(x, axis=-1, keepdims=True))
-    return (e / np.sum(e, axis=-1, keepdims=True)).astype(np.float32)
+    out: np.ndarray = (e / np.sum(e, axis=-1, keepdims=True)).astype(np.float32)
+    return out
 
 
 class ClassificationDecoder:

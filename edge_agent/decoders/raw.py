@@ -3,7 +3,8 @@
 For regression and sensor models (``[1,1]``, ``[1,K]``) the values are published as they are.
 Large outputs would make results of hundreds of kilobytes, so:
 
-* an integer class map (segmentation argmax, e.g. DeepLab's ``[1,513,513]`` int64) becomes a
+* an integer class map (an integer output without quantisation parameters and with a spatial
+  shape: segmentation argmax, e.g. DeepLab's ``[1,513,513]`` int64) becomes a
   class histogram: ``values[i]`` is the fraction of pixels of class ``i`` (length: the larger of
   the label count and the highest class id + 1, capped at 256), and ``classes`` lists the
   classes present, largest share first, with the share as score;
@@ -27,7 +28,7 @@ from edge_agent.runtime.base import ModelSignature
 from edge_agent.types import ClassScore, Inference, Transform
 
 MAX_HISTOGRAM_CLASSES = 256
-INTEGER_DTYPES = frozenset({"int64", "int32", "int16", "uint16"})
+INTEGER_DTYPES = frozenset({"int64", "int32", "int16", "uint16", "uint8", "int8"})
 
 
 class RawDecoder:
@@ -99,4 +100,5 @@ def _pool(x: np.ndarray, f: int) -> np.ndarray:
     if ph or pw:
         x = np.pad(x, ((0, ph), (0, pw), (0, 0)), mode="edge")
     hh, ww = x.shape[0] // f, x.shape[1] // f
-    return x.reshape(hh, f, ww, f, c).mean(axis=(1, 3), dtype=np.float64).astype(np.float32)
+    pooled: np.ndarray = x.reshape(hh, f, ww, f, c).mean(axis=(1, 3), dtype=np.float64)
+    return pooled.astype(np.float32)

@@ -9,7 +9,11 @@ scores hold fractions in [0, 1]. The pair is re-checked on each frame until a fr
 (an empty frame, all zeros, does not), then fixed; until then the TF1 order is assumed.
 
 Options: ``label_offset`` (int; default: 1 when the label file starts with a background or
-``???`` line, else 0: line ``i`` names class ``i``), ``max_detections`` (int).
+``???`` line, or is an ``id label`` file whose ids start at 1 as TF label maps do; else 0:
+line ``i`` names class ``i``), ``max_detections`` (int).
+
+The decoder keeps one piece of state (which output is classes), so one instance serves one
+pipeline thread, like the interpreter it decodes for.
 """
 
 from __future__ import annotations
@@ -111,7 +115,8 @@ class SsdDecoder:
             cid = int(classes[i])
             dets.append(Detection(class_id=cid, label=self.labels.get(cid),
                                   score=float(scores[i]),
-                                  box=tuple(float(v) for v in framed[row])))  # type: ignore[arg-type]
+                                  box=(float(framed[row, 0]), float(framed[row, 1]),
+                                       float(framed[row, 2]), float(framed[row, 3]))))
         dets.sort(key=lambda d: -d.score)
         return Inference(detections=tuple(dets))
 

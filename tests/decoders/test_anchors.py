@@ -111,3 +111,10 @@ def test_refuses_unknown_anchor_count_and_other_models() -> None:
         AnchorsDecoder(signature(spec((1, 25200, 85))), NO_LABELS, {}, 0.5)
     with pytest.raises(ValueError, match="strides: expected a list of numbers"):
         AnchorsDecoder(sig, NO_LABELS, {"strides": "8,16"}, 0.5)
+
+
+def test_label_option_wins_over_label_file() -> None:
+    sig = signature(spec((1, 896, 16)), spec((1, 896, 1)), input_shape=(1, 128, 128, 3))
+    assert AnchorsDecoder(sig, parse_labels(["head"]), {}, 0.5).label == "head"
+    assert AnchorsDecoder(sig, parse_labels(["head"]), {"label": "visitor"}, 0.5).label == \
+        "visitor"

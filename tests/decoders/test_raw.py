@@ -52,3 +52,10 @@ def test_large_vector_is_refused() -> None:
 def test_no_outputs_is_refused() -> None:
     with pytest.raises(ModelError, match="decoder 'raw' does not fit"):
         RawDecoder(signature(), NO_LABELS, {}, 0.5)
+
+
+def test_uint8_class_map_without_quantisation_is_a_histogram() -> None:
+    sig = signature(spec((1, 8, 8), "uint8"))
+    m = np.full((1, 8, 8), 3, np.uint8)
+    inf = RawDecoder(sig, NO_LABELS, {}, 0.5).decode([m], IDENTITY)
+    assert inf.classes is not None and [(c.label, c.score) for c in inf.classes] == [("3", 1.0)]

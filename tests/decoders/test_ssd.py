@@ -89,3 +89,12 @@ def test_unknown_option_is_a_config_error() -> None:
         SsdDecoder(sig, LABELS, {"iou_treshold": 0.3}, 0.5)
     with pytest.raises(ValueError, match="max_detections: expected an integer"):
         SsdDecoder(sig, LABELS, {"max_detections": "many"}, 0.5)
+
+
+def test_one_based_id_label_map_is_aligned() -> None:
+    # TF object-detection label maps number classes from 1; the postprocess op from 0
+    items = [BOXES, CLASSES, SCORES, COUNT]
+    sig = signature(*(spec(a.shape) for a in items))
+    labels = parse_labels(["1 person", "2 bicycle", "3 car"])
+    inf = SsdDecoder(sig, labels, {}, 0.5).decode(items, IDENTITY)
+    assert [d.label for d in inf.detections] == ["car", "person"]
