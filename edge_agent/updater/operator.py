@@ -247,7 +247,9 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     """``model rollback --device D --pipeline P --broker H[:P] --key KEY``: signed command."""
     key = load_private_key(args.key)
     rid = uuid.uuid4().hex
-    command = sign_command({"request_id": rid, "pipeline": args.pipeline}, key)
+    # "command" and "device" bind the signature to this command on this device only.
+    command = sign_command({"request_id": rid, "pipeline": args.pipeline,
+                            "command": "rollback", "device": args.device}, key)
     p = f"{args.topic_prefix}/{args.device}"
     watch = [f"{p}/model/{args.pipeline}/state", f"{p}/cmd/reply"]
     return _run_request(args, f"{p}/cmd/rollback", json.dumps(command).encode(), watch, rid,
