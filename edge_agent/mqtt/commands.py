@@ -1,0 +1,428 @@
+"""The command channel: parse, validate, authenticate and dispatch ``P/D/cmd/...`` messages.
+
+Commands arrive on ``P/D/cmd/<name>`` and ``P/group/<g>/cmd/<name>``. Each is JSON checked
+against its schema. Commands that change the device (rollback, config, restart) carry an
+Ed25519 signature over the canonical JSON of the payload without ``signature`` (sorted keys,
+no spaces, UTF-8), a ``ts`` (seconds since the epoch) within ``commands.max_skew_s`` and a
+``nonce`` never seen before (persisted in ``state_dir/command_nonces.json`` so a restart
+opens no replay window). A model update is authenticated by its signed manifest instead.
+
+Optional fields bind a signed command to its target: ``command`` (must equal the topic's
+command), ``device`` (must equal this device) and ``group`` (must equal the topic's group).
+
+:class:`CommandDispatcher` never raises into paho's network thread: the subscription handler
+checks the size and queues; a worker thread parses, verifies, calls the handler and replies.
+Every message whose ``request_id`` can be read gets exactly one reply.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+import logging
+import os
+import queue
+import threading
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import jsonschema
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from edge_agent.config import AgentConfig
+from edge_agent.errors import ConfigError
+from edge_agent.mqtt.topics import Topics
+
+logger = logging.getLogger(__name__)
+
+DEFERRED: Literal["deferred"] = "deferred"
+"""A handler returns this when it will reply later itself (model updates: the updater)."""
+
+ReplyData = Literal["deferred"] | None
+Reply = Callable[[str | None, bool, str | None], None]
+
+NONCE_FILE = "command_nonces.json"
+MAX_NONCES = 10_000
+
+_ID = {"type": "string", "minLength": 1, "maxLength": 128}
+_PIPELINE = {"type": "string", "pattern": "^[a-z0-9_-]{1,64}$"}
+_SIGNED = {
+    "ts": {"type": "number"},
+    "nonce": {"type": "string", "minLength": 8, "maxLength": 128},
+    "key_id": {"type": "string", "minLength": 1, "maxLength": 64},
+    "signature": {"type": "string", "minLength": 1, "maxLength": 256},
+    "command": {"type": "string", "maxLength": 64},
+    "device": {"type": "string", "maxLength": 64},
+    "group": {"type": "string", "maxLength": 64},
+}
+
+
+def _schema(required: list[str], props: dict[str, Any], signed: bool) -> dict[str, Any]:
+    properties = {"request_id": _ID, **props, **(_SIGNED if signed else {})}
+    return {"type": "object", "required": ["request_id", *required],
+            "properties": properties, "additionalProperties": False}
+
+
+SCHEMAS: dict[str, dict[str, Any]] = {
+    "model/update": _schema(["pipeline", "manifest"], {
+        "pipeline": _PIPELINE,
+        "manifest": {"type": "object"},
+        "url": {"type": "string", "minLength": 1, "maxLength": 2048},
+        "data": {"type": "string"},
+    }, signed=False),
+    "rollback": _schema(["pipeline"], {"pipeline": _PIPELINE}, signed=True),
+    "config": _schema(["config"], {
+        "config": {"type": "string", "minLength": 1},  # the whole new config.yaml
+    }, signed=True),
+    "restart": _schema([], {"reason": {"type": "string", "maxLength": 256}}, signed=True),
+}
+"""JSON Schema per command name (the part of the topic after ``cmd/``)."""
+
+_VALIDATORS = {name: jsonschema.Draft202012Validator(schema) for name, schema in SCHEMAS.items()}
+
+SIGNED_COMMANDS = frozenset({"rollback", "config", "restart"})
+
+
+class CommandError(Exception):
+    """A command was refused; the message goes into the error reply."""
+
+
+@dataclass(frozen=True, slots=True)
+class Command:
+    """A validated (and, where required, authenticated) command.
+
+    Attributes:
+        name: ``model/update``, ``rollback``, ``config`` or ``restart``.
+        request_id: the operator's id, echoed in the reply.
+        payload: the whole JSON object.
+        topic: where it arrived.
+        group: the group it was addressed to (None: this device directly).
+        key_id: the key that signed it (None: unsigned).
+    """
+
+    name: str
+    request_id: str
+    payload: Mapping[str, Any]
+    topic: str
+    group: str | None = None
+    key_id: str | None = None
+
+    @property
+    def pipeline(self) -> str | None:
+        """The pipeline the command names, if any."""
+        value = self.payload.get("pipeline")
+        return value if isinstance(value, str) else None
+
+
+# --------------------------------------------------------------------------- keys and signatures
+
+def canonical_json(obj: Mapping[str, Any]) -> bytes:
+    """Sorted keys, no spaces, UTF-8: what a signature covers (``signature`` left out)."""
+    body = {k: v for k, v in obj.items() if k != "signature"}
+    return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
+                      allow_nan=False).encode("utf-8")
+
+
+def key_id_of(public_key: Ed25519PublicKey) -> str:
+    """First 16 hex characters of sha256 of the raw 32-byte public key."""
+    raw = public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return hashlib.sha256(raw).hexdigest()[:16]
+
+
+def load_public_key(path: Path) -> Ed25519PublicKey:
+    """An Ed25519 public key from a PEM file or a one-line base64 raw key (``signing.pub``).
+
+    Raises:
+        ConfigError: unreadable file or not an Ed25519 key.
+    """
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"commands.public_keys: cannot read {path}: {exc}") from None
+    try:
+        if data.lstrip().startswith(b"-----BEGIN"):
+            key = serialization.load_pem_public_key(data)
+            if not isinstance(key, Ed25519PublicKey):
+                raise ValueError("not an Ed25519 key")
+            return key
+        raw = base64.b64decode(data.strip(), validate=True)
+        return Ed25519PublicKey.from_public_bytes(raw)
+    except (ValueError, binascii.Error) as exc:
+        raise ConfigError(f"commands.public_keys: {path} is not an Ed25519 public key "
+                          f"(PEM or base64 raw 32 bytes): {exc}") from None
+
+
+def sign_command(payload: Mapping[str, Any], private_key: Ed25519PrivateKey) -> dict[str, Any]:
+    """Return ``payload`` with ``ts``, ``nonce``, ``key_id`` (when missing) and ``signature``.
+
+    For operators and tests: ``sign_command({"request_id": "r1", "pipeline": "door",
+    "command": "rollback"}, key)``.
+    """
+    out = dict(payload)
+    out.pop("signature", None)
+    out.setdefault("ts", time.time())
+    out.setdefault("nonce", uuid.uuid4().hex)
+    out.setdefault("key_id", key_id_of(private_key.public_key()))
+    out["signature"] = base64.b64encode(private_key.sign(canonical_json(out))).decode("ascii")
+    return out
+
+
+class NonceCache:
+    """Nonces already used, with their ts; bounded, persisted atomically under state_dir."""
+
+    def __init__(self, path: Path, max_age_s: float, max_entries: int = MAX_NONCES) -> None:
+        self.path = Path(path)
+        self.max_age_s = max_age_s
+        self.max_entries = max_entries
+        self._seen: dict[str, float] = {}
+        try:
+            loaded = json.loads(self.path.read_text(encoding="utf-8"))
+            if isinstance(loaded, dict):
+                self._seen = {str(k): float(v) for k, v in loaded.items()}
+        except FileNotFoundError:
+            pass
+        except (OSError, ValueError, TypeError) as exc:
+            logger.warning("nonce cache %s unreadable (%s); starting empty", self.path, exc)
+
+    def seen(self, nonce: str) -> bool:
+        """Whether ``nonce`` was used before."""
+        return nonce in self._seen
+
+    def add(self, nonce: str, ts: float, now: float) -> None:
+        """Remember ``nonce``; forget entries too old to pass the skew check anyway."""
+        self._seen[nonce] = ts
+        horizon = now - 2 * self.max_age_s
+        self._seen = {k: v for k, v in self._seen.items() if v >= horizon}
+        if len(self._seen) > self.max_entries:
+            keep = sorted(self._seen.items(), key=lambda kv: kv[1])[-self.max_entries:]
+            self._seen = dict(keep)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self._seen), encoding="utf-8")
+        os.replace(tmp, self.path)
+
+
+# --------------------------------------------------------------------------- dispatcher
+
+@dataclass
+class _Counters:
+    received: int = 0
+    accepted: int = 0
+    rejected: int = 0
+    busy: int = 0
+    by_error: dict[str, int] = field(default_factory=dict)
+
+
+class CommandDispatcher:
+    """Turns command messages into handler calls and exactly one reply each.
+
+    Args:
+        config: the agent config (device id, topic prefix, groups, ``commands`` section).
+        handlers: command name -> ``handler(Command)``; returns None (reply ok), DEFERRED (it
+            replies later itself) or raises (error reply with the exception's message).
+        reply: ``reply(request_id, ok, error)``; request_id is None when it could not be read.
+        state_dir: where the nonce cache lives (default ``config.state_dir``).
+        queue_size: commands waiting for the worker; beyond it, a "busy" error reply.
+        clock: seconds since the epoch (tests).
+    """
+
+    def __init__(self, config: AgentConfig, handlers: Mapping[str, Callable[[Command], ReplyData]],
+                 reply: Reply, *, state_dir: Path | None = None, queue_size: int = 32,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.config = config
+        self.cfg = config.commands
+        self.topics = Topics(config.mqtt.topic_prefix, config.device_id)
+        self.handlers = dict(handlers)
+        self.reply = reply
+        self.clock = clock
+        paths = self.cfg.public_keys or config.updates.public_keys
+        self.keys: dict[str, Ed25519PublicKey] = {}
+        for path in paths:
+            key = load_public_key(path)
+            self.keys[key_id_of(key)] = key
+        self.nonces = NonceCache(Path(state_dir or config.state_dir) / NONCE_FILE,
+                                 self.cfg.max_skew_s)
+        self.counters = _Counters()
+        self._queue: queue.Queue[tuple[str, bytes] | None] = queue.Queue(maxsize=queue_size)
+        self._thread: threading.Thread | None = None
+
+    def topic_filters(self) -> list[str]:
+        """What the agent subscribes ``on_message`` to: ``P/D/cmd/#`` and each group's."""
+        return [self.topics.cmd_filter(),
+                *(self.topics.group_cmd_filter(g) for g in self.config.mqtt.groups)]
+
+    # ------------------------------------------------------------------ threads
+
+    def start(self) -> None:
+        """Start the worker thread."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="mqtt-commands", daemon=True)
+            self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Let the worker finish what is queued (up to ``timeout``) and stop it."""
+        if self._thread is None:
+            return
+        try:
+            self._queue.put(None, timeout=timeout)
+        except queue.Full:
+            logger.warning("command queue still full at stop")
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            logger.warning("command worker did not stop within %.1f s", timeout)
+        self._thread = None
+
+    def on_message(self, topic: str, payload: bytes) -> None:
+        """The subscription handler: cheap checks, then queue (never raises, never blocks)."""
+        try:
+            if self.topics.parse_command(topic) is None:
+                return  # our own replies on P/D/cmd/reply
+            self.counters.received += 1
+            if len(payload) > self.cfg.max_payload_bytes:
+                self._refuse(None, f"payload of {len(payload)} bytes is over the limit of "
+                             f"{self.cfg.max_payload_bytes}", "oversized")
+                return
+            try:
+                self._queue.put_nowait((topic, payload))
+            except queue.Full:
+                self.counters.busy += 1
+                self._refuse(_peek_request_id(payload), "busy: too many commands queued, "
+                             "try again later", "busy")
+        except Exception:
+            logger.exception("command intake failed")
+
+    def process_pending(self) -> int:
+        """Handle what is queued on the calling thread (without a worker); returns how many."""
+        n = 0
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                return n
+            if item is not None:
+                self.handle(*item)
+                n += 1
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            try:
+                self.handle(*item)
+            except Exception:
+                logger.exception("command worker failed")
+
+    # ------------------------------------------------------------------ processing
+
+    def handle(self, topic: str, payload: bytes) -> None:
+        """Process one command synchronously (the worker calls this; tests may too)."""
+        if self.topics.parse_command(topic) is None:
+            return
+        request_id = _peek_request_id(payload)
+        try:
+            command = self.parse(topic, payload)
+            request_id = command.request_id
+            handler = self.handlers.get(command.name)
+            if handler is None:
+                raise CommandError(f"unavailable: command {command.name!r} is not handled "
+                                   "on this device")
+            result = handler(command)
+        except CommandError as exc:
+            self._refuse(request_id, str(exc), str(exc).split(":")[0][:20])
+            return
+        except Exception as exc:
+            logger.warning("command handler for %s failed: %s", topic, type(exc).__name__)
+            self._refuse(request_id, f"failed: {exc}", "handler")
+            return
+        self.counters.accepted += 1
+        if result != DEFERRED:
+            self._send_reply(request_id, True, None)
+
+    def parse(self, topic: str, payload: bytes) -> Command:
+        """Validate and authenticate a command.
+
+        Raises:
+            CommandError: why it is refused (goes into the reply).
+        """
+        where = self.topics.parse_command(topic)
+        if where is None:
+            raise CommandError(f"not a command topic: {topic}")
+        if len(payload) > self.cfg.max_payload_bytes:
+            raise CommandError("oversized: payload is over commands.max_payload_bytes")
+        validator = _VALIDATORS.get(where.name)
+        if validator is None:
+            raise CommandError(f"unknown command: {where.name!r} (known: "
+                               f"{', '.join(sorted(SCHEMAS))})")
+        try:
+            obj = json.loads(payload)
+        except (ValueError, UnicodeDecodeError, RecursionError):
+            raise CommandError("malformed: payload is not JSON") from None
+        error = jsonschema.exceptions.best_match(validator.iter_errors(obj))
+        if error is not None:
+            path = ".".join(str(p) for p in error.absolute_path) or "(payload)"
+            raise CommandError(f"invalid: {path}: {error.message[:200]}")
+        key_id = None
+        if where.name in SIGNED_COMMANDS and self.cfg.require_signature:
+            key_id = self._authenticate(obj, where.name, where.group)
+        return Command(where.name, obj["request_id"], obj, topic, where.group, key_id)
+
+    def _authenticate(self, obj: dict[str, Any], name: str, group: str | None) -> str:
+        for name_ in ("ts", "nonce", "key_id", "signature"):
+            if name_ not in obj:
+                raise CommandError(f"unsigned: {name!r} needs ts, nonce, key_id and signature")
+        key = self.keys.get(obj["key_id"])
+        if key is None:
+            raise CommandError(f"unknown key: key_id {obj['key_id']!r} is not configured")
+        try:
+            signature = base64.b64decode(obj["signature"], validate=True)
+            key.verify(signature, canonical_json(obj))
+        except (binascii.Error, ValueError, InvalidSignature):
+            raise CommandError("bad signature: the signature does not verify") from None
+        if obj.get("command", name) != name:
+            raise CommandError(f"wrong target: signed for command {obj['command']!r}")
+        if obj.get("device", self.config.device_id) != self.config.device_id:
+            raise CommandError("wrong target: signed for another device")
+        if "group" in obj and obj["group"] != group:
+            raise CommandError("wrong target: signed for another group")
+        now = self.clock()
+        if abs(now - float(obj["ts"])) > self.cfg.max_skew_s:
+            raise CommandError(f"stale: ts is more than {self.cfg.max_skew_s:g} s from the "
+                               "device clock")
+        if self.nonces.seen(obj["nonce"]):
+            raise CommandError("replay: nonce was used before")
+        self.nonces.add(obj["nonce"], float(obj["ts"]), now)
+        return str(obj["key_id"])
+
+    def _refuse(self, request_id: str | None, error: str, kind: str) -> None:
+        self.counters.rejected += 1
+        self.counters.by_error[kind] = self.counters.by_error.get(kind, 0) + 1
+        logger.info("command %s refused: %s", request_id, error[:200])
+        self._send_reply(request_id, False, error)
+
+    def _send_reply(self, request_id: str | None, ok: bool, error: str | None) -> None:
+        try:
+            self.reply(request_id, ok, error)
+        except Exception:
+            logger.exception("command reply failed")
+
+
+def _peek_request_id(payload: bytes) -> str | None:
+    """The request_id of a payload if it is a JSON object with a string one, else None."""
+    try:
+        obj = json.loads(payload)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        return None
+    if isinstance(obj, dict):
+        value = obj.get("request_id")
+        if isinstance(value, str) and 0 < len(value) <= 128:
+            return value
+    return None
