@@ -227,10 +227,12 @@ class ModelUpdater:
         rid = str(command.get("request_id", ""))
         about: dict[str, Any] | None = None
         t0 = time.monotonic()
+        downloaded = False
         try:
             manifest = self._check_manifest(command)
             about = manifest.describe()
             staged = self._obtain(command, manifest, rid)
+            downloaded = True
             self._publish("verifying", about, None, rid)
             self._verify_bytes(staged, manifest)
             labels = None
@@ -245,6 +247,9 @@ class ModelUpdater:
             self._install_and_swap(staged, manifest)
         except UpdateError as exc:
             logger.warning("update %s of pipeline %s rejected: %s", rid, self.pipeline, exc)
+            if downloaded:
+                # complete but refused bytes are no use; an interrupted download is kept
+                self.store.discard_parts()
             self._publish("rejected", about, str(exc), rid)
             self.hooks.reply(rid, False, str(exc))
             with self._lock:
