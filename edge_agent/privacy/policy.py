@@ -43,6 +43,8 @@ MAX_VALUES = 1000
 MAX_ATTRIBUTES = 16
 MAX_ATTRIBUTE_CHARS = 256
 MAX_KEYPOINTS = 64
+JPEG_BLOCK = 16
+"""Snapshot masks cover every 16x16 JPEG block they touch, so they decode exactly black."""
 VERIFY_PASSES = 2
 """Snapshot re-checks after redaction; faces still found are filled black, then re-checked."""
 
@@ -332,13 +334,14 @@ class PrivacyPolicy:
             self._refuse("snapshots_rate_limited")
             return None
         image = np.ascontiguousarray(result.image).copy()
-        self.masks.apply(image)
+        self.masks.apply(image, block=JPEG_BLOCK)
         faces = 0
         if self.cfg.redact_faces:
             found = self._redact_faces(image)
             if found is None:
                 return None
             faces = found
+            self.masks.apply(image, block=JPEG_BLOCK)  # a blurred face may spill into a mask
         ok, buf = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY,
                                               self.cfg.snapshot_quality])
         if not ok:
