@@ -14,6 +14,8 @@ by score on the quantised values first, so only a few rows of the 25200 are dequ
 then class-aware NMS, then the letterbox is undone through the transform.
 
 Options: ``version`` (auto|5|8), ``iou_threshold`` (0.45), ``max_detections`` (100),
+``max_candidates`` (1000: the best candidates that go into NMS; bounds the cost of a low
+threshold),
 ``labels_skip_na`` (auto: drop ``n/a`` gaps when the file's real names match the class count),
 ``label_offset`` (int), ``coordinates`` (auto|normalized|pixels).
 """
@@ -52,6 +54,7 @@ class YoloDecoder:
         version = opts.get_choice("version", "auto", ["auto", 5, 8, "5", "8", "v5", "v8"])
         self.iou_threshold = opts.get_float("iou_threshold", 0.45, lo=0.0, hi=1.0)
         self.max_detections = opts.get_int("max_detections", 100, lo=1)
+        self.max_candidates = opts.get_int("max_candidates", 1000, lo=1)
         skip = opts.get_choice("labels_skip_na", "auto", ["auto", True, False])
         offset = opts.raw("label_offset")
         if offset is not None:
@@ -106,15 +109,22 @@ class YoloDecoder:
             cand = np.nonzero(q[:, 4:].max(axis=1) >= thr_q)[0]
         if cand.size == 0:
             return Inference()
-        rows = spec.dequantize(q[cand])  # (M, 4+C[+1]) float32
-        cls_scores = rows[:, 5:] * rows[:, 4:5] if self.version == 5 else rows[:, 4:]
-        cls = np.argmax(cls_scores, axis=1)
-        conf = cls_scores[np.arange(len(cls)), cls]
-        keep = conf >= self.score_threshold
-        if not np.any(keep):
+        sub = q[cand]  # (M, 4+C[+1]) in stored units
+        first = 5 if self.version == 5 else 4
+        # dequantisation is monotonic (scale > 0), so the best class is found on stored values
+        cls = np.argmax(sub[:, first:], axis=1)
+        conf = spec.dequantize(sub[np.arange(len(cls)), first + cls])
+        if self.version == 5:
+            conf = conf * spec.dequantize(sub[:, 4])
+        keep = np.nonzero(conf >= self.score_threshold)[0]
+        if keep.size == 0:
             return Inference()
-        rows, cls, conf = rows[keep], cls[keep], conf[keep]
-        xywh = rows[:, :4].astype(np.float32)
+        if keep.size > self.max_candidates:
+            # a very low threshold lets thousands through: NMS only the best ones
+            keep = keep[np.argpartition(-conf[keep], self.max_candidates - 1)
+                        [:self.max_candidates]]
+        cls, conf = cls[keep], conf[keep]
+        xywh = spec.dequantize(sub[keep, :4])
         pixels = self.coordinates == "pixels" or (
             self.coordinates == "auto" and float(np.max(np.abs(xywh))) > 2.0)
         if pixels and self.input_w and self.input_h:
