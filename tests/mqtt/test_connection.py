@@ -1,0 +1,173 @@
+"""Secure broker connections: TLS with client certificates, password files, credentials."""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+import os
+import shutil
+import ssl
+import subprocess
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as paho
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from edge_agent.config import make_config
+from edge_agent.errors import ConfigError
+from edge_agent.mqtt.client import MqttTransport, read_password
+from tests.broker import Mosquitto, mosquitto_binary
+from tests.mqtt.conftest import agent_config, wait_until
+
+pytestmark = pytest.mark.skipif(mosquitto_binary() is None, reason="mosquitto not installed")
+
+
+def _name(cn: str) -> x509.Name:
+    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+
+
+def _cert(subject: str, key: Any, issuer: str, issuer_key: Any, *, ca: bool = False,
+          server: bool = False) -> x509.Certificate:
+    now = dt.datetime.now(dt.timezone.utc)
+    b = (x509.CertificateBuilder().subject_name(_name(subject)).issuer_name(_name(issuer))
+         .public_key(key.public_key()).serial_number(x509.random_serial_number())
+         .not_valid_before(now - dt.timedelta(minutes=5))
+         .not_valid_after(now + dt.timedelta(days=1))
+         .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
+    if ca:
+        b = b.add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True,
+                                          crl_sign=True, content_commitment=False,
+                                          key_encipherment=False, data_encipherment=False,
+                                          key_agreement=False, encipher_only=False,
+                                          decipher_only=False), critical=True)
+        b = b.add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()),
+                            critical=False)
+    else:
+        b = b.add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(
+            issuer_key.public_key()), critical=False)
+    if server:
+        b = b.add_extension(x509.SubjectAlternativeName([
+            x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False)
+    return b.sign(issuer_key, hashes.SHA256())
+
+
+def _write(folder: Path, name: str, cert: x509.Certificate, key: Any) -> tuple[Path, Path]:
+    crt, pem = folder / f"{name}.crt", folder / f"{name}.key"
+    crt.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    pem.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                      serialization.PrivateFormat.PKCS8,
+                                      serialization.NoEncryption()))
+    return crt, pem
+
+
+# mosquitto started as root drops to the `mosquitto` user, which cannot read pytest's 0700
+# tmp folders: keep root (test brokers only)
+AS_ROOT = "user root\n" if os.geteuid() == 0 else ""
+
+
+@pytest.fixture
+def pki(tmp_path: Path) -> dict[str, Path]:
+    folder = tmp_path / "pki"
+    folder.mkdir()
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca = _cert("test-ca", ca_key, "test-ca", ca_key, ca=True)
+    ca_crt, _ = _write(folder, "ca", ca, ca_key)
+    server_key = ec.generate_private_key(ec.SECP256R1())
+    server_crt, server_pem = _write(
+        folder, "server", _cert("localhost", server_key, "test-ca", ca_key, server=True),
+        server_key)
+    client_key = ec.generate_private_key(ec.SECP256R1())
+    client_crt, client_pem = _write(
+        folder, "client", _cert("edge-device", client_key, "test-ca", ca_key), client_key)
+    return {"ca": ca_crt, "server_crt": server_crt, "server_key": server_pem,
+            "client_crt": client_crt, "client_key": client_pem}
+
+
+def test_tls_with_client_certificate(tmp_path: Path, pki: dict[str, Path]) -> None:
+    tls_conf = AS_ROOT + (f"cafile {pki['ca']}\ncertfile {pki['server_crt']}\n"
+                f"keyfile {pki['server_key']}\nrequire_certificate true\n")
+    with Mosquitto(tmp_path / "broker", extra_config=tls_conf) as broker:
+        state = tmp_path / "state"
+        cfg = agent_config(broker, state, tls={"ca_certs": str(pki["ca"]),
+                                                "certfile": str(pki["client_crt"]),
+                                                "keyfile": str(pki["client_key"])})
+        transport = MqttTransport(cfg, state)
+        connected = threading.Event()
+        transport.on_connected(connected.set)
+        transport.start()
+        try:
+            assert connected.wait(10), "the agent with its certificate could not connect"
+            transport.publish_durable("cam", transport.topics.results("cam"),
+                                      lambda seq, i: b'{"seq": %d}' % seq)
+            assert wait_until(lambda: transport.stats()["acked"] == 1)
+        finally:
+            transport.stop(2)
+
+        # a client that trusts the CA but has no certificate of its own is refused
+        anon = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id="no-cert")
+        anon.tls_set(ca_certs=str(pki["ca"]), cert_reqs=ssl.CERT_REQUIRED)
+        refused = False
+        try:
+            anon.connect(broker.host, broker.port, keepalive=5)
+            deadline = time.monotonic() + 3
+            while time.monotonic() < deadline and not anon.is_connected():
+                if anon.loop(0.1) != paho.MQTTErrorCode.MQTT_ERR_SUCCESS:
+                    refused = True
+                    break
+        except (ssl.SSLError, OSError):
+            refused = True
+        finally:
+            anon.disconnect()
+        assert refused and not anon.is_connected()
+
+
+def test_missing_certificate_file_is_a_config_error(tmp_path: Path) -> None:
+    cfg = make_config(state_dir=str(tmp_path), mqtt={"tls": {"ca_certs": str(tmp_path / "no")}})
+    with pytest.raises(ConfigError, match=r"mqtt\.tls"):
+        MqttTransport(cfg, tmp_path)
+
+
+@pytest.mark.skipif(shutil.which("mosquitto_passwd") is None, reason="mosquitto_passwd missing")
+def test_password_file_auth(tmp_path: Path) -> None:
+    passwd = tmp_path / "broker.passwd"
+    subprocess.run(["mosquitto_passwd", "-c", "-b", str(passwd), "device", "s3cret"], check=True)
+    conf = AS_ROOT + f"allow_anonymous false\npassword_file {passwd}\n"
+    with Mosquitto(tmp_path / "broker", extra_config=conf) as broker:
+        good = tmp_path / "mqtt-password"
+        good.write_text("s3cret\n")
+        cfg = agent_config(broker, tmp_path / "a", username="device", password_file=str(good))
+        ok = MqttTransport(cfg, tmp_path / "a")
+        ok.start()
+        bad_file = tmp_path / "wrong"
+        bad_file.write_text("nope\n")
+        bad = MqttTransport(agent_config(broker, tmp_path / "b", username="device",
+                                         password_file=str(bad_file), client_id="other"),
+                            tmp_path / "b")
+        bad.start()
+        try:
+            assert wait_until(lambda: ok.stats()["connected"])
+            # a refused CONNACK counts as disconnected
+            assert wait_until(lambda: bad.stats()["connect_failures"] >= 1)
+            assert bad.stats()["connected"] is False
+        finally:
+            ok.stop(1)
+            bad.stop(1)
+
+
+def test_password_from_systemd_credentials(tmp_path: Path,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "mqtt-password").write_text("from-credential\n")
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(tmp_path))
+    assert read_password(make_config().mqtt) == "from-credential"
+    monkeypatch.delenv("CREDENTIALS_DIRECTORY")
+    assert read_password(make_config().mqtt) is None
+    with pytest.raises(ConfigError, match="password_file"):
+        read_password(make_config(mqtt={"password_file": str(tmp_path / "missing")}).mqtt)
