@@ -134,6 +134,22 @@ def schema_module() -> Any | None:
         return None
 
 
+def calibration_wrapper() -> Any:
+    """LiteRT's post-training calibration wrapper class (``CalibrationWrapper``).
+
+    Raises:
+        PluginUnavailableError: ai-edge-litert (which ships it) is not installed.
+    """
+    try:
+        module = importlib.import_module(
+            "ai_edge_litert._pywrap_tensorflow_lite_calibration_wrapper")
+    except ImportError as exc:
+        raise PluginUnavailableError(
+            f"model quantisation needs ai-edge-litert's calibration wrapper ({exc}); "
+            "install it with: pip install ai-edge-litert") from None
+    return module.CalibrationWrapper
+
+
 def _spec(detail: Mapping[str, Any]) -> TensorSpec:
     params = detail.get("quantization_parameters") or {}
     scales = params.get("scales")
