@@ -157,6 +157,12 @@ def build_parser() -> argparse.ArgumentParser:
     mp.add_argument("file")
     mp.add_argument("--calibration", required=True)
     mp.add_argument("--out", required=True)
+    mp.add_argument("--letterbox", action="store_true", help="letterbox calibration frames")
+    mp.add_argument("--input-range", default="auto", choices=["auto", "-1..1", "0..1", "0..255"])
+    mp.add_argument("--input-type", default="uint8", choices=["uint8", "int8", "float32"])
+    mp.add_argument("--output-type", default="float32", choices=["float32", "uint8", "int8"])
+    mp.add_argument("--limit", type=int, default=200, help="at most this many calibration frames")
+    mp.add_argument("--threads", type=int, default=2)
     return parser
 
 
