@@ -1,0 +1,58 @@
+"""The shipped JSON Schemas: valid, complete, identical in docs/, and closed to extra fields."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from jsonschema import Draft202012Validator
+
+from edge_agent.errors import PublishError
+from edge_agent.privacy import messages
+from edge_agent.privacy.schemas import SCHEMA_FILES, load_schema, validate
+from edge_agent.types import MessageKind
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_every_message_kind_has_a_valid_schema():
+    assert set(SCHEMA_FILES) == set(MessageKind.__args__)  # type: ignore[attr-defined]
+    for kind in SCHEMA_FILES:
+        Draft202012Validator.check_schema(load_schema(kind))
+
+
+def test_docs_copies_match_the_package():
+    for name in SCHEMA_FILES.values():
+        shipped = (REPO / "edge_agent" / "schemas" / name).read_text()
+        assert (REPO / "docs" / "schemas" / name).read_text() == shipped, name
+
+
+def test_design_example_result_validates():
+    example = {"schema": "edge-agent/result@1", "id": "abc", "seq": 42, "device": "pi-door-1",
+               "pipeline": "door", "ts": "2026-11-28T12:00:00.123Z",
+               "model": {"name": "detector", "version": 0, "sha256": "e" * 64},
+               "frame": {"index": 4567, "width": 1280, "height": 720}, "inference_ms": 11.8,
+               "detections": [{"label": "person", "class_id": 0, "score": 0.87,
+                               "box": [0.12, 0.30, 0.45, 0.98]}],
+               "counts": {"person": 1}}
+    validate("result", example)
+    for extra in ({"image": "..."}, {"jpeg": "..."}):
+        with pytest.raises(PublishError):
+            validate("result", {**example, **extra})
+    with pytest.raises(PublishError):
+        validate("result", {**example, "values": [0.0] * 1001})
+    with pytest.raises(PublishError):
+        validate("result", {**example, "detections": [{**example["detections"][0],
+                                                       "crop": "AAAA"}]})
+
+
+def test_factories_validate(seal):
+    for msg in [
+        messages.status(seal, device="d", state="offline", agent_version="1", started_at=None),
+        messages.stats(seal, device="d", pipelines={}),
+        messages.model_state(seal, device="d", pipeline="p", state="rolled_back", name="m",
+                             version=0, sha256="", reason="watch failed", progress=0.5),
+        messages.cmd_reply(seal, device="d", request_id="1", ok=True),
+    ]:
+        validate(msg.kind, json.loads(json.dumps(msg.payload)))
