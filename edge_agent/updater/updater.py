@@ -388,8 +388,12 @@ class ModelUpdater:
                               watch_inferences=n, watch_failures=failures)
                 return
             if self._stop.is_set():
-                # A clean stop is not a crash: keep the model, the watch was fine so far.
-                self.store.confirm()
+                # A clean stop is not a crash: keep the model if it was doing fine so far,
+                # else point back at the previous one for the next start (no swap: stopping).
+                if n and failures / n > cfg.max_failure_ratio:
+                    self.store.rollback()
+                else:
+                    self.store.confirm()
                 return
 
     def _manual_rollback(self, request_id: str) -> None:
