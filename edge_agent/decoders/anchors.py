@@ -20,7 +20,9 @@ pose            2254  224     8,16,32,32,32      2            person
 Options: ``preset``; or anchor options ``num_layers``, ``strides``, ``min_scale``,
 ``max_scale``, ``anchor_offset_x``/``anchor_offset_y``, ``aspect_ratios``,
 ``interpolated_scale_aspect_ratio``, ``fixed_anchor_size``, ``reduce_boxes_in_lowest_layer``,
-``input_size`` ([w, h]); ``scale`` (box scale, default: input size); ``label`` (the name of the
+``input_size`` ([w, h]); ``box`` (``detector``: the regressed box; ``body``: a square around
+the circle through keypoints 0 and 1, the default for ``pose``, whose regressed box is the
+face); ``scale`` (box scale, default: input size); ``label`` (the name of the
 single class; default: the label file's first line, else the preset's name); ``nms``
 (weighted|plain), ``iou_threshold`` (0.3), ``max_detections`` (100).
 """
@@ -68,13 +70,16 @@ class Preset:
     name: str
     anchors: AnchorOptions
     label: str
+    box: str = "detector"
 
 
 PRESETS: dict[str, Preset] = {
     "face_short": Preset("face_short", AnchorOptions(128, 128, 4, (8, 16, 16, 16)), "face"),
     "face_full": Preset("face_full", AnchorOptions(
         192, 192, 1, (4,), interpolated_scale_aspect_ratio=0.0), "face"),
-    "pose": Preset("pose", AnchorOptions(224, 224, 5, (8, 16, 32, 32, 32)), "person"),
+    # BlazePose's regressed box is the *face* (its proxy for a person); keypoints 0 and 1 are
+    # the hip midpoint and a point on the circle around the whole body: "body" uses the circle
+    "pose": Preset("pose", AnchorOptions(224, 224, 5, (8, 16, 32, 32, 32)), "person", "body"),
 }
 PRESET_BY_COUNT = {896: "face_short", 2304: "face_full", 2254: "pose"}
 
@@ -206,6 +211,8 @@ class AnchorsDecoder:
             labels.get(0) if len(labels) else preset.label if preset else "object")
         self.scale = opts.get_float("scale", float(anchor_opts.input_w if anchor_opts else in_w),
                                     lo=1e-6)
+        self.box = opts.get_choice("box", preset.box if preset else "detector",
+                                   ["detector", "body"])
         self.nms = opts.get_choice("nms", "weighted", ["weighted", "plain"])
         self.iou_threshold = opts.get_float("iou_threshold", 0.3, lo=0.0, hi=1.0)
         self.max_detections = opts.get_int("max_detections", 100, lo=1)
@@ -219,6 +226,8 @@ class AnchorsDecoder:
                          "anchor options", signature)
         self.preset = preset_name
         self.num_keypoints = (reg_shape[1] - 4) // 2
+        if self.box == "body" and self.num_keypoints < 2:
+            raise opts.error("box", "body boxes need 2 keypoints (centre and circle point)")
         self.label = str(label)
         self.specs = outs
         self.score_threshold = float(score_threshold)
@@ -251,6 +260,12 @@ class AnchorsDecoder:
         else:
             keep = nms(boxes, scores, self.iou_threshold, max_detections=self.max_detections)
             boxes, scores, kp = boxes[keep], scores[keep], kp[keep]
+        if self.box == "body":
+            # a square around the circle centred on keypoint 0 through keypoint 1 (model
+            # coordinates are isotropic: the input is square and letterboxed)
+            centre, edge = kp[:, 0:2], kp[:, 2:4]
+            r = np.linalg.norm(edge - centre, axis=1, keepdims=True)
+            boxes = np.concatenate([centre - r, centre + r], axis=1)
         framed = transform.to_frame(boxes)
         kp_xy = kp.reshape(-1, 2)
         kp_frame = transform.to_frame(np.concatenate([kp_xy, kp_xy], axis=1))[:, :2]

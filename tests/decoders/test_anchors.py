@@ -118,3 +118,17 @@ def test_label_option_wins_over_label_file() -> None:
     assert AnchorsDecoder(sig, parse_labels(["head"]), {}, 0.5).label == "head"
     assert AnchorsDecoder(sig, parse_labels(["head"]), {"label": "visitor"}, 0.5).label == \
         "visitor"
+
+
+def test_body_box_from_pose_keypoints_and_refused_without_keypoints() -> None:
+    reg = np.zeros((1, 2254, 12), np.float32)
+    logits = np.full((1, 2254, 1), -10.0, np.float32)
+    logits[0, 0, 0] = 5.0
+    reg[0, 0, 4:8] = [22.4, 22.4, 22.4, 0.0]  # centre (+0.1, +0.1), circle point (+0.1, 0)
+    sig = signature(spec((1, 2254, 12)), spec((1, 2254, 1)), input_shape=(1, 224, 224, 3))
+    inf = AnchorsDecoder(sig, NO_LABELS, {}, 0.5).decode([reg, logits], IDENTITY)
+    a = 0.5 / 28
+    np.testing.assert_allclose(inf.detections[0].box, (a, a, a + 0.2, a + 0.2), atol=1e-5)
+    face = signature(spec((1, 896, 4)), spec((1, 896, 1)), input_shape=(1, 128, 128, 3))
+    with pytest.raises(ValueError, match="box: body boxes need 2 keypoints"):
+        AnchorsDecoder(face, NO_LABELS, {"box": "body"}, 0.5)

@@ -119,9 +119,14 @@ def test_pose_detection_squat() -> None:
     assert len(inf.detections) == 1
     det = inf.detections[0]
     assert det.label == "person" and det.score > 0.9 and len(det.keypoints) == 4
-    assert_matches(inf, [("person", (0.3852, 0.2754, 0.6286, 0.4753))])
-    # keypoint 0 is the hip centre: below the box, in the lower half of the image
+    # default box: the square around BlazePose's body circle (hip centre + radius point),
+    # which holds the whole crouching person from hair to shoes
+    assert_matches(inf, [("person", (0.0, 0.2267, 0.8535, 1.0))])
+    # keypoint 0 is the hip centre, in the lower half of the image
     assert det.keypoints[0][1] > 0.5
+    # the detector's own regressed box is the face/upper-body proxy
+    face, _ = run("pose_detection.tflite", "squat.bmp", options={"box": "detector"})
+    assert_matches(face, [("person", (0.3852, 0.2754, 0.6286, 0.4753))])
 
 
 def test_mobilenet_v2_quant_cat() -> None:
