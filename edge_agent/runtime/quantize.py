@@ -113,11 +113,10 @@ def _calibrate(model_path: str, inputs_path: str, out_path: str, input_type: str
     # the wrapper does not copy the model: keep the bytes alive as long as it lives
     model = Path(model_path).read_bytes()
     wrapper = calibration_wrapper()(model, [], [])
-    with np.load(inputs_path) as npz:
-        arrays = [npz[k] for k in sorted(npz.files, key=lambda k: int(k.split("_")[1]))]
-    wrapper.Prepare([list(arrays[0].shape)])
+    arrays = np.load(inputs_path)
+    wrapper.Prepare([list(arrays.shape[1:])])
     for arr in arrays:
-        wrapper.FeedTensor([arr])
+        wrapper.FeedTensor([np.ascontiguousarray(arr)])
     data = wrapper.QuantizeModel(np.dtype(_TYPES[input_type]).num,
                                  np.dtype(_TYPES[output_type]).num, False,
                                  np.dtype(np.int8).num, np.dtype(np.int32).num, False, False)
@@ -189,8 +188,8 @@ def quantize_model(src: Path, calibration: Path, out: Path, *, letterbox: bool =
     with tempfile.TemporaryDirectory(prefix="edge-agent-quantize-") as tmp:
         model_path = Path(tmp) / "float32.tflite"
         model_path.write_bytes(data)
-        inputs_path = Path(tmp) / "inputs.npz"
-        np.savez(inputs_path, **{f"x_{i}": x for i, x in enumerate(inputs)})
+        inputs_path = Path(tmp) / "inputs.npy"
+        np.save(inputs_path, np.stack(inputs))  # (samples, *input shape)
         result = Path(tmp) / "int8.tflite"
         ctx = multiprocessing.get_context("spawn")
         proc = ctx.Process(target=_calibrate, name="edge-agent-calibrate",
@@ -198,9 +197,9 @@ def quantize_model(src: Path, calibration: Path, out: Path, *, letterbox: bool =
                                  output_type))
         proc.start()
         proc.join()
-        if proc.exitcode != 0 or not result.is_file():
-            how = f"signal {-proc.exitcode}" if (proc.exitcode or 0) < 0 else \
-                f"exit code {proc.exitcode}"
+        code = proc.exitcode or 0
+        if code != 0 or not result.is_file():
+            how = f"signal {-code}" if code < 0 else f"exit code {code}"
             raise ModelError(f"the TFLite calibrator failed on {src.name} ({how}); the model "
                              "may use ops post-training quantisation does not support")
         out.parent.mkdir(parents=True, exist_ok=True)
