@@ -46,7 +46,10 @@ logger = logging.getLogger(__name__)
 DEFERRED: Literal["deferred"] = "deferred"
 """A handler returns this when it will reply later itself (model updates: the updater)."""
 
-ReplyData = Literal["deferred"] | None
+ReplyData = Literal["deferred"] | bool | None
+"""What a handler returns: None -> the dispatcher replies ok; DEFERRED, True or False -> the
+handler replies itself (the updater's convention: True accepted and queued, False busy and
+already replied)."""
 Reply = Callable[[str | None, bool, str | None], None]
 
 NONCE_FILE = "command_nonces.json"
@@ -84,11 +87,12 @@ SCHEMAS: dict[str, dict[str, Any]] = {
     }, signed=True),
     "restart": _schema([], {"reason": {"type": "string", "maxLength": 256}}, signed=True),
 }
+SCHEMAS["model/rollback"] = SCHEMAS["rollback"]  # alias: P/D/cmd/model/rollback
 """JSON Schema per command name (the part of the topic after ``cmd/``)."""
 
 _VALIDATORS = {name: jsonschema.Draft202012Validator(schema) for name, schema in SCHEMAS.items()}
 
-SIGNED_COMMANDS = frozenset({"rollback", "config", "restart"})
+SIGNED_COMMANDS = frozenset({"rollback", "model/rollback", "config", "restart"})
 
 
 class CommandError(Exception):
@@ -226,8 +230,9 @@ class CommandDispatcher:
 
     Args:
         config: the agent config (device id, topic prefix, groups, ``commands`` section).
-        handlers: command name -> ``handler(Command)``; returns None (reply ok), DEFERRED (it
-            replies later itself) or raises (error reply with the exception's message).
+        handlers: command name -> ``handler(Command)``; returns None (the dispatcher replies
+            ok), DEFERRED/True/False (the handler replies itself, now or later) or raises (error
+            reply with the exception's message).
         reply: ``reply(request_id, ok, error)``; request_id is None when it could not be read.
         state_dir: where the nonce cache lives (default ``config.state_dir``).
         queue_size: commands waiting for the worker; beyond it, a "busy" error reply.
@@ -260,6 +265,16 @@ class CommandDispatcher:
                 *(self.topics.group_cmd_filter(g) for g in self.config.mqtt.groups)]
 
     # ------------------------------------------------------------------ threads
+
+    def attach(self, transport: Any) -> None:
+        """Subscribe :meth:`on_message` to every command filter and start the worker.
+
+        Args:
+            transport: an object with ``subscribe(topic_filter, handler)`` (MqttTransport).
+        """
+        for topic_filter in self.topic_filters():
+            transport.subscribe(topic_filter, self.on_message)
+        self.start()
 
     def start(self) -> None:
         """Start the worker thread."""
@@ -344,7 +359,7 @@ class CommandDispatcher:
             self._refuse(request_id, f"failed: {exc}", "handler")
             return
         self.counters.accepted += 1
-        if result != DEFERRED:
+        if result is None:
             self._send_reply(request_id, True, None)
 
     def parse(self, topic: str, payload: bytes) -> Command:
