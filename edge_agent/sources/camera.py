@@ -118,12 +118,13 @@ class OpencvCameraSource:
             self._latest = None
             self._error = None
         self.grabbed = 0
-        self._thread = threading.Thread(target=self._reader, args=(cap,), daemon=True,
-                                        name=f"camera-reader[{self.cfg.uri}]")
-        self._thread.start()
+        # from here on the reader thread owns (and finally releases) the capture
         logger.info("camera %s opened (%s, %dx%d)", self.cfg.uri, cap.getBackendName(),
                     int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)),
                     int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT)))
+        self._thread = threading.Thread(target=self._reader, args=(cap,), daemon=True,
+                                        name=f"camera-reader[{self.cfg.uri}]")
+        self._thread.start()
 
     def _configure(self, cap: cv2.VideoCapture) -> None:
         cfg = self.cfg
@@ -143,11 +144,10 @@ class OpencvCameraSource:
             while not self._stop.is_set():
                 ok, image = cap.read()
                 if not ok or image is None:
-                    with self._cond:
-                        self._error = (f"camera {self.cfg.uri!r} stopped delivering frames "
-                                       f"(unplugged, stream ended or lost) after "
-                                       f"{self.grabbed} frames")
-                        self._cond.notify_all()
+                    if not self._stop.is_set():
+                        self._fail(f"camera {self.cfg.uri!r} stopped delivering frames "
+                                   f"(unplugged, stream ended or lost) after "
+                                   f"{self.grabbed} frames")
                     return
                 frame = Frame(index=self._index, ts=time.time(), image=image)
                 self._index += 1
@@ -158,11 +158,17 @@ class OpencvCameraSource:
                     self.grabbed += 1
                     self._cond.notify_all()
         except cv2.error as exc:
-            with self._cond:
-                self._error = f"camera {self.cfg.uri!r} failed: {exc}"
-                self._cond.notify_all()
+            self._fail(f"camera {self.cfg.uri!r} failed: {exc}")
+        except Exception:  # the reader's loop boundary: report, let the pipeline reopen
+            logger.exception("camera %s: reader thread failed", self.cfg.uri)
+            self._fail(f"camera {self.cfg.uri!r}: reader thread failed (see the log)")
         finally:
             cap.release()
+
+    def _fail(self, message: str) -> None:
+        with self._cond:
+            self._error = message
+            self._cond.notify_all()
 
     def read(self, timeout: float) -> Frame | None:
         """The newest frame not handed over yet, or None after ``timeout`` seconds.
@@ -225,6 +231,7 @@ class OpencvVideoSource:
         self._index = 0
         self._in_pass = 0  # frames read in the current pass over the file
         self._closed = threading.Event()
+        self._lock = threading.Lock()
         self._pacer = FramePacer(0)
         self._pending: np.ndarray | None = None
 
@@ -249,8 +256,10 @@ class OpencvVideoSource:
             SourceError: the file is missing or not a readable video.
         """
         self.close()
-        self._closed.clear()
-        self._cap = self._open_capture()
+        cap = self._open_capture()
+        with self._lock:
+            self._cap = cap
+            self._closed.clear()
         fps = float(self._cap.get(cv2.CAP_PROP_FPS) or 0.0)
         self.native_fps = fps if 0 < fps < 1000 else DEFAULT_FILE_FPS
         rate = self.native_fps if self.cfg.fps is None else self.cfg.fps
@@ -285,13 +294,18 @@ class OpencvVideoSource:
     def read(self, timeout: float) -> Frame | None:
         """The next frame in file order, once it is due; None if not due within ``timeout``.
 
+        Returns None at once after close().
+
         Raises:
-            SourceError: the file cannot be read.
+            SourceError: the file cannot be read, or was never opened.
             EOFError: the file ended (and ``loop`` is off).
         """
-        if self._pending is None:
-            # decode first, so the wait for the due time hides the decode cost
-            self._pending = self._next_image()
+        with self._lock:  # close() may run on another thread: never release mid-decode
+            if self._closed.is_set():
+                return None
+            if self._pending is None:
+                # decode first, so the wait for the due time hides the decode cost
+                self._pending = self._next_image()
         if not self._pacer.wait(timeout):
             return None
         image, self._pending = self._pending, None
@@ -301,9 +315,10 @@ class OpencvVideoSource:
         return frame
 
     def close(self) -> None:
-        """Release the file. Safe to call twice."""
+        """Release the file; a read() waiting on another thread returns None. Safe twice."""
         self._closed.set()
-        cap, self._cap = self._cap, None
-        if cap is not None:
-            cap.release()
-        self._pending = None
+        with self._lock:
+            cap, self._cap = self._cap, None
+            if cap is not None:
+                cap.release()
+            self._pending = None

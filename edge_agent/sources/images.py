@@ -131,10 +131,14 @@ class ImageFolderSource:
     def read(self, timeout: float) -> Frame | None:
         """The next image in sorted order, once it is due; None if not due within ``timeout``.
 
+        Returns None at once after close().
+
         Raises:
-            SourceError: no image at all can be read.
+            SourceError: no image at all can be read, or the source was never opened.
             EOFError: every image was handed over (and ``loop`` is off).
         """
+        if self._closed.is_set():
+            return None
         if self._pending is None:
             self._pending = self._next_image()
         if not self._pacer.wait(timeout):

@@ -180,10 +180,14 @@ class SyntheticSource:
     def read(self, timeout: float) -> Frame | None:
         """The next scene frame once it is due; None if not due within ``timeout``.
 
+        Returns None at once after close().
+
         Raises:
-            SourceError: the source is not open.
+            SourceError: the source was never opened.
             EOFError: ``frames`` were produced (and ``loop`` is off).
         """
+        if self._closed.is_set():
+            return None
         if not self._open:
             raise SourceError("synthetic source is not open")
         n = self._index
@@ -301,12 +305,13 @@ def write_clip(path: str | Path, *, width: int = 640, height: int = 480, fps: fl
 
 def write_crossing_clip(path: str | Path, *, width: int = 640, height: int = 480,
                         fps: float = 10, seconds: float = 5.0, fourcc: str = "MJPG",
-                        seed: int = 0) -> list[TruthTrack]:
+                        seed: int = 0, y_offset: float = 0.28) -> list[TruthTrack]:
     """Write a clip of two person-like figures walking towards each other and crossing.
 
-    The figures (red and blue clothing) walk horizontally in opposite directions, one a
-    little lower than the other, so they overlap in the middle of the clip; the blue one
-    passes in front. Both stay inside the frame throughout.
+    The figures (red and blue clothing, 0.4 of the frame tall) walk horizontally in opposite
+    directions, the blue one ``y_offset`` (a fraction of the height) lower, so their boxes
+    overlap in the middle of the clip; the blue one passes in front. Both stay inside the
+    frame throughout.
 
     Returns:
         One :class:`TruthTrack` per figure, with its clothing colour (BGR) and its box in
@@ -320,8 +325,10 @@ def write_crossing_clip(path: str | Path, *, width: int = 640, height: int = 480
     sw = int(sh * 0.35)
     figures = [Sprite("person", (40, 40, 220), sw, sh), Sprite("person", (220, 70, 40), sw, sh)]
     left, right = width * 0.05, width * 0.95 - sw
-    starts = [(left, height * 0.25), (right, height * 0.35)]
-    ends = [(right, height * 0.25), (left, height * 0.35)]
+    top = height * max(0.0, min(0.1, 0.6 - y_offset))
+    low = min(top + height * y_offset, height - sh)
+    starts = [(left, top), (right, low)]
+    ends = [(right, top), (left, low)]
     truth = [TruthTrack(i + 1, f.color) for i, f in enumerate(figures)]
     writer = _writer(Path(path), fourcc, fps, width, height)
     try:

@@ -1,0 +1,107 @@
+"""OpencvCameraSource: missing devices, and live behaviour on a video file opened as a stream."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import cv2
+import pytest
+
+from edge_agent.config import CameraSourceConfig
+from edge_agent.errors import SourceError
+from edge_agent.sources.camera import OpencvCameraSource, capture_target
+from tests.sources.clips import frame_number, write_numbered_video
+
+
+def _camera(uri: str | int, **kw: object) -> OpencvCameraSource:
+    return OpencvCameraSource(CameraSourceConfig(type="camera", uri=uri, **kw))
+
+
+def _wait_until_reader_ends(source: OpencvCameraSource) -> None:
+    deadline = time.monotonic() + 10.0
+    while source.running and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not source.running
+
+
+@pytest.mark.parametrize("uri", ["/dev/video57", 57, "57"])
+def test_missing_device_is_a_source_error(uri: str | int) -> None:
+    source = _camera(uri, width=640, height=480, fourcc="MJPG", fps=15)
+    with pytest.raises(SourceError, match="cannot be opened"):
+        source.open()
+    assert not source.running
+    with pytest.raises(SourceError, match="not open"):
+        source.read(0.1)
+    source.close()
+
+
+def test_unreachable_stream_is_a_source_error(tmp_path: Path) -> None:
+    with pytest.raises(SourceError, match="cannot be opened"):
+        _camera(f"file://{tmp_path}/missing.mp4").open()
+
+
+def test_capture_targets() -> None:
+    assert capture_target(0) == (0, cv2.CAP_V4L2)
+    assert capture_target(" 2") == (2, cv2.CAP_V4L2)
+    assert capture_target("/dev/video1") == ("/dev/video1", cv2.CAP_V4L2)
+    assert capture_target("rtsp://cam/stream") == ("rtsp://cam/stream", cv2.CAP_FFMPEG)
+    assert capture_target("HTTPS://cam/mjpg") == ("HTTPS://cam/mjpg", cv2.CAP_FFMPEG)
+    assert capture_target("file:///x/y.mp4") == ("/x/y.mp4", cv2.CAP_FFMPEG)
+
+
+def test_newest_frame_wins_and_drops_are_counted(tmp_path: Path) -> None:
+    path = write_numbered_video(tmp_path / "stream.avi", 40)
+    source = _camera(f"file://{path}")
+    assert source.live is True
+    source.open()
+    try:
+        _wait_until_reader_ends(source)  # the whole "stream" arrived while nobody read
+        frame = source.read(1.0)
+        assert frame is not None and frame.image is not None
+        assert frame.index == 39 and frame_number(frame.image) == 39
+        assert source.dropped == 39 and source.grabbed == 40
+        with pytest.raises(SourceError, match="stopped delivering frames"):
+            source.read(1.0)  # the stream ended: the pipeline reopens with backoff
+    finally:
+        source.close()
+
+
+def test_concurrent_reader_sees_rising_indices(tmp_path: Path) -> None:
+    path = write_numbered_video(tmp_path / "stream.avi", 60)
+    source = _camera(str(path))
+    source.open()
+    seen: list[int] = []
+    try:
+        with pytest.raises(SourceError):
+            while True:
+                frame = source.read(5.0)
+                if frame is not None:
+                    assert frame.image is not None
+                    assert frame_number(frame.image) == frame.index
+                    seen.append(frame.index)
+    finally:
+        source.close()
+    assert seen == sorted(set(seen)) and seen
+    assert len(seen) + source.dropped == 60
+
+
+def test_close_joins_the_reader_and_reopen_works(tmp_path: Path) -> None:
+    path = write_numbered_video(tmp_path / "stream.avi", 20)
+    source = _camera(str(path))
+    before = set(threading.enumerate())
+    source.open()
+    source.close()
+    assert not source.running
+    assert not [t for t in threading.enumerate() if t not in before and t.is_alive()]
+    source.open()  # the pipeline's reopen after a failure
+    try:
+        _wait_until_reader_ends(source)
+        frame = source.read(1.0)
+        assert frame is not None and frame.image is not None
+        assert frame_number(frame.image) == 19
+        assert frame.index >= 19  # indices keep counting every frame produced since creation
+    finally:
+        source.close()
+        source.close()
