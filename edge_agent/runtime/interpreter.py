@@ -352,7 +352,11 @@ class TfliteRuntime:
             if delegates and fallback_to_cpu:
                 logger.debug("delegate refused %s: %s", self.path.name, _first_line(exc))
                 return None
-            raise ModelError(f"cannot load model {self.path}: {_first_line(exc)}") from None
+            reason = _first_line(exc)
+            if "edgetpu-custom-op" in reason:
+                reason += (" (the model was compiled for the Coral Edge TPU: set delegate: "
+                           "edgetpu with libedgetpu installed, or use the model's CPU version)")
+            raise ModelError(f"cannot load model {self.path}: {reason}") from None
         return interp
 
     def infer(self, inputs: list[np.ndarray]) -> list[np.ndarray]:

@@ -187,3 +187,20 @@ def test_available_backends_lists_litert() -> None:
     rows = {name: (version, error) for name, version, error in available_backends()}
     assert set(rows) == {"ai_edge_litert", "tflite_runtime", "tensorflow"}
     assert rows["ai_edge_litert"][0] and rows["ai_edge_litert"][1] is None
+
+
+def test_edgetpu_model_without_delegate_says_so(tmp_path: Path) -> None:
+    import flatbuffers
+
+    schema = interpreter.schema_module()
+    src = shared_model("invalid_model_unresolved_custom_op.tflite").read_bytes()
+    model = schema.ModelT.InitFromObj(schema.Model.GetRootAs(src, 0))
+    for code in model.operatorCodes:
+        if code.customCode:
+            code.customCode = b"edgetpu-custom-op"
+    builder = flatbuffers.Builder(0)
+    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
+    path = tmp_path / "model_edgetpu.tflite"
+    path.write_bytes(bytes(builder.Output()))
+    with pytest.raises(ModelError, match="compiled for the Coral Edge TPU"):
+        load_runtime(path, delegate="edgetpu")
