@@ -27,8 +27,6 @@ from edge_agent.updater.signing import (
 )
 from edge_agent.updater.store import sha256_file
 
-TERMINAL = {"active": 0, "rejected": 1, "rolled_back": 1}
-
 
 def cmd_keygen(args: argparse.Namespace) -> int:
     """``model keygen --out DIR``: write signing.key (0600) and signing.pub."""
@@ -97,12 +95,17 @@ def _tls(args: argparse.Namespace) -> tuple[str | None, str | None, str | None] 
 
 
 class _Watcher:
-    """Collects state messages and replies for one request and shows them as they arrive."""
+    """Shows a device's state messages as they arrive and ends on the reply to our request.
 
-    def __init__(self, request_id: str, single: bool, terminal: dict[str, int]) -> None:
+    State messages carry no request id (the contract's payload), so only live ones (not the
+    retained message from before) of the pipeline are shown; the reply, which does carry the
+    request id, decides the outcome.
+    """
+
+    def __init__(self, request_id: str, single: bool, total: int | None = None) -> None:
         self.request_id = request_id
-        self.terminal = terminal
         self.single = single
+        self.total = total
         self.outcomes: dict[str, int] = {}
         self.done = threading.Event()
         self._bar = False
@@ -112,31 +115,39 @@ class _Watcher:
             msg = json.loads(payload)
         except ValueError:
             return
-        if not isinstance(msg, dict) or msg.get("request_id") != self.request_id:
-            return  # someone else's state (e.g. the retained one from before)
-        device = topic.split("/")[-4] if "/model/" in topic else topic.split("/")[-3]
-        if topic.endswith("/cmd/reply"):
-            if not msg.get("ok"):
-                self._line(f"{device}: refused: {msg.get('error')}")
-                self.outcomes.setdefault(device, 1)
-                self._finish()
+        if not isinstance(msg, dict):
             return
+        if topic.endswith("/cmd/reply"):
+            if msg.get("request_id") != self.request_id:
+                return
+            device = topic.split("/")[-3]
+            ok = bool(msg.get("ok"))
+            self._line(f"{device}: {'done' if ok else 'failed: ' + str(msg.get('error'))}")
+            self.outcomes[device] = 0 if ok else 1
+            if self.single:
+                self.done.set()
+            return
+        if retained:
+            return  # the state from before this request
+        self._state(topic.split("/")[-4], msg)
+
+    def _state(self, device: str, msg: dict[str, Any]) -> None:
         state = str(msg.get("state"))
         progress = msg.get("progress")
-        if state == "downloading" and isinstance(progress, dict) and progress.get("total"):
-            done, total = int(progress.get("bytes", 0)), int(progress["total"])
+        if state == "downloading" and progress is not None:
+            if isinstance(progress, dict):  # {bytes, total}
+                fraction = progress.get("bytes", 0) / max(1, progress.get("total") or 1)
+            else:
+                fraction = float(progress)
             width = 30
-            filled = int(width * done / total)
+            filled = int(width * min(1.0, fraction))
+            size = f" of {self.total / 1e6:.1f} MB" if self.total else ""
             print(f"\r{device}: downloading [{'#' * filled}{'.' * (width - filled)}] "
-                  f"{100 * done // total:3d}% {done / 1e6:.1f}/{total / 1e6:.1f} MB",
-                  end="", file=sys.stderr, flush=True)
+                  f"{100 * fraction:5.1f}%{size}", end="", file=sys.stderr, flush=True)
             self._bar = True
             return
         reason = f": {msg['reason']}" if msg.get("reason") else ""
         self._line(f"{device}: {state} {msg.get('name')} v{msg.get('version')}{reason}")
-        if state in self.terminal and "watch" not in msg:
-            self.outcomes[device] = self.terminal[state]
-            self._finish()
 
     def _line(self, text: str) -> None:
         if self._bar:
@@ -144,17 +155,13 @@ class _Watcher:
             self._bar = False
         print(text, flush=True)
 
-    def _finish(self) -> None:
-        if self.single:
-            self.done.set()
-
 
 def _run_request(args: argparse.Namespace, topic: str, payload: bytes, watch: list[str],
-                 request_id: str, single: bool, terminal: dict[str, int]) -> int:
+                 request_id: str, single: bool, total: int | None = None) -> int:
     from edge_agent.mqtt.subscriber import Subscriber  # only edge_agent.mqtt imports paho
 
     host, port = _broker(args.broker)
-    watcher = _Watcher(request_id, single, terminal)
+    watcher = _Watcher(request_id, single, total)
     sub = Subscriber(host, port, watch, watcher.on_message, tls=_tls(args))
     try:
         if not sub.start(timeout=min(10.0, args.timeout)):
@@ -175,9 +182,11 @@ def _run_request(args: argparse.Namespace, topic: str, payload: bytes, watch: li
 def cmd_push(args: argparse.Namespace) -> int:
     """``model push MANIFEST --pipeline P (--device D | --group G) --broker H[:P] [--file]``.
 
-    Shows the device's state messages as they arrive; exit 0 when the update is ``active``,
-    1 on rejected, rolled_back, a refused command or timeout. A group push waits the whole
-    ``--timeout`` and succeeds when every device that answered went active.
+    Shows the device's state messages as they arrive; exit 0 when the device replies that
+    the update is ``active``, 1 when it is rejected, the command is refused (e.g. busy) or on
+    timeout. A group push waits the whole ``--timeout`` and succeeds when every device that
+    answered went active. The watch that follows ``active`` may still roll the model back:
+    ``model status`` shows it.
     """
     raw = _load_manifest_file(args.manifest)
     manifest = parse_manifest(raw)
@@ -199,7 +208,7 @@ def cmd_push(args: argparse.Namespace) -> int:
     print(f"pushing {manifest.name} v{manifest.version} ({manifest.size} bytes, "
           f"{'inline' if args.file else 'by url'}) to {topic}")
     return _run_request(args, topic, json.dumps(command).encode(), watch, rid,
-                        single=bool(args.device), terminal=TERMINAL)
+                        single=bool(args.device), total=manifest.size)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -253,4 +262,4 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     p = f"{args.topic_prefix}/{args.device}"
     watch = [f"{p}/model/{args.pipeline}/state", f"{p}/cmd/reply"]
     return _run_request(args, f"{p}/cmd/rollback", json.dumps(command).encode(), watch, rid,
-                        single=True, terminal={"rolled_back": 0})
+                        single=True)

@@ -124,6 +124,7 @@ class ModelStore:
         self.staging.mkdir(parents=True, exist_ok=True)
         self.configured_path = Path(configured_path) if configured_path else None
         self.configured_labels = Path(configured_labels) if configured_labels else None
+        self.last_resolved: ActiveModel | None = None
 
     # -- paths ---------------------------------------------------------------------------
     def model_path(self, sha: str) -> Path:
@@ -264,6 +265,12 @@ class ModelStore:
 
     def resolve_active(self, configured_path: str | Path | None = None,
                        configured_labels: str | Path | None = None) -> ActiveModel:
+        """See :meth:`_resolve_active`; the result is also kept in ``last_resolved``."""
+        self.last_resolved = self._resolve_active(configured_path, configured_labels)
+        return self.last_resolved
+
+    def _resolve_active(self, configured_path: str | Path | None,
+                        configured_labels: str | Path | None) -> ActiveModel:
         """The model to serve at start: current, else previous, else the configured one.
 
         A current model on trial (the agent restarted during its watch) is not trusted. When
@@ -315,7 +322,7 @@ class ModelStore:
         try:
             m = parse_manifest(self.manifest_path(ptr.target).read_bytes())
         except (OSError, UpdateError):
-            return {"name": "?", "version": -1, "sha256": ptr.target}
+            return {"name": "unknown", "version": 0, "sha256": ptr.target}
         return m.describe()
 
     # -- housekeeping --------------------------------------------------------------------

@@ -27,6 +27,7 @@ from edge_agent.config import UpdatesConfig
 from edge_agent.errors import EdgeAgentError, UpdateError
 from edge_agent.updater.fetch import fetch, write_inline
 from edge_agent.updater.manifest import Manifest, parse_manifest, verify_manifest
+from edge_agent.updater.signing import load_public_keys
 from edge_agent.updater.store import ActiveModel, ModelStore, sha256_file
 
 logger = logging.getLogger(__name__)
@@ -69,6 +70,7 @@ class _Watch:
 
     @property
     def failures(self) -> int:
+        """Errors plus non-finite outputs."""
         return self.errors + self.non_finite
 
 
@@ -84,12 +86,17 @@ class ModelUpdater:
     """
 
     def __init__(self, pipeline: str, config: UpdatesConfig, store: ModelStore,
-                 keys: Mapping[str, Ed25519PublicKey], hooks: UpdateHooks) -> None:
+                 keys: Mapping[str, Ed25519PublicKey] | Any = None, hooks: Any = None) -> None:
+        if hooks is None and keys is not None and hasattr(keys, "validate"):
+            keys, hooks = None, keys  # ModelUpdater(pipeline, config, store, hooks)
+        if hooks is None:
+            raise TypeError("ModelUpdater needs hooks")
         self.pipeline = pipeline
         self.config = config
         self.store = store
-        self.keys = dict(keys)
+        self.keys = dict(keys) if keys is not None else load_public_keys(config.public_keys)
         self.hooks = hooks
+        self._last_state: dict[str, Any] | None = None
         self._queue: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=1)
         self._lock = threading.Lock()
         self._busy = False
@@ -100,9 +107,15 @@ class ModelUpdater:
     # -- lifecycle -----------------------------------------------------------------------
     def start(self, initial: ActiveModel | None = None) -> None:
         """Start the worker and publish the start-up state (``rolled_back`` when the store
-        fell back at start, else ``active``)."""
+        fell back at start, else ``active``).
+
+        Args:
+            initial: what ``store.resolve_active`` returned (default: its last result).
+        """
         if self._thread is not None:
             return
+        self._stop.clear()
+        initial = initial or self.store.last_resolved
         self._thread = threading.Thread(target=self._run, name=f"updater-{self.pipeline}",
                                         daemon=True)
         self._thread.start()
@@ -207,21 +220,43 @@ class ModelUpdater:
                     self._watch = None
 
     def _state(self, state: str, about: Mapping[str, Any] | None, reason: str | None,
-               request_id: str | None = None, **extra: Any) -> dict[str, Any]:
+               progress: float | None = None) -> dict[str, Any]:
+        """The state message as keyword arguments of ``privacy.messages.model_state`` (the
+        agent adds ``device``)."""
         name, version, sha = self.hooks.active()
         about = dict(about) if about else {"name": name, "version": version, "sha256": sha}
-        msg: dict[str, Any] = {"state": state, "pipeline": self.pipeline, **about,
-                               "reason": reason,
+        msg: dict[str, Any] = {"pipeline": self.pipeline, "state": state,
+                               "name": about["name"], "version": about["version"],
+                               "sha256": about["sha256"], "reason": reason,
                                "active": {"name": name, "version": version, "sha256": sha},
                                "previous": self.store.describe("previous")}
-        if request_id is not None:
-            msg["request_id"] = request_id
-        msg.update(extra)
+        if progress is not None:
+            msg["progress"] = progress
         return msg
 
     def _publish(self, state: str, about: Mapping[str, Any] | None, reason: str | None,
-                 request_id: str | None = None, **extra: Any) -> None:
-        self.hooks.publish_state(self._state(state, about, reason, request_id, **extra))
+                 request_id: str | None = None, progress: float | None = None) -> None:
+        msg = self._state(state, about, reason, progress)
+        with self._lock:
+            self._last_state = msg
+        try:
+            self.hooks.publish_state(msg)
+        except Exception as exc:  # a refused publish must not break the state machine
+            logger.warning("pipeline %s: publishing model state %s failed: %s", self.pipeline,
+                           state, exc)
+
+    def publish_current(self) -> None:
+        """Publish the latest state message again (at start-up and after a reconnect)."""
+        with self._lock:
+            msg = self._last_state
+        if msg is None:
+            self._publish("active", None, None)
+            return
+        try:
+            self.hooks.publish_state(dict(msg))
+        except Exception as exc:
+            logger.warning("pipeline %s: re-publishing model state failed: %s", self.pipeline,
+                           exc)
 
     def _update(self, command: dict[str, Any]) -> None:
         rid = str(command.get("request_id", ""))
@@ -241,10 +276,10 @@ class ModelUpdater:
                 labels.write_text(manifest.labels)
             self._publish("validating", about, None, rid)
             self._validate(staged, labels)
+            self._install_and_swap(staged, manifest)
             watch = _Watch(manifest.sha256, about, rid)
             with self._lock:
-                self._watch = watch  # count inferences from the very first frame after swap
-            self._install_and_swap(staged, manifest)
+                self._watch = watch  # the new model serves from here on
         except UpdateError as exc:
             logger.warning("update %s of pipeline %s rejected: %s", rid, self.pipeline, exc)
             if downloaded:
@@ -258,7 +293,7 @@ class ModelUpdater:
         elapsed = time.monotonic() - t0
         logger.info("pipeline %s: model %s v%d active after %.2f s", self.pipeline,
                     manifest.name, manifest.version, elapsed)
-        self._publish("active", about, None, rid, elapsed_s=round(elapsed, 3))
+        self._publish("active", about, None, rid)
         self.hooks.reply(rid, True, None)
         self.store.prune()
         self._watch_model(watch)
@@ -302,7 +337,7 @@ class ModelUpdater:
             if now - last[0] >= 0.5 or done == size:
                 last[0] = now
                 self._publish("downloading", about, None, rid,
-                              progress={"bytes": done, "total": size})
+                              progress=round(done / size, 4) if size else 0.0)
 
         progress(part.stat().st_size if part.exists() else 0, total)
         data = command.get("data")
@@ -384,8 +419,7 @@ class ModelUpdater:
                 self.store.confirm()
                 logger.info("pipeline %s: model %s passed its watch (%d inferences, %d failed)",
                             self.pipeline, about["sha256"][:12], n, failures)
-                self._publish("active", about, None, rid, watch="passed",
-                              watch_inferences=n, watch_failures=failures)
+                self._publish("active", about, None, rid)
                 return
             if self._stop.is_set():
                 # A clean stop is not a crash: keep the model if it was doing fine so far,

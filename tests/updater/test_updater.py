@@ -37,7 +37,7 @@ def test_good_update_goes_active_and_is_stored(rig: Rig, keys: Keys, tmp_path: P
     m = keys.manifest(model, version=3, url=_file_url(model), labels=labels)
     ok, error = _send(rig, dict(m.raw), "r1")
     assert ok, error
-    states = [s["state"] for s in rig.agent.states if s.get("request_id") == "r1"]
+    states = [s["state"] for s in rig.agent.states[1:]]  # after the start-up state
     assert states[0] == "downloading" and states[-1] == "active"
     assert {"verifying", "validating"} <= set(states)
     final = rig.agent.states[-1]
@@ -237,9 +237,9 @@ def test_watch_passes_then_manual_rollback(tmp_path: Path, keys: Keys) -> None:
         for _ in range(5):
             rig.updater.record_inference(True, True, sha256=m.sha256)
         rig.agent.wait_state("active")
-        with rig.agent.replied:
-            rig.agent.replied.wait_for(lambda: any(s.get("watch") == "passed"
-                                                   for s in rig.agent.states), 10)
+        with rig.agent.replied:  # start-up, swap, watch passed
+            rig.agent.replied.wait_for(
+                lambda: [s["state"] for s in rig.agent.states].count("active") == 3, 10)
         assert not rig.store.read_pointer("current").trial  # type: ignore[union-attr]
         assert rig.updater.rollback("rb")
         _, ok, err = rig.agent.wait_reply("rb")
@@ -273,3 +273,18 @@ def test_downgrade_needs_config_and_signed_manifest(tmp_path: Path, keys: Keys) 
                                           .hexdigest())
     finally:
         rig.updater.stop()
+
+
+def test_state_messages_fit_the_privacy_factory_and_schema(rig: Rig, keys: Keys) -> None:
+    from edge_agent.privacy import messages, schemas
+    from edge_agent.privacy.seal import new_seal
+
+    model = shared_model(NEW_SSD)
+    _send(rig, dict(keys.manifest(model, version=1, url=_file_url(model)).raw), "ok")
+    _send(rig, dict(keys.manifest(model, version=2, url="http://127.0.0.1:9/x").raw), "bad")
+    seen = set()
+    for state in rig.agent.states:
+        msg = messages.model_state(new_seal(), device="dev-1", **state)
+        schemas.validate("model_state", dict(msg.payload))
+        seen.add(state["state"])
+    assert seen == {"active", "downloading", "verifying", "validating", "rejected"}
