@@ -60,11 +60,12 @@ class MotionGate:
         self._last_yes: float | None = None
 
     def reset(self) -> None:
-        """Forget the background (a reopened camera, a new scene)."""
+        """Forget the background (a reopened camera, a new scene); the next frame passes."""
         self._background = None
         self._previous = None
         self._frame_shape = ()
         self._hold = 0
+        self._last_yes = None
 
     def _setup(self, image: np.ndarray) -> None:
         h, w = image.shape[:2]
@@ -79,6 +80,7 @@ class MotionGate:
         self._keep = keep
         self._background = None
         self._previous = None
+        self._last_yes = None  # a new scene: its first frame goes through (as a heartbeat)
 
     def _changed_mask(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         """(h, w) uint8, non-zero where any channel of ``a`` and ``b`` differs > threshold.
@@ -102,7 +104,7 @@ class MotionGate:
             self._background = small.astype(np.float32)
             self._previous = small
             self._changed = np.zeros(small.shape[:2], np.uint8)
-            return 1.0  # no background yet: treat the first frame as motion
+            return 0.0  # nothing to compare with yet (check() lets it through as heartbeat)
         background_u8 = cv2.convertScaleAbs(self._background)
         changed = self._changed_mask(small, background_u8)
         if self.cfg.masks:
@@ -128,7 +130,7 @@ class MotionGate:
 
         Returns:
             True on motion, during the hold after motion, or when the heartbeat is due
-            (``heartbeat_s`` since the gate last said yes).
+            (``heartbeat_s`` since the gate last said yes; the first frame is one).
         """
         self.checks += 1
         fraction = self.measure(image_bgr)
