@@ -107,21 +107,44 @@ def calibration_inputs(spec: Any, folder: Path, *, letterbox: bool, input_range:
     return inputs
 
 
+_HINTS = {
+    "Scale and zero points should not be recorded": "the model already has quantised "
+    "(dynamic-range) weights: quantise its float original instead",
+    "'DENSIFY'": "sparse weights (DENSIFY ops) cannot be quantised after training",
+}
+
+
 def _calibrate(model_path: str, inputs_path: str, out_path: str, input_type: str,
                output_type: str) -> None:
-    """Child process: calibrate and quantise; writes ``out_path``."""
-    # the wrapper does not copy the model: keep the bytes alive as long as it lives
-    model = Path(model_path).read_bytes()
-    wrapper = calibration_wrapper()(model, [], [])
-    arrays = np.load(inputs_path)
-    wrapper.Prepare([list(arrays.shape[1:])])
-    for arr in arrays:
-        wrapper.FeedTensor([np.ascontiguousarray(arr)])
-    data = wrapper.QuantizeModel(np.dtype(_TYPES[input_type]).num,
-                                 np.dtype(_TYPES[output_type]).num, False,
-                                 np.dtype(np.int8).num, np.dtype(np.int32).num, False, False)
-    Path(out_path).write_bytes(data)
-    del wrapper, model
+    """Child process: calibrate and quantise; writes ``out_path`` or ``out_path.err``."""
+    try:
+        # the wrapper does not copy the model: keep the bytes alive as long as it lives
+        model = Path(model_path).read_bytes()
+        wrapper = calibration_wrapper()(model, [], [])
+        arrays = np.load(inputs_path)
+        wrapper.Prepare([list(arrays.shape[1:])])
+        for arr in arrays:
+            wrapper.FeedTensor([np.ascontiguousarray(arr)])
+        data = wrapper.QuantizeModel(np.dtype(_TYPES[input_type]).num,
+                                     np.dtype(_TYPES[output_type]).num, False,
+                                     np.dtype(np.int8).num, np.dtype(np.int32).num, False, False)
+        Path(out_path).write_bytes(data)
+        del wrapper, model
+    except (RuntimeError, ValueError) as exc:
+        Path(out_path + ".err").write_text(str(exc))
+        raise SystemExit(1) from None
+
+
+def _failure(err_file: Path, code: int) -> str:
+    """A one-line reason from the calibrator child's error text or exit code."""
+    text = err_file.read_text(errors="replace") if err_file.is_file() else ""
+    for needle, hint in _HINTS.items():
+        if needle in text:
+            return hint
+    lines = list(dict.fromkeys(ln.strip() for ln in text.splitlines() if ln.strip()))
+    if lines:
+        return "; ".join(lines[:2])
+    return f"crashed with signal {-code}" if code < 0 else f"exit code {code}"
 
 
 def _median_ms(runtime: Any, x: np.ndarray, runs: int = 30) -> float:
@@ -199,9 +222,8 @@ def quantize_model(src: Path, calibration: Path, out: Path, *, letterbox: bool =
         proc.join()
         code = proc.exitcode or 0
         if code != 0 or not result.is_file():
-            how = f"signal {-code}" if code < 0 else f"exit code {code}"
-            raise ModelError(f"the TFLite calibrator failed on {src.name} ({how}); the model "
-                             "may use ops post-training quantisation does not support")
+            reason = _failure(Path(str(result) + ".err"), code)
+            raise ModelError(f"cannot quantise {src.name}: {reason}")
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp_out = out.with_name(f".{out.name}.tmp")
         tmp_out.write_bytes(result.read_bytes())

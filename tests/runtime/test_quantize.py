@@ -70,3 +70,15 @@ def test_refuses_quantised_model_and_empty_calibration(tmp_path: Path) -> None:
                        tmp_path / "x.tflite")
     assert main(["model", "quantize", str(shared_model("face_detection_short_range.tflite")),
                  "--calibration", str(tmp_path / "nope"), "--out", str(tmp_path / "x")]) == 1
+
+
+@pytest.mark.parametrize(("name", "match"), [
+    ("tf2_ssd_mobilenet_v2_320_coco_float.tflite", "already has quantised"),
+    ("face_detection_full_range_sparse.tflite", "sparse weights"),
+])
+def test_unsupported_models_give_one_line(tmp_path: Path, name: str, match: str) -> None:
+    with pytest.raises(ModelError, match=match) as err:
+        quantize_model(shared_model(name), shared_model("images"), tmp_path / "x.tflite",
+                       limit=1)
+    assert "\n" not in str(err.value)
+    assert not (tmp_path / "x.tflite").exists()
