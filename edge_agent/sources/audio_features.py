@@ -267,7 +267,8 @@ def _log(x: np.ndarray) -> np.ndarray:
     log2 = (integer << LOG_SCALE_LOG2) + frac + c0 + rel_pos
     rnd = (1 << LOG_SCALE_LOG2) // 2
     loge = ((LOG_COEFF * log2 + rnd) >> LOG_SCALE_LOG2) & 0xFFFFFFFF
-    return (((loge << LOG_SCALE_SHIFT) & 0xFFFFFFFF) + rnd) >> LOG_SCALE_LOG2
+    out: np.ndarray = (((loge << LOG_SCALE_SHIFT) & 0xFFFFFFFF) + rnd) >> LOG_SCALE_LOG2
+    return out
 
 
 def micro_frontend_uint16(samples: np.ndarray, sample_rate: int = 16000) -> np.ndarray:
@@ -322,4 +323,5 @@ def micro_frontend_features(samples: np.ndarray, sample_rate: float = 16000.0) -
     """
     pcm = np.clip(np.rint(np.asarray(samples, np.float64) * 32768.0), -32768, 32767)
     raw = micro_frontend_uint16(pcm.astype(np.int64), round(sample_rate))
-    return raw.astype(np.float32) * np.float32(FEATURE_SCALE)
+    features: np.ndarray = raw.astype(np.float32) * np.float32(FEATURE_SCALE)
+    return features

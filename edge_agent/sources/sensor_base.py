@@ -45,9 +45,20 @@ class SampleReader(Protocol):
         bad_lines: malformed lines or records seen and skipped so far.
     """
 
-    live: bool
-    sample_rate: float | None
-    bad_lines: int
+    @property
+    def live(self) -> bool:
+        """Whether this is a live device or stream."""
+        ...
+
+    @property
+    def sample_rate(self) -> float | None:
+        """Samples per second, when known."""
+        ...
+
+    @property
+    def bad_lines(self) -> int:
+        """Malformed lines or records skipped so far."""
+        ...
 
     def open(self) -> None:
         """Open the device or file; raise SourceError when it cannot be opened."""
