@@ -95,6 +95,7 @@ class MqttTransport:
         self.boot_id = uuid.uuid4().hex
         self.topics = Topics(config.mqtt.topic_prefix, config.device_id)
         self.window = window
+        self._window = window  # this connection's: lowered to the broker's Receive Maximum
         self._outbox = SqliteOutbox(Path(state_dir) / FILENAME, config.mqtt.outbox)
         self._lock = threading.RLock()  # connection state, in-flight map, cursor, handlers
         self._connected = False
@@ -278,7 +279,7 @@ class MqttTransport:
             with self._lock:
                 if not self._connected:
                     return
-                free = self.window - len(self._inflight)
+                free = self._window - len(self._inflight)
                 after, epoch = self._cursor, self._epoch
             if free <= 0:
                 return
@@ -356,6 +357,10 @@ class MqttTransport:
             # order: the pump resends it from the outbox instead.
             client.drop_out_messages()
             self._epoch += 1
+            # MQTT 5: paho does not honour the broker's Receive Maximum; stay under it, leaving
+            # room for status, replies and stats.
+            limit = getattr(properties, "ReceiveMaximum", None) if properties else None
+            self._window = self.window if not limit else max(1, min(self.window, limit - 5))
             self._inflight.clear()
             self._cursor = 0
             self._connected = True
