@@ -172,6 +172,9 @@ class SensorSource:
         if cfg.features == "micro_frontend":
             from edge_agent.sources.audio_features import MICRO_FRONTEND_CHANNELS
             out_channels = MICRO_FRONTEND_CHANNELS
+            if cfg.channels != 1:
+                raise ConfigError("source.features: micro_frontend works on mono audio "
+                                  f"(channels: 1), not channels: {cfg.channels}")
         self._normalize = make_normalizer(cfg.normalize, out_channels)
         self._reader: SampleReader = make_reader(cfg)
         self.live = bool(self._reader.live)
@@ -207,6 +210,14 @@ class SensorSource:
             self._features = micro_frontend_features
         self._reader.open()
         self._opened = True
+        if self.cfg.features == "micro_frontend":
+            rate = self._reader.sample_rate or self.cfg.sample_rate
+            if rate is None or self.window < round(0.03 * rate):
+                self.close()
+                raise SourceError(
+                    f"micro_frontend needs a known sample rate and a window of at least 30 ms "
+                    f"({'unknown rate' if rate is None else f'{round(0.03 * rate)} samples'}); "
+                    f"window is {self.window} (1 s at 16 kHz: window: 16000)")
         self._windower.reset()
         self._queue = queue.Queue(maxsize=QUEUE_SIZE)
         self._stop.clear()

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from edge_agent.config import SensorSourceConfig
-from edge_agent.errors import PluginUnavailableError, SourceError
+from edge_agent.errors import ConfigError, PluginUnavailableError, SourceError
 from edge_agent.runtime.interpreter import load_runtime
 from edge_agent.runtime.preprocess import prepare_window
 from edge_agent.sources.audio_features import micro_frontend_features, micro_frontend_uint16
@@ -57,6 +57,18 @@ def test_wav_channel_mismatch_and_missing_file(tmp_path: Path) -> None:
         src.open()
     with pytest.raises(SourceError, match="cannot open WAV"):
         SensorSource(SensorSourceConfig(type="sensor", uri=f"wav://{tmp_path}/none.wav")).open()
+
+
+def test_micro_frontend_needs_mono_and_a_long_enough_window(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="mono audio"):
+        SensorSource(SensorSourceConfig(type="sensor", uri="wav:///x.wav", channels=2,
+                                        features="micro_frontend"))
+    path = write_wav(tmp_path / "short.wav", np.zeros(1000, np.int16))
+    src = SensorSource(SensorSourceConfig(type="sensor", uri=f"wav://{path}", window=400,
+                                          features="micro_frontend"))
+    with pytest.raises(SourceError, match="at least 30 ms"):
+        src.open()
+    src.close()
 
 
 @pytest.mark.skipif(shutil.which("arecord") is not None, reason="arecord is installed")
