@@ -6,11 +6,13 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -136,10 +138,46 @@ def test_ready_then_watchdog_pings_then_stopping(tmp_path: Path, broker: Mosquit
     except AssertionError as exc:
         _stop(proc)
         raise AssertionError(f"{exc}\n--- agent log ---\n{_log(tmp_path)}") from None
-    code = _stop(proc)
+    try:
+        # the running agent's /metrics (port 0: the bound URL is in the log)
+        m = re.search(r"Prometheus metrics on (http://\S+/metrics)", _log(tmp_path))
+        assert m, "no metrics URL logged"
+        with urllib.request.urlopen(m.group(1), timeout=10) as resp:
+            text = resp.read().decode()
+        for stage in ("capture", "preprocess", "invoke", "decode"):
+            assert f'edge_agent_stage_seconds_count{{pipeline="ok",stage="{stage}"}}' in text
+        assert 'edge_agent_model_info{pipeline="ok"' in text
+    finally:
+        code = _stop(proc)
     fake_systemd.wait_for("STOPPING=1", 5)
     assert code == 0, _log(tmp_path)
     assert fake_systemd.received.index("READY=1") < fake_systemd.received.index("WATCHDOG=1")
+
+
+def test_sighup_reload_valid_then_invalid(tmp_path: Path, broker: Mosquitto,
+                                          fake_systemd: FakeSystemd) -> None:
+    cfg = _config(tmp_path, broker, SYNTHETIC)
+    proc = _spawn(cfg, fake_systemd.path, tmp_path)
+    try:
+        fake_systemd.wait_for("READY=1", READY_TIMEOUT_S, proc)
+        # a valid change: a second pipeline
+        cfg.write_text(cfg.read_text() + SYNTHETIC.replace("name: ok", "name: two"))
+        proc.send_signal(signal.SIGHUP)
+        fake_systemd.wait_for("RELOADING=1", 30, proc)
+        fake_systemd.wait_for("READY=1", 60, proc)
+        # an invalid file: refused, the old config keeps running and the pings go on
+        cfg.write_text("pipelines: []\n")
+        proc.send_signal(signal.SIGHUP)
+        fake_systemd.wait_for("RELOADING=1", 30, proc)
+        fake_systemd.wait_for("READY=1", 60, proc)
+        fake_systemd.wait_for("WATCHDOG=1", 10, proc)
+        assert proc.poll() is None
+        log = _log(tmp_path)
+        assert "reload refused" in log, log
+    except AssertionError as exc:
+        _stop(proc)
+        raise AssertionError(f"{exc}\n--- agent log ---\n{_log(tmp_path)}") from None
+    assert _stop(proc) == 0, _log(tmp_path)
 
 
 def test_watchdog_pings_stop_when_a_pipeline_stalls(tmp_path: Path, broker: Mosquitto,
