@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import threading
+from collections.abc import Callable
 from functools import cache
 from importlib import resources
 from typing import Any
@@ -18,6 +19,11 @@ from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError
 
 from edge_agent.errors import PublishError
+
+try:  # generates Python code per schema: about 20x faster than jsonschema on the hot path
+    import fastjsonschema
+except ImportError:  # pragma: no cover - jsonschema alone is correct, only slower
+    fastjsonschema = None
 
 SCHEMA_FILES: dict[str, str] = {
     "result": "result.json",
@@ -64,22 +70,48 @@ def _validator(kind: str) -> Draft202012Validator:
 
 
 def validator(kind: str) -> Draft202012Validator:
-    """The compiled validator for ``kind`` (compiled on first use, then shared)."""
+    """The jsonschema validator for ``kind`` (compiled on first use, then shared)."""
     with _lock:
         return _validator(kind)
+
+
+@cache
+def _fast_validator(kind: str) -> Callable[[Any], Any] | None:
+    if fastjsonschema is None:
+        return None
+    fn: Callable[[Any], Any] = fastjsonschema.compile(load_schema(kind))
+    return fn
+
+
+def fast_validator(kind: str) -> Callable[[Any], Any] | None:
+    """The fastjsonschema function for ``kind``, or None when fastjsonschema is missing."""
+    with _lock:
+        return _fast_validator(kind)
 
 
 def validate(kind: str, instance: Any) -> None:
     """Check ``instance`` (parsed JSON) against the schema of ``kind``.
 
+    The fast generated validator decides; on a failure jsonschema explains it (and if the two
+    ever disagree the payload is still refused: fail closed).
+
     Raises:
         PublishError: it does not validate; the message names the failing path and rule,
             never the offending value.
     """
+    fast = fast_validator(kind)
+    if fast is not None:
+        try:
+            fast(instance)
+            return
+        except fastjsonschema.JsonSchemaException:
+            pass
     error = next(iter(validator(kind).iter_errors(instance)), None)
     if error is not None:
         raise PublishError(f"{kind} payload breaks its schema at {_where(error)}: "
                            f"{error.validator} {_rule(error)}")
+    if fast is not None:
+        raise PublishError(f"{kind} payload refused by the generated validator")
 
 
 def _where(error: ValidationError) -> str:

@@ -56,3 +56,39 @@ def test_factories_validate(seal):
         messages.cmd_reply(seal, device="d", request_id="1", ok=True),
     ]:
         validate(msg.kind, json.loads(json.dumps(msg.payload)))
+
+
+MUTATIONS = [
+    lambda p: p.update(image="x"),
+    lambda p: p.update(seq=-1),
+    lambda p: p.update(ts="2026-11-28 12:00:00"),
+    lambda p: p.update(values=[0.5] * 1001),
+    lambda p: p["detections"][0].update(score=1.5) if p.get("detections") else p.pop("counts"),
+    lambda p: p["detections"][0].update(box=[0, 0, 1]) if p.get("detections") else p.pop("ts"),
+    lambda p: p["model"].update(sha256="XYZ"),
+    lambda p: p["counts"].update(person=-1),
+    lambda p: p.update(schema="edge-agent/result@2"),
+    lambda p: p.pop("id"),
+]
+
+
+@pytest.mark.parametrize("mutation", range(len(MUTATIONS)))
+def test_fast_and_reference_validators_agree(make_policy, mutation):
+    from edge_agent.privacy.egress import dumps
+    from edge_agent.privacy.schemas import fast_validator, validator
+    from edge_agent.privacy.seal import thaw
+    from tests.privacy.conftest import det, result
+
+    fast = fast_validator("result")
+    if fast is None:
+        pytest.skip("fastjsonschema is not installed")
+    payload = json.loads(dumps({"id": "i", "seq": 1,
+                                **thaw(make_policy().result(result(det())).payload)}))
+    assert validator("result").is_valid(payload)
+    fast(payload)
+    MUTATIONS[mutation](payload)
+    assert not validator("result").is_valid(payload)
+    with pytest.raises(Exception, match="must"):
+        fast(payload)
+    with pytest.raises(PublishError):
+        validate("result", payload)
