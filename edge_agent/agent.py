@@ -15,7 +15,6 @@ import logging
 import signal
 import threading
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +40,7 @@ class Agent:
         self.config_file = config_file
         self.stop_event = threading.Event()
         self.reload_event = threading.Event()
-        self.started_at = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+        self.started_at = time.time()
         self._last_status_key: Any = None
 
     # ------------------------------------------------------------------ wiring
@@ -90,7 +89,8 @@ class Agent:
 
     def publish_model_state(self, payload: dict[str, Any]) -> None:
         """Publish a retained model state message for a pipeline."""
-        self.guard.send(self.messages.model_state(self.seal, **payload))
+        self.guard.send(self.messages.model_state(self.seal, device=self.config.device_id,
+                                                  **payload))
 
     def publish_stats(self) -> None:
         """Publish the stats message and refresh the metrics gauges."""
@@ -98,11 +98,14 @@ class Agent:
         pipes = self.pipelines.stats()
         from edge_agent.sysinfo import cpu_temperature
 
+        privacy = self.pipelines.privacy_counters()
+        for name, entry in pipes.items():
+            entry["privacy"] = privacy.get(name, {})
         self.guard.send(self.messages.stats(
             self.seal, device=self.config.device_id, pipelines=pipes,
-            outbox_depth=st.get("outbox_depth", 0), outbox_dropped=st.get("outbox_dropped", 0),
-            reconnects=st.get("reconnects", 0), cpu_temperature_c=cpu_temperature(),
-            privacy=self.pipelines.privacy_counters(), egress=self.guard.counters()))
+            uptime_s=time.time() - self.started_at, outbox=self._outbox_stats(),
+            mqtt={"connected": bool(st.get("connected")), "reconnects": st.get("reconnects", 0)},
+            egress=self.guard.counters(), cpu_temp_c=cpu_temperature()))
         self.metrics.set_gauge("edge_agent_outbox_depth", st.get("outbox_depth", 0))
         self.metrics.set_gauge("edge_agent_outbox_dropped_total", st.get("outbox_dropped", 0))
 

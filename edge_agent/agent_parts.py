@@ -175,14 +175,14 @@ class PipelineSet:
         return tuple((u.pipeline.name, u.pipeline.state, u.pipeline.source_error,
                       u.pipeline.bundle.ref.sha256) for u in self.units.values())
 
-    def stats(self) -> list[dict[str, Any]]:
-        """Each pipeline's stats entry."""
-        out = []
+    def stats(self) -> dict[str, dict[str, Any]]:
+        """Each pipeline's stats entry, by name."""
+        out: dict[str, dict[str, Any]] = {}
         for u in self.units.values():
             st = u.pipeline.status()
-            out.append({k: st[k] for k in ("name", "state", "frames", "inferred", "published",
-                                           "dropped", "gated", "errors", "fps",
-                                           "inference_ms_p50", "inference_ms_p95")})
+            out[u.pipeline.name] = {k: st[k] for k in (
+                "state", "frames", "inferred", "published", "dropped", "gated", "errors", "fps",
+                "inference_ms_p50", "inference_ms_p95")}
             self.metrics.set_gauge("edge_agent_fps", st["fps"], pipeline=u.pipeline.name)
             self.metrics.set_gauge("edge_agent_frames_dropped_total", st["dropped"],
                                    pipeline=u.pipeline.name)
@@ -218,7 +218,8 @@ class PipelineSet:
         from edge_agent.mqtt.commands import CommandDispatcher
 
         def reply(request_id: str | None, ok: bool, error: str | None) -> None:
-            guard.send(self._messages().cmd_reply(self.seal, request_id=request_id, ok=ok,
+            guard.send(self._messages().cmd_reply(self.seal, device=self.cfg.device_id,
+                                                  request_id=request_id or "", ok=ok,
                                                   error=error))
 
         handlers = {

@@ -109,11 +109,17 @@ def load_bundle(
                                  dict(model.decoder_options), score_threshold)
         spec = runtime.signature.inputs[0]
         preprocessor = None
-        if len(spec.shape) == 4:
+        if len(spec.shape) in (3, 4):  # images: [1,H,W,C] or [1,H,W]
             letterbox = model.letterbox if model.letterbox is not None else bool(
                 getattr(decoder, "letterbox", False))
-            preprocessor = Preprocessor(spec, letterbox=letterbox, color=model.color,
-                                        input_range=model.input_range)
+            try:
+                # buffers: the frame being prepared, two queued, one in invoke, one spare
+                preprocessor = Preprocessor(spec, letterbox=letterbox, color=model.color,
+                                            input_range=model.input_range, buffers=5)
+            except ModelError:
+                if len(spec.shape) == 4:
+                    raise
+                preprocessor = None  # a [1,N,C] sensor input, fed by prepare_window
     except Exception:
         runtime.close()
         raise

@@ -104,16 +104,19 @@ class LocalBroker:
 
 
 def demo_config(workdir: Path, port: int, model: Path | None, source: str | None) -> Path:
-    """Write the demo's config: the default person detector on the sample video."""
-    from edge_agent.default_models import ensure_default_models, sample_video_path
+    """Write the demo's config: the default face detector on the sample video."""
+    from edge_agent.default_models import (
+        DEFAULT_MODEL,
+        ensure_default_models,
+        labels_path,
+        sample_video_path,
+    )
 
     models = ensure_default_models()
-    labels = None
+    labels: Path | None = None
     if model is None:
-        model = models["pose_detection"]
-        labels = model.with_suffix(".labels.txt")
-        if not labels.exists():
-            labels = None
+        model = models[DEFAULT_MODEL]
+        labels = labels_path(DEFAULT_MODEL)
     src: dict[str, Any]
     if source is None:
         src = {"type": "video", "uri": str(sample_video_path()), "loop": True}
@@ -122,7 +125,7 @@ def demo_config(workdir: Path, port: int, model: Path | None, source: str | None
     else:
         src = {"type": "video", "uri": source, "loop": True}
     pipeline: dict[str, Any] = {
-        "name": "people",
+        "name": "door",
         "source": src,
         "model": {"path": str(model), "decoder": "auto"},
         "score_threshold": 0.5,
@@ -184,7 +187,8 @@ class LiveView:
                 "edge-agent demo: what a subscriber of "
                 f"{PREFIX}/{DEVICE}/# receives   (Ctrl-C to stop)",
                 "",
-                f"status : {self.status.get('state', '?')}   agent {self.status.get('agent_version', '?')}"
+                f"status : {self.status.get('state', '?')}   "
+                f"agent {self.status.get('agent_version', '?')}"
                 f"   uptime {time.monotonic() - self.started:.0f}s",
             ]
             for p in self.status.get("pipelines", []) or []:

@@ -289,11 +289,11 @@ class Pipeline:
     def _handle_frame(self, frame: Frame, live: bool, t_capture: float) -> None:
         with self.stats.lock:
             self.stats.frames += 1
-        if self._gate is not None and frame.image is not None:
-            if not self._gate.check(frame.image, frame.ts):
-                with self.stats.lock:
-                    self.stats.gated += 1
-                return
+        gate = self._gate
+        if gate is not None and frame.image is not None and not gate.check(frame.image, frame.ts):
+            with self.stats.lock:
+                self.stats.gated += 1
+            return
         if frame.image is not None:
             masked = self._policy.mask_frame(frame.image)
             if masked is not frame.image:
