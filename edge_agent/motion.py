@@ -109,14 +109,16 @@ class MotionGate:
         changed = self._changed_mask(small, background_u8)
         if self.cfg.masks:
             cv2.bitwise_and(changed, self._keep, dst=changed)
-        fraction = cv2.countNonZero(changed) / changed.size
-        # changed against the background but still against the previous frame: something
-        # parked (or a light switched); blend those pixels in fast so the gate goes quiet
-        parked = cv2.bitwise_and(changed, cv2.bitwise_not(self._changed_mask(small,
-                                                                             self._previous)))
+        count = cv2.countNonZero(changed)
+        fraction = count / changed.size
         alpha = FAST_ALPHA if fraction >= GLOBAL_CHANGE else BACKGROUND_ALPHA
         cv2.accumulateWeighted(small, self._background, alpha)
-        cv2.accumulateWeighted(small, self._background, PARKED_ALPHA, mask=parked)
+        if count:  # a still scene (the common case) skips this
+            # changed against the background but still against the previous frame: something
+            # parked (or a light switched); blend those pixels in fast so the gate goes quiet
+            moving = self._changed_mask(small, self._previous)
+            parked = cv2.bitwise_and(changed, cv2.bitwise_not(moving))
+            cv2.accumulateWeighted(small, self._background, PARKED_ALPHA, mask=parked)
         self._changed = changed
         self._previous = small
         return fraction
