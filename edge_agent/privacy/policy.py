@@ -163,7 +163,8 @@ class PrivacyPolicy:
         for det in detections:
             if not self.label_allowed(det.label):
                 self._count("suppressed_by_label")
-            elif not self._score_ok(float(det.score)) or self._box(det.box) is None:
+            elif (not self._score_ok(float(det.score)) or len(det.box) != 4
+                  or not all(map(math.isfinite, det.box))):
                 self._count("suppressed_by_score")
             elif self.masks and self.masks.contains((det.box[0] + det.box[2]) / 2,
                                                     (det.box[1] + det.box[3]) / 2):

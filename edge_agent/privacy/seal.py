@@ -111,12 +111,22 @@ class FrozenDict(dict[str, Any]):
     __ior__ = _refuse  # type: ignore[assignment]
 
 
+_SCALARS = frozenset({str, int, float, bool, type(None)})
+
+
 def freeze(value: Any) -> Any:
     """``value`` with every dict made a :class:`FrozenDict` and every list a tuple."""
+    t = type(value)
+    if t in _SCALARS:
+        return value
+    if t is dict or t is FrozenDict:
+        return FrozenDict(zip(map(str, value), map(freeze, value.values()), strict=True))
+    if t is list or t is tuple:
+        return tuple(map(freeze, value))
     if isinstance(value, Mapping):
-        return FrozenDict({str(k): freeze(v) for k, v in value.items()})
+        return FrozenDict(zip(map(str, value), map(freeze, value.values()), strict=True))
     if isinstance(value, (list, tuple)):
-        return tuple(freeze(v) for v in value)
+        return tuple(map(freeze, value))
     return value
 
 
