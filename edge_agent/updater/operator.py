@@ -242,13 +242,14 @@ def cmd_status(args: argparse.Namespace) -> int:
     if not states:
         print(f"no model state from device {args.device} (is it running and connected?)")
         return 1
+    def ref(model: Any) -> str:
+        if not isinstance(model, dict):
+            return "none"
+        return f"{model.get('name')} v{model.get('version')} {str(model.get('sha256', ''))[:12]}"
+
     for pipeline, s in sorted(states.items()):
-        act = s.get("active") or {}
-        prev = s.get("previous") or {}
-        print(f"{pipeline}: {s.get('state')}  active {act.get('name')} v{act.get('version')} "
-              f"{str(act.get('sha256', ''))[:12]}  previous "
-              f"{(prev.get('name'), prev.get('version')) if prev else None}"
-              + (f"  reason: {s['reason']}" if s.get("reason") else ""))
+        print(f"{pipeline}: {s.get('state')}  active {ref(s.get('active'))}  previous "
+              f"{ref(s.get('previous'))}" + (f"  reason: {s['reason']}" if s.get("reason") else ""))
     return 0
 
 

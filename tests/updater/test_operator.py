@@ -75,7 +75,7 @@ def device(broker: Mosquitto, tmp_path: Path) -> Iterator[Device]:
     assert cli("keygen", "--out", str(keys_dir)).returncode == 0
     pub = keys_dir / "signing.pub"
     config = make_config(device_id="dev1", state_dir=str(tmp_path / "state"),
-                         mqtt={"host": broker.host, "port": broker.port},
+                         mqtt={"host": broker.host, "port": broker.port, "groups": ["lobby"]},
                          updates={"public_keys": [str(pub)], "watch_seconds": 0,
                                   "watch_inferences": 0})
     topics = Topics(config.mqtt.topic_prefix, config.device_id)
@@ -152,3 +152,10 @@ def test_push_status_rollback(device: Device, broker: Mosquitto, tmp_path: Path)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "rolled_back" in r.stdout
     assert device.agent.active_model[1] == 0
+
+    # to a group, inline: waits the whole timeout, then sums up the devices that answered
+    r = cli("push", str(m1), "--pipeline", "door", "--group", "lobby", "--broker", addr,
+            "--file", str(model), "--timeout", "4")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "dev1: active det v1" in r.stdout and "dev1: done" in r.stdout
+    assert device.agent.active_model[1] == 1
