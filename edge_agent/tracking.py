@@ -48,15 +48,14 @@ class _Track:
 
 def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """IoU of every box in ``a`` (N, 4) with every box in ``b`` (M, 4), xyxy: (N, M)."""
-    x0 = np.maximum(a[:, None, 0], b[None, :, 0])
-    y0 = np.maximum(a[:, None, 1], b[None, :, 1])
-    x1 = np.minimum(a[:, None, 2], b[None, :, 2])
-    y1 = np.minimum(a[:, None, 3], b[None, :, 3])
-    inter = np.clip(x1 - x0, 0, None) * np.clip(y1 - y0, 0, None)
+    top_left = np.maximum(a[:, None, :2], b[None, :, :2])  # (N, M, 2)
+    bottom_right = np.minimum(a[:, None, 2:], b[None, :, 2:])
+    wh = np.maximum(bottom_right - top_left, 0.0)
+    inter = wh[..., 0] * wh[..., 1]  # (N, M)
     area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
     area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
     union = area_a[:, None] + area_b[None, :] - inter
-    return np.where(union > 0, inter / np.where(union > 0, union, 1.0), 0.0)
+    return inter / np.maximum(union, 1e-12)  # empty boxes: 0, never a division by zero
 
 
 def greedy_match(iou: np.ndarray, threshold: float) -> list[tuple[int, int]]:
