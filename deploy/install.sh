@@ -241,6 +241,7 @@ install_files() {
 
 install_mosquitto() {
   if [ "$LIVE" = 0 ]; then say "--with-mosquitto: skipped under --root"; return; fi
+  run apt-get update -qq
   run apt-get install -y --no-install-recommends mosquitto
   run systemctl enable --now mosquitto
 }
@@ -254,6 +255,10 @@ start_service() {
     say "edit $CONF_DIR/config.yaml (model, camera, broker), check it with"
     say "  $VENV/bin/edge-agent check-config -c $CONF_DIR/config.yaml"
     say "then: systemctl start edge-agent"
+  elif [ "$NO_VENV" = 0 ] && [ "$DRY_RUN" = 0 ] &&
+      ! "$VENV/bin/edge-agent" check-config -c "$CONF_DIR/config.yaml" --no-preflight; then
+    say "the new version refuses $CONF_DIR/config.yaml (above); fix it, then"
+    say "  systemctl restart edge-agent"
   elif systemctl is-active --quiet edge-agent.service; then
     run systemctl restart edge-agent.service
     say "restarted edge-agent (upgrade)"
@@ -268,9 +273,11 @@ uninstall() {
     run systemctl disable --now edge-agent.service 2>/dev/null || true
   fi
   run rm -f "$ROOT$UNIT_DIR/edge-agent.service"
-  run rm -rf "$ROOT$UNIT_DIR/edge-agent.service.d" "$ROOT$PREFIX"
-  [ "$LIVE" = 1 ] && run systemctl daemon-reload
+  run rm -rf "$ROOT$PREFIX"
+  if [ "$LIVE" = 1 ]; then run systemctl daemon-reload; fi
   if [ "$PURGE" = 1 ]; then
+    # drop-ins (systemctl edit) are local configuration: kept unless purging
+    run rm -rf "$ROOT$UNIT_DIR/edge-agent.service.d"
     run rm -rf "$ROOT$CONF_DIR" "$ROOT$STATE_DIR" "$ROOT/var/cache/edge-agent" \
       "$ROOT/var/log/edge-agent" "$ROOT/var/lib/private/edge-agent"
     run rm -f "$ROOT$SYSUSERS_DIR/edge-agent.conf"
@@ -299,6 +306,6 @@ if [ "$NO_VENV" = 0 ]; then
 else
   say "--no-venv: not installing the package"
 fi
-[ "$WITH_MOSQUITTO" = 1 ] && install_mosquitto
+if [ "$WITH_MOSQUITTO" = 1 ]; then install_mosquitto; fi
 start_service
 say "done${ROOT:+ (into $ROOT)}"
