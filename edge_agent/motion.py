@@ -89,8 +89,10 @@ class MotionGate:
         (a red coat on a grey wall differs by ~25 levels in grey, by ~100 in red). Going
         through a 0/255 per-channel mask and a grey conversion keeps it at ~35 us.
         """
-        over = cv2.compare(cv2.absdiff(a, b), float(self.cfg.threshold), cv2.CMP_GT)
-        return cv2.cvtColor(over, cv2.COLOR_BGR2GRAY) if over.ndim == 3 else over
+        threshold = float(self.cfg.threshold)
+        over = cv2.compare(cv2.absdiff(a, b), threshold, cv2.CMP_GT)  # type: ignore[call-overload]
+        mask: np.ndarray = cv2.cvtColor(over, cv2.COLOR_BGR2GRAY) if over.ndim == 3 else over
+        return mask
 
     def measure(self, image_bgr: np.ndarray) -> float:
         """Update the background with ``image_bgr`` and return the changed fraction (0..1)."""
@@ -107,7 +109,7 @@ class MotionGate:
             return 0.0  # nothing to compare with yet (check() lets it through as heartbeat)
         background_u8 = cv2.convertScaleAbs(self._background)
         changed = self._changed_mask(small, background_u8)
-        if self.cfg.masks:
+        if self.cfg.masks and self._keep is not None:
             cv2.bitwise_and(changed, self._keep, dst=changed)
         count = cv2.countNonZero(changed)
         fraction = count / changed.size

@@ -38,9 +38,6 @@ class _Track:
     missed: int = 0
     track_id: int | None = None  # public id, once confirmed
 
-    def predicted(self) -> np.ndarray:
-        return self.box + self.velocity * (self.missed + 1)
-
     def as_box(self) -> Box:
         x0, y0, x1, y1 = (float(v) for v in self.box)
         return (x0, y0, x1, y1)
@@ -55,7 +52,8 @@ def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
     area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
     union = area_a[:, None] + area_b[None, :] - inter
-    return inter / np.maximum(union, 1e-12)  # empty boxes: 0, never a division by zero
+    iou: np.ndarray = inter / np.maximum(union, 1e-12)  # empty boxes: 0, no division by 0
+    return iou
 
 
 def greedy_match(iou: np.ndarray, threshold: float) -> list[tuple[int, int]]:

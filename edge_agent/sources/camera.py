@@ -129,7 +129,7 @@ class OpencvCameraSource:
     def _configure(self, cap: cv2.VideoCapture) -> None:
         cfg = self.cfg
         if cfg.fourcc:
-            cap.set(cv2.CAP_PROP_FOURCC, cv2.VideoWriter_fourcc(*cfg.fourcc))
+            cap.set(cv2.CAP_PROP_FOURCC, cv2.VideoWriter.fourcc(*cfg.fourcc))
         if cfg.width:
             cap.set(cv2.CAP_PROP_FRAME_WIDTH, cfg.width)
         if cfg.height:

@@ -49,7 +49,7 @@ def make_background(width: int, height: int, rng: np.random.Generator) -> np.nda
     bg = cv2.resize(coarse.astype(np.float32), (width, height), interpolation=cv2.INTER_CUBIC)
     fine = cv2.GaussianBlur(rng.normal(0, 10, size=(height, width, 3)).astype(np.float32),
                             (3, 3), 0)
-    out = np.clip(bg + fine, 0, 255).astype(np.uint8)
+    out: np.ndarray = np.clip(bg + fine, 0, 255).astype(np.uint8)
     for _ in range(4):  # furniture: static, so never motion
         x0, y0 = int(rng.integers(0, width * 3 // 4)), int(rng.integers(0, height * 3 // 4))
         x1 = x0 + int(rng.integers(width // 12, width // 4))
@@ -162,7 +162,7 @@ class SyntheticSource:
 
     def render(self, n: int) -> np.ndarray:
         """Scene frame ``n`` as a fresh (H, W, 3) uint8 BGR image."""
-        image = self.background.copy()
+        image: np.ndarray = self.background.copy()
         for sprite, x, y in self.positions(n):
             draw_sprite(image, sprite, x, y)
         add, sub = self._noise[n % len(self._noise)]
@@ -221,7 +221,7 @@ class TruthTrack:
 
 
 def _writer(path: Path, fourcc: str, fps: float, width: int, height: int) -> cv2.VideoWriter:
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*fourcc), fps, (width, height))
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*fourcc), fps, (width, height))
     if not writer.isOpened():
         raise OSError(f"cannot write {path} with fourcc {fourcc!r}")
     return writer

@@ -22,7 +22,7 @@ def frame_number(image: np.ndarray) -> int:
 
 def write_numbered_video(path: Path, count: int, fps: float = 25.0) -> Path:
     """An MJPG .avi with ``count`` flat frames, frame i at grey level ``level(i)``."""
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), fps, SIZE)
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*"MJPG"), fps, SIZE)
     assert writer.isOpened()
     for i in range(count):
         writer.write(np.full((SIZE[1], SIZE[0], 3), level(i), np.uint8))
