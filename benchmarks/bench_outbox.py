@@ -15,6 +15,7 @@ import json
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -58,11 +59,22 @@ def bench_append(n: int = 5000) -> dict[str, Any]:
             box = SqliteOutbox(Path(tmp) / "outbox.sqlite", OutboxConfig(synchronous=sync))
             for _ in range(200):  # warm-up
                 box.append("door", "t", _result, 1)
+            # as in the transport: checkpoints run once a second on another thread
+            stop = threading.Event()
+
+            def checkpoints(box: SqliteOutbox = box, stop: threading.Event = stop) -> None:
+                while not stop.wait(1.0):
+                    box.checkpoint()
+
+            worker = threading.Thread(target=checkpoints)
+            worker.start()
             times = []
             for _ in range(n):
                 t0 = time.perf_counter()
                 box.append("door", "t", _result, 1)
                 times.append((time.perf_counter() - t0) * 1e6)
+            stop.set()
+            worker.join()
             box.close()
         out[sync] = _percentiles(times)
     return out

@@ -251,12 +251,16 @@ class MqttTransport:
     # ------------------------------------------------------------------ pump
 
     def _run_pump(self) -> None:
+        next_checkpoint = time.monotonic() + 1.0
         while not self._halt.is_set():
             self._wake.wait(0.25)
             self._wake.clear()
             try:
                 self._flush_acks()
                 self._send_backlog()
+                if time.monotonic() >= next_checkpoint:
+                    self._outbox.checkpoint()
+                    next_checkpoint = time.monotonic() + 1.0
             except Exception:
                 logger.exception("mqtt outbox pump failed; retrying")
                 self._halt.wait(1.0)
