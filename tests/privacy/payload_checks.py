@@ -40,7 +40,6 @@ _TOPICS: list[tuple[re.Pattern[str], str]] = [
     (re.compile(r"/stats$"), "stats"),
     (re.compile(r"/cmd/reply$"), "cmd_reply"),
     (re.compile(r"/cmd/.+$"), "command"),
-    (re.compile(r"^homeassistant/.+/config$"), "discovery"),
 ]
 
 
@@ -73,15 +72,17 @@ def assert_no_image_data(payload: bytes) -> None:
     _walk_arrays(data)
 
 
-def topic_kind(topic: str) -> str | None:
+def topic_kind(topic: str, discovery_prefix: str = "homeassistant") -> str | None:
     """The message kind a topic carries (``command`` for commands sent *to* the device)."""
+    if topic.startswith(discovery_prefix.rstrip("/") + "/") and topic.endswith("/config"):
+        return "discovery"
     for pattern, kind in _TOPICS:
         if pattern.search(topic):
             return kind
     return None
 
 
-def validate_payload(topic: str, payload: bytes) -> str:
+def validate_payload(topic: str, payload: bytes, discovery_prefix: str = "homeassistant") -> str:
     """Validate a payload seen on ``topic`` against its schema; return the kind.
 
     Snapshot JPEGs are checked for JPEG framing only; commands (published to the device by
@@ -90,7 +91,7 @@ def validate_payload(topic: str, payload: bytes) -> str:
     Raises:
         AssertionError: unknown topic, not JSON, or the payload breaks its schema.
     """
-    kind = topic_kind(topic)
+    kind = topic_kind(topic, discovery_prefix)
     if kind is None:
         raise AssertionError(f"unexpected topic {topic!r}")
     if kind == "snapshot_jpeg":

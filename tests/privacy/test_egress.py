@@ -163,3 +163,18 @@ def test_bad_pipeline_names_never_make_topics(guard, seal, transport, pipeline):
     msg = seal.issue("model_state", pipeline, {"state": "active"})
     assert not guard.send(msg)
     assert transport.messages == []
+
+
+def test_home_assistant_discovery_configs_pass_the_guard(guard, transport, seal):
+    """The mqtt area's discovery builders produce payloads our schema accepts."""
+    mqtt_discovery = pytest.importorskip("edge_agent.mqtt.discovery")
+    from edge_agent.config import make_config
+
+    cfg = make_config(device_id="dev-1",
+                      homeassistant={"enabled": True, "labels": ["person", "car"]})
+    configs = mqtt_discovery.discovery_configs(cfg)
+    assert configs
+    for topic, payload in configs:
+        assert guard.send(messages.discovery(seal, topic, payload)), topic
+    for m in transport.messages:
+        assert validate_payload(m.topic, m.payload) == "discovery"
