@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import cv2
@@ -105,3 +106,48 @@ def test_close_joins_the_reader_and_reopen_works(tmp_path: Path) -> None:
     finally:
         source.close()
         source.close()
+
+
+@pytest.fixture
+def http_folder(tmp_path: Path) -> Iterator[str]:
+    """Serve ``tmp_path`` over HTTP on a free loopback port; yields the base URL."""
+    import functools
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+    class Quiet(SimpleHTTPRequestHandler):
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0),
+                                 functools.partial(Quiet, directory=str(tmp_path)))
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, name="test-http")
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5.0)
+
+
+def test_http_stream_through_ffmpeg(tmp_path: Path, http_folder: str) -> None:
+    write_numbered_video(tmp_path / "stream.avi", 30)
+    source = _camera(f"{http_folder}/stream.avi")
+    source.open()
+    seen: list[int] = []
+    try:
+        with pytest.raises(SourceError, match="stopped delivering"):
+            while True:
+                frame = source.read(5.0)
+                if frame is not None and frame.image is not None:
+                    seen.append(frame_number(frame.image))
+    finally:
+        source.close()
+    assert seen and seen == sorted(seen) and seen[-1] == 29
+    assert len(seen) + source.dropped == 30
+
+
+def test_http_stream_that_does_not_exist(http_folder: str) -> None:
+    with pytest.raises(SourceError, match="cannot be opened"):
+        _camera(f"{http_folder}/missing.avi").open()
