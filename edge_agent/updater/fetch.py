@@ -15,6 +15,7 @@ import binascii
 import os
 import shutil
 import threading
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -37,10 +38,13 @@ def _check_disk(dest: Path, needed: int) -> None:
 
 
 def _copy(src: IO[bytes], out: IO[bytes], done: int, total: int, progress: Progress | None,
-          cancel: threading.Event | None) -> int:
+          cancel: threading.Event | None, deadline: float | None = None) -> int:
     while True:
         if cancel is not None and cancel.is_set():
             raise UpdateError("download cancelled (the agent is stopping)")
+        if deadline is not None and time.monotonic() > deadline:
+            raise UpdateError(f"download too slow: {done} of {total} bytes before the deadline; "
+                              "the partial file is kept and resumed next time")
         chunk = src.read(CHUNK)
         if not chunk:
             return done
@@ -58,7 +62,8 @@ def _finish(out: IO[bytes]) -> None:
 
 
 def fetch(url: str, dest: str | Path, expected_size: int, *, timeout: float = 30.0,
-          progress: Progress | None = None, cancel: threading.Event | None = None) -> Path:
+          progress: Progress | None = None, cancel: threading.Event | None = None,
+          deadline_s: float | None = None) -> Path:
     """Download ``url`` into ``dest`` (a ``.part`` file), resuming what is already there.
 
     Args:
@@ -68,6 +73,8 @@ def fetch(url: str, dest: str | Path, expected_size: int, *, timeout: float = 30
         timeout: seconds for connecting and for each read.
         progress: called with (bytes so far, total) after each chunk.
         cancel: set to abort between chunks.
+        deadline_s: the whole download must finish within this many seconds (a server that
+            trickles bytes just fast enough to beat ``timeout`` is cut off).
 
     Returns:
         ``dest``, holding at most ``expected_size`` bytes (the caller checks size and sha256).
@@ -90,7 +97,8 @@ def fetch(url: str, dest: str | Path, expected_size: int, *, timeout: float = 30
                            expected_size, progress, cancel)
     if parsed.scheme not in ("http", "https"):
         raise UpdateError(f"unsupported URL scheme {parsed.scheme!r}: use http, https or file")
-    return _fetch_http(url, dest, have, expected_size, timeout, progress, cancel)
+    deadline = time.monotonic() + deadline_s if deadline_s else None
+    return _fetch_http(url, dest, have, expected_size, timeout, progress, cancel, deadline)
 
 
 def _fetch_file(src: Path, dest: Path, have: int, total: int, progress: Progress | None,
@@ -112,7 +120,8 @@ def _fetch_file(src: Path, dest: Path, have: int, total: int, progress: Progress
 
 
 def _fetch_http(url: str, dest: Path, have: int, total: int, timeout: float,
-                progress: Progress | None, cancel: threading.Event | None) -> Path:
+                progress: Progress | None, cancel: threading.Event | None,
+                deadline: float | None) -> Path:
     headers = {"User-Agent": "edge-agent-updater"}
     if have:
         headers["Range"] = f"bytes={have}-"
@@ -131,7 +140,7 @@ def _fetch_http(url: str, dest: Path, have: int, total: int, timeout: float,
                 raise UpdateError(f"server announces {start + int(length)} bytes, over the "
                                   f"manifest size of {total}: refused")
             with dest.open("ab" if start else "wb") as out:
-                done = _copy(resp, out, start, total, progress, cancel)
+                done = _copy(resp, out, start, total, progress, cancel, deadline)
                 _finish(out)
             if done < total:
                 raise UpdateError(f"download from {_safe(url)} ended after {done} of {total} "

@@ -17,7 +17,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,8 +29,11 @@ from edge_agent.updater.fetch import fetch, write_inline
 from edge_agent.updater.manifest import Manifest, parse_manifest, verify_manifest
 from edge_agent.updater.signing import load_public_keys
 from edge_agent.updater.store import ActiveModel, ModelStore, sha256_file
+from edge_agent.updater.watch import ModelWatch
 
 logger = logging.getLogger(__name__)
+
+MIN_DOWNLOAD_RATE = 16 * 1024  # bytes/s: a slower download is cut off (and resumed next time)
 
 
 @dataclass(frozen=True)
@@ -55,23 +58,6 @@ class UpdateHooks:
     swap: Callable[[Path, Path | None, Manifest | None], None]
     publish_state: Callable[[dict[str, Any]], None]
     reply: Callable[[str, bool, str | None], None]
-
-
-@dataclass
-class _Watch:
-    sha256: str
-    about: dict[str, Any]
-    request_id: str
-    n: int = 0
-    errors: int = 0
-    non_finite: int = 0
-    manual: str | None = None  # request_id of a manual rollback during the watch
-    wake: threading.Event = field(default_factory=threading.Event)
-
-    @property
-    def failures(self) -> int:
-        """Errors plus non-finite outputs."""
-        return self.errors + self.non_finite
 
 
 class ModelUpdater:
@@ -100,7 +86,7 @@ class ModelUpdater:
         self._queue: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=1)
         self._lock = threading.Lock()
         self._busy = False
-        self._watch: _Watch | None = None
+        self._watch: ModelWatch | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -179,14 +165,7 @@ class ModelUpdater:
             w = self._watch
             if w is None or (sha256 is not None and sha256 != w.sha256):
                 return
-            w.n += 1
-            if not ok:
-                w.errors += 1
-            elif not finite:
-                w.non_finite += 1
-            limit = self.config.watch_inferences
-            if limit and (w.n >= limit or w.failures > self.config.max_failure_ratio * limit):
-                w.wake.set()
+            w.record(ok, finite)
 
     def _claim(self, request_id: str) -> bool:
         with self._lock:
@@ -235,7 +214,7 @@ class ModelUpdater:
         return msg
 
     def _publish(self, state: str, about: Mapping[str, Any] | None, reason: str | None,
-                 request_id: str | None = None, progress: float | None = None) -> None:
+                 progress: float | None = None) -> None:
         msg = self._state(state, about, reason, progress)
         with self._lock:
             self._last_state = msg
@@ -266,18 +245,18 @@ class ModelUpdater:
         try:
             manifest = self._check_manifest(command)
             about = manifest.describe()
-            staged = self._obtain(command, manifest, rid)
+            staged = self._obtain(command, manifest)
             downloaded = True
-            self._publish("verifying", about, None, rid)
+            self._publish("verifying", about, None)
             self._verify_bytes(staged, manifest)
             labels = None
             if manifest.labels is not None:
                 labels = self.store.staged_labels_path(manifest.sha256)
                 labels.write_text(manifest.labels)
-            self._publish("validating", about, None, rid)
+            self._publish("validating", about, None)
             self._validate(staged, labels)
             self._install_and_swap(staged, manifest)
-            watch = _Watch(manifest.sha256, about, rid)
+            watch = ModelWatch(manifest.sha256, about, rid, self.config)
             with self._lock:
                 self._watch = watch  # the new model serves from here on
         except UpdateError as exc:
@@ -285,7 +264,7 @@ class ModelUpdater:
             if downloaded:
                 # complete but refused bytes are no use; an interrupted download is kept
                 self.store.discard_parts()
-            self._publish("rejected", about, str(exc), rid)
+            self._publish("rejected", about, str(exc))
             self.hooks.reply(rid, False, str(exc))
             with self._lock:
                 self._watch = None
@@ -293,7 +272,7 @@ class ModelUpdater:
         elapsed = time.monotonic() - t0
         logger.info("pipeline %s: model %s v%d active after %.2f s", self.pipeline,
                     manifest.name, manifest.version, elapsed)
-        self._publish("active", about, None, rid)
+        self._publish("active", about, None)
         self.hooks.reply(rid, True, None)
         self.store.prune()
         self._watch_model(watch)
@@ -322,7 +301,7 @@ class ModelUpdater:
                         self.pipeline, version, manifest.version)
         return manifest
 
-    def _obtain(self, command: Mapping[str, Any], manifest: Manifest, rid: str) -> Path:
+    def _obtain(self, command: Mapping[str, Any], manifest: Manifest) -> Path:
         sha, total = manifest.sha256, manifest.size
         about = manifest.describe()
         installed = self.store.model_path(sha)
@@ -336,7 +315,7 @@ class ModelUpdater:
             now = time.monotonic()
             if now - last[0] >= 0.5 or done == size:
                 last[0] = now
-                self._publish("downloading", about, None, rid,
+                self._publish("downloading", about, None,
                               progress=round(done / size, 4) if size else 0.0)
 
         progress(part.stat().st_size if part.exists() else 0, total)
@@ -350,7 +329,8 @@ class ModelUpdater:
         if not url:
             raise UpdateError("no url in the command or the manifest, and no inline data")
         return fetch(str(url), part, total, timeout=self.config.fetch_timeout_s,
-                     progress=progress, cancel=self._stop)
+                     progress=progress, cancel=self._stop,
+                     deadline_s=self.config.fetch_timeout_s + total / MIN_DOWNLOAD_RATE)
 
     def _verify_bytes(self, staged: Path, manifest: Manifest) -> None:
         size = staged.stat().st_size
@@ -387,44 +367,34 @@ class ModelUpdater:
         return path
 
     # -- watch and rollback --------------------------------------------------------------
-    def _watch_model(self, w: _Watch) -> None:
-        cfg = self.config
-        about, rid = w.about, w.request_id
-        if cfg.watch_inferences == 0 and cfg.watch_seconds == 0:
+    def _watch_model(self, w: ModelWatch) -> None:
+        if not w.enabled:
             self.store.confirm()
             return
-        deadline = time.monotonic() + cfg.watch_seconds if cfg.watch_seconds else None
         while True:
-            timeout = 0.5 if deadline is None else max(0.0, min(0.5, deadline - time.monotonic()))
-            w.wake.wait(timeout)
+            deadline = w.deadline
+            w.wake.wait(0.5 if deadline is None
+                        else max(0.0, min(0.5, deadline - time.monotonic())))
             w.wake.clear()
             with self._lock:
-                n, failures, manual = w.n, w.failures, w.manual
-                errors, non_finite = w.errors, w.non_finite
-            limit = cfg.watch_inferences
-            failed = (limit and failures > cfg.max_failure_ratio * limit) or (
-                n and failures / n > cfg.max_failure_ratio
-                and ((limit and n >= limit) or (deadline and time.monotonic() >= deadline)))
-            reason = (f"{failures} of {n} inferences failed during the watch ({errors} errors, "
-                      f"{non_finite} non-finite outputs; max_failure_ratio "
-                      f"{cfg.max_failure_ratio:g})")
+                manual, verdict, reason = w.manual, w.verdict(), w.reason()
+                n, failures, failing = w.n, w.failures, w.failing_so_far()
             if manual is not None:
-                self._rollback_to_previous(about, f"manual rollback (request {manual})", manual)
+                self._rollback_to_previous(w.about, f"manual rollback (request {manual})", manual)
                 return
-            if failed:
-                self._rollback_to_previous(about, reason, None)
+            if verdict == "fail":
+                self._rollback_to_previous(w.about, reason, None)
                 return
-            done = (limit and n >= limit) or (deadline and time.monotonic() >= deadline)
-            if done:
+            if verdict == "pass":
                 self.store.confirm()
                 logger.info("pipeline %s: model %s passed its watch (%d inferences, %d failed)",
-                            self.pipeline, about["sha256"][:12], n, failures)
-                self._publish("active", about, None, rid)
+                            self.pipeline, w.sha256[:12], n, failures)
+                self._publish("active", w.about, None)
                 return
             if self._stop.is_set():
                 # A clean stop is not a crash: keep the model if it was doing fine so far,
                 # else point back at the previous one for the next start (no swap: stopping).
-                if n and failures / n > cfg.max_failure_ratio:
+                if failing:
                     self.store.rollback()
                 else:
                     self.store.confirm()
@@ -455,6 +425,6 @@ class ModelUpdater:
         self.store.rollback()
         logger.warning("pipeline %s: rolled back model %s: %s", self.pipeline,
                        str(about.get("sha256", ""))[:12], reason)
-        self._publish("rolled_back", about, reason, request_id)
+        self._publish("rolled_back", about, reason)
         if request_id is not None:
             self.hooks.reply(request_id, True, None)

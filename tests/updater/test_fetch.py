@@ -74,3 +74,10 @@ def test_file_url_and_inline(tmp_path: Path) -> None:
     assert inline.read_bytes() == BODY
     with pytest.raises(UpdateError, match="not valid base64"):
         write_inline("%%%", tmp_path / "j.part", 10)
+
+
+def test_overall_deadline_cuts_a_trickling_download(http_server: Any, tmp_path: Path) -> None:
+    http_server.files["/m.bin"] = BODY
+    with pytest.raises(UpdateError, match="too slow"):
+        fetch(http_server.url("/m.bin"), tmp_path / "t.part", len(BODY), timeout=2,
+              deadline_s=1e-6)
