@@ -235,18 +235,32 @@ class MqttTransport:
         """Store a result/event in the outbox (allocating seq and id), then send it.
 
         Args:
-            pipeline: whose ``seq`` counter to use.
-            topic: the destination.
+            pipeline: the pipeline it belongs to.
+            topic: the destination; each topic (``results/<p>``, ``events/<p>``) has its own
+                gap-free ``seq`` counter.
             render: ``render(seq, id) -> bytes`` builds the payload inside the outbox's
                 transaction; if it raises, nothing is stored and the seq is not used.
 
         Returns:
             the message's seq.
         """
-        appended = self._outbox.append(pipeline, topic, render, self.mqtt.qos,
-                                       sent=self._connected)
+        appended = self._outbox.append(self._stream(pipeline, topic), topic, render,
+                                       self.mqtt.qos, sent=self._connected)
         self._wake.set()
         return appended.seq
+
+    def _stream(self, pipeline: str, topic: str) -> str:
+        """The seq counter a message uses: one per topic a subscriber reads.
+
+        ``results/<p>`` and ``events/<p>`` count separately, so a subscriber of results sees
+        no gaps where events took numbers. Topics outside ``P/D/`` count per pipeline.
+        """
+        base = self.topics.base + "/"
+        return topic[len(base):] if topic.startswith(base) else pipeline
+
+    def last_seq(self, pipeline: str, topic: str) -> int:
+        """The last seq allocated for ``topic`` (0: none yet)."""
+        return self._outbox.last_seq(self._stream(pipeline, topic))
 
     # ------------------------------------------------------------------ pump
 

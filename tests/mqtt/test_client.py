@@ -201,6 +201,18 @@ def test_on_connected_runs_after_every_reconnect(broker: Mosquitto, tmp_path: Pa
     assert sub.payloads()[-1] == {"state": "online"}
 
 
+def test_results_and_events_count_separately(tmp_path: Path) -> None:
+    dead = Mosquitto(tmp_path / "dead")
+    transport = MqttTransport(agent_config(dead, tmp_path), tmp_path)
+    render = result_renderer("cam", transport.boot_id)
+    results, events = transport.topics.results("cam"), transport.topics.events("cam")
+    got = [transport.publish_durable("cam", t, render)
+           for t in (results, events, results, events, results)]
+    assert got == [1, 1, 2, 2, 3]
+    assert transport.last_seq("cam", results) == 3
+    transport.stop(0)
+
+
 def test_mark_replayed() -> None:
     assert mark_replayed(b'{"a": 1}') == b'{"a":1,"replayed":true}'
     assert mark_replayed(b"\xff\xd8jpeg") == b"\xff\xd8jpeg"
