@@ -29,9 +29,9 @@ logger = logging.getLogger(__name__)
 STREAM_SCHEMES = ("rtsp://", "rtsps://", "rtmp://", "http://", "https://", "udp://", "tcp://",
                   "srt://")
 OPEN_TIMEOUT_MS = 10_000  # FFmpeg: give up opening a stream after this long
-READ_TIMEOUT_MS = 10_000  # FFmpeg: a stream that sends nothing for this long has failed
+READ_TIMEOUT_MS = 5_000  # FFmpeg: a stream that sends nothing for this long has failed
 DEFAULT_FILE_FPS = 25.0  # when a file does not say its frame rate
-JOIN_TIMEOUT_S = 5.0
+JOIN_TIMEOUT_S = 6.0  # longer than READ_TIMEOUT_MS: a blocked read ends first
 
 
 def _file_path(uri: str) -> str:
