@@ -21,7 +21,10 @@ from typing import Any
 
 from edge_agent.types import MessageKind, OutgoingMessage
 
-_MAX_PENDING = 10_000  # issued but not yet sent; older ones are forgotten (then refused)
+_MAX_PENDING = 1024
+# Issued but not yet sent messages are held here (strong references: the slotted dataclass has
+# no weakref slot). Messages made and never sent (e.g. an on_change pipeline that decided not
+# to publish) are forgotten after 1024 newer ones; a forgotten message is refused if sent.
 
 
 class Seal:
@@ -77,6 +80,12 @@ class Seal:
         """Whether this seal issued ``msg``, without forgetting it (for set_will)."""
         with self._lock:
             return self._issued.get(id(msg)) is msg
+
+    def discard(self, msg: object) -> None:
+        """Forget an issued message that will not be sent (frees it at once)."""
+        with self._lock:
+            if self._issued.get(id(msg)) is msg:
+                del self._issued[id(msg)]
 
     @property
     def pending(self) -> int:

@@ -178,3 +178,14 @@ def test_home_assistant_discovery_configs_pass_the_guard(guard, transport, seal)
         assert guard.send(messages.discovery(seal, topic, payload)), topic
     for m in transport.messages:
         assert validate_payload(m.topic, m.payload) == "discovery"
+
+
+def test_seal_holds_a_bounded_number_of_unsent_messages(seal, guard):
+    first = messages.cmd_reply(seal, device="dev-1", request_id="0", ok=True)
+    for i in range(2000):
+        messages.cmd_reply(seal, device="dev-1", request_id=str(i), ok=True)
+    assert seal.pending == 1024
+    assert not guard.send(first)  # forgotten: refused, never published unchecked
+    last = messages.cmd_reply(seal, device="dev-1", request_id="x", ok=True)
+    seal.discard(last)
+    assert seal.pending == 1023 and not guard.send(last)
