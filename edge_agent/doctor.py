@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import ctypes
 import ctypes.util
+import functools
 import json
 import os
 import platform
@@ -393,7 +394,7 @@ def run_checks(config_arg: str | None) -> list[Check]:
     if config is not None:
         cfg = config
         steps.append(lambda: check_state_dir(cfg))
-        steps.extend((lambda p=p: check_pipeline(p)) for p in cfg.pipelines)
+        steps.extend(functools.partial(check_pipeline, p) for p in cfg.pipelines)
         steps.append(lambda: check_broker(cfg))
     for step in steps:
         checks.extend(step())
