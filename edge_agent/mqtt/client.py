@@ -173,7 +173,7 @@ class MqttTransport:
         cfg = self.mqtt
         props = None
         if cfg.protocol == "5":
-            props = Properties(PacketTypes.CONNECT)
+            props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
             props.SessionExpiryInterval = SESSION_EXPIRY_S
         self._client.connect_async(cfg.host, cfg.port, keepalive=cfg.keepalive,
                                    clean_start=False, properties=props)
@@ -374,6 +374,7 @@ class MqttTransport:
             # What paho still holds would be resent without the replayed mark and out of our
             # order: the pump resends it from the outbox instead.
             client.drop_out_messages()
+            self._recent.clear()  # dropped above: stop() must not wait for them
             self._epoch += 1
             # MQTT 5: paho does not honour the broker's Receive Maximum; stay under it, leaving
             # room for status, replies and stats.
