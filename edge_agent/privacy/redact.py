@@ -8,6 +8,7 @@ are normalised to the image it was given; this package never loads a model.
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Callable, Sequence
 from typing import Literal
 
@@ -114,6 +115,7 @@ class TiledFaceFinder:
             merge_iou: boxes overlapping by at least this much are merged into their union.
         """
         self.detect = detect
+        self._lock = threading.Lock()  # one interpreter: one caller at a time (pipelines share)
         self.input_size = input_size
         self.overlap = overlap
         self.merge_iou = merge_iou
@@ -135,9 +137,11 @@ class TiledFaceFinder:
     def __call__(self, image: np.ndarray) -> list[Box]:
         """All faces in ``image`` (BGR, full resolution), normalised to it."""
         h, w = image.shape[:2]
-        boxes: list[Box] = [tuple(float(v) for v in b) for b in self.detect(image)]  # type: ignore[misc]
-        for x, y, side in self.tiles(w, h):
-            for b in self.detect(image[y:y + side, x:x + side]):
-                boxes.append(((x + b[0] * side) / w, (y + b[1] * side) / h,
-                              (x + b[2] * side) / w, (y + b[3] * side) / h))
+        with self._lock:
+            boxes: list[Box] = [(float(b[0]), float(b[1]), float(b[2]), float(b[3]))
+                                for b in self.detect(image)]
+            for x, y, side in self.tiles(w, h):
+                for b in self.detect(image[y:y + side, x:x + side]):
+                    boxes.append(((x + b[0] * side) / w, (y + b[1] * side) / h,
+                                  (x + b[2] * side) / w, (y + b[3] * side) / h))
         return merge_boxes(boxes, self.merge_iou)
