@@ -258,3 +258,17 @@ def test_dispatcher_worker_thread_replies(tmp_path: Path, key: Ed25519PrivateKey
         d.stop(5)
     assert sorted(r[0] for r in rec.replies if r[0]) == sorted(f"r{i}" for i in range(20))
     assert sum(1 for r in rec.replies if r[1]) + d.counters.busy == 20
+
+
+def test_commands_signed_by_the_operator_cli_verify(tmp_path: Path) -> None:
+    signing = pytest.importorskip("edge_agent.updater.signing")
+    signing.generate_key_pair(tmp_path / "keys")
+    key = signing.load_private_key(tmp_path / "keys" / "signing.key")
+    rec = Recorder()
+    cfg = make_config(state_dir=str(tmp_path), updates={
+        "public_keys": [str(tmp_path / "keys" / "signing.pub")]})
+    d = CommandDispatcher(cfg, {"rollback": rec.handler}, rec.reply)
+    payload = signing.sign_command({"request_id": "op-1", "pipeline": "cam",
+                                    "command": "rollback", "device": "test-device"}, key)
+    d.handle(PREFIX + "rollback", json.dumps(payload).encode())
+    assert rec.replies == [("op-1", True, None)]
