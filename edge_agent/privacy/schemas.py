@@ -57,7 +57,7 @@ def load_schema(kind: str) -> dict[str, Any]:
     Raises:
         KeyError: no schema for that kind.
     """
-    text = resources.files("edge_agent.schemas").joinpath(SCHEMA_FILES[kind]).read_text("utf-8")
+    text = resources.files("edge_agent").joinpath("schemas", SCHEMA_FILES[kind]).read_text("utf-8")
     schema: dict[str, Any] = json.loads(text)
     return schema
 
