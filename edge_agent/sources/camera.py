@@ -38,6 +38,15 @@ def _file_path(uri: str) -> str:
     return uri[len("file://"):] if uri.startswith("file://") else uri
 
 
+def display_uri(uri: str | int) -> str:
+    """``uri`` for logs and errors: credentials in a stream URL replaced by ``***``."""
+    text = str(uri)
+    scheme, sep, rest = text.partition("://")
+    if sep and "@" in rest.split("/", 1)[0]:
+        return f"{scheme}://***@{rest.split('@', 1)[1]}"
+    return text
+
+
 def capture_target(uri: str | int) -> tuple[str | int, int]:
     """The VideoCapture argument and backend for a camera ``uri``.
 
@@ -77,6 +86,7 @@ class OpencvCameraSource:
 
     def __init__(self, cfg: CameraSourceConfig) -> None:
         self.cfg = cfg
+        self.name = display_uri(cfg.uri)  # safe to log: no credentials
         self.dropped = 0
         self.grabbed = 0
         self._index = 0
@@ -87,7 +97,7 @@ class OpencvCameraSource:
         self._thread: threading.Thread | None = None
 
     def __repr__(self) -> str:
-        return f"OpencvCameraSource({self.cfg.uri!r})"
+        return f"OpencvCameraSource({self.name!r})"
 
     @property
     def running(self) -> bool:
@@ -111,7 +121,7 @@ class OpencvCameraSource:
             cap.release()
             hint = ("check that the device exists and is not used by another program"
                     if api == cv2.CAP_V4L2 else "check the URL, the network and the credentials")
-            raise SourceError(f"camera {self.cfg.uri!r} cannot be opened ({hint})")
+            raise SourceError(f"camera {self.name!r} cannot be opened ({hint})")
         self._configure(cap)
         self._stop.clear()
         with self._cond:
@@ -119,11 +129,11 @@ class OpencvCameraSource:
             self._error = None
         self.grabbed = 0
         # from here on the reader thread owns (and finally releases) the capture
-        logger.info("camera %s opened (%s, %dx%d)", self.cfg.uri, cap.getBackendName(),
+        logger.info("camera %s opened (%s, %dx%d)", self.name, cap.getBackendName(),
                     int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)),
                     int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT)))
         self._thread = threading.Thread(target=self._reader, args=(cap,), daemon=True,
-                                        name=f"camera-reader[{self.cfg.uri}]")
+                                        name=f"camera-reader[{self.name}]")
         self._thread.start()
 
     def _configure(self, cap: cv2.VideoCapture) -> None:
@@ -145,7 +155,7 @@ class OpencvCameraSource:
                 ok, image = cap.read()
                 if not ok or image is None:
                     if not self._stop.is_set():
-                        self._fail(f"camera {self.cfg.uri!r} stopped delivering frames "
+                        self._fail(f"camera {self.name!r} stopped delivering frames "
                                    f"(unplugged, stream ended or lost) after "
                                    f"{self.grabbed} frames")
                     return
@@ -158,10 +168,10 @@ class OpencvCameraSource:
                     self.grabbed += 1
                     self._cond.notify_all()
         except cv2.error as exc:
-            self._fail(f"camera {self.cfg.uri!r} failed: {exc}")
+            self._fail(f"camera {self.name!r} failed: {exc}")
         except Exception:  # the reader's loop boundary: report, let the pipeline reopen
-            logger.exception("camera %s: reader thread failed", self.cfg.uri)
-            self._fail(f"camera {self.cfg.uri!r}: reader thread failed (see the log)")
+            logger.exception("camera %s: reader thread failed", self.name)
+            self._fail(f"camera {self.name!r}: reader thread failed (see the log)")
         finally:
             cap.release()
 
@@ -182,7 +192,7 @@ class OpencvCameraSource:
                 if self._error is not None:
                     raise SourceError(self._error)
                 if self._thread is None:
-                    raise SourceError(f"camera {self.cfg.uri!r} is not open")
+                    raise SourceError(f"camera {self.name!r} is not open")
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return None
@@ -201,7 +211,7 @@ class OpencvCameraSource:
         thread.join(JOIN_TIMEOUT_S)
         if thread.is_alive():
             logger.warning("camera %s: reader thread did not stop within %.0f s",
-                           self.cfg.uri, JOIN_TIMEOUT_S)
+                           self.name, JOIN_TIMEOUT_S)
         with self._cond:
             self._latest = None
 
@@ -224,6 +234,7 @@ class OpencvVideoSource:
     def __init__(self, cfg: VideoSourceConfig) -> None:
         self.cfg = cfg
         self.path = _file_path(cfg.uri)
+        self.name = display_uri(self.path)  # safe to log: no credentials
         self.dropped = 0
         self.loops = 0
         self.native_fps = 0.0
@@ -236,16 +247,16 @@ class OpencvVideoSource:
         self._pending: np.ndarray | None = None
 
     def __repr__(self) -> str:
-        return f"OpencvVideoSource({self.path!r})"
+        return f"OpencvVideoSource({self.name!r})"
 
     def _open_capture(self) -> cv2.VideoCapture:
         is_url = "://" in self.path
         if not is_url and not Path(self.path).is_file():
-            raise SourceError(f"video file {self.path} does not exist (check the source uri)")
+            raise SourceError(f"video file {self.name} does not exist (check the source uri)")
         cap = cv2.VideoCapture(self.path, cv2.CAP_FFMPEG)
         if not cap.isOpened():
             cap.release()
-            raise SourceError(f"video file {self.path} cannot be read (not a video, or a "
+            raise SourceError(f"video file {self.name} cannot be read (not a video, or a "
                               "codec this OpenCV build lacks)")
         return cap
 
@@ -266,20 +277,20 @@ class OpencvVideoSource:
         self._pacer = FramePacer(rate, self._closed)
         self._in_pass = 0
         self._pending = None
-        logger.info("video %s opened (%.1f fps in the file, delivered at %s)", self.path,
+        logger.info("video %s opened (%.1f fps in the file, delivered at %s)", self.name,
                     self.native_fps, f"{rate:g} fps" if rate else "the pipeline's pace")
 
     def _next_image(self) -> np.ndarray:
         if self._cap is None:
-            raise SourceError(f"video file {self.path} is not open")
+            raise SourceError(f"video file {self.name} is not open")
         ok, image = self._cap.read()
         if ok and image is not None:
             self._in_pass += 1
             return image
         if self._in_pass == 0:
-            raise SourceError(f"video file {self.path} has no readable frames")
+            raise SourceError(f"video file {self.name} has no readable frames")
         if not self.cfg.loop:
-            raise EOFError(f"video file {self.path} ended after {self._index} frames")
+            raise EOFError(f"video file {self.name} ended after {self._index} frames")
         # reopening is more reliable across containers than seeking back to frame 0
         self._cap.release()
         self._cap = self._open_capture()
@@ -287,7 +298,7 @@ class OpencvVideoSource:
         self._in_pass = 0
         ok, image = self._cap.read()
         if not ok or image is None:
-            raise SourceError(f"video file {self.path} has no readable frames")
+            raise SourceError(f"video file {self.name} has no readable frames")
         self._in_pass = 1
         return image
 

@@ -12,7 +12,7 @@ import pytest
 
 from edge_agent.config import CameraSourceConfig
 from edge_agent.errors import SourceError
-from edge_agent.sources.camera import OpencvCameraSource, capture_target
+from edge_agent.sources.camera import OpencvCameraSource, capture_target, display_uri
 from tests.sources.clips import frame_number, write_numbered_video
 
 
@@ -151,3 +151,11 @@ def test_http_stream_through_ffmpeg(tmp_path: Path, http_folder: str) -> None:
 def test_http_stream_that_does_not_exist(http_folder: str) -> None:
     with pytest.raises(SourceError, match="cannot be opened"):
         _camera(f"{http_folder}/missing.avi").open()
+
+
+def test_credentials_never_reach_logs_or_errors() -> None:
+    assert display_uri("rtsp://admin:secret@10.0.0.5:554/stream") == "rtsp://***@10.0.0.5:554/stream"
+    assert display_uri("http://cam/a@b") == "http://cam/a@b"  # an @ in the path is not userinfo
+    assert display_uri(0) == "0"
+    source = _camera("rtsp://admin:secret@127.0.0.1:9/none")
+    assert "secret" not in repr(source) and "secret" not in source.name
