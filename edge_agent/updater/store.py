@@ -29,6 +29,7 @@ file.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import logging
 import os
@@ -91,6 +92,8 @@ class ActiveModel:
         reason: why the store fell back, or None when ``current`` was used as is.
         manifest: the stored manifest, None for the configured model.
         trial: the model is current but its watch has not passed yet.
+        fell_back_from: ``{name, version, sha256}`` of the model that was not trusted when
+            the store fell back (for the start-up ``rolled_back`` message).
     """
 
     path: Path
@@ -102,6 +105,7 @@ class ActiveModel:
     source: str
     reason: str | None = None
     trial: bool = False
+    fell_back_from: dict[str, object] | None = None
 
     def describe(self) -> dict[str, object]:
         """``{name, version, sha256}`` for state messages."""
@@ -295,6 +299,7 @@ class ModelStore:
             except UpdateError as exc:
                 reason = f"current model invalid: {exc}"
         logger.warning("model store %s: %s; falling back to previous", self.dir, reason)
+        bad = self.describe("current")
         prev = self.read_pointer("previous")
         if prev is not None and prev.target != cur.target:
             try:
@@ -304,11 +309,11 @@ class ModelStore:
             else:
                 self._write_pointer("current", Pointer(prev.target))
                 self._write_pointer("previous", None)
-                return active
+                return dataclasses.replace(active, fell_back_from=bad)
         logger.warning("model store %s: falling back to the configured model", self.dir)
         self._write_pointer("current", None)
         self._write_pointer("previous", None)
-        return self.configured("configured", reason)
+        return dataclasses.replace(self.configured("configured", reason), fell_back_from=bad)
 
     def describe(self, which: str) -> dict[str, object] | None:
         """``{name, version, sha256}`` of what a pointer names (None when absent)."""

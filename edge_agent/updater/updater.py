@@ -106,7 +106,7 @@ class ModelUpdater:
                                         daemon=True)
         self._thread.start()
         if initial is not None and initial.reason:
-            self._publish("rolled_back", None, initial.reason)
+            self._publish("rolled_back", initial.fell_back_from, initial.reason)
         else:
             self._publish("active", None, None)
 

@@ -35,6 +35,7 @@ def test_activate_trial_confirm_and_fall_back(tmp_path: Path) -> None:
     # restart during the watch: the trial model is not trusted
     r = store.resolve_active()
     assert r.path == configured and r.reason and "trial" in r.reason
+    assert r.fell_back_from == {"name": a.name, "version": 1, "sha256": a.sha256}
     assert store.read_pointer("current").target == CONFIGURED  # type: ignore[union-attr]
     store.activate(a.sha256, trial=True)
     store.confirm()

@@ -288,3 +288,31 @@ def test_state_messages_fit_the_privacy_factory_and_schema(rig: Rig, keys: Keys)
         schemas.validate("model_state", dict(msg.payload))
         seen.add(state["state"])
     assert seen == {"active", "downloading", "verifying", "validating", "rejected"}
+
+
+def test_restart_during_the_watch_starts_on_the_previous_model(tmp_path: Path,
+                                                               keys: Keys) -> None:
+    from edge_agent.config import UpdatesConfig
+    from edge_agent.updater.store import ModelStore
+    from edge_agent.updater.updater import ModelUpdater
+    from tests.updater.conftest import AgentDouble, real_validate
+
+    rig = make_rig(tmp_path, keys, watch_inferences=50, watch_seconds=60.0)
+    try:
+        model = shared_model(NEW_SSD)
+        m = keys.manifest(model, version=1, url=_file_url(model))
+        assert _send(rig, dict(m.raw), "t")[0]
+        assert rig.store.read_pointer("current").trial  # type: ignore[union-attr]
+        # what a new agent process finds after a kill -9 now
+        store = ModelStore(rig.store.dir)
+        active = store.resolve_active(rig.configured)
+        assert active.path == rig.configured and "trial" in (active.reason or "")
+        agent = AgentDouble(("configured", 0, active.sha256), real_validate("ssd"))
+        updater = ModelUpdater("door", UpdatesConfig(), store, keys.public, agent.hooks())
+        updater.start()
+        updater.stop()
+        state = agent.states[0]
+        assert state["state"] == "rolled_back" and state["sha256"] == m.sha256
+        assert state["active"]["sha256"] == active.sha256 and "trial" in state["reason"]
+    finally:
+        rig.updater.stop()
