@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Any
-
+from edge_agent.config import (
+    CameraSourceConfig,
+    ImagesSourceConfig,
+    SensorSourceConfig,
+    SyntheticSourceConfig,
+    VideoSourceConfig,
+)
 from edge_agent.sources.base import Source
 from edge_agent.sources.registry import SOURCES
 
 
-def create_source(cfg: Any) -> Source:
+def create_source(cfg: CameraSourceConfig | VideoSourceConfig | ImagesSourceConfig
+                  | SyntheticSourceConfig | SensorSourceConfig) -> Source:
     """Create (not open) the source for ``cfg``.
 
     Args:
