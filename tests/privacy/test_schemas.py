@@ -92,3 +92,13 @@ def test_fast_and_reference_validators_agree(make_policy, mutation):
         fast(payload)
     with pytest.raises(PublishError):
         validate("result", payload)
+
+
+def test_replayed_results_still_validate(make_policy):
+    """The outbox marks re-sent results with ``"replayed": true``; the schema allows it."""
+    client = pytest.importorskip("edge_agent.mqtt.client")
+    from edge_agent.privacy.egress import dumps
+    from tests.privacy.conftest import det, result
+
+    body = dumps({"id": "i", "seq": 3, **make_policy().result(result(det())).payload})
+    validate("result", json.loads(client.mark_replayed(body)))
