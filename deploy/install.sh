@@ -216,6 +216,7 @@ install_user() {
 install_files() {
   run install -d -m 0755 "$ROOT$UNIT_DIR" "$ROOT$PREFIX"
   run install -m 0644 "$REPO/systemd/edge-agent.service" "$ROOT$UNIT_DIR/edge-agent.service"
+  board_dropin
   run install -d -m 0750 "$ROOT$CONF_DIR" "$ROOT$CONF_DIR/models"
   run install -m 0644 "$REPO/deploy/config.example.yaml" "$ROOT$CONF_DIR/config.yaml.example"
   if [ -e "$ROOT$CONF_DIR/config.yaml" ]; then
@@ -237,6 +238,23 @@ install_files() {
       run chown "$uid:$gid" "$ROOT$STATE_DIR"
     fi
   fi
+}
+
+board_dropin() {
+  # device nodes that the unit can only name by path, and only where they exist (Pi GPIO)
+  local dir=$ROOT$UNIT_DIR/edge-agent.service.d n nodes=""
+  [ "$LIVE" = 1 ] || return 0
+  for n in /dev/gpiomem /dev/gpiomem0 /dev/gpiomem1 /dev/gpiomem2 /dev/gpiomem3 /dev/gpiomem4; do
+    if [ -e "$n" ]; then nodes="$nodes $n"; fi
+  done
+  if [ -z "$nodes" ]; then run rm -f "$dir/10-board.conf"; return 0; fi
+  run install -d -m 0755 "$dir"
+  if [ "$DRY_RUN" = 1 ]; then echo "+ write $dir/10-board.conf:$nodes"; return 0; fi
+  {
+    echo "# written by deploy/install.sh for this board's device nodes; rewritten on upgrade"
+    echo "[Service]"
+    for n in $nodes; do echo "DeviceAllow=$n rw"; done
+  } > "$dir/10-board.conf"
 }
 
 install_mosquitto() {
@@ -272,7 +290,7 @@ uninstall() {
   if [ "$LIVE" = 1 ]; then
     run systemctl disable --now edge-agent.service 2>/dev/null || true
   fi
-  run rm -f "$ROOT$UNIT_DIR/edge-agent.service"
+  run rm -f "$ROOT$UNIT_DIR/edge-agent.service" "$ROOT$UNIT_DIR/edge-agent.service.d/10-board.conf"
   run rm -rf "$ROOT$PREFIX"
   if [ "$LIVE" = 1 ]; then run systemctl daemon-reload; fi
   if [ "$PURGE" = 1 ]; then
