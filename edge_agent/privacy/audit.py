@@ -186,7 +186,12 @@ def cmd_privacy_report(args: argparse.Namespace) -> int:
 
     config, _ = load_config(getattr(args, "config", None))
     directory = config.state_dir / "audit"
-    summary = summarise(read_entries(directory))
+    try:
+        summary = summarise(read_entries(directory))
+    except OSError as exc:
+        print(f"cannot read the audit log in {directory}: {exc} (run as the edge-agent user "
+              "or with sudo)", file=sys.stderr)
+        return 1
     if getattr(args, "json", False):
         print(json.dumps(summary.as_dict(), indent=2))
     else:
