@@ -18,8 +18,6 @@ from __future__ import annotations
 import collections
 import json
 import logging
-import os
-import ssl
 import threading
 import time
 import uuid
@@ -28,13 +26,12 @@ from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as paho
-from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
-from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.enums import MQTTErrorCode
 from paho.mqtt.properties import Properties
 
-from edge_agent.config import AgentConfig, MqttConfig
-from edge_agent.errors import ConfigError
+from edge_agent.config import AgentConfig
 from edge_agent.mqtt.backoff import JitteredBackoff
+from edge_agent.mqtt.connection import build_client, connect_properties
 from edge_agent.mqtt.outbox import FILENAME, SqliteOutbox
 from edge_agent.mqtt.topics import Topics
 
@@ -43,28 +40,7 @@ logger = logging.getLogger(__name__)
 Handler = Callable[[str, bytes], None]
 Render = Callable[[int, str], bytes]
 
-SESSION_EXPIRY_S = 7 * 24 * 3600
-"""MQTT 5 session expiry: the broker keeps our command subscription and queued commands."""
-
 _OK = MQTTErrorCode.MQTT_ERR_SUCCESS
-
-
-def read_password(cfg: MqttConfig) -> str | None:
-    """The broker password: ``mqtt.password_file``, else ``$CREDENTIALS_DIRECTORY/mqtt-password``.
-
-    Raises:
-        ConfigError: the configured password file cannot be read.
-    """
-    path = cfg.password_file
-    if path is None:
-        creds = os.environ.get("CREDENTIALS_DIRECTORY")
-        if not creds or not (Path(creds) / "mqtt-password").is_file():
-            return None
-        path = Path(creds) / "mqtt-password"
-    try:
-        return path.read_text(encoding="utf-8").rstrip("\r\n")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"mqtt.password_file: cannot read {path}: {exc}") from None
 
 
 def mark_replayed(payload: bytes) -> bytes:
@@ -96,6 +72,7 @@ class MqttTransport:
         self.topics = Topics(config.mqtt.topic_prefix, config.device_id)
         self.window = window
         self._window = window  # this connection's: lowered to the broker's Receive Maximum
+        self._client = build_client(config, window)  # first: it may raise ConfigError
         self._outbox = SqliteOutbox(Path(state_dir) / FILENAME, config.mqtt.outbox)
         self._lock = threading.RLock()  # connection state, in-flight map, cursor, handlers
         self._connected = False
@@ -116,42 +93,16 @@ class MqttTransport:
                           "refused": 0, "replayed": 0, "connect_failures": 0}
         self._backoff = JitteredBackoff(base=min(0.5, config.mqtt.reconnect_max_s),
                                         cap=config.mqtt.reconnect_max_s)
-        self._client = self._make_client()
+        self._bind(self._client)
 
     # ------------------------------------------------------------------ setup
 
-    def _make_client(self) -> paho.Client:
-        cfg = self.mqtt
-        v5 = cfg.protocol == "5"
-        client = paho.Client(
-            CallbackAPIVersion.VERSION2,
-            client_id=self.config.client_id,
-            protocol=MQTTProtocolVersion.MQTTv5 if v5 else MQTTProtocolVersion.MQTTv311,
-            clean_session=None if v5 else False,
-        )
-        client.max_inflight_messages_set(self.window + 20)
-        client.max_queued_messages_set(self.window + 1000)
-        client.reconnect_delay_set(1, max(1, int(cfg.reconnect_max_s)))
-        if cfg.username:
-            client.username_pw_set(cfg.username, read_password(cfg))
-        if cfg.tls.enabled:
-            try:
-                client.tls_set(
-                    ca_certs=str(cfg.tls.ca_certs),
-                    certfile=str(cfg.tls.certfile) if cfg.tls.certfile else None,
-                    keyfile=str(cfg.tls.keyfile) if cfg.tls.keyfile else None,
-                    cert_reqs=ssl.CERT_REQUIRED,
-                    tls_version=ssl.PROTOCOL_TLS_CLIENT,
-                )
-            except (OSError, ssl.SSLError) as exc:
-                raise ConfigError(f"mqtt.tls: cannot load certificates: {exc}") from None
-            client.tls_insecure_set(cfg.tls.insecure)
+    def _bind(self, client: paho.Client) -> None:
         client.on_connect = self._handle_connect
         client.on_connect_fail = self._handle_connect_fail
         client.on_disconnect = self._handle_disconnect
         client.on_publish = self._handle_publish
         client.on_message = self._handle_message
-        return client
 
     def set_will(self, topic: str, payload: bytes) -> None:
         """The last will (retained, QoS 1); call before :meth:`start` (else: next connect)."""
@@ -171,12 +122,8 @@ class MqttTransport:
             return
         self._started = True
         cfg = self.mqtt
-        props = None
-        if cfg.protocol == "5":
-            props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-            props.SessionExpiryInterval = SESSION_EXPIRY_S
         self._client.connect_async(cfg.host, cfg.port, keepalive=cfg.keepalive,
-                                   clean_start=False, properties=props)
+                                   clean_start=False, properties=connect_properties(cfg))
         self._client.loop_start()
         self._pump = threading.Thread(target=self._run_pump, name="mqtt-outbox", daemon=True)
         self._pump.start()

@@ -22,7 +22,8 @@ from cryptography.x509.oid import NameOID
 
 from edge_agent.config import make_config
 from edge_agent.errors import ConfigError
-from edge_agent.mqtt.client import MqttTransport, read_password
+from edge_agent.mqtt.client import MqttTransport
+from edge_agent.mqtt.connection import read_password
 from tests.broker import Mosquitto, mosquitto_binary
 from tests.mqtt.conftest import agent_config, wait_until
 
