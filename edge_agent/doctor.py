@@ -135,8 +135,15 @@ def check_cameras(root: Path = Path("/"), probe: bool = True) -> list[Check]:
             checks.append(Check(f"camera {dev.path}", WARN, f"{dev.name}: no access",
                                 "add the user to the video group: usermod -aG video edge-agent"))
             continue
-        detail = _probe_camera(dev.path) if probe else "accessible"
-        checks.append(Check(f"camera {dev.path}", OK, f"{dev.name}: {detail}"))
+        if not probe:
+            checks.append(Check(f"camera {dev.path}", OK, f"{dev.name}: accessible"))
+            continue
+        modes = sysinfo.v4l2_modes(dev.path)
+        if modes is None:
+            checks.append(Check(f"camera {dev.path}", OK, f"{dev.name}: not a capture node"))
+            continue
+        checks.append(Check(f"camera {dev.path}", OK, f"{dev.name}: "
+                            f"{_probe_camera(dev.path)}; modes {sysinfo.describe_modes(modes)}"))
     return checks
 
 

@@ -190,3 +190,81 @@ def usb_ids(root: Path = Path("/")) -> set[tuple[str, str]]:
         if vendor and product:
             ids.add((vendor.lower(), product.lower()))
     return ids
+
+
+# V4L2 ioctls (linux/videodev2.h): _IOR('V', 0, v4l2_capability[104]),
+# _IOWR('V', 2, v4l2_fmtdesc[64]), _IOWR('V', 74, v4l2_frmsizeenum[44])
+_VIDIOC_QUERYCAP = 0x80685600
+_VIDIOC_ENUM_FMT = 0xC0405602
+_VIDIOC_ENUM_FRAMESIZES = 0xC02C564A
+_V4L2_CAP_VIDEO_CAPTURE = 0x1
+_V4L2_CAP_DEVICE_CAPS = 0x80000000
+_V4L2_BUF_TYPE_VIDEO_CAPTURE = 1
+_V4L2_FRMSIZE_TYPE_DISCRETE = 1
+
+
+@dataclass(frozen=True, slots=True)
+class VideoMode:
+    """A pixel format a camera offers, with its discrete frame sizes (empty: stepwise)."""
+
+    fourcc: str
+    sizes: tuple[tuple[int, int], ...]
+
+
+def v4l2_modes(path: Path, max_sizes: int = 8) -> list[VideoMode] | None:
+    """The capture formats and frame sizes of a V4L2 node, or None when it is not a camera.
+
+    Uses the V4L2 ioctls directly (cheap, no streaming). None also when the node cannot be
+    opened or queried.
+    """
+    import fcntl
+    import os
+    import struct
+
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_NONBLOCK)
+    except OSError:
+        return None
+    try:
+        cap = bytearray(104)
+        fcntl.ioctl(fd, _VIDIOC_QUERYCAP, cap)
+        caps, device_caps = struct.unpack_from("=II", cap, 84)
+        if caps & _V4L2_CAP_DEVICE_CAPS:
+            caps = device_caps
+        if not caps & _V4L2_CAP_VIDEO_CAPTURE:
+            return None  # a codec, metadata or output node (a Pi has several)
+        modes: list[VideoMode] = []
+        for index in range(64):
+            desc = bytearray(struct.pack("=II", index, _V4L2_BUF_TYPE_VIDEO_CAPTURE) + bytes(56))
+            try:
+                fcntl.ioctl(fd, _VIDIOC_ENUM_FMT, desc)
+            except OSError:
+                break  # EINVAL: no more formats
+            pixfmt = struct.unpack_from("=I", desc, 44)[0]
+            fourcc = pixfmt.to_bytes(4, "little").decode("ascii", "replace").strip()
+            sizes: list[tuple[int, int]] = []
+            for n in range(max_sizes):
+                frm = bytearray(struct.pack("=II", n, pixfmt) + bytes(36))
+                try:
+                    fcntl.ioctl(fd, _VIDIOC_ENUM_FRAMESIZES, frm)
+                except OSError:
+                    break
+                kind, width, height = struct.unpack_from("=III", frm, 8)
+                if kind != _V4L2_FRMSIZE_TYPE_DISCRETE:
+                    break
+                sizes.append((width, height))
+            modes.append(VideoMode(fourcc, tuple(sizes)))
+        return modes
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
+def describe_modes(modes: list[VideoMode]) -> str:
+    """``"MJPG 1920x1080 1280x720; YUYV 640x480"``."""
+    parts = []
+    for m in modes:
+        sizes = " ".join(f"{w}x{h}" for w, h in m.sizes) or "any size"
+        parts.append(f"{m.fourcc} {sizes}")
+    return "; ".join(parts) or "no capture formats"

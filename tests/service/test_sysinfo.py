@@ -54,3 +54,25 @@ def test_clock_and_board_from_fake_root(tmp_path: Path) -> None:
     (tmp_path / "proc/device-tree").mkdir(parents=True)
     (tmp_path / "proc/device-tree/model").write_bytes(b"Raspberry Pi 5 Model B Rev 1.0\0")
     assert sysinfo.board_model(tmp_path) == "Raspberry Pi 5 Model B Rev 1.0"
+
+
+def test_v4l2_modes_of_a_non_camera_is_none(tmp_path: Path) -> None:
+    assert sysinfo.v4l2_modes(Path("/dev/null")) is None  # ENOTTY: not V4L2
+    assert sysinfo.v4l2_modes(tmp_path / "video9") is None  # missing
+
+
+def test_describe_modes() -> None:
+    modes = [sysinfo.VideoMode("MJPG", ((1920, 1080), (1280, 720))), sysinfo.VideoMode("YUYV", ())]
+    assert sysinfo.describe_modes(modes) == "MJPG 1920x1080 1280x720; YUYV any size"
+
+
+def test_video_and_usb_listing(tmp_path: Path) -> None:
+    (tmp_path / "dev").mkdir()
+    for name in ("video10", "video2", "video-codec"):
+        (tmp_path / "dev" / name).write_bytes(b"")
+    assert [d.path.name for d in sysinfo.video_devices(tmp_path)] == ["video2", "video10"]
+    dev = tmp_path / "sys/bus/usb/devices/1-1"
+    dev.mkdir(parents=True)
+    (dev / "idVendor").write_text("1A6E\n")
+    (dev / "idProduct").write_text("089a\n")
+    assert sysinfo.usb_ids(tmp_path) == {("1a6e", "089a")}
