@@ -29,7 +29,7 @@ import numpy as np
 
 from edge_agent.config import PrivacyConfig
 from edge_agent.privacy.masks import MaskSet
-from edge_agent.privacy.redact import FaceDetector, redact
+from edge_agent.privacy.redact import FaceDetector, TiledFaceFinder, expand_box, redact
 from edge_agent.privacy.schemas import SCHEMA_IDS
 from edge_agent.privacy.seal import Seal
 from edge_agent.types import Box, Detection, ModelRef, OutgoingMessage, Result, TrackEvent
@@ -375,9 +375,14 @@ class PrivacyPolicy:
             return None
         total = 0
         mode = self.cfg.redact_mode
+        changed: list[Box] = []
+        tiled = isinstance(detector, TiledFaceFinder)
         for attempt in range(VERIFY_PASSES + 1):
             try:
-                boxes = list(detector(image))
+                if tiled and attempt > 0:  # re-check only what redaction changed
+                    boxes = list(detector(image, changed))  # type: ignore[call-arg]
+                else:
+                    boxes = list(detector(image))
             except Exception as exc:  # any failure of a guardrail: no snapshot
                 logger.warning("pipeline %s: face detector failed (%s): snapshot dropped",
                                self.pipeline, type(exc).__name__)
@@ -394,4 +399,5 @@ class PrivacyPolicy:
                 total = len(boxes)
                 self._count("faces_redacted", len(boxes))
             redact(image, boxes, mode if attempt == 0 else "fill")
+            changed += [expand_box(b) for b in boxes]
         return total

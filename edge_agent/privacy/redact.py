@@ -72,6 +72,12 @@ def redact(image: np.ndarray, boxes: Sequence[Box], mode: RedactMode = "fill", *
     return image
 
 
+def _touches(tile: tuple[int, int, int], box: Box, width: int, height: int) -> bool:
+    x, y, side = tile
+    return (box[0] * width < x + side and box[2] * width > x
+            and box[1] * height < y + side and box[3] * height > y)
+
+
 def _iou(a: Box, b: Box) -> float:
     ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
     iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
@@ -134,13 +140,24 @@ class TiledFaceFinder:
             side //= 2
         return out
 
-    def __call__(self, image: np.ndarray) -> list[Box]:
-        """All faces in ``image`` (BGR, full resolution), normalised to it."""
+    def __call__(self, image: np.ndarray, changed: Sequence[Box] | None = None) -> list[Box]:
+        """All faces in ``image`` (BGR, full resolution), normalised to it.
+
+        Args:
+            image: the frame.
+            changed: for a re-check after redaction: only the regions that changed since the
+                last call on this image. Tiles that do not touch them saw the same pixels and
+                found nothing then (every face found was redacted, so its tile changed), so
+                only the whole frame and the touched tiles run again.
+        """
         h, w = image.shape[:2]
+        tiles = self.tiles(w, h)
+        if changed is not None:
+            tiles = [t for t in tiles if any(_touches(t, b, w, h) for b in changed)]
         with self._lock:
             boxes: list[Box] = [(float(b[0]), float(b[1]), float(b[2]), float(b[3]))
                                 for b in self.detect(image)]
-            for x, y, side in self.tiles(w, h):
+            for x, y, side in tiles:
                 for b in self.detect(image[y:y + side, x:x + side]):
                     boxes.append(((x + b[0] * side) / w, (y + b[1] * side) / h,
                                   (x + b[2] * side) / w, (y + b[3] * side) / h))
