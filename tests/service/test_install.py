@@ -101,8 +101,14 @@ def test_unknown_option_fails(tmp_path: Path) -> None:
 def test_install_with_venv_then_verify_unit(tmp_path: Path) -> None:
     """The real venv path: pip installs this checkout (no deps, for speed) into the root."""
     root = tmp_path / "root"
-    proc = _run("--root", str(root), "--python", sys.executable, "--pip-args", "--no-deps",
-                cwd=tmp_path)
+    # build from a copy, so pip's in-tree build never writes into the checkout
+    src = tmp_path / "src"
+    shutil.copytree(REPO / "edge_agent", src / "edge_agent",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, src / name)
+    proc = _run("--root", str(root), "--from", str(src), "--python", sys.executable,
+                "--pip-args", "--no-deps", cwd=tmp_path)
     if proc.returncode != 0 and "No matching distribution" in proc.stderr:
         pytest.skip("no package index reachable for the build backend")
     assert proc.returncode == 0, proc.stderr
