@@ -95,8 +95,7 @@ def pipeline_configs(config: AgentConfig, pipeline: PipelineConfig) -> list[Disc
 
     def entity(component: str, what: str, body: dict[str, Any]) -> DiscoveryMessage:
         topic = f"{prefix}/{component}/{device}/{name}_{what}/config"
-        return topic, {"unique_id": f"edge-agent_{device}_{name}_{what}",
-                       "object_id": f"{device}_{name}_{what}", **body, **common}
+        return topic, {"unique_id": f"edge-agent_{device}_{name}_{what}", **body, **common}
 
     labels = counted_labels(config, pipeline)
     out = [entity("sensor", f"count_{_slug(label)}", {
