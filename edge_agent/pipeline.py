@@ -271,6 +271,8 @@ class Pipeline:
             self._capture_done.set()
 
     def _source_failed(self, message: str, backoff: float) -> None:
+        if self._gate is not None:
+            self._gate.reset()  # the next frame after a reopen starts a new background
         if self.source_error != message:
             logger.warning("pipeline %s: source failed: %s (retrying in %.1fs)",
                            self.name, message, backoff)
@@ -290,7 +292,10 @@ class Pipeline:
         with self.stats.lock:
             self.stats.frames += 1
         gate = self._gate
-        if gate is not None and frame.image is not None and not gate.check(frame.image, frame.ts):
+        # the tracker needs frames while it confirms that objects left (``pending``)
+        pending = self._tracker is not None and bool(self._tracker.pending)
+        if (gate is not None and frame.image is not None
+                and not gate.check(frame.image, frame.ts) and not pending):
             with self.stats.lock:
                 self.stats.gated += 1
             return
