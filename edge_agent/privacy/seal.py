@@ -131,6 +131,8 @@ def freeze(value: Any) -> Any:
     if t is dict or t is FrozenDict:
         return FrozenDict(zip(map(str, value), map(freeze, value.values()), strict=True))
     if t is list or t is tuple:
+        if all(type(v) in _SCALARS for v in value):  # boxes, values: no recursion needed
+            return tuple(value)
         return tuple(map(freeze, value))
     if isinstance(value, Mapping):
         return FrozenDict(zip(map(str, value), map(freeze, value.values()), strict=True))
