@@ -171,11 +171,10 @@ class MqttTransport:
                 self._counters["dropped_nondurable"] += 1
                 return
             info = self._client.publish(topic, payload, qos=qos, retain=retain)
+            self._counters["published" if info.rc == _OK else "dropped_nondurable"] += 1
         if info.rc != _OK:
-            self._counters["dropped_nondurable"] += 1
             logger.debug("publish to %s not queued: %s", topic, paho.error_string(info.rc))
             return
-        self._counters["published"] += 1
         self._recent.append(info)
 
     def publish_durable(self, pipeline: str, topic: str, render: Render) -> int:
@@ -268,9 +267,8 @@ class MqttTransport:
                     self._handed = max(self._handed, row.rowid)
                     if row.qos:
                         self._inflight[info.mid] = row.rowid
-                if replay:
-                    self._counters["replayed"] += 1
-                self._counters["published"] += 1
+                    self._counters["replayed"] += int(replay)
+                    self._counters["published"] += 1
                 if not row.qos:
                     self._outbox.ack(row.rowid)
             self._flush_acks()
