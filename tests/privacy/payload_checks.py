@@ -22,7 +22,7 @@ _MAGIC = {
     "JPEG": re.compile(rb"\xff\xd8\xff"),
     "PNG": re.compile(rb"\x89PNG\r\n\x1a\n"),
     "BMP": re.compile(rb"BM[\x00-\xff]{4}\x00\x00\x00\x00", re.DOTALL),
-    "base64 JPEG": re.compile(rb"/9j/[A-Za-z0-9+/]{8}"),
+    "base64 JPEG": re.compile(rb"/9j/[24][A-Za-z0-9+/]{10}"),  # FFD8FF + E0/E1/DB...
     "base64 PNG": re.compile(rb"iVBORw0KGgo"),
     "base64 BMP": re.compile(rb"Qk[0-9A-Za-z+/]{6}AAAAA"),
     "data URI": re.compile(rb"data:image/", re.IGNORECASE),
