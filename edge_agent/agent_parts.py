@@ -252,6 +252,7 @@ class _UpdateHooks:
         self.owner = owner
         self.cfg = cfg
         self.pipeline = pipeline
+        self._validated: tuple[Path, Path | None, ModelBundle] | None = None
 
     def active(self) -> tuple[str, int, str]:
         ref = self.pipeline.bundle.ref
@@ -265,10 +266,14 @@ class _UpdateHooks:
                            sha256=getattr(manifest, "sha256", None))
 
     def validate(self, path: Path, labels_path: Path | None) -> None:
-        """Load in a separate interpreter, check it fits, warm up on a recent real frame."""
+        """Load in a separate interpreter, check it fits, warm up on a recent real frame.
+
+        The validated bundle is kept for :meth:`swap`, so the model is not loaded twice.
+        """
         from edge_agent.bundle import warm_up
         from edge_agent.errors import UpdateError
 
+        self._drop_validated()
         try:
             bundle = self._load(path, labels_path, None)
         except (ModelError, EdgeAgentError) as exc:
@@ -277,16 +282,39 @@ class _UpdateHooks:
             warm_up(bundle, self.pipeline.last_frame(),
                     self.owner.cfg.updates.max_latency_ms)
         except ModelError as exc:
-            raise UpdateError(str(exc)) from None
-        finally:
             bundle.close()
+            raise UpdateError(str(exc)) from None
+        self._validated = (Path(path), labels_path, bundle)
+
+    def _drop_validated(self) -> None:
+        validated, self._validated = self._validated, None
+        if validated is not None:
+            validated[2].close()
 
     def swap(self, path: Path, labels_path: Path | None, manifest: Any) -> None:
         """Swap the new model in between two frames."""
-        from edge_agent.errors import UpdateError
+        from dataclasses import replace
 
+        from edge_agent.errors import UpdateError
+        from edge_agent.types import ModelRef
+
+        validated, self._validated = self._validated, None
         try:
-            bundle = self._load(path, labels_path, manifest)
+            # the updater validates the staged file and swaps in the installed copy of the
+            # same bytes (sha256 checked by the updater): reuse the validated interpreter
+            same = validated is not None and (
+                validated[0] == Path(path)
+                or validated[2].ref.sha256 == getattr(manifest, "sha256", None))
+            if validated is not None and same:
+                bundle = validated[2]
+                ref = ModelRef(getattr(manifest, "name", None) or bundle.ref.name,
+                               int(getattr(manifest, "version", 0) or 0),
+                               getattr(manifest, "sha256", None) or bundle.ref.sha256)
+                bundle = replace(bundle, ref=ref, path=Path(path), labels_path=labels_path)
+            else:
+                if validated is not None:
+                    validated[2].close()
+                bundle = self._load(path, labels_path, manifest)
         except EdgeAgentError as exc:
             raise UpdateError(str(exc)) from None
         if not self.pipeline.swap(bundle):
