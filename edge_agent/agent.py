@@ -60,7 +60,7 @@ class Agent:
         self.audit = AuditLog(cfg.state_dir / "audit", cfg.audit) if cfg.audit.enabled else None
         self.guard = EgressGuard(self.transport, cfg.mqtt.topic_prefix, cfg.device_id,
                                  self.audit, self.seal)
-        self.metrics = Metrics()
+        self.metrics = Metrics(state_dir=cfg.state_dir)
         self.metrics_server: Any = None
         if cfg.metrics.prometheus.enabled:
             self.metrics_server = MetricsServer(self.metrics, cfg.metrics.prometheus.bind,
@@ -144,9 +144,9 @@ class Agent:
             while not self.stop_event.wait(0.5):
                 if self.reload_event.is_set():
                     self.reload_event.clear()
-                    notifier.notify("RELOADING=1")
+                    notifier.reloading()
                     self.reload()
-                    notifier.notify("READY=1")
+                    notifier.ready()
                 now = time.monotonic()
                 if now >= next_stats:
                     next_stats = now + self.config.mqtt.stats_interval_s
@@ -156,9 +156,10 @@ class Agent:
                     self._last_status_key = key
                     self.publish_status()
         finally:
-            notifier.notify("STOPPING=1")
+            notifier.stopping()
             watchdog.stop()
             self.shutdown()
+            notifier.close()
         return 0
 
     def shutdown(self) -> None:

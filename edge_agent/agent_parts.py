@@ -139,6 +139,7 @@ class PipelineSet:
                 unit = self.units.pop(name)
                 unit.pipeline.stop()
                 unit.updater.stop()
+                self.metrics.remove_pipeline(name)
                 changed.append(f"removed {name}")
         self.cfg = self.cfg.model_copy(update={"pipelines": new.pipelines})
         for p in new.pipelines:
