@@ -4,11 +4,15 @@ Wiring (done by the agent)::
 
     seal = privacy.new_seal()
     guard = EgressGuard(transport, cfg.mqtt.topic_prefix, cfg.device_id,
-                        AuditLog(cfg.state_dir / "audit", cfg.audit), seal, qos=cfg.mqtt.qos)
-    policy = PrivacyPolicy(p.privacy, p.name, cfg.device_id, seal, face_detector,
+                        AuditLog(cfg.state_dir / "audit", cfg.audit), seal,
+                        qos=cfg.mqtt.qos,
+                        discovery_prefix=cfg.homeassistant.discovery_prefix)
+    faces = TiledFaceFinder(detect)      # detect(image) -> list[Box]: BlazeFace full range
+    policy = PrivacyPolicy(p.privacy, p.name, cfg.device_id, seal, faces,
                            salt=load_salt(cfg.state_dir))
 
-Pipelines get the policy and the guard, never the transport.
+Pipelines, the updater and the command handler get the policy, the message factories and the
+guard, never the transport: only the guard reaches ``transport.publish``.
 """
 
 from edge_agent.privacy.seal import Seal, new_seal
