@@ -59,7 +59,8 @@ class Agent:
         self.transport = MqttTransport(cfg, cfg.state_dir)
         self.audit = AuditLog(cfg.state_dir / "audit", cfg.audit) if cfg.audit.enabled else None
         self.guard = EgressGuard(self.transport, cfg.mqtt.topic_prefix, cfg.device_id,
-                                 self.audit, self.seal)
+                                 self.audit, self.seal, qos=cfg.mqtt.qos,
+                                 discovery_prefix=cfg.homeassistant.discovery_prefix)
         self.metrics = Metrics(state_dir=cfg.state_dir)
         self.metrics_server: Any = None
         if cfg.metrics.prometheus.enabled:

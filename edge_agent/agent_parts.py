@@ -34,7 +34,7 @@ def build_face_detector(cfg: AgentConfig) -> Callable[[np.ndarray], list[Box]] |
     if not any(p.privacy.publish_images and p.privacy.redact_faces for p in cfg.pipelines):
         return None
     from edge_agent.default_models import default_models_dir
-    from edge_agent.privacy.redact import TiledFaceDetector
+    from edge_agent.privacy.redact import TiledFaceFinder
 
     path = default_models_dir() / FACE_MODEL
     if not path.exists():
@@ -53,7 +53,7 @@ def build_face_detector(cfg: AgentConfig) -> Callable[[np.ndarray], list[Box]] |
             outputs = bundle.runtime.infer(inputs)
             return [d.box for d in bundle.decode(outputs, transform).detections]
 
-    return TiledFaceDetector(detect)
+    return TiledFaceFinder(detect)
 
 
 class _Unit:
@@ -82,6 +82,9 @@ class PipelineSet:
         self.units: dict[str, _Unit] = {}
         self._lock = threading.Lock()
         self.dispatcher: Any = None
+        from edge_agent.privacy.hashing import load_salt
+
+        self.salt = load_salt(cfg.state_dir)  # hashed fields stay stable across restarts
         for p in cfg.pipelines:
             self.units[p.name] = self._build(p)
 
@@ -103,7 +106,7 @@ class PipelineSet:
                              name=active.name or p.model.name or Path(p.model.path).stem,
                              sha256=active.sha256)
         policy = PrivacyPolicy(p.privacy, p.name, self.cfg.device_id, self.seal,
-                               face_detector=self.face_detector)
+                               self.face_detector, salt=self.salt)
         gate = MotionGate(p.motion) if p.motion.enabled else None
         tracker = IouTracker(p.tracking, p.name) if p.tracking.enabled else None
         pipeline = Pipeline(p, bundle, source_factory=create_source, policy=policy,
