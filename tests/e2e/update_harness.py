@@ -1,0 +1,274 @@
+"""A device under test for model updates: keys, config, a real ``edge-agent run`` child, a
+subscriber that timestamps what arrives, and ways to send update commands over MQTT.
+
+Commands go out either through the operator CLI as a subprocess (:meth:`UpdateDevice.cli`)
+or as the command JSON the CLI would publish (:meth:`UpdateDevice.send_update`), so a test can
+time or interrupt them precisely.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from edge_agent.updater.manifest import build_manifest
+from edge_agent.updater.signing import generate_key_pair, load_private_key
+from edge_agent.updater.store import sha256_file
+from tests.broker import Mosquitto
+from tests.e2e.agentproc import REPO, AgentProcess, Inbox, subscribe, write_config
+
+PIPELINE = "door"
+
+
+def write_scene_video(path: Path, frames: int, *, brightness: float = 1.0) -> Path:
+    """An MJPG video (320x240) of a bright textured scene with a moving face-sized ellipse;
+    ``brightness`` < 1 darkens every pixel (the same scene at night)."""
+    w = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 30, (320, 240))
+    rng = np.random.default_rng(1)
+    bg = rng.integers(170, 230, (240, 320, 3), dtype=np.uint8)
+    for i in range(frames):
+        img = bg.copy()
+        cv2.ellipse(img, (60 + (i * 7) % 200, 120), (30, 40), 0, 0, 360, (180, 200, 230), -1)
+        w.write(np.clip(img * brightness, 0, 255).astype(np.uint8))
+    w.release()
+    return path
+
+
+class TimedInbox(Inbox):
+    """An :class:`Inbox` that also records when each message arrived (monotonic seconds)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.times: list[float] = []
+
+    def __call__(self, topic: str, payload: bytes, retained: bool) -> None:
+        with self.cond:
+            self.messages.append((topic, payload, retained))
+            self.times.append(time.monotonic())
+            self.cond.notify_all()
+
+
+class UpdateDevice:
+    """One agent with a ``door`` pipeline, its keys and a subscriber to what it publishes.
+
+    Args:
+        tmp: a private folder (config, state, keys, videos).
+        broker: the test's mosquitto.
+        model: the configured model of the pipeline.
+        decoder: the pipeline's decoder.
+        labels: the configured labels file.
+        video: the source video (looped).
+        fps: source pacing (0: as fast as the pipeline takes frames).
+        updates: overrides of the ``updates`` config section.
+    """
+
+    def __init__(self, tmp: Path, broker: Mosquitto, model: Path, *, decoder: str,
+                 labels: Path | None, video: Path, fps: float = 30,
+                 updates: dict[str, Any] | None = None, device_id: str = "upd-1") -> None:
+        self.tmp = tmp
+        self.broker = broker
+        self.device_id = device_id
+        self.prefix = f"edge-agent/{device_id}"
+        self.state_dir = tmp / "state"
+        priv, pub, self.key_id = generate_key_pair(tmp / "keys")
+        self.key_path, self.pub_path = priv, pub
+        self.key = load_private_key(priv)
+        self.configured_sha = sha256_file(model)
+        model_cfg: dict[str, Any] = {"path": str(model), "decoder": decoder}
+        if labels is not None:
+            model_cfg["labels"] = str(labels)
+        self.config_path = write_config(tmp / "config.yaml", {
+            "device_id": device_id,
+            "state_dir": str(self.state_dir),
+            "mqtt": {"host": broker.host, "port": broker.port},
+            "metrics": {"prometheus": {"enabled": False}},
+            "updates": {"public_keys": [str(pub)], **(updates or {})},
+            "pipelines": [{"name": PIPELINE, "model": model_cfg,
+                           "source": {"type": "video", "uri": str(video), "loop": True,
+                                      "fps": fps}}],
+        })
+        self.inbox = TimedInbox()
+        p = self.prefix
+        self.sub = subscribe(broker.host, broker.port,
+                             [f"{p}/results/{PIPELINE}", f"{p}/model/{PIPELINE}/state",
+                              f"{p}/status", f"{p}/cmd/reply"], self.inbox)
+        self.agent: AgentProcess | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self) -> AgentProcess:
+        """Start ``edge-agent run`` (a new child; the previous one must be gone)."""
+        self.agent = AgentProcess(self.config_path)
+        return self.agent
+
+    def close(self) -> None:
+        """Stop the agent (SIGTERM) and the subscriber; fail when the agent exits non-zero."""
+        code = 0
+        try:
+            if self.agent is not None and self.agent.proc.poll() is None:
+                code = self.agent.terminate()
+        finally:
+            self.sub.stop()
+        assert code == 0, self.log()
+
+    def log(self) -> str:
+        """The agent's output (for assertion messages)."""
+        if self.agent is None:
+            return ""
+        try:
+            return self.agent.log()[-6000:]
+        except ValueError:  # log file already closed
+            return self.agent.log_path.read_text(errors="replace")[-6000:]
+
+    # ------------------------------------------------------------------ what arrived
+
+    def mark(self) -> int:
+        """A position in the inbox; ``since=mark()`` looks only at later messages."""
+        with self.inbox.lock:
+            return len(self.inbox.messages)
+
+    def _decoded(self, suffix: str, since: int, live_only: bool = False
+                 ) -> list[tuple[int, dict[str, Any]]]:
+        with self.inbox.lock:
+            items = list(enumerate(self.inbox.messages))[since:]
+        return [(i, json.loads(p)) for i, (t, p, r) in items
+                if t.endswith(suffix) and p and not (live_only and r)]
+
+    def results(self, since: int = 0) -> list[dict[str, Any]]:
+        """Results of the pipeline, in arrival order."""
+        return [m for _, m in self._decoded(f"/results/{PIPELINE}", since)]
+
+    def result_times(self, since: int = 0) -> list[float]:
+        """Arrival times of :meth:`results` (monotonic seconds)."""
+        idx = [i for i, _ in self._decoded(f"/results/{PIPELINE}", since)]
+        return [self.inbox.times[i] for i in idx]
+
+    def states(self, since: int = 0) -> list[dict[str, Any]]:
+        """Model state messages published live (not the retained copy from before)."""
+        return [m for _, m in self._decoded(f"/model/{PIPELINE}/state", since, live_only=True)]
+
+    def statuses(self, since: int = 0) -> list[dict[str, Any]]:
+        """Status messages."""
+        return [m for _, m in self._decoded("/status", since)]
+
+    def wait(self, what: str, pred: Any, timeout: float = 30.0) -> None:
+        """Wait until ``pred()`` holds; fail with the agent's log otherwise."""
+        deadline = time.monotonic() + timeout
+        while not pred():
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out waiting for {what}\n{self.log()}")
+            if self.agent is not None and self.agent.proc.poll() is not None:
+                raise AssertionError(f"agent exited ({self.agent.proc.returncode}) while "
+                                     f"waiting for {what}\n{self.log()}")
+            with self.inbox.cond:
+                self.inbox.cond.wait(0.1)
+
+    def wait_results(self, n: int, since: int = 0, sha: str | None = None,
+                     timeout: float = 60.0) -> list[dict[str, Any]]:
+        """Wait for ``n`` results after ``since`` (made by model ``sha`` when given)."""
+        def got() -> list[dict[str, Any]]:
+            return [r for r in self.results(since) if sha is None or r["model"]["sha256"] == sha]
+        self.wait(f"{n} results" + (f" of model {sha[:12]}" if sha else ""),
+                  lambda: len(got()) >= n, timeout)
+        return got()
+
+    def wait_state(self, state: str, since: int, sha: str | None = None,
+                   timeout: float = 30.0, count: int = 1) -> dict[str, Any]:
+        """Wait for the ``count``-th live state message ``state`` (about model ``sha``)."""
+        def found() -> list[dict[str, Any]]:
+            return [s for s in self.states(since)
+                    if s["state"] == state and (sha is None or s["sha256"] == sha)]
+        self.wait(f"model state {state}", lambda: len(found()) >= count, timeout)
+        return found()[count - 1]
+
+    def reply(self, request_id: str, since: int = 0) -> dict[str, Any] | None:
+        """The device's reply to ``request_id``, if it arrived."""
+        for _, m in self._decoded("/cmd/reply", since):
+            if m.get("request_id") == request_id:
+                return m
+        return None
+
+    def wait_reply(self, request_id: str, since: int = 0, timeout: float = 30.0
+                   ) -> dict[str, Any]:
+        """Wait for the reply to ``request_id``."""
+        self.wait(f"reply to {request_id}", lambda: self.reply(request_id, since) is not None,
+                  timeout)
+        reply = self.reply(request_id, since)
+        assert reply is not None
+        return reply
+
+    # ------------------------------------------------------------------ commands
+
+    def manifest(self, model: Path, version: int, *, name: str | None = None,
+                 url: str | None = None, labels: Path | None = None, key: Any = None,
+                 sha256: str | None = None) -> dict[str, Any]:
+        """A signed manifest (the updater's Python API, as ``model sign`` does)."""
+        m = build_manifest(name=name or model.stem.replace("_", "-"), version=version,
+                           sha256=sha256 or sha256_file(model), size=model.stat().st_size,
+                           key=key or self.key, url=url,
+                           labels=labels.read_text() if labels is not None else None)
+        return dict(m.raw)
+
+    def send_update(self, manifest: dict[str, Any], *, data: Path | None = None,
+                    url: str | None = None) -> str:
+        """Publish ``P/D/cmd/model/update`` like ``model push``; return its request_id."""
+        rid = uuid.uuid4().hex
+        command: dict[str, Any] = {"request_id": rid, "pipeline": PIPELINE,
+                                   "manifest": manifest}
+        if data is not None:
+            command["data"] = base64.b64encode(data.read_bytes()).decode()
+        if url is not None:
+            command["url"] = url
+        assert self.sub.publish(f"{self.prefix}/cmd/model/update",
+                                json.dumps(command).encode()), "publish failed"
+        return rid
+
+    def cli(self, *args: str, timeout: float = 90.0) -> subprocess.CompletedProcess[str]:
+        """``python -m edge_agent model ARGS`` as a subprocess (the operator's CLI)."""
+        env = dict(os.environ)
+        env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+        return subprocess.run([sys.executable, "-m", "edge_agent", "model", *args],
+                              cwd=str(REPO), env=env, capture_output=True, text=True,
+                              timeout=timeout, check=False)
+
+    @property
+    def broker_arg(self) -> str:
+        """``HOST:PORT`` for the CLI's ``--broker``."""
+        return f"{self.broker.host}:{self.broker.port}"
+
+
+def assert_gap_free(results: list[dict[str, Any]]) -> None:
+    """``seq`` rises by one per result and every frame index from the first to the last
+    arrived exactly once (one agent run, one pipeline)."""
+    seqs = [r["seq"] for r in results]
+    assert seqs == list(range(seqs[0], seqs[0] + len(seqs))), \
+        f"seq not contiguous: gaps {[(a, b) for a, b in zip(seqs, seqs[1:]) if b != a + 1]}"
+    idx = sorted(r["frame"]["index"] for r in results)
+    assert idx == list(range(idx[0], idx[0] + len(idx))), \
+        f"frame indices missing or repeated: {[(a, b) for a, b in zip(idx, idx[1:]) if b != a + 1]}"
+
+
+def swap_gaps(times: list[float], results: list[dict[str, Any]], sha: str, after: int = 0
+              ) -> tuple[float, float, float]:
+    """(gap at the swap to ``sha``, median gap elsewhere, max gap elsewhere), in ms.
+
+    The swap is the first result of ``sha`` at or after position ``after``; the gap at the
+    swap is the longest arrival gap among the results from three before to two after it.
+    """
+    first = next(i for i, r in enumerate(results) if i >= after and r["model"]["sha256"] == sha)
+    gaps = [b - a for a, b in zip(times, times[1:])]  # gaps[i]: results i -> i+1
+    near = set(range(max(0, first - 3), min(len(gaps), first + 2)))
+    at_swap = max(gaps[i] for i in near)
+    rest = [g for i, g in enumerate(gaps) if i not in near]
+    return 1000 * at_swap, 1000 * statistics.median(rest), 1000 * max(rest)
