@@ -68,6 +68,10 @@ class Mosquitto:
         lines = [
             f"listener {self.port} 127.0.0.1",
             "allow_anonymous true" if "allow_anonymous" not in self.extra_config else "",
+            # started as root, mosquitto drops to the `mosquitto` user, which cannot write the
+            # log and persistence file into pytest's 0700 tmp folders (sessions would be lost
+            # on restart) nor read certificates there
+            "user root" if os.geteuid() == 0 and "user " not in self.extra_config else "",
             f"persistence {'true' if self.persistence else 'false'}",
             f"persistence_location {self.workdir}/",
             f"log_dest file {self.workdir}/mosquitto.log",
