@@ -39,7 +39,7 @@ class Subscriber:
 
     def __init__(self, broker: Mosquitto, topic: str, client_id: str = "test-subscriber",
                  **tls: Any) -> None:
-        self.messages: list[tuple[str, bytes]] = []
+        self.messages: list[tuple[str, bytes, bool]] = []
         self._lock = threading.Lock()
         self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id,
                                   protocol=MQTTProtocolVersion.MQTTv311, clean_session=False)
@@ -64,12 +64,17 @@ class Subscriber:
 
     def _on_message(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
         with self._lock:
-            self.messages.append((msg.topic, bytes(msg.payload)))
+            self.messages.append((msg.topic, bytes(msg.payload), bool(msg.dup)))
 
     def payloads(self) -> list[dict[str, Any]]:
-        """Every received payload parsed as JSON, in arrival order."""
+        """Every received payload parsed as JSON, in arrival order.
+
+        A copy the broker redelivered to us (MQTT DUP flag: the broker-to-subscriber leg, which
+        the agent cannot mark) gets ``"_mqtt_dup": True``.
+        """
         with self._lock:
-            return [json.loads(p) for _, p in self.messages if p]
+            return [{**json.loads(p), **({"_mqtt_dup": True} if dup else {})}
+                    for _, p, dup in self.messages if p]
 
     def close(self) -> None:
         self.client.disconnect()
@@ -88,6 +93,11 @@ def subscriber_factory() -> Iterator[Callable[..., Subscriber]]:
     yield make
     for sub in made:
         sub.close()
+
+
+def marked(payload: dict[str, Any]) -> bool:
+    """Whether a received copy is flagged as a possible duplicate (by us or by the broker)."""
+    return bool(payload.get("replayed") or payload.get("_mqtt_dup"))
 
 
 def result_renderer(pipeline: str, boot_id: str) -> Callable[[int, str], bytes]:

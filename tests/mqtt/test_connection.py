@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
-import os
 import shutil
 import ssl
 import subprocess
@@ -69,10 +68,6 @@ def _write(folder: Path, name: str, cert: x509.Certificate, key: Any) -> tuple[P
     return crt, pem
 
 
-# mosquitto started as root drops to the `mosquitto` user, which cannot read pytest's 0700
-# tmp folders: keep root (test brokers only)
-AS_ROOT = "user root\n" if os.geteuid() == 0 else ""
-
 
 @pytest.fixture
 def pki(tmp_path: Path) -> dict[str, Path]:
@@ -93,7 +88,7 @@ def pki(tmp_path: Path) -> dict[str, Path]:
 
 
 def test_tls_with_client_certificate(tmp_path: Path, pki: dict[str, Path]) -> None:
-    tls_conf = AS_ROOT + (f"cafile {pki['ca']}\ncertfile {pki['server_crt']}\n"
+    tls_conf = (f"cafile {pki['ca']}\ncertfile {pki['server_crt']}\n"
                 f"keyfile {pki['server_key']}\nrequire_certificate true\n")
     with Mosquitto(tmp_path / "broker", extra_config=tls_conf) as broker:
         state = tmp_path / "state"
@@ -140,7 +135,7 @@ def test_missing_certificate_file_is_a_config_error(tmp_path: Path) -> None:
 def test_password_file_auth(tmp_path: Path) -> None:
     passwd = tmp_path / "broker.passwd"
     subprocess.run(["mosquitto_passwd", "-c", "-b", str(passwd), "device", "s3cret"], check=True)
-    conf = AS_ROOT + f"allow_anonymous false\npassword_file {passwd}\n"
+    conf = f"allow_anonymous false\npassword_file {passwd}\n"
     with Mosquitto(tmp_path / "broker", extra_config=conf) as broker:
         good = tmp_path / "mqtt-password"
         good.write_text("s3cret\n")
