@@ -6,6 +6,7 @@ Secrets come from files: ``mqtt.password_file``, else the systemd credential
 
 from __future__ import annotations
 
+import logging
 import os
 import ssl
 from pathlib import Path
@@ -22,6 +23,17 @@ SESSION_EXPIRY_S = 7 * 24 * 3600
 """MQTT 5 session expiry: the broker keeps our command subscription and queued commands."""
 
 CREDENTIAL_NAME = "mqtt-password"
+
+_paho_logger = logging.getLogger("edge_agent.mqtt.paho")
+
+
+def _log_paho(client: paho.Client, userdata: object, level: int, buf: str) -> None:
+    """paho's own log: a swallowed callback exception is an error, the rest is debug noise
+    (socket errors during an outage are reported once by the transport)."""
+    if buf.startswith("Caught exception"):
+        _paho_logger.error("paho: %s", buf)
+    else:
+        _paho_logger.debug("paho: %s", buf)
 
 
 def read_password(cfg: MqttConfig) -> str | None:
@@ -61,6 +73,10 @@ def build_client(config: AgentConfig, window: int) -> paho.Client:
         protocol=MQTTProtocolVersion.MQTTv5 if v5 else MQTTProtocolVersion.MQTTv311,
         clean_session=None if v5 else False,  # 3.1.1: persistent session
     )
+    # An exception escaping a callback would end paho's network thread (and every reconnect):
+    # paho logs it instead. Our callbacks catch their own errors too.
+    client.suppress_exceptions = True
+    client.on_log = _log_paho
     client.max_inflight_messages_set(window + 20)
     client.max_queued_messages_set(window + 1000)  # paho's default is unbounded
     if cfg.username:
