@@ -309,8 +309,9 @@ class CommandDispatcher:
                 self._queue.put_nowait((topic, payload))
             except queue.Full:
                 self.counters.busy += 1
-                self._refuse(_peek_request_id(payload), "busy: too many commands queued, "
-                             "try again later", "busy")
+                # peek only into small payloads: this runs on paho's network thread
+                rid = _peek_request_id(payload) if len(payload) <= 64 * 1024 else None
+                self._refuse(rid, "busy: too many commands queued, try again later", "busy")
         except Exception:
             logger.exception("command intake failed")
 
