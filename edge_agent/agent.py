@@ -130,6 +130,7 @@ class Agent:
         self.guard.set_will(self.status_message("offline"))
         self.transport.on_connected(self._on_connected)
         self.pipelines.attach_commands(self.transport, self.guard)
+        self.pipelines.attach_homeassistant(self.transport)
         self.transport.start()
         if self.metrics_server is not None:
             self.metrics_server.start()

@@ -127,7 +127,9 @@ class PipelineSet:
             unit.pipeline.start()
 
     def stop_all(self) -> None:
-        """Stop every pipeline (sources first) and updater."""
+        """Stop commands, then every pipeline (sources first) and updater."""
+        if self.dispatcher is not None:
+            self.dispatcher.stop(5.0)
         for unit in self.units.values():
             unit.pipeline.stop()
         for unit in self.units.values():
@@ -202,13 +204,29 @@ class PipelineSet:
             u.updater.publish_current()
 
     def publish_discovery(self) -> None:
-        """Home Assistant discovery, when enabled."""
+        """Home Assistant discovery, when enabled; entities of removed pipelines are deleted."""
         if not self.cfg.homeassistant.enabled:
             return
-        from edge_agent.mqtt.discovery import discovery_configs
+        from edge_agent.mqtt.discovery import AnnouncedTopics, discovery_configs
 
-        for suffix, payload in discovery_configs(self.cfg, [u.cfg for u in self.units.values()]):
-            self.guard.send(self._messages().discovery(self.seal, suffix, payload))
+        announced = AnnouncedTopics(self.cfg.state_dir)
+        msgs = discovery_configs(self.cfg, [u.cfg for u in self.units.values()],
+                                 previous=announced.load())
+        for topic, payload in msgs:
+            self.guard.send(self._messages().discovery(self.seal, topic, payload))
+        announced.save(msgs)
+
+    def attach_homeassistant(self, transport: Any) -> None:
+        """Re-send discovery whenever Home Assistant says it came online."""
+        if not self.cfg.homeassistant.enabled:
+            return
+        from edge_agent.mqtt.discovery import ha_came_online, ha_status_topic
+
+        def on_status(topic: str, payload: bytes) -> None:
+            if ha_came_online(payload):
+                self.publish_discovery()
+
+        transport.subscribe(ha_status_topic(self.cfg), on_status)
 
     def _messages(self) -> Any:
         from edge_agent.privacy import messages
@@ -223,7 +241,7 @@ class PipelineSet:
 
         def reply(request_id: str | None, ok: bool, error: str | None) -> None:
             guard.send(self._messages().cmd_reply(self.seal, device=self.cfg.device_id,
-                                                  request_id=request_id or "", ok=ok,
+                                                  request_id=request_id or "unknown", ok=ok,
                                                   error=error))
 
         handlers = {
