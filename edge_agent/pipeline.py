@@ -5,19 +5,26 @@ Three threads joined by bounded queues, so capture and preprocessing of the next
 decoding and publishing of the previous one overlap with the invoke of the current one (TFLite
 releases the GIL while it runs):
 
-    capture   read, gate, mask, preprocess      -> q_in  (maxsize 2; live: newest wins)
-    infer     the runtime, swaps between frames -> q_out (maxsize 2)
+    capture   read, gate, mask, preprocess      -> q_in  (file: 2 deep; live: 1, newest wins)
+    infer     the runtime, swaps between frames -> q_out (2 deep)
     post      decode, track, policy, publish
 
-File sources hand over every frame in order (the queue blocks); live sources drop the oldest
-queued frame and count it. A failing source is reopened with backoff and shown in status; it
-never stops the daemon.
+File sources hand over every frame in order (the queue blocks); live sources replace the queued
+frame with a newer one and count the drop. A failing source is reopened with backoff and shown
+in status; it never stops the daemon. Each thread ends by passing an end marker downstream, so
+``stop()`` returns as soon as the source's ``read`` does and the queued frames are done.
+
+Preprocessing writes into the bundle's rotating buffers (``bundle.py`` makes 5: one being
+prepared, two queued, one being copied into the interpreter, one spare); the model inputs are
+the only per-frame buffers the pipeline itself fills.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import queue
+import sys
 import threading
 import time
 from collections import deque
@@ -35,6 +42,53 @@ from edge_agent.types import Frame, Result, Transform
 logger = logging.getLogger(__name__)
 
 STAGES = ("capture", "preprocess", "invoke", "decode", "policy", "publish")
+_END = None  # end marker passed down the queues when a thread finishes
+POLL_S = 0.5  # queue and source waits: bounds heartbeat age and stop latency
+
+
+@dataclass(frozen=True, slots=True)
+class Tuning:
+    """Process-wide settings a pipeline applies when it starts (see BENCHMARKS.md).
+
+    Attributes:
+        cv2_threads: OpenCV's own worker threads (resize, colour conversion); on a small board
+            its pool competes with the interpreter's threads for the same cores. None leaves
+            OpenCV's default.
+        switch_interval_s: the interpreter's GIL hand-over interval; the inference thread needs
+            the GIL back the moment ``invoke()`` returns, and Python's default (5 ms) can keep
+            it waiting behind the post thread. Only ever lowered. None leaves it.
+        aux_nice: niceness added to the capture and post threads (0: none), so the inference
+            thread and its interpreter workers win a contended core.
+    """
+
+    cv2_threads: int | None = 1
+    switch_interval_s: float | None = 0.001
+    aux_nice: int = 0
+
+
+DEFAULT_TUNING = Tuning()
+
+
+def apply_process_tuning(tuning: Tuning) -> None:
+    """Apply the process-wide parts of ``tuning`` (OpenCV threads, GIL interval)."""
+    if tuning.cv2_threads is not None:
+        import cv2
+
+        if cv2.getNumThreads() != tuning.cv2_threads:
+            cv2.setNumThreads(tuning.cv2_threads)
+    if tuning.switch_interval_s is not None and sys.getswitchinterval() > tuning.switch_interval_s:
+        sys.setswitchinterval(tuning.switch_interval_s)
+
+
+def _lower_thread_priority(increment: int) -> None:
+    """Raise the calling thread's niceness by ``increment`` (Linux: per-thread; else no-op)."""
+    if increment <= 0 or not hasattr(os, "setpriority"):
+        return
+    try:
+        tid = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, tid, os.getpriority(os.PRIO_PROCESS, tid) + increment)
+    except OSError:  # not permitted or not supported: run at the normal priority
+        logger.debug("could not lower the priority of %s", threading.current_thread().name)
 
 
 @dataclass(slots=True)
@@ -94,6 +148,7 @@ class Pipeline:
         tracker: an optional tracker (``update(detections, ts) -> (detections, events)``).
         on_inference: called after every inference with ``(ok, finite)`` (the updater watch).
         observe: optional ``(pipeline, stage, seconds)`` metrics callback.
+        tuning: process-wide thread settings applied at start (default :data:`DEFAULT_TUNING`).
     """
 
     def __init__(
@@ -108,6 +163,7 @@ class Pipeline:
         tracker: Any = None,
         on_inference: Callable[[bool, bool], None] | None = None,
         observe: Callable[[str, str, float], None] | None = None,
+        tuning: Tuning | None = None,
     ) -> None:
         self.cfg = cfg
         self.name = cfg.name
@@ -119,14 +175,17 @@ class Pipeline:
         self._tracker = tracker
         self.on_inference = on_inference
         self._observe = observe
+        self.tuning = tuning or DEFAULT_TUNING
         self._stop = threading.Event()
         self._capture_done = threading.Event()
         self._infer_done = threading.Event()
-        self._q_in: queue.Queue[_Item] = queue.Queue(maxsize=2)
-        self._q_out: queue.Queue[_Item] = queue.Queue(maxsize=2)
+        self._q_in: queue.Queue[_Item | None] = queue.Queue(maxsize=2)
+        self._q_out: queue.Queue[_Item | None] = queue.Queue(maxsize=2)
         self._threads: list[threading.Thread] = []
         self._pending_swap: tuple[ModelBundle, threading.Event] | None = None
         self._swap_lock = threading.Lock()
+        # a swapped-in bundle's preprocessor may be used by capture and infer at once
+        self._prep_lock = threading.Lock()
         self.stats = _Stats()
         self.state = "starting"
         self.source_error: str | None = None
@@ -145,6 +204,7 @@ class Pipeline:
 
     def start(self) -> None:
         """Start the capture, inference and post threads."""
+        apply_process_tuning(self.tuning)
         now = time.monotonic()
         self._heartbeats = {"capture": now, "infer": now, "post": now}
         for target, name in ((self._capture_loop, "capture"), (self._infer_loop, "infer"),
@@ -182,7 +242,11 @@ class Pipeline:
         return self._last_frame
 
     def swap(self, bundle: ModelBundle, timeout: float = 30.0) -> bool:
-        """Swap in ``bundle`` between two frames; True once the inference thread took it."""
+        """Swap in ``bundle`` between two frames; True once the inference thread took it.
+
+        No frame is dropped: frames already preprocessed for the old model are prepared again
+        for the new one, and every result after the swap names the new model.
+        """
         done = threading.Event()
         with self._swap_lock:
             self._pending_swap = (bundle, done)
@@ -228,6 +292,7 @@ class Pipeline:
             self._observe(self.name, stage, seconds)
 
     def _capture_loop(self) -> None:
+        _lower_thread_priority(self.tuning.aux_nice)
         source: Any = None
         backoff = 0.5
         live = False
@@ -247,7 +312,7 @@ class Pipeline:
                         continue
                 t0 = time.perf_counter()
                 try:
-                    frame = source.read(0.5)
+                    frame = source.read(POLL_S)
                 except EOFError:
                     self.state = "finished"
                     logger.info("pipeline %s: source ended", self.name)
@@ -269,6 +334,18 @@ class Pipeline:
         finally:
             self._close_quietly(source)
             self._capture_done.set()
+            self._put_end(self._q_in, "infer")
+
+    def _put_end(self, q: queue.Queue[_Item | None], consumer: str) -> None:
+        """Hand the end marker downstream (the consumer drains, so this does not block long)."""
+        while True:
+            try:
+                q.put(_END, timeout=POLL_S)
+                return
+            except queue.Full:
+                alive = [t for t in self._threads if t.name == f"{self.name}-{consumer}"]
+                if not any(t.is_alive() for t in alive):
+                    return
 
     def _source_failed(self, message: str, backoff: float) -> None:
         if self._gate is not None:
@@ -306,28 +383,34 @@ class Pipeline:
         self._last_frame = frame
         t0 = time.perf_counter()
         bundle = self._bundle
-        inputs, transform = bundle.prepare(frame)
+        with self._prep_lock:
+            inputs, transform = bundle.prepare(frame)
         self._observe_stage("preprocess", time.perf_counter() - t0)
         item = _Item(frame, inputs, transform, bundle, t_capture)
         if live:
+            # newest wins: whatever still waits is older than this frame (queue kept 1 deep,
+            # so the model always starts on the freshest frame)
             while True:
                 try:
-                    self._q_in.put_nowait(item)
+                    stale = self._q_in.get_nowait()
+                except queue.Empty:
                     break
-                except queue.Full:
-                    try:
-                        self._q_in.get_nowait()
-                        with self.stats.lock:
-                            self.stats.dropped += 1
-                    except queue.Empty:
-                        pass
-        else:
-            while not self._stop.is_set():
-                try:
-                    self._q_in.put(item, timeout=0.5)
-                    break
-                except queue.Full:
-                    self._heartbeats["capture"] = time.monotonic()
+                if stale is _END:  # never happens: only this thread puts the marker
+                    continue
+                with self.stats.lock:
+                    self.stats.dropped += 1
+            try:
+                self._q_in.put_nowait(item)
+            except queue.Full:  # only this thread puts: cannot happen after draining
+                with self.stats.lock:
+                    self.stats.dropped += 1
+            return
+        while not self._stop.is_set():
+            try:
+                self._q_in.put(item, timeout=POLL_S)
+                return
+            except queue.Full:
+                self._heartbeats["capture"] = time.monotonic()
 
     def _infer_loop(self) -> None:
         try:
@@ -336,44 +419,57 @@ class Pipeline:
                 if self._pending_swap is not None:
                     self._apply_swap()
                 try:
-                    item = self._q_in.get(timeout=0.5)
+                    item = self._q_in.get(timeout=POLL_S)
                 except queue.Empty:
-                    if self._capture_done.is_set():
+                    if self._capture_done.is_set() and self._q_in.empty():
                         break
                     continue
-                bundle = self._bundle
-                if item.bundle is not bundle:  # preprocessed for the model swapped out
-                    item.inputs, item.transform = bundle.prepare(item.frame)
-                    item.bundle = bundle
-                t0 = time.perf_counter()
-                try:
-                    item.outputs = bundle.runtime.infer(item.inputs)
-                except Exception:
-                    logger.exception("pipeline %s: inference failed", self.name)
-                    with self.stats.lock:
-                        self.stats.errors += 1
-                    if self.on_inference is not None:
-                        self.on_inference(False, False)
-                    continue
-                dt = time.perf_counter() - t0
-                item.inference_ms = dt * 1000
-                self._observe_stage("invoke", dt)
-                self._q_out.put(item)
+                if item is _END:
+                    break
+                if self._pending_swap is not None:  # a swap asked for while we waited
+                    self._apply_swap()
+                self._infer_one(item)
         except Exception:
             logger.exception("pipeline %s: inference thread failed", self.name)
             self.state = "error"
         finally:
             self._infer_done.set()
+            self._put_end(self._q_out, "post")
+
+    def _infer_one(self, item: _Item) -> None:
+        bundle = self._bundle
+        if item.bundle is not bundle:  # preprocessed for the model swapped out
+            with self._prep_lock:
+                item.inputs, item.transform = bundle.prepare(item.frame)
+            item.bundle = bundle
+        t0 = time.perf_counter()
+        try:
+            item.outputs = bundle.runtime.infer(item.inputs)
+        except Exception:
+            logger.exception("pipeline %s: inference failed", self.name)
+            with self.stats.lock:
+                self.stats.errors += 1
+            if self.on_inference is not None:
+                self.on_inference(False, False)
+            return
+        dt = time.perf_counter() - t0
+        item.inference_ms = dt * 1000
+        item.inputs = []  # the preprocess buffer is free again; keep no reference to it
+        self._observe_stage("invoke", dt)
+        self._q_out.put(item)
 
     def _post_loop(self) -> None:
+        _lower_thread_priority(self.tuning.aux_nice)
         while True:
             self._heartbeats["post"] = time.monotonic()
             try:
-                item = self._q_out.get(timeout=0.5)
+                item = self._q_out.get(timeout=POLL_S)
             except queue.Empty:
-                if self._infer_done.is_set():
+                if self._infer_done.is_set() and self._q_out.empty():
                     break
                 continue
+            if item is _END:
+                break
             try:
                 self._post(item)
             except Exception:  # one bad frame must not stop the pipeline
@@ -426,6 +522,11 @@ class Pipeline:
                 self._send(msg)
 
     def _should_publish(self, result: Result) -> bool:
+        """every_frame: always; on_change: when the detected set changes, or on the heartbeat.
+
+        The set is the label counts, the top class (classifiers) and the track ids (with
+        tracking on, a new object of an already present label is a change).
+        """
         if self.cfg.publish == "every_frame":
             return True
         inf = result.inference
