@@ -37,7 +37,7 @@ from edge_agent.types import Frame
 
 logger = logging.getLogger(__name__)
 
-QUEUE_SIZE = 2
+QUEUE_SIZE = 4  # windows; a little more than frames' 2 to absorb a device's bursts
 POLL_S = 0.1
 JOIN_TIMEOUT_S = 5.0
 

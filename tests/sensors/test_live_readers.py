@@ -157,7 +157,7 @@ def test_live_queue_newest_wins_and_counts_drops(tmp_path: Path) -> None:
                 done.wait(0.05)
             assert done.is_set()
             got = collect(src, 2)
-        assert [f.data[0, 0] for f in got] == [48, 49]
-        assert src.dropped == 48
+        assert [f.data[0, 0] for f in got] == [46, 47]
+        assert src.dropped == 46
     finally:
         src.close()
