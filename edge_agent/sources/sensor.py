@@ -178,7 +178,6 @@ class SensorSource:
         self._normalize = make_normalizer(cfg.normalize, out_channels)
         self._reader: SampleReader = make_reader(cfg)
         self.live = bool(self._reader.live)
-        self._bad_before = 0
         self._windower = Windower(self.window, self.hop, cfg.channels)
         self._queue: queue.Queue[Frame] = queue.Queue(maxsize=QUEUE_SIZE)
         self._stop = threading.Event()
@@ -194,7 +193,7 @@ class SensorSource:
     @property
     def bad_lines(self) -> int:
         """Malformed lines or records skipped so far."""
-        return self._bad_before + int(self._reader.bad_lines)
+        return int(self._reader.bad_lines)  # the reader outlives close/open: counts add up
 
     def open(self) -> None:
         """Open the reader; start the reader thread for live readers.
