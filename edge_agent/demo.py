@@ -153,6 +153,7 @@ class LiveView:
         self.counts: Counter[str] = Counter()
         self.bytes = 0
         self.status: dict[str, Any] = {}
+        self.pipelines: list[dict[str, Any]] = []
         self.stats: dict[str, Any] = {}
         self.last_result: dict[str, Any] = {}
         self.recent: deque[str] = deque(maxlen=8)
@@ -170,6 +171,8 @@ class LiveView:
             self.bytes += len(payload)
             if kind == "status":
                 self.status = body
+                if body.get("pipelines"):
+                    self.pipelines = body["pipelines"]
             elif kind == "stats":
                 self.stats = body
             elif kind == "results":
@@ -191,15 +194,15 @@ class LiveView:
                 f"agent {self.status.get('agent_version', '?')}"
                 f"   uptime {time.monotonic() - self.started:.0f}s",
             ]
-            for p in self.status.get("pipelines", []) or []:
+            for p in self.pipelines:
                 rt = p.get("runtime") or {}
                 lines.append(
                     f"  pipeline {p.get('name')}: {p.get('state')}  model "
                     f"{(p.get('model') or {}).get('name')} on {rt.get('backend')} "
                     f"{rt.get('version')} ({rt.get('delegate') or 'CPU'})"
                 )
-            pstats = self.stats.get("pipelines") or [{}]
-            ps = pstats[0] if isinstance(pstats, list) and pstats else {}
+            pstats = self.stats.get("pipelines") or {}
+            ps: dict[str, Any] = next(iter(pstats.values()), {}) if isinstance(pstats, dict) else {}
             lines.append(
                 f"stats  : fps {ps.get('fps', '?')}   inference p50 "
                 f"{ps.get('inference_ms_p50', '?')} ms  p95 {ps.get('inference_ms_p95', '?')}"
