@@ -386,10 +386,10 @@ def _node_lines(node: yaml.Node, path: tuple[Any, ...], out: dict[tuple[Any, ...
     out.setdefault(path, node.start_mark.line + 1)
     if isinstance(node, yaml.MappingNode):
         for key_node, value_node in node.value:
-            key = key_node.value
-            out[(*path, key)] = key_node.start_mark.line + 1
-            _node_lines(value_node, (*path, key), out)
-            out[(*path, key)] = key_node.start_mark.line + 1
+            key_path = (*path, key_node.value)
+            out[key_path] = key_node.start_mark.line + 1
+            _node_lines(value_node, key_path, out)
+            out[key_path] = key_node.start_mark.line + 1
     elif isinstance(node, yaml.SequenceNode):
         for i, item in enumerate(node.value):
             _node_lines(item, (*path, i), out)
@@ -482,8 +482,8 @@ def parse_config(text: str, filename: str = "<config>") -> AgentConfig:
         problems: list[str] = []
         for err in exc.errors():
             loc = _clean_loc(tuple(err["loc"]), data)
-            line = _line_for(loc, lines)
-            where = f"{filename}:{line}" if line is not None else filename
+            key_line = _line_for(loc, lines)
+            where = f"{filename}:{key_line}" if key_line is not None else filename
             problems.append(f"{where} {_dotted(loc)}: {_describe(dict(err))}")
         raise ConfigError(list(dict.fromkeys(problems))) from None
 
