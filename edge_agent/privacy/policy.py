@@ -376,11 +376,11 @@ class PrivacyPolicy:
         total = 0
         mode = self.cfg.redact_mode
         changed: list[Box] = []
-        tiled = isinstance(detector, TiledFaceFinder)
         for attempt in range(VERIFY_PASSES + 1):
             try:
-                if tiled and attempt > 0:  # re-check only what redaction changed
-                    boxes = list(detector(image, changed))  # type: ignore[call-arg]
+                if attempt > 0 and isinstance(detector, TiledFaceFinder):
+                    # re-check only what redaction changed
+                    boxes = list(detector(image, changed))
                 else:
                     boxes = list(detector(image))
             except Exception as exc:  # any failure of a guardrail: no snapshot
