@@ -15,7 +15,7 @@ import threading
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, TypeVar
 
 logger = logging.getLogger(__name__)
 
@@ -188,6 +188,9 @@ class Histogram(_Metric):
         yield f"{self.name}_count{_labels(self.labelnames, key)} {running}"
 
 
+_MetricT = TypeVar("_MetricT", bound=_Metric)
+
+
 class Registry:
     """Metrics by name, plus collectors that refresh values just before each scrape."""
 
@@ -196,7 +199,7 @@ class Registry:
         self._collectors: list[Callable[[], None]] = []
         self._lock = threading.Lock()
 
-    def _add(self, metric: _Metric) -> Any:
+    def _add(self, metric: _MetricT) -> _MetricT:
         with self._lock:
             if metric.name in self._metrics:
                 raise ValueError(f"metric {metric.name} is already registered")
@@ -205,16 +208,16 @@ class Registry:
 
     def counter(self, name: str, help_: str, labelnames: Sequence[str] = ()) -> Counter:
         """Register a counter."""
-        return self._add(Counter(name, help_, labelnames))  # type: ignore[no-any-return]
+        return self._add(Counter(name, help_, labelnames))
 
     def gauge(self, name: str, help_: str, labelnames: Sequence[str] = ()) -> Gauge:
         """Register a gauge."""
-        return self._add(Gauge(name, help_, labelnames))  # type: ignore[no-any-return]
+        return self._add(Gauge(name, help_, labelnames))
 
     def histogram(self, name: str, help_: str, labelnames: Sequence[str] = (),
                   buckets: Sequence[float] = LATENCY_BUCKETS) -> Histogram:
         """Register a histogram."""
-        return self._add(Histogram(name, help_, labelnames, buckets))  # type: ignore[no-any-return]
+        return self._add(Histogram(name, help_, labelnames, buckets))
 
     def get(self, name: str) -> _Metric | None:
         """The metric registered as ``name``."""
