@@ -38,7 +38,9 @@ class TensorSpec:
     def dequantize(self, array: np.ndarray) -> np.ndarray:
         """``array`` as float32 real values, by this tensor's own scale and zero point."""
         if self.quantized:
-            return (array.astype(np.float32) - np.float32(self.zero_point)) * np.float32(self.scale)
+            shifted = array.astype(np.float32) - np.float32(self.zero_point)
+            real: np.ndarray = shifted * np.float32(self.scale)
+            return real
         return array.astype(np.float32, copy=False)
 
 
