@@ -1,0 +1,1 @@
+"""edge-agent benchmarks: ``python -m benchmarks`` (or ``./dev bench``) writes BENCHMARKS.md."""
