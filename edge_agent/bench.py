@@ -1,15 +1,20 @@
 """``edge-agent bench MODEL``: bare invoke vs the whole pipeline on the same model.
 
-Three runs in one process, on the same interpreter settings and the same frames:
+Three runs in one process, with one interpreter (same threads, same delegate) and the same
+frames:
 
-* **bare**: ``invoke()`` on one preprocessed input, back to back: the physical limit.
-* **sequential**: the usual hand-written script, one frame after the other
-  (read -> preprocess -> invoke -> decode -> policy -> serialise).
+* **bare**: ``invoke()`` back to back on the preprocessed frames, cycled: the physical limit;
+* **sequential**: the usual hand-written script, one frame after the other (read ->
+  preprocess -> invoke -> decode -> policy -> JSON);
 * **pipeline**: edge-agent's threaded pipeline (capture/preprocess and decode/publish overlap
-  with invoke), publishing every result through the real privacy policy and a serialising sink.
+  with invoke), publishing every result through the real privacy policy into a sink that
+  serialises it like the egress guard (no broker needed).
 
-Reported as ratios to the bare run, with per-stage p50/p95, CPU seconds per frame, peak RSS and
-the time from start to the first result.
+Fairness: everything is warmed up first; the runs alternate in ``rounds`` blocks of
+``frames / rounds`` frames each (so a change in machine load hits all of them alike), and a
+pipeline block is timed from its 3rd result to its last (its start-up is reported apart).
+Reported: rates and their ratios to bare, per-stage p50/p95, CPU seconds per frame, peak RSS,
+model load time and the time from pipeline start to its first result.
 """
 
 from __future__ import annotations
@@ -23,224 +28,227 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from edge_agent.bundle import load_bundle
+from edge_agent.bundle import ModelBundle, load_bundle
 from edge_agent.config import ModelConfig, PipelineConfig
 from edge_agent.errors import EdgeAgentError
+
+SKIP = 2  # pipeline results excluded from its rate (start-up)
 
 
 def _pct(values: list[float], q: float) -> float | None:
     if not values:
         return None
     s = sorted(values)
-    return s[min(len(s) - 1, int(len(s) * q))]
+    return s[min(len(s) - 1, round(q * (len(s) - 1)))]
+
+
+def _stages(stage: dict[str, list[float]]) -> dict[str, dict[str, float]]:
+    return {k: {"p50": round(_pct(v, 0.5) or 0, 3), "p95": round(_pct(v, 0.95) or 0, 3)}
+            for k, v in stage.items()}
 
 
 def _source_cfg(source: str | None, frames: int) -> dict[str, Any]:
     if source is None:
-        return {"type": "synthetic", "fps": 0, "frames": frames, "width": 640, "height": 480}
+        return {"type": "synthetic", "fps": 0, "frames": max(frames, 50), "loop": True,
+                "width": 640, "height": 480}
     p = Path(source)
     if p.is_dir() or any(c in source for c in "*?["):
         return {"type": "images", "uri": source, "fps": 0, "loop": True}
     return {"type": "video", "uri": source, "fps": 0, "loop": True}
 
 
-class _CountingSink:
-    """Serialises what the guard would publish, and counts it (no broker needed)."""
+def _delegate(value: str | None, options: list[str] | None) -> Any:
+    if value is None or value == "edgetpu":  # edgetpu: the configured library, no options
+        return value
+    opts = dict(o.split("=", 1) for o in options or [])
+    return {"library": value, "options": opts}
 
-    def __init__(self) -> None:
-        self.count = 0
+
+class _Sink:
+    """Serialises what the guard would publish, timestamps it, counts it."""
+
+    def __init__(self, limit: int) -> None:
+        self.times: list[float] = []
         self.bytes = 0
-        self.first_at: float | None = None
+        self.limit = limit
         self.done = threading.Event()
-        self.limit = 0
 
     def send(self, msg: Any) -> bool:
         body = json.dumps(dict(msg.payload), separators=(",", ":"), default=str).encode()
         self.bytes += len(body)
-        self.count += 1
-        if self.first_at is None:
-            self.first_at = time.perf_counter()
-        if self.limit and self.count >= self.limit:
+        self.times.append(time.perf_counter())
+        if len(self.times) >= self.limit:
             self.done.set()
         return True
 
 
-def run_bench(
-    model: str,
-    *,
-    source: str | None = None,
-    threads: int = 2,
-    delegate: str | None = None,
-    decoder: str = "auto",
-    labels: str | None = None,
-    frames: int = 200,
-) -> dict[str, Any]:
+def _rate(times: list[float]) -> float:
+    t = times[SKIP:]
+    return (len(t) - 1) / (t[-1] - t[0]) if len(t) >= 2 and t[-1] > t[0] else 0.0
+
+
+class _Runs:
+    """The three runs on one bundle; each call runs one block and returns its rate."""
+
+    def __init__(self, pcfg: PipelineConfig, bundle: ModelBundle, inputs: list[Any],
+                 block: int) -> None:
+        from edge_agent.privacy.seal import new_seal
+
+        self.pcfg = pcfg
+        self.bundle = bundle
+        self.inputs = inputs
+        self.block = block
+        self.seal = new_seal()
+        self.cpu: dict[str, list[float]] = defaultdict(list)
+        self.frames: dict[str, int] = defaultdict(int)
+        self.invoke_ms: list[float] = []
+        self.seq_stage: dict[str, list[float]] = defaultdict(list)
+        self.pipe_stage: dict[str, list[float]] = defaultdict(list)
+        self.first_result_ms: list[float] = []
+
+    def _policy(self) -> Any:
+        from edge_agent.privacy.policy import PrivacyPolicy
+
+        return PrivacyPolicy(self.pcfg.privacy, self.pcfg.name, "bench", self.seal)
+
+    def bare(self) -> float:
+        infer = self.bundle.runtime.infer
+        c, t0 = time.process_time(), time.perf_counter()
+        for k in range(self.block):
+            a = time.perf_counter()
+            infer(self.inputs[k % len(self.inputs)])
+            self.invoke_ms.append((time.perf_counter() - a) * 1000)
+        rate = self.block / (time.perf_counter() - t0)
+        self.cpu["bare"].append(time.process_time() - c)
+        self.frames["bare"] += self.block
+        return rate
+
+    def sequential(self) -> float:
+        from edge_agent.sources.factory import create_source
+        from edge_agent.types import Result
+
+        policy, sink, b = self._policy(), _Sink(0), self.bundle
+        src = create_source(self.pcfg.source)
+        src.open()
+        c = time.process_time()
+        try:
+            while len(sink.times) < self.block + SKIP:
+                a = time.perf_counter()
+                frame = src.read(1.0)
+                if frame is None:
+                    continue
+                t1 = time.perf_counter()
+                x, transform = b.prepare(frame)
+                t2 = time.perf_counter()
+                outs = b.runtime.infer(x)
+                t3 = time.perf_counter()
+                inf = b.decode(outs, transform)
+                t4 = time.perf_counter()
+                sink.send(policy.result(Result(self.pcfg.name, frame.index, frame.ts,
+                                               frame.width, frame.height, b.ref,
+                                               (t3 - t2) * 1000, inf)))
+                t5 = time.perf_counter()
+                for k, v in (("capture", t1 - a), ("preprocess", t2 - t1), ("invoke", t3 - t2),
+                             ("decode", t4 - t3), ("policy+publish", t5 - t4)):
+                    self.seq_stage[k].append(v * 1000)
+        finally:
+            src.close()
+        self.cpu["sequential"].append(time.process_time() - c)
+        self.frames["sequential"] += len(sink.times)
+        return _rate(sink.times)
+
+    def pipeline(self) -> float:
+        from edge_agent.pipeline import Pipeline
+        from edge_agent.sources.factory import create_source
+
+        def observe(_p: str, name: str, seconds: float) -> None:
+            self.pipe_stage[name].append(seconds * 1000)
+
+        sink = _Sink(self.block + SKIP)
+        pipe = Pipeline(self.pcfg, self.bundle, source_factory=create_source,
+                        policy=self._policy(), send=sink.send, observe=observe)
+        c, t0 = time.process_time(), time.perf_counter()
+        pipe.start()
+        sink.done.wait(600)
+        pipe.stop()
+        self.cpu["pipeline"].append(time.process_time() - c)
+        self.frames["pipeline"] += len(sink.times)
+        if sink.times:
+            self.first_result_ms.append((sink.times[0] - t0) * 1000)
+        return _rate(sink.times)
+
+
+def run_bench(model: str, *, source: str | None = None, threads: int = 2,
+              delegate: Any = None, decoder: str = "auto", labels: str | None = None,
+              frames: int = 200, rounds: int = 3) -> dict[str, Any]:
     """Run the three measurements; return a dict of figures."""
-    from edge_agent.pipeline import Pipeline
-    from edge_agent.privacy.policy import PrivacyPolicy
-    from edge_agent.privacy.seal import new_seal
+    from edge_agent.pipeline import DEFAULT_TUNING, apply_process_tuning
     from edge_agent.sources.factory import create_source
 
+    apply_process_tuning(DEFAULT_TUNING)  # the same process settings for every run
     t_start = time.perf_counter()
-    mcfg = ModelConfig(
-        path=Path(model),
-        labels=Path(labels) if labels else None,
-        decoder=decoder,
-        threads=threads,
-        delegate=delegate,
-    )  # type: ignore[arg-type]
-    pcfg = PipelineConfig.model_validate(
-        {
-            "name": "bench",
-            "source": _source_cfg(source, frames + 20),
-            "model": mcfg.model_dump(),
-        }
-    )
+    pcfg = PipelineConfig.model_validate({
+        "name": "bench", "source": _source_cfg(source, frames),
+        "model": {"path": model, "labels": labels, "decoder": decoder, "threads": threads,
+                  "delegate": delegate},
+    })
+    mcfg: ModelConfig = pcfg.model
     bundle = load_bundle(mcfg, pcfg.score_threshold)
     load_s = time.perf_counter() - t_start
-    seal = new_seal()
 
-    # frames: read once, shared by bare and sequential runs
+    # the same real frames for every run: preprocessed copies for bare, the source for the rest
     src = create_source(pcfg.source)
     src.open()
-    images = []
+    inputs: list[Any] = []
     try:
-        while len(images) < min(frames, 50):
+        while len(inputs) < 16:
             f = src.read(1.0)
             if f is not None:
-                images.append(f)
+                x, _ = bundle.prepare(f)
+                inputs.append([a.copy() for a in x])
     except EOFError:
         pass
     finally:
         src.close()
-    if not images:
+    if not inputs:
         raise EdgeAgentError(f"no frames could be read from {source}")
+    for k in range(5):  # warm-up: first invokes allocate and pack weights
+        bundle.runtime.infer(inputs[k % len(inputs)])
 
-    # bare invoke
-    inputs, _ = bundle.prepare(images[0])
-    for _ in range(5):
-        bundle.runtime.infer(inputs)
-    invoke_ms: list[float] = []
-    t0 = time.perf_counter()
-    for _ in range(frames):
-        a = time.perf_counter()
-        bundle.runtime.infer(inputs)
-        invoke_ms.append((time.perf_counter() - a) * 1000)
-    bare_s = time.perf_counter() - t0
-
-    # sequential: the hand-written script
-    policy = PrivacyPolicy(pcfg.privacy, "bench", "bench", seal)
-    sink = _CountingSink()
-    src = create_source(pcfg.source)
-    src.open()
-    seq_stage: dict[str, list[float]] = defaultdict(list)
-    cpu0 = time.process_time()
-    t0 = time.perf_counter()
-    n = 0
-    from edge_agent.types import Result
-
-    try:
-        while n < frames:
-            a = time.perf_counter()
-            frame = src.read(1.0)
-            if frame is None:
-                continue
-            b = time.perf_counter()
-            x, transform = bundle.prepare(frame)
-            c = time.perf_counter()
-            outs = bundle.runtime.infer(x)
-            d = time.perf_counter()
-            inf = bundle.decode(outs, transform)
-            e = time.perf_counter()
-            msg = policy.result(
-                Result(
-                    "bench",
-                    frame.index,
-                    frame.ts,
-                    frame.width,
-                    frame.height,
-                    bundle.ref,
-                    (d - c) * 1000,
-                    inf,
-                )
-            )
-            sink.send(msg)
-            f_ = time.perf_counter()
-            for k, v in (
-                ("capture", b - a),
-                ("preprocess", c - b),
-                ("invoke", d - c),
-                ("decode", e - d),
-                ("policy+publish", f_ - e),
-            ):
-                seq_stage[k].append(v * 1000)
-            n += 1
-    except EOFError:
-        pass
-    finally:
-        src.close()
-    seq_s = time.perf_counter() - t0
-    seq_cpu = time.process_time() - cpu0
-    seq_n = n
-
-    # pipeline
-    stage: dict[str, list[float]] = defaultdict(list)
-
-    def observe(_p: str, name: str, seconds: float) -> None:
-        stage[name].append(seconds * 1000)
-
-    sink2 = _CountingSink()
-    sink2.limit = frames
-    policy2 = PrivacyPolicy(pcfg.privacy, "bench", "bench", seal)
-    pipe = Pipeline(
-        pcfg, bundle, source_factory=create_source, policy=policy2, send=sink2.send, observe=observe
-    )
-    cpu0 = time.process_time()
-    t0 = time.perf_counter()
-    pipe.start()
-    sink2.done.wait(600)
-    pipe_s = time.perf_counter() - t0
-    pipe.stop()
-    pipe_cpu = time.process_time() - cpu0
-    pipe_n = sink2.count
-    first_ms = ((sink2.first_at - t0) * 1000) if sink2.first_at else None
-
-    bare_fps = frames / bare_s
-    seq_fps = seq_n / seq_s if seq_s else 0.0
-    pipe_fps = pipe_n / pipe_s if pipe_s else 0.0
+    rounds = max(1, rounds)
+    runs = _Runs(pcfg, bundle, inputs, max(5, frames // rounds))
+    rates: dict[str, list[float]] = defaultdict(list)
+    order = [("bare", runs.bare), ("sequential", runs.sequential), ("pipeline", runs.pipeline)]
+    for r in range(rounds):
+        for name, fn in order[r % 3:] + order[:r % 3]:
+            rates[name].append(fn())
     info = bundle.runtime.info
+
+    def ratio(a: str, b: str) -> float | None:
+        rs = sorted(x / y for x, y in zip(rates[a], rates[b], strict=True) if y > 0)
+        return round(rs[len(rs) // 2], 3) if rs else None
+
+    def cpu(name: str) -> float:
+        return round(sum(runs.cpu[name]) / max(1, runs.frames[name]), 4)
+
+    fps = {k: round(sorted(v)[len(v) // 2], 2) for k, v in rates.items()}
     return {
-        "model": str(model),
-        "backend": f"{info.backend} {info.backend_version}",
-        "delegate": info.delegate,
-        "threads": threads,
-        "source": source or "synthetic 640x480",
-        "frames": frames,
+        "model": str(model), "backend": f"{info.backend} {info.backend_version}",
+        "delegate": info.delegate, "fallback": info.fallback_reason, "threads": info.threads,
+        "source": source or "synthetic 640x480", "frames": frames, "rounds": rounds,
         "load_s": round(load_s, 3),
-        "bare": {
-            "fps": round(bare_fps, 2),
-            "invoke_ms_p50": round(_pct(invoke_ms, 0.5) or 0, 2),
-            "invoke_ms_p95": round(_pct(invoke_ms, 0.95) or 0, 2),
-        },
-        "sequential": {
-            "fps": round(seq_fps, 2),
-            "ratio_to_bare": round(seq_fps / bare_fps, 3),
-            "cpu_s_per_frame": round(seq_cpu / max(seq_n, 1), 4),
-            "stages_ms": {
-                k: {"p50": round(_pct(v, 0.5) or 0, 3), "p95": round(_pct(v, 0.95) or 0, 3)}
-                for k, v in seq_stage.items()
-            },
-        },
+        "bare": {"fps": fps["bare"], "cpu_s_per_frame": cpu("bare"),
+                 "invoke_ms_p50": round(_pct(runs.invoke_ms, 0.5) or 0, 2),
+                 "invoke_ms_p95": round(_pct(runs.invoke_ms, 0.95) or 0, 2)},
+        "sequential": {"fps": fps["sequential"], "ratio_to_bare": ratio("sequential", "bare"),
+                       "cpu_s_per_frame": cpu("sequential"), "stages_ms": _stages(runs.seq_stage)},
         "pipeline": {
-            "fps": round(pipe_fps, 2),
-            "ratio_to_bare": round(pipe_fps / bare_fps, 3),
-            "ratio_to_sequential": round(pipe_fps / seq_fps, 3) if seq_fps else None,
-            "cpu_s_per_frame": round(pipe_cpu / max(pipe_n, 1), 4),
-            "first_result_ms": round(first_ms, 1) if first_ms else None,
-            "stages_ms": {
-                k: {"p50": round(_pct(v, 0.5) or 0, 3), "p95": round(_pct(v, 0.95) or 0, 3)}
-                for k, v in stage.items()
-            },
+            "fps": fps["pipeline"], "ratio_to_bare": ratio("pipeline", "bare"),
+            "ratio_to_sequential": ratio("pipeline", "sequential"),
+            "cpu_s_per_frame": cpu("pipeline"),
+            "first_result_ms": round(min(runs.first_result_ms), 1) if runs.first_result_ms
+            else None,
+            "stages_ms": _stages(runs.pipe_stage),
         },
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
     }
@@ -248,27 +256,34 @@ def run_bench(
 
 def format_table(r: dict[str, Any]) -> str:
     """A human-readable table of :func:`run_bench`'s figures."""
+    fb = f" (fell back: {r['fallback']})" if r.get("fallback") else ""
     lines = [
         f"model    {r['model']}",
-        f"runtime  {r['backend']}, delegate {r['delegate'] or 'none (CPU/XNNPACK)'}, "
-        f"{r['threads']} threads; source {r['source']}; {r['frames']} frames",
+        f"runtime  {r['backend']}, delegate {r['delegate'] or 'none (CPU/XNNPACK)'}{fb}, "
+        f"{r['threads']} threads; source {r['source']}; {r['frames']} frames per run in "
+        f"{r['rounds']} alternating rounds",
         "",
         f"{'run':<12}{'fps':>9}{'/ bare':>9}{'CPU s/frame':>13}",
-        f"{'bare':<12}{r['bare']['fps']:>9.1f}{1.0:>9.3f}{'':>13}",
-        f"{'sequential':<12}{r['sequential']['fps']:>9.1f}"
-        f"{r['sequential']['ratio_to_bare']:>9.3f}{r['sequential']['cpu_s_per_frame']:>13.4f}",
-        f"{'pipeline':<12}{r['pipeline']['fps']:>9.1f}"
-        f"{r['pipeline']['ratio_to_bare']:>9.3f}{r['pipeline']['cpu_s_per_frame']:>13.4f}",
+        f"{'bare':<12}{r['bare']['fps']:>9.1f}{1.0:>9.3f}{r['bare']['cpu_s_per_frame']:>13.4f}",
+    ]
+    for name in ("sequential", "pipeline"):
+        x = r[name]
+        lines.append(f"{name:<12}{x['fps']:>9.1f}{x['ratio_to_bare'] or 0:>9.3f}"
+                     f"{x['cpu_s_per_frame']:>13.4f}")
+    lines += [
+        f"pipeline / sequential {r['pipeline']['ratio_to_sequential']}",
         "",
         f"bare invoke p50 {r['bare']['invoke_ms_p50']} ms, p95 {r['bare']['invoke_ms_p95']} ms",
-        "pipeline stages (ms)    p50      p95",
+        f"{'stage (ms)':<22}{'pipeline p50':>13}{'p95':>9}{'sequential p50':>16}{'p95':>9}",
     ]
+    seq = r["sequential"]["stages_ms"]
     for k, v in r["pipeline"]["stages_ms"].items():
-        lines.append(f"  {k:<20}{v['p50']:>7.3f}  {v['p95']:>7.3f}")
+        s = seq.get(k) or (seq.get("policy+publish") if k == "policy" else None) or {}
+        sp50 = f"{s['p50']:>16.3f}{s['p95']:>9.3f}" if s else ""
+        lines.append(f"  {k:<20}{v['p50']:>13.3f}{v['p95']:>9.3f}{sp50}")
     lines.append(
-        f"first result after {r['pipeline']['first_result_ms']} ms "
-        f"(model load {r['load_s']} s); peak RSS {r['peak_rss_mb']} MB"
-    )
+        f"model load {r['load_s']} s; pipeline start to first result "
+        f"{r['pipeline']['first_result_ms']} ms; peak RSS {r['peak_rss_mb']} MB")
     return "\n".join(lines)
 
 
@@ -278,10 +293,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
         args.model,
         source=args.source,
         threads=args.threads,
-        delegate=args.delegate,
+        delegate=_delegate(args.delegate, getattr(args, "delegate_option", None)),
         decoder=args.decoder,
         labels=args.labels,
         frames=args.frames,
+        rounds=getattr(args, "rounds", 3),
     )
     print(json.dumps(result, indent=2) if args.json else format_table(result))
     return 0
