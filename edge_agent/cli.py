@@ -78,6 +78,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--decoder", default="auto")
     p.add_argument("--labels", default=None)
     p.add_argument("--frames", type=int, default=200)
+    p.add_argument("--rounds", type=int, default=3,
+                   help="alternating blocks per run (fairness under changing load)")
+    p.add_argument("--delegate-option", action="append", default=None, metavar="KEY=VALUE",
+                   help="option for a --delegate library (repeatable)")
     p.add_argument("--json", action="store_true")
 
     p = add("privacy-report", "edge_agent.privacy.audit:cmd_privacy_report",
