@@ -229,7 +229,13 @@ class ModelUpdater:
         with self._lock:
             msg = self._last_state
         if msg is None:
-            self._publish("active", None, None)
+            # the broker can connect before start(): report the store's start-up fallback
+            # here too, not a plain "active" that start() then contradicts
+            initial = self.store.last_resolved
+            if initial is not None and initial.reason:
+                self._publish("rolled_back", initial.fell_back_from, initial.reason)
+            else:
+                self._publish("active", None, None)
             return
         try:
             self.hooks.publish_state(dict(msg))
@@ -265,14 +271,23 @@ class ModelUpdater:
                 # complete but refused bytes are no use; an interrupted download is kept
                 self.store.discard_parts()
             self._publish("rejected", about, str(exc))
-            self.hooks.reply(rid, False, str(exc))
             with self._lock:
                 self._watch = None
+                self._busy = False  # free before the reply: the operator may send the next one
+            self.hooks.reply(rid, False, str(exc))
             return
         elapsed = time.monotonic() - t0
         logger.info("pipeline %s: model %s v%d active after %.2f s", self.pipeline,
                     manifest.name, manifest.version, elapsed)
         self._publish("active", about, None)
+        if not watch.enabled:
+            self.store.confirm()
+            with self._lock:
+                self._watch = None
+                self._busy = False  # nothing to watch: free before the reply
+            self.hooks.reply(rid, True, None)
+            self.store.prune()
+            return
         self.hooks.reply(rid, True, None)
         self.store.prune()
         self._watch_model(watch)
