@@ -9,6 +9,7 @@ time or interrupt them precisely.
 from __future__ import annotations
 
 import base64
+import itertools
 import json
 import os
 import statistics
@@ -192,6 +193,13 @@ class UpdateDevice:
         self.wait(f"model state {state}", lambda: len(found()) >= count, timeout)
         return found()[count - 1]
 
+    def state_arrival(self, state: str, since: int, sha: str) -> float:
+        """When the first live state message ``state`` about ``sha`` arrived (monotonic)."""
+        for i, m in self._decoded(f"/model/{PIPELINE}/state", since, live_only=True):
+            if m["state"] == state and m["sha256"] == sha:
+                return self.inbox.times[i]
+        raise AssertionError(f"no state {state} about {sha[:12]}")
+
     def reply(self, request_id: str, since: int = 0) -> dict[str, Any] | None:
         """The device's reply to ``request_id``, if it arrived."""
         for _, m in self._decoded("/cmd/reply", since):
@@ -253,10 +261,11 @@ def assert_gap_free(results: list[dict[str, Any]]) -> None:
     arrived exactly once (one agent run, one pipeline)."""
     seqs = [r["seq"] for r in results]
     assert seqs == list(range(seqs[0], seqs[0] + len(seqs))), \
-        f"seq not contiguous: gaps {[(a, b) for a, b in zip(seqs, seqs[1:]) if b != a + 1]}"
+        f"seq not contiguous: gaps {[(a, b) for a, b in itertools.pairwise(seqs) if b != a + 1]}"
     idx = sorted(r["frame"]["index"] for r in results)
+    holes = [(a, b) for a, b in itertools.pairwise(idx) if b != a + 1]
     assert idx == list(range(idx[0], idx[0] + len(idx))), \
-        f"frame indices missing or repeated: {[(a, b) for a, b in zip(idx, idx[1:]) if b != a + 1]}"
+        f"frame indices missing or repeated: {holes}"
 
 
 def swap_gaps(times: list[float], results: list[dict[str, Any]], sha: str, after: int = 0
@@ -267,7 +276,7 @@ def swap_gaps(times: list[float], results: list[dict[str, Any]], sha: str, after
     swap is the longest arrival gap among the results from three before to two after it.
     """
     first = next(i for i, r in enumerate(results) if i >= after and r["model"]["sha256"] == sha)
-    gaps = [b - a for a, b in zip(times, times[1:])]  # gaps[i]: results i -> i+1
+    gaps = [b - a for a, b in itertools.pairwise(times)]  # gaps[i]: results i -> i+1
     near = set(range(max(0, first - 3), min(len(gaps), first + 2)))
     at_swap = max(gaps[i] for i in near)
     rest = [g for i, g in enumerate(gaps) if i not in near]
