@@ -481,13 +481,12 @@ class Pipeline:
 
     def _post(self, item: _Item) -> None:
         assert item.outputs is not None
-        finite = outputs_finite(item.outputs)
         t0 = time.perf_counter()
         inference = item.bundle.decode(item.outputs, item.transform)
         t1 = time.perf_counter()
         self._observe_stage("decode", t1 - t0)
-        if self.on_inference is not None:
-            self.on_inference(True, finite)
+        if self.on_inference is not None:  # the updater's watch: only then scan the outputs
+            self.on_inference(True, outputs_finite(item.outputs))
         events: list[Any] = []
         if self._tracker is not None:
             dets, events = self._tracker.update(inference.detections, item.frame.ts)
