@@ -1,0 +1,315 @@
+"""End-to-end delivery: ``edge-agent run`` as a child process against the test's own mosquitto.
+
+What a subscriber can rely on, shown at the level of the whole daemon (the transport-level
+versions of these tests are in tests/mqtt/): a broker outage of more than 10 s loses nothing,
+kill -9 loses nothing, TLS with client certificates, 1,000+ fuzzed commands neither crash nor
+stall the agent and each well-formed one gets its reply, and Home Assistant discovery appears,
+is re-sent on request and is removed with its pipeline.
+
+Measurements (latency of results, drain rate after the outage) are printed as ``MEASURE``
+lines (``pytest -s``); nothing here asserts speed beyond "results keep coming".
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import signal
+import sqlite3
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from edge_agent.default_models import ensure_default_models
+from tests.broker import Mosquitto
+from tests.e2e.agentproc import AgentProcess, write_config
+from tests.e2e.recorder import Copy, Recorder, parse_ts, percentile
+
+pytestmark = pytest.mark.slow
+
+MODEL = "face_detection_short_range"  # 128x128: quick on 2 cores, so the source sets the rate
+FPS = 20  # the source's pace: results per second in normal operation
+
+
+@pytest.fixture(scope="module")
+def model() -> Path:
+    return ensure_default_models()[MODEL]
+
+
+@pytest.fixture
+def recorder() -> Iterator[Callable[..., Recorder]]:
+    """Makes started :class:`Recorder` s; all are closed at the end of the test."""
+    made: list[Recorder] = []
+
+    def make(*args: Any, timeout: float = 10.0, **kwargs: Any) -> Recorder:
+        rec = Recorder(*args, **kwargs)
+        made.append(rec)
+        return rec.start(timeout)
+
+    yield make
+    for rec in made:
+        rec.close()
+
+
+@pytest.fixture
+def agents() -> Iterator[Callable[[Path], AgentProcess]]:
+    """Starts ``edge-agent run`` children; any still running at the end is killed by PID."""
+    started: list[AgentProcess] = []
+
+    def start(config: Path) -> AgentProcess:
+        started.append(AgentProcess(config))
+        return started[-1]
+
+    yield start
+    for agent in started:
+        if agent.proc.poll() is None:
+            agent.kill()
+
+
+def _pipeline(name: str, model: Path, fps: float = FPS) -> dict[str, Any]:
+    return {"name": name,
+            "source": {"type": "synthetic", "fps": fps, "width": 320, "height": 240},
+            "model": {"path": str(model), "threads": 1}}
+
+
+def _config(tmp: Path, broker: Mosquitto, device: str, pipelines: list[dict[str, Any]],
+            **sections: Any) -> Path:
+    mqtt = {"host": broker.host, "port": broker.port, "reconnect_max_s": 2,
+            "stats_interval_s": 1, **sections.pop("mqtt", {})}
+    return write_config(tmp / "config.yaml", {
+        "device_id": device, "state_dir": str(tmp / "state"), "mqtt": mqtt,
+        "metrics": {"prometheus": {"enabled": False}}, "pipelines": pipelines, **sections})
+
+
+def _log(agent: AgentProcess) -> str:
+    """The agent's output for assertion messages (also after it was stopped)."""
+    return agent.log_path.read_text(errors="replace")[-6000:]
+
+
+def _first_copies(copies: list[Copy]) -> dict[int, Copy]:
+    """seq -> the first copy that arrived."""
+    first: dict[int, Copy] = {}
+    for c in copies:
+        first.setdefault(c.json()["seq"], c)
+    return first
+
+
+def _seqs(rec: Recorder, suffix: str) -> set[int]:
+    return {m["seq"] for m in rec.json(suffix)}
+
+
+def _complete(rec: Recorder, suffix: str, upto: int) -> bool:
+    """Whether every seq from 1 to ``upto`` has arrived."""
+    return _seqs(rec, suffix) >= set(range(1, upto + 1))
+
+
+def _assert_delivery(copies: list[Copy]) -> list[int]:
+    """Every seq from 1 to the last, one id per seq, every extra copy marked as a resend.
+
+    Returns:
+        the sorted seqs.
+    """
+    by_seq: dict[int, set[str]] = collections.defaultdict(set)
+    by_id: dict[str, list[Copy]] = collections.defaultdict(list)
+    for c in copies:
+        m = c.json()
+        by_seq[m["seq"]].add(m["id"])
+        by_id[m["id"]].append(c)
+    seqs = sorted(by_seq)
+    assert seqs == list(range(1, seqs[-1] + 1)), \
+        f"lost: {sorted(set(range(1, seqs[-1] + 1)) - set(seqs))[:20]}"
+    reused = {s: ids for s, ids in by_seq.items() if len(ids) > 1}
+    assert not reused, f"a seq was used for two different results: {list(reused.items())[:3]}"
+    for mid, group in by_id.items():
+        for extra in group[1:]:
+            # ours are marked replayed; the broker's own redeliveries carry the DUP flag
+            assert extra.json().get("replayed") is True or extra.dup, \
+                f"unmarked duplicate of {mid}: {extra.payload[:200]!r}"
+    return seqs
+
+
+def _statuses(rec: Recorder, since: int = 0) -> list[tuple[Copy, dict[str, Any]]]:
+    return [(c, c.json()) for c in rec.select("/status", since) if c.payload]
+
+
+# --------------------------------------------------------------------------- outage
+
+def test_broker_outage_of_11s_loses_nothing(tmp_path: Path, broker: Mosquitto, model: Path,
+                                            recorder: Callable[..., Recorder],
+                                            agents: Callable[[Path], AgentProcess]) -> None:
+    device = "e2e-outage"
+    p = f"edge-agent/{device}"
+    cfg = _config(tmp_path, broker, device, [_pipeline("cam", model)])
+    rec = recorder(broker.host, broker.port, [f"{p}/results/cam", f"{p}/status"],
+                   client_id="e2e-outage-subscriber", clean=False)
+    agent = agents(cfg)
+    # normal operation: latency of results from their ts to arrival
+    assert rec.wait_for(lambda: len(rec.select("/results/cam")) >= 4 * FPS, 90), _log(agent)
+    steady = rec.select("/results/cam")
+    latency = [c.wall - parse_ts(c.json()["ts"]) for c in steady[FPS:]]
+    print(f"\nMEASURE latency ts->arrival (n={len(latency)}): "
+          f"p50 {percentile(latency, 50) * 1000:.1f} ms, "
+          f"p99 {percentile(latency, 99) * 1000:.1f} ms")
+    boot_before = _statuses(rec)[-1][1]["boot_id"]
+
+    broker.stop()
+    down_wall = time.time()
+    time.sleep(11.0)
+    up_wall, up_mono = time.time(), time.monotonic()
+    mark = rec.mark()
+    broker.start()
+
+    def live() -> list[int]:  # results made after the broker came back
+        first = _first_copies(rec.select("/results/cam", mark))
+        return [s for s, c in first.items() if parse_ts(c.json()["ts"]) > up_wall]
+
+    assert rec.wait_for(lambda: bool(live()), 60), _log(agent)
+    target = min(live()) + FPS
+    assert rec.wait_for(lambda: _complete(rec, "/results/cam", target), 60), _log(agent)
+    assert agent.proc.poll() is None, _log(agent)
+    assert agent.terminate() == 0, _log(agent)
+    last = max(_seqs(rec, "/results/cam"))
+    assert rec.wait_for(lambda: _complete(rec, "/results/cam", last), 10)
+
+    copies = rec.select("/results/cam")
+    seqs = _assert_delivery(copies)
+    first = _first_copies(copies)
+    during = [s for s, c in first.items() if down_wall <= parse_ts(c.json()["ts"]) <= up_wall]
+    assert len(during) >= 10 * 10, f"only {len(during)} results produced during the outage"
+
+    # the backlog (results made while the broker was away) as it drained
+    after = _first_copies(rec.select("/results/cam", mark))
+    backlog = sorted((c.mono, s) for s, c in after.items() if parse_ts(c.json()["ts"]) < up_wall)
+    if len(backlog) > 1:
+        span = backlog[-1][0] - backlog[0][0]
+        print(f"MEASURE drain after an 11 s outage: {len(backlog)} messages in {span:.3f} s "
+              f"({len(backlog) / max(span, 1e-3):.0f} msg/s); first after "
+              f"{backlog[0][0] - up_mono:.2f} s, all after {backlog[-1][0] - up_mono:.2f} s")
+    replayed = sum(1 for c in copies if c.json().get("replayed"))
+    dups = sum(1 for c in copies if c.dup)
+    print(f"MEASURE outage: {len(seqs)} results, {len(during)} produced while the broker was "
+          f"down, {len(copies) - len(seqs)} extra copies ({replayed} replayed, {dups} DUP)")
+
+    # the status was re-published after the reconnect (live, not the broker's retained copy)
+    again = [m for c, m in _statuses(rec, mark) if not c.retain and m["state"] == "online"]
+    assert again, "no status published after the reconnect"
+    assert again[0]["boot_id"] == boot_before  # same process: not a restart
+
+
+# --------------------------------------------------------------------------- kill -9
+
+def _outbox_state(state_dir: Path, stream: str) -> tuple[int, int]:
+    """(last seq allocated for ``stream``, messages waiting) in the dead agent's outbox."""
+    db = sqlite3.connect(state_dir / "outbox.sqlite")
+    try:
+        row = db.execute("SELECT next FROM seqs WHERE pipeline = ?", (stream,)).fetchone()
+        waiting = db.execute("SELECT COUNT(*) FROM messages").fetchone()[0]
+    finally:
+        db.close()
+    return (int(row[0]) if row else 0), int(waiting)  # the column holds the last seq used
+
+
+def test_kill_9_loses_nothing(tmp_path: Path, broker: Mosquitto, model: Path,
+                              recorder: Callable[..., Recorder],
+                              agents: Callable[[Path], AgentProcess]) -> None:
+    """Killed once while connected (messages in flight) and once while the broker was away
+    (a backlog in the outbox): everything produced before each kill arrives, seq goes on."""
+    device = "e2e-crash"
+    p = f"edge-agent/{device}"
+    cfg = _config(tmp_path, broker, device, [_pipeline("cam", model)])
+    rec = recorder(broker.host, broker.port, [f"{p}/results/cam", f"{p}/status"],
+                   client_id="e2e-crash-subscriber", clean=False)
+    kills: list[tuple[float, int, int]] = []  # (wall time, last seq, waiting in the outbox)
+
+    # run 1: killed while publishing to a connected broker
+    agent = agents(cfg)
+    assert rec.wait_for(lambda: len(rec.select("/results/cam")) >= 2 * FPS, 90), _log(agent)
+    agent.kill()
+    kills.append((time.time(), *_outbox_state(tmp_path / "state", "results/cam")))
+    assert rec.wait_for(lambda: any(m["state"] == "offline" for _, m in _statuses(rec)), 10), \
+        "no last will after kill -9"
+
+    # run 2: delivers run 1's results; killed with a backlog while the broker is away
+    agent = agents(cfg)
+    assert rec.wait_for(lambda: _complete(rec, "/results/cam", kills[0][1] + FPS), 90), \
+        _log(agent)
+    broker.stop()
+    time.sleep(2.0)
+    agent.kill()
+    kills.append((time.time(), *_outbox_state(tmp_path / "state", "results/cam")))
+    broker.start()
+    assert kills[1][2] >= FPS, f"expected a backlog at the second kill: {kills[1]}"
+
+    # run 3: delivers everything and goes on
+    agent = agents(cfg)
+    assert rec.wait_for(lambda: _complete(rec, "/results/cam", kills[1][1] + FPS), 90), \
+        _log(agent)
+    assert agent.terminate() == 0, _log(agent)
+
+    copies = rec.select("/results/cam")
+    _assert_delivery(copies)
+    first = _first_copies(copies)
+    for killed_at, last, waiting in kills:
+        # seq continues without a gap: the next process starts right after the last one
+        later = [s for s, c in first.items() if parse_ts(c.json()["ts"]) > killed_at]
+        assert min(later) == last + 1, (killed_at, last, min(later))
+        print(f"\nMEASURE kill -9: last seq {last}, {waiting} in the outbox, all delivered")
+    boots = [m["boot_id"] for _, m in _statuses(rec) if m["state"] == "online"]
+    assert len(dict.fromkeys(boots)) == 3, f"expected three boot ids: {boots}"
+
+
+# --------------------------------------------------------------------------- TLS
+
+def test_tls_with_client_certificate(tmp_path: Path, pki: dict[str, Path], model: Path,
+                                     recorder: Callable[..., Recorder],
+                                     agents: Callable[[Path], AgentProcess]) -> None:
+    tls_conf = (f"cafile {pki['ca']}\ncertfile {pki['server_crt']}\n"
+                f"keyfile {pki['server_key']}\nrequire_certificate true\n")
+    with Mosquitto(tmp_path / "broker", extra_config=tls_conf) as broker:
+        device = "e2e-tls"
+        p = f"edge-agent/{device}"
+        cfg = _config(tmp_path, broker, device, [_pipeline("cam", model)], mqtt={
+            "tls": {"ca_certs": str(pki["ca"]), "certfile": str(pki["client_crt"]),
+                    "keyfile": str(pki["client_key"])}})
+        tls = (str(pki["ca"]), str(pki["client_crt"]), str(pki["client_key"]))
+        rec = recorder(broker.host, broker.port, [f"{p}/#"], tls=tls)
+        agent = agents(cfg)
+        assert rec.wait_for(lambda: len(rec.select("/results/cam")) >= FPS
+                            and any(m["state"] == "online" for _, m in _statuses(rec)), 90), \
+            _log(agent)
+        assert agent.terminate() == 0, _log(agent)
+        _assert_delivery(rec.select("/results/cam"))
+
+        # a client that trusts the CA but has no certificate of its own is refused
+        with pytest.raises(RuntimeError, match="could not subscribe"):
+            recorder(broker.host, broker.port, [f"{p}/#"], tls=(str(pki["ca"]), None, None),
+                     timeout=3)
+
+
+@pytest.fixture
+def pki(tmp_path: Path) -> dict[str, Path]:
+    """CA, server and client certificates, made like the transport's TLS test makes them."""
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from tests.mqtt.test_connection import _cert, _write
+
+    folder = tmp_path / "pki"
+    folder.mkdir()
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_crt, _ = _write(folder, "ca", _cert("test-ca", ca_key, "test-ca", ca_key, ca=True), ca_key)
+    server_key = ec.generate_private_key(ec.SECP256R1())
+    server_crt, server_pem = _write(
+        folder, "server", _cert("localhost", server_key, "test-ca", ca_key, server=True),
+        server_key)
+    client_key = ec.generate_private_key(ec.SECP256R1())
+    client_crt, client_pem = _write(
+        folder, "client", _cert("edge-device", client_key, "test-ca", ca_key), client_key)
+    return {"ca": ca_crt, "server_crt": server_crt, "server_key": server_pem,
+            "client_crt": client_crt, "client_key": client_pem}
+
+
+def _send_hup(agent: AgentProcess) -> None:
+    os.kill(agent.pid, signal.SIGHUP)
