@@ -19,12 +19,10 @@ are measurements, not assertions.
 
 from __future__ import annotations
 
-import itertools
 import json
 import os
 import random
 import time
-from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -37,8 +35,10 @@ from tests.e2e.agentproc import Inbox, subscribe
 from tests.e2e.scene_models import write_dark_nan_model
 from tests.e2e.update_harness import (
     PIPELINE,
+    RestartCheck,
     UpdateDevice,
     assert_gap_free,
+    progression,
     swap_gaps,
     write_scene_video,
 )
@@ -58,20 +58,6 @@ def face_models() -> dict[str, Path]:
 
 def _labels(model: Path) -> Path:
     return labels_path(model.stem)
-
-
-def _epoch(ts: str) -> float:
-    """Epoch seconds of a payload's ``ts`` (ISO 8601, UTC, ``Z``)."""
-    return datetime.fromisoformat(ts.replace("Z", "+00:00")).timestamp()
-
-
-def _progression(states: list[dict]) -> list[str]:
-    """The state names in order, repeats (download progress) folded."""
-    out: list[str] = []
-    for s in states:
-        if not out or out[-1] != s["state"]:
-            out.append(s["state"])
-    return out
 
 
 def test_signed_update_swaps_live_then_manual_rollback(tmp_path: Path, broker: Mosquitto,
@@ -102,13 +88,16 @@ def test_signed_update_swaps_live_then_manual_rollback(tmp_path: Path, broker: M
 
         dev.wait_results(30, since=before_push, sha=new_sha)
         states = dev.states(before_push)
-        assert _progression(states)[:4] == ["downloading", "verifying", "validating",
+        assert progression(states)[:4] == ["downloading", "verifying", "validating",
                                             "active"], states
         active = next(s for s in states if s["state"] == "active")
         assert (active["name"], active["version"], active["sha256"]) == ("face-full", 1, new_sha)
         assert active["active"]["sha256"] == new_sha
         assert active["previous"] is not None
         assert active["previous"]["sha256"] == dev.configured_sha
+        dev.wait("the retained status naming the new model", lambda: any(
+            st["state"] == "online" and st["pipelines"][0]["model"]["sha256"] == new_sha
+            for st in dev.statuses(before_push)))
         # the watch passes: a second ``active`` for the same model
         dev.wait_state("active", before_push, sha=new_sha, count=2, timeout=30)
         assert agent.proc.poll() is None and agent.pid == pid
@@ -190,7 +179,7 @@ def test_bad_updates_are_rejected_while_the_old_model_serves(
             assert reason in rejected["reason"], (what, rejected)
             assert rejected["active"]["sha256"] == dev.configured_sha
             dev.wait_results(5, since=dev.mark(), sha=dev.configured_sha)
-        nan_states = _progression(dev.states(mark))
+        nan_states = progression(dev.states(mark))
         assert nan_states == ["downloading", "verifying", "validating", "rejected"], nan_states
 
         # the operator CLI: bytes behind the URL that do not match the signed sha256
@@ -250,7 +239,7 @@ def test_watch_rolls_back_a_model_that_fails_on_a_later_scene(
         assert agent.proc.poll() is None
     finally:
         dev.close()
-    assert _progression(dev.states(mark))[-2:] == ["active", "rolled_back"]
+    assert progression(dev.states(mark))[-2:] == ["active", "rolled_back"]
     assert back["sha256"] == flaky_sha and back["name"] == "face-flaky"
     assert "non-finite" in back["reason"] and "during the watch" in back["reason"], back
     assert back["active"]["sha256"] == dev.configured_sha
@@ -289,65 +278,8 @@ def test_kill_9_during_updates_restarts_on_a_valid_model(
         known[sha256_file(path)] = path
         versions.append((v, path))
     moments: list[str] = []
-    boots: set[str] = set()
+    serving = RestartCheck(dev, known, moments)
     pending: tuple[str, str] | None = None
-
-    def check_file(sha: str) -> None:
-        assert sha in known, (sha, moments)
-        stored = short if sha == dev.configured_sha else \
-            dev.state_dir / "models" / PIPELINE / f"{sha}.tflite"
-        assert sha256_file(stored) == sha, (stored, moments)
-
-    def serving(since: int, started: float, pending: tuple[str, str] | None) -> None:
-        """Wait for the restarted agent's status and results; check the models it serves.
-
-        ``pending`` is ``(request_id, sha256)`` of the update sent before the kill: when the
-        killed agent had not taken it yet, the broker delivers it again (QoS 1, persistent
-        session) and the new agent applies it; then wait until its watch is over.
-        """
-        def status() -> dict | None:
-            fresh = [s for s in dev.statuses(since)
-                     if s["state"] == "online" and s.get("boot_id") not in boots]
-            return fresh[-1] if fresh else None
-        dev.wait("online status of the new boot", lambda: status() is not None)
-        st = status()
-        assert st is not None
-        boots.add(st["boot_id"])
-        sha = st["pipelines"][0]["model"]["sha256"]
-        check_file(sha)
-        dev.wait("start-up model state", lambda: bool(dev.states(since)))
-        state = dev.states(since)[0]
-        assert state["state"] in {"active", "rolled_back"}, (state, moments)
-        assert state["active"]["sha256"] == sha, (state, moments)
-        # results of this boot: frames read after it started (the outbox may still send
-        # results of the killed boot, made by the model that served then)
-        def fresh() -> list[dict]:
-            return [r for r in dev.results(since) if _epoch(r["ts"]) >= started]
-        dev.wait("results of the new boot", lambda: len(fresh()) >= 5, 60)
-        assert fresh()[0]["model"]["sha256"] == sha, (fresh()[0], moments)
-        # every start-up state message agrees (none says "active" before a "rolled_back")
-        startup = list(itertools.takewhile(lambda x: x in {"active", "rolled_back"},
-                                           (x["state"] for x in dev.states(since))))
-        assert set(startup) == {state["state"]}, (dev.states(since), moments)
-        if moments:
-            why = f" ({state['reason']})" if state["reason"] else ""
-            moments[-1] += (f"; restarted {state['state']} on {state['active']['name']} "
-                            f"v{state['active']['version']}{why}")
-        busy = {"downloading", "verifying", "validating"}
-        if pending is not None and (dev.reply(pending[0], since) is not None or any(
-                s["state"] in busy for s in dev.states(since))):
-            rid, new = pending
-            ok = dev.wait_reply(rid, since)["ok"]
-            if ok:
-                def watched() -> bool:
-                    states = dev.states(since)
-                    return any(s["state"] == "rolled_back" for s in states) or sum(
-                        s["state"] == "active" and s["sha256"] == new for s in states) >= 2
-                dev.wait("the end of the watch", watched)
-            moments[-1] += f"; the command was delivered again: {'active' if ok else 'refused'}"
-        for r in dev.results(since):
-            check_file(r["model"]["sha256"])
-
     try:
         # one moment in each phase window (seconds after the command), in random order:
         # receipt and download, verify/validate, swap, the watch, after the watch
@@ -364,7 +296,7 @@ def test_kill_9_during_updates_restarts_on_a_valid_model(
             pending = (rid, manifest["sha256"])
             delay = rng.uniform(*window)
             time.sleep(delay)
-            seen = _progression(dev.states(mark))
+            seen = progression(dev.states(mark))
             agent.kill()
             moments.append(f"v{v} killed {delay:.2f}s after the command, states seen {seen}")
         since, started = dev.mark(), time.time()
@@ -429,7 +361,7 @@ def test_coco_ssd_quant_to_tf2_float_and_back(tmp_path: Path, broker: Mosquitto)
         download = dev.state_arrival("active", to_coco, dev.configured_sha) - \
             dev.state_arrival("downloading", to_coco, dev.configured_sha)
         after = dev.wait_results(10, since=to_coco, sha=dev.configured_sha)
-        assert _progression(dev.states(to_coco))[:4] == ["downloading", "verifying",
+        assert progression(dev.states(to_coco))[:4] == ["downloading", "verifying",
                                                          "validating", "active"]
         assert (after[-1]["model"]["name"], after[-1]["model"]["version"]) == ("coco-ssd", 4)
         assert agent.proc.poll() is None and agent.pid == pid

@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 import uuid
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -281,3 +282,97 @@ def swap_gaps(times: list[float], results: list[dict[str, Any]], sha: str, after
     at_swap = max(gaps[i] for i in near)
     rest = [g for i, g in enumerate(gaps) if i not in near]
     return 1000 * at_swap, 1000 * statistics.median(rest), 1000 * max(rest)
+
+
+def epoch(ts: str) -> float:
+    """Epoch seconds of a payload's ``ts`` (ISO 8601, UTC, ``Z``)."""
+    return datetime.fromisoformat(ts.replace("Z", "+00:00")).timestamp()
+
+
+def progression(states: list[dict[str, Any]]) -> list[str]:
+    """The state names in order, repeats (download progress) folded."""
+    out: list[str] = []
+    for s in states:
+        if not out or out[-1] != s["state"]:
+            out.append(s["state"])
+    return out
+
+
+class RestartCheck:
+    """Checks one restart of a killed agent: the model it serves is valid, results resume.
+
+    Args:
+        dev: the device.
+        known: every model that may serve, by sha256 (the configured one and the updates).
+        notes: a line per kill, extended here with what the restart did.
+    """
+
+    def __init__(self, dev: UpdateDevice, known: dict[str, Path], notes: list[str]) -> None:
+        self.dev = dev
+        self.known = known
+        self.notes = notes
+        self.boots: set[str] = set()
+
+    def check_file(self, sha: str) -> None:
+        """``sha`` is a known model and the file the agent loads for it matches it."""
+        assert sha in self.known, (sha, self.notes)
+        stored = self.known[sha] if sha == self.dev.configured_sha else \
+            self.dev.state_dir / "models" / PIPELINE / f"{sha}.tflite"
+        assert sha256_file(stored) == sha, (stored, self.notes)
+
+    def __call__(self, since: int, started: float, pending: tuple[str, str] | None) -> None:
+        """Wait for the new boot's status, model state and results, and check them.
+
+        Args:
+            since: inbox mark taken before the start.
+            started: wall-clock time of the start.
+            pending: ``(request_id, sha256)`` of the update sent before the kill. When the
+                killed agent had not taken it yet, the broker delivers it again (QoS 1,
+                persistent session) and the new agent applies it: wait until it is over.
+        """
+        dev = self.dev
+
+        def status() -> dict[str, Any] | None:
+            fresh = [s for s in dev.statuses(since)
+                     if s["state"] == "online" and s.get("boot_id") not in self.boots]
+            return fresh[-1] if fresh else None
+        dev.wait("online status of the new boot", lambda: status() is not None)
+        st = status()
+        assert st is not None
+        self.boots.add(st["boot_id"])
+        sha = st["pipelines"][0]["model"]["sha256"]
+        self.check_file(sha)
+        dev.wait("start-up model state", lambda: bool(dev.states(since)))
+        state = dev.states(since)[0]
+        assert state["state"] in {"active", "rolled_back"}, (state, self.notes)
+        assert state["active"]["sha256"] == sha, (state, self.notes)
+
+        # results of this boot: frames read after it started (the outbox may still send
+        # results of the killed boot, made by the model that served then)
+        def fresh() -> list[dict[str, Any]]:
+            return [r for r in dev.results(since) if epoch(r["ts"]) >= started]
+        dev.wait("results of the new boot", lambda: len(fresh()) >= 5, 60)
+        assert fresh()[0]["model"]["sha256"] == sha, (fresh()[0], self.notes)
+        # every start-up state message agrees (none says "active" before a "rolled_back")
+        startup = list(itertools.takewhile(lambda x: x in {"active", "rolled_back"},
+                                           (x["state"] for x in dev.states(since))))
+        assert set(startup) == {state["state"]}, (dev.states(since), self.notes)
+        if self.notes:
+            why = f" ({state['reason']})" if state["reason"] else ""
+            self.notes[-1] += (f"; restarted {state['state']} on {state['active']['name']} "
+                               f"v{state['active']['version']}{why}")
+        busy = {"downloading", "verifying", "validating"}
+        if pending is not None and (dev.reply(pending[0], since) is not None or any(
+                s["state"] in busy for s in dev.states(since))):
+            rid, new = pending
+            ok = dev.wait_reply(rid, since)["ok"]
+            if ok:
+                def watched() -> bool:
+                    states = dev.states(since)
+                    return any(s["state"] == "rolled_back" for s in states) or sum(
+                        s["state"] == "active" and s["sha256"] == new for s in states) >= 2
+                dev.wait("the end of the watch", watched)
+            self.notes[-1] += ("; the command was delivered again: "
+                               f"{'active' if ok else 'refused'}")
+        for r in fresh():
+            self.check_file(r["model"]["sha256"])
