@@ -9,6 +9,7 @@ floats to null); nesting deeper than the schemas allow is refused later by the g
 from __future__ import annotations
 
 import math
+import re
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import PurePath
@@ -40,6 +41,16 @@ def plain(value: Any) -> Any:
         except (TypeError, ValueError):
             return str(value)
     return str(value)
+
+
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _text(value: Any, limit: int) -> str:
+    """Text that may come from a command (untrusted), as valid Unicode: a lone surrogate (JSON
+    allows ``"\\ud800"``) cannot be encoded as UTF-8 and would make the guard refuse the
+    whole message, so it becomes U+FFFD."""
+    return _LONE_SURROGATE.sub("\ufffd", str(value)[:limit])
 
 
 def _now(ts: float | None) -> str:
@@ -128,7 +139,7 @@ def model_state(seal: Seal, *, device: str, pipeline: str, state: str, name: str
     payload: dict[str, Any] = {
         "schema": SCHEMA_IDS["model_state"], "device": device, "pipeline": pipeline,
         "ts": _now(ts), "state": state, "name": str(name), "version": int(version),
-        "sha256": str(sha256).lower(), "reason": None if reason is None else str(reason)[:1024],
+        "sha256": str(sha256).lower(), "reason": None if reason is None else _text(reason, 1024),
         "active": _ref(active), "previous": _ref(previous),
     }
     if progress is not None:
@@ -140,10 +151,10 @@ def cmd_reply(seal: Seal, *, device: str, request_id: str, ok: bool, error: str 
               ts: float | None = None) -> OutgoingMessage:
     """The ``P/D/cmd/reply`` message answering one command."""
     payload: dict[str, Any] = {"schema": SCHEMA_IDS["cmd_reply"], "device": device,
-                               "ts": _now(ts), "request_id": str(request_id)[:128],
+                               "ts": _now(ts), "request_id": _text(request_id, 128),
                                "ok": bool(ok)}
     if error is not None:
-        payload["error"] = str(error)[:2048]
+        payload["error"] = _text(error, 2048)
     return seal.issue("cmd_reply", None, payload)
 
 
