@@ -206,6 +206,7 @@ class Agent:
         self.config = self.config.model_copy(update={"pipelines": new.pipelines})
         logger.info("reload: applied (%s)", ", ".join(changed) or "no pipeline changed")
         self.publish_status()
+        self.pipelines.publish_discovery()  # entities of added/removed pipelines
         return True
 
 
