@@ -13,7 +13,9 @@ lines (``pytest -s``); nothing here asserts speed beyond "results keep coming".
 from __future__ import annotations
 
 import collections
+import itertools
 import os
+import re
 import signal
 import sqlite3
 import time
@@ -311,5 +313,164 @@ def pki(tmp_path: Path) -> dict[str, Path]:
             "client_crt": client_crt, "client_key": client_pem}
 
 
-def _send_hup(agent: AgentProcess) -> None:
+# --------------------------------------------------------------------------- command fuzz
+
+FUZZ_COUNT = 1050
+FUZZ_MAX_PAYLOAD = 8192  # commands.max_payload_bytes: oversized payloads stay cheap to send
+FUZZ_WINDOW = 8  # commands in flight during the paced part
+FUZZ_BURST = 200  # the last ones go out at once (the dispatcher's queue fills: "busy")
+
+
+def test_fuzzed_commands_get_replies_and_results_keep_flowing(
+        tmp_path: Path, broker: Mosquitto, model: Path, recorder: Callable[..., Recorder],
+        agents: Callable[[Path], AgentProcess]) -> None:
+    from cryptography.hazmat.primitives import serialization
+
+    from tests.e2e.fuzz_payloads import DEVICE_KEY, generate, readable_request_id
+
+    device = "e2e-fuzz"
+    p = f"edge-agent/{device}"
+    pub = tmp_path / "device.pub"
+    pub.write_bytes(DEVICE_KEY.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    cfg = _config(tmp_path, broker, device, [_pipeline("cam", model)],
+                  mqtt={"groups": ["lobby"]},
+                  commands={"max_payload_bytes": FUZZ_MAX_PAYLOAD},
+                  updates={"public_keys": [str(pub)]})
+    rec = recorder(broker.host, broker.port, [f"{p}/results/cam", f"{p}/cmd/reply"])
+    agent = agents(cfg)
+    cmds = generate(FUZZ_COUNT, FUZZ_MAX_PAYLOAD)  # while the agent starts
+    assert len(cmds) >= 1000
+    assert rec.wait_for(lambda: len(rec.select("/results/cam")) >= FPS, 90), _log(agent)
+
+    mark = rec.mark()
+    t0 = time.monotonic()
+
+    def replies() -> int:
+        return len(rec.select("/cmd/reply", mark))
+
+    def topic(i: int) -> str:
+        c = cmds[i]
+        return f"edge-agent/group/lobby/cmd/{c.name}" if c.group else f"{p}/cmd/{c.name}"
+
+    paced = len(cmds) - FUZZ_BURST
+    for i in range(paced):
+        rec.publish(topic(i), cmds[i].payload, wait=False)
+        if i >= FUZZ_WINDOW:
+            j = i - FUZZ_WINDOW
+            assert rec.wait_for(lambda j=j: replies() > j, 30), \
+                f"replies stopped near command {j}: {cmds[j]}\n{_log(agent)}"
+    for i in range(paced, len(cmds)):
+        rec.publish(topic(i), cmds[i].payload, wait=False)
+    assert rec.wait_for(lambda: replies() >= len(cmds), 60), \
+        f"{replies()} replies to {len(cmds)} commands\n{_log(agent)}"
+    t1 = time.monotonic()
+    time.sleep(1.0)  # any second reply to a command would arrive by now
+    n_results = len(rec.select("/results/cam"))
+    assert rec.wait_for(lambda: len(rec.select("/results/cam")) >= n_results + FPS, 30), \
+        "results stopped after the fuzz"
+    assert agent.proc.poll() is None, _log(agent)
+    assert agent.terminate() == 0, _log(agent)
+    assert "Traceback" not in _log(agent), _log(agent)
+
+    # exactly one reply per command; every well-formed request's reply carries its id
+    got = [c.json() for c in rec.select("/cmd/reply", mark)]
+    assert len(got) == len(cmds), f"{len(got)} replies to {len(cmds)} commands"
+    assert not [r for r in got if r["ok"]], "a fuzzed command was accepted"
+    echoed = collections.Counter(r["request_id"] for r in got)
+    wanted = collections.Counter(
+        rid for c in cmds if (rid := readable_request_id(c.payload, FUZZ_MAX_PAYLOAD)))
+    missing = wanted - echoed
+    assert not missing, f"no reply for request ids {list(missing)[:10]}"
+
+    # results kept flowing throughout, gap-free, from the same model
+    results = rec.select("/results/cam")
+    _assert_delivery(results)
+    during = [c.mono for c in results if t0 <= c.mono <= t1]
+    gaps = [b - a for a, b in itertools.pairwise(during)]
+    assert during and max(gaps, default=0.0) < 5.0, "the pipeline stalled during the fuzz"
+    assert {c.json()["model"]["version"] for c in results} == {0}
+    errors = collections.Counter(re.sub(r"\d+|'.*?'", "_", str(r.get("error")))[:48]
+                                 for r in got)
+    print(f"\nMEASURE fuzz: {len(cmds)} commands ({wanted.total()} well-formed) in "
+          f"{t1 - t0:.1f} s; {len(during)} results meanwhile, longest gap "
+          f"{max(gaps, default=0.0) * 1000:.0f} ms; replies by error: {dict(errors)}")
+
+
+# --------------------------------------------------------------------------- Home Assistant
+
+HA_ENTITIES = ("count_face", "presence", "fps", "inference_ms", "model_version")
+
+
+def _ha_topics(device: str, pipeline: str) -> set[str]:
+    kinds = {"presence": "binary_sensor"}
+    return {f"homeassistant/{kinds.get(e, 'sensor')}/{device}/{pipeline}_{e}/config"
+            for e in HA_ENTITIES}
+
+
+def test_home_assistant_discovery(tmp_path: Path, broker: Mosquitto, model: Path,
+                                  recorder: Callable[..., Recorder],
+                                  agents: Callable[[Path], AgentProcess]) -> None:
+    device = "e2e-ha"
+    p = f"edge-agent/{device}"
+    sections = {"homeassistant": {"enabled": True, "labels": ["face"]}}
+    cfg = _config(tmp_path, broker, device,
+                  [_pipeline("cam", model, fps=5), _pipeline("yard", model, fps=5)], **sections)
+    rec = recorder(broker.host, broker.port, ["homeassistant/#", f"{p}/#"])
+    agent = agents(cfg)
+    cam, yard = _ha_topics(device, "cam"), _ha_topics(device, "yard")
+
+    def configs(since: int = 0) -> dict[str, list[Copy]]:
+        out: dict[str, list[Copy]] = collections.defaultdict(list)
+        for c in rec.select("/config", since):
+            if c.topic.startswith("homeassistant/"):
+                out[c.topic].append(c)
+        return out
+
+    assert rec.wait_for(lambda: set(configs()) >= cam | yard, 90), \
+        f"{sorted(configs())}\n{_log(agent)}"
+    # every state topic the entities read is one the agent publishes on
+    announced = {t: c[-1].json() for t, c in configs().items()}
+    state_topics = {body["state_topic"] for body in announced.values()}
+    assert rec.wait_for(lambda: all(rec.select(t) for t in state_topics), 30), state_topics
+    unique_ids = [body["unique_id"] for body in announced.values()]
+    assert len(set(unique_ids)) == len(unique_ids) == len(cam | yard)
+    for topic, body in announced.items():
+        assert body["state_topic"].startswith(f"{p}/"), topic
+        assert body["device"]["identifiers"] and body["device"] == announced[
+            next(iter(cam))]["device"], topic
+        availability = body.get("availability") or [{"topic": body["availability_topic"]}]
+        assert {a["topic"] for a in availability} == {f"{p}/status"}, topic
+
+    # retained: a subscriber that comes later gets them all
+    late = recorder(broker.host, broker.port, ["homeassistant/#"])
+    assert late.wait_for(lambda: {c.topic for c in late.select("/config") if c.retain}
+                         >= cam | yard, 10)
+
+    # Home Assistant restarted: it says online and the agent sends everything again
+    mark = rec.mark()
+    rec.publish("homeassistant/status", b"online")
+    assert rec.wait_for(lambda: set(configs(mark)) >= cam | yard, 30), sorted(configs(mark))
+
+    # the yard pipeline goes away (SIGHUP reload): its entities are removed
+    mark = rec.mark()
+    write_config(cfg, {**_yaml(cfg), "pipelines": [_pipeline("cam", model, fps=5)]})
     os.kill(agent.pid, signal.SIGHUP)
+
+    def removed() -> set[str]:
+        return {t for t, copies in configs(mark).items() if any(not c.payload for c in copies)}
+
+    assert rec.wait_for(lambda: removed() >= yard, 30), \
+        f"removed: {sorted(removed())}\n{_log(agent)}"
+    assert not removed() & cam
+    assert agent.terminate() == 0, _log(agent)
+    fresh = recorder(broker.host, broker.port, ["homeassistant/#"])
+    assert fresh.wait_for(lambda: {c.topic for c in fresh.select("/config")} >= cam, 10)
+    assert not {c.topic for c in fresh.select("/config")} & yard
+
+
+def _yaml(path: Path) -> dict[str, Any]:
+    import yaml
+
+    data: dict[str, Any] = yaml.safe_load(path.read_text())
+    return data
