@@ -37,6 +37,7 @@ def render(fig: dict[str, Any]) -> str:
         "(other work on the machine makes the ratios noisier; compare the round spread)",
         "",
     ]
+    out += _summary(fig)
     out += _throughput(fig.get("throughput", []), fig.get("notes", {}))
     out += _motion(fig.get("motion", []))
     out += _latency(fig.get("latency", []))
@@ -46,6 +47,38 @@ def render(fig: dict[str, Any]) -> str:
     out += ["<details><summary>All figures (JSON)</summary>", "", "```json", dump(fig), "```",
             "", "</details>", ""]
     return "\n".join(out)
+
+
+def _summary(fig: dict[str, Any]) -> list[str]:
+    """One line per goal: the figure and whether it meets the goal."""
+    lines = ["## Against the goals", "", "| goal | figure | verdict |", "|---|---|---|"]
+    for r in fig.get("throughput", []):
+        if "skipped" in r or not r.get("goal", True):
+            continue
+        pb, ps = r["pipeline_over_bare"]["median"], r["pipeline_over_sequential"]["median"]
+        lines.append(f"| pipeline / bare >= 0.90, {r['model']}, {r['threads']} threads | "
+                     f"{pb:.3f} | {_verdict(pb, 0.90, True)} |")
+        lines.append(f"| pipeline (publishing) / sequential >= 1.0, {r['model']}, "
+                     f"{r['threads']} threads | {ps:.3f} | {_verdict(ps, 1.0, True)} |")
+    for r in fig.get("motion", []):
+        if "skipped" in r:
+            continue
+        lines.append(f"| motion CPU on / off <= 0.15, {r['model']} | {r['cpu_ratio']:.3f}, "
+                     f"{r['episodes_reported']} of {len(r['episodes'])} episodes reported | "
+                     f"{_verdict(r['cpu_ratio'], 0.15, False)}"
+                     f"{'' if not r['episodes_missed'] else ' (**episodes missed**)'} |")
+    for r in fig.get("latency", []):
+        if "skipped" in r:
+            continue
+        a = r["added_over_invoke"]
+        lines.append(f"| added latency / invoke (no goal), {r['model']} | p50 {a['p50']:.2f}, "
+                     f"p99 {a['p99']:.2f} | info |")
+    mem = fig.get("memory", {})
+    if mem and "growth_mb" in mem:
+        lines.append(f"| RSS growth within 2 MB over {mem['seconds']} s | "
+                     f"{mem['growth_mb']:+.2f} MB (peak {mem['peak_rss_mb']} MB) | "
+                     f"{_verdict(abs(mem['growth_mb']), 2.0, False)} |")
+    return [*lines, ""]
 
 
 def _throughput(rows: list[dict[str, Any]], notes: dict[str, Any]) -> list[str]:
@@ -170,3 +203,18 @@ def _quant(q: dict[str, Any]) -> list[str]:
     elif hw:
         out += [f"hello_world: _{hw['skipped']}_", ""]
     return out
+
+
+def main() -> int:
+    """``python -m benchmarks.report FIGURES.json OUT.md``: render again from saved figures."""
+    import json
+    import sys
+
+    fig = json.loads(open(sys.argv[1]).read())  # noqa: SIM115
+    with open(sys.argv[2], "w") as f:
+        f.write(render(fig))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
