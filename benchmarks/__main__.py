@@ -163,11 +163,11 @@ def main() -> int:
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     fig = run(args)
+    if args.json:  # first: a rendering problem must not lose the figures
+        Path(args.json).write_text(json.dumps(fig, indent=2, default=str))
     from benchmarks.report import render
 
     Path(args.out).write_text(render(fig))
-    if args.json:
-        Path(args.json).write_text(json.dumps(fig, indent=2, default=str))
     _log(f"wrote {args.out}")
     return 0
 
