@@ -86,6 +86,7 @@ class ModelUpdater:
         self._queue: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=1)
         self._lock = threading.Lock()
         self._busy = False
+        self._released = True
         self._watch: ModelWatch | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -186,6 +187,8 @@ class ModelUpdater:
                 kind, arg = self._queue.get(timeout=0.2)
             except queue.Empty:
                 continue
+            with self._lock:
+                self._released = False  # this job's claim is still held
             try:
                 if kind == "update":
                     self._update(arg)
@@ -194,9 +197,15 @@ class ModelUpdater:
             except Exception:  # worker boundary: keep the updater alive
                 logger.exception("updater %s: unexpected error", self.pipeline)
             finally:
-                with self._lock:
-                    self._busy = False
-                    self._watch = None
+                self._release()
+
+    def _release(self) -> None:
+        """Give up the current job's claim exactly once (a later claim is never cleared)."""
+        with self._lock:
+            self._watch = None
+            if not self._released:
+                self._released = True
+                self._busy = False
 
     def _state(self, state: str, about: Mapping[str, Any] | None, reason: str | None,
                progress: float | None = None) -> dict[str, Any]:
@@ -271,9 +280,7 @@ class ModelUpdater:
                 # complete but refused bytes are no use; an interrupted download is kept
                 self.store.discard_parts()
             self._publish("rejected", about, str(exc))
-            with self._lock:
-                self._watch = None
-                self._busy = False  # free before the reply: the operator may send the next one
+            self._release()  # free before the reply: the operator may send the next one
             self.hooks.reply(rid, False, str(exc))
             return
         elapsed = time.monotonic() - t0
@@ -282,9 +289,7 @@ class ModelUpdater:
         self._publish("active", about, None)
         if not watch.enabled:
             self.store.confirm()
-            with self._lock:
-                self._watch = None
-                self._busy = False  # nothing to watch: free before the reply
+            self._release()  # nothing to watch: free before the reply
             self.hooks.reply(rid, True, None)
             self.store.prune()
             return
