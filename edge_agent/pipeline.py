@@ -146,7 +146,8 @@ class Pipeline:
         send: the egress guard's ``send``: the only way out of the device.
         gate: an optional motion gate (``check(image, ts) -> bool``).
         tracker: an optional tracker (``update(detections, ts) -> (detections, events)``).
-        on_inference: called after every inference with ``(ok, finite)`` (the updater watch).
+        on_inference: called after every inference with ``(ok, finite, sha256)`` (the updater
+            watch; sha256 names the model that ran, so a swap's last old frames don't count).
         observe: optional ``(pipeline, stage, seconds)`` metrics callback.
         tuning: process-wide thread settings applied at start (default :data:`DEFAULT_TUNING`).
     """
@@ -161,7 +162,7 @@ class Pipeline:
         send: Callable[[Any], bool],
         gate: Any = None,
         tracker: Any = None,
-        on_inference: Callable[[bool, bool], None] | None = None,
+        on_inference: Callable[[bool, bool, str], None] | None = None,
         observe: Callable[[str, str, float], None] | None = None,
         tuning: Tuning | None = None,
     ) -> None:
@@ -450,7 +451,7 @@ class Pipeline:
             with self.stats.lock:
                 self.stats.errors += 1
             if self.on_inference is not None:
-                self.on_inference(False, False)
+                self.on_inference(False, False, bundle.ref.sha256)
             return
         dt = time.perf_counter() - t0
         item.inference_ms = dt * 1000
@@ -485,8 +486,14 @@ class Pipeline:
         inference = item.bundle.decode(item.outputs, item.transform)
         t1 = time.perf_counter()
         self._observe_stage("decode", t1 - t0)
-        if self.on_inference is not None:  # the updater's watch: only then scan the outputs
-            self.on_inference(True, outputs_finite(item.outputs))
+        finite = outputs_finite(item.outputs)
+        if self.on_inference is not None:  # the updater's watch counts per model
+            self.on_inference(True, finite, item.bundle.ref.sha256)
+        if not finite:
+            # a broken model's "nothing found" is not a result: drop it and count the error
+            with self.stats.lock:
+                self.stats.errors += 1
+            return
         events: list[Any] = []
         if self._tracker is not None:
             dets, events = self._tracker.update(inference.detections, item.frame.ts)
