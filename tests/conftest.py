@@ -41,7 +41,8 @@ def broker(tmp_path: Path) -> Iterator[Mosquitto]:
     """A real mosquitto on a free 127.0.0.1 port; a missing broker fails under CI."""
     if mosquitto_binary() is None:
         if IN_CI:
-            pytest.fail("mosquitto is not installed; .ci/run installs it (apt-get install mosquitto)")
+            pytest.fail("mosquitto is not installed; .ci/run installs it "
+                        "(apt-get install mosquitto)")
         pytest.skip("mosquitto is not installed (apt-get install mosquitto)")
     b = Mosquitto(tmp_path / "broker")
     b.start()
