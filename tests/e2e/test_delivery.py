@@ -20,6 +20,7 @@ import signal
 import sqlite3
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -203,62 +204,91 @@ def test_broker_outage_of_11s_loses_nothing(tmp_path: Path, broker: Mosquitto, m
 
 # --------------------------------------------------------------------------- kill -9
 
-def _outbox_state(state_dir: Path, stream: str) -> tuple[int, int]:
-    """(last seq allocated for ``stream``, messages waiting) in the dead agent's outbox."""
+@dataclass(frozen=True)
+class _Kill:
+    """What a killed agent left behind."""
+
+    at: float  # wall clock
+    last_seq: int  # the last seq it allocated for results/cam
+    waiting: dict[str, bool]  # id -> handed to paho before the kill (sent), still unacked
+
+
+def _outbox_after_kill(state_dir: Path, stream: str) -> _Kill:
+    """Read the dead agent's outbox (the column ``seqs.next`` holds the last seq used)."""
+    at = time.time()
     db = sqlite3.connect(state_dir / "outbox.sqlite")
     try:
         row = db.execute("SELECT next FROM seqs WHERE pipeline = ?", (stream,)).fetchone()
-        waiting = db.execute("SELECT COUNT(*) FROM messages").fetchone()[0]
+        waiting = dict(db.execute("SELECT id, sent FROM messages"))
     finally:
         db.close()
-    return (int(row[0]) if row else 0), int(waiting)  # the column holds the last seq used
+    return _Kill(at, int(row[0]) if row else 0, {k: bool(v) for k, v in waiting.items()})
 
 
 def test_kill_9_loses_nothing(tmp_path: Path, broker: Mosquitto, model: Path,
                               recorder: Callable[..., Recorder],
                               agents: Callable[[Path], AgentProcess]) -> None:
-    """Killed once while connected (messages in flight) and once while the broker was away
-    (a backlog in the outbox): everything produced before each kill arrives, seq goes on."""
+    """Killed once with messages in flight and once with a backlog while the broker was away:
+    everything produced before each kill arrives after the restart, seq goes on."""
     device = "e2e-crash"
     p = f"edge-agent/{device}"
     cfg = _config(tmp_path, broker, device, [_pipeline("cam", model)])
     rec = recorder(broker.host, broker.port, [f"{p}/results/cam", f"{p}/status"],
                    client_id="e2e-crash-subscriber", clean=False)
-    kills: list[tuple[float, int, int]] = []  # (wall time, last seq, waiting in the outbox)
+    kills: list[_Kill] = []
 
-    # run 1: killed while publishing to a connected broker
+    # run 1: killed with messages in flight: the broker is frozen (SIGSTOP), so the agent
+    # writes to its socket and gets no PUBACK; the broker reads them after SIGCONT
     agent = agents(cfg)
     assert rec.wait_for(lambda: len(rec.select("/results/cam")) >= 2 * FPS, 90), _log(agent)
-    agent.kill()
-    kills.append((time.time(), *_outbox_state(tmp_path / "state", "results/cam")))
+    assert broker.proc is not None
+    os.kill(broker.proc.pid, signal.SIGSTOP)
+    try:
+        time.sleep(1.5)
+        agent.kill()
+        kills.append(_outbox_after_kill(tmp_path / "state", "results/cam"))
+    finally:
+        os.kill(broker.proc.pid, signal.SIGCONT)
+    assert sum(kills[0].waiting.values()) >= FPS, f"expected messages in flight: {kills[0]}"
     assert rec.wait_for(lambda: any(m["state"] == "offline" for _, m in _statuses(rec)), 10), \
         "no last will after kill -9"
 
     # run 2: delivers run 1's results; killed with a backlog while the broker is away
     agent = agents(cfg)
-    assert rec.wait_for(lambda: _complete(rec, "/results/cam", kills[0][1] + FPS), 90), \
+    assert rec.wait_for(lambda: _complete(rec, "/results/cam", kills[0].last_seq + FPS), 90), \
         _log(agent)
     broker.stop()
     time.sleep(2.0)
     agent.kill()
-    kills.append((time.time(), *_outbox_state(tmp_path / "state", "results/cam")))
+    kills.append(_outbox_after_kill(tmp_path / "state", "results/cam"))
     broker.start()
-    assert kills[1][2] >= FPS, f"expected a backlog at the second kill: {kills[1]}"
+    assert len(kills[1].waiting) >= FPS, f"expected a backlog at the second kill: {kills[1]}"
 
     # run 3: delivers everything and goes on
     agent = agents(cfg)
-    assert rec.wait_for(lambda: _complete(rec, "/results/cam", kills[1][1] + FPS), 90), \
+    assert rec.wait_for(lambda: _complete(rec, "/results/cam", kills[1].last_seq + FPS), 90), \
         _log(agent)
     assert agent.terminate() == 0, _log(agent)
 
     copies = rec.select("/results/cam")
     _assert_delivery(copies)
     first = _first_copies(copies)
-    for killed_at, last, waiting in kills:
+    for kill in kills:
         # seq continues without a gap: the next process starts right after the last one
-        later = [s for s, c in first.items() if parse_ts(c.json()["ts"]) > killed_at]
-        assert min(later) == last + 1, (killed_at, last, min(later))
-        print(f"\nMEASURE kill -9: last seq {last}, {waiting} in the outbox, all delivered")
+        later = [s for s, c in first.items() if parse_ts(c.json()["ts"]) > kill.at]
+        assert min(later) == kill.last_seq + 1, (kill, min(later))
+        # what waited in the outbox arrived after the restart; what the dead process had
+        # handed to the broker comes marked replayed; a first send is not marked (unless the
+        # new process lost its connection after sending it: then it was sent again, marked)
+        for mid, sent in kill.waiting.items():
+            resent = [c for c in copies if c.json()["id"] == mid and c.wall > kill.at]
+            assert resent, f"{mid} waited in the outbox and never arrived"
+            marked = [bool(c.json().get("replayed")) for c in resent]
+            reconnected = "disconnected from" in _log(agent)
+            assert any(marked) if sent else (not any(marked) or reconnected), \
+                (kills.index(kill), sent, resent, _log(agent))
+        print(f"\nMEASURE kill -9: last seq {kill.last_seq}, {len(kill.waiting)} in the outbox "
+              f"({sum(kill.waiting.values())} in flight), all delivered")
     boots = [m["boot_id"] for _, m in _statuses(rec) if m["state"] == "online"]
     assert len(dict.fromkeys(boots)) == 3, f"expected three boot ids: {boots}"
 
