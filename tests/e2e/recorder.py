@@ -14,7 +14,7 @@ import ssl
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -22,7 +22,7 @@ import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Copy:
     """One received copy of a message."""
 
@@ -32,11 +32,13 @@ class Copy:
     dup: bool
     wall: float  # time.time() at arrival
     mono: float  # time.monotonic() at arrival
+    _decoded: dict[str, Any] | None = field(default=None, repr=False, compare=False)
 
     def json(self) -> dict[str, Any]:
-        """The payload decoded as JSON."""
-        obj: dict[str, Any] = json.loads(self.payload)
-        return obj
+        """The payload decoded as JSON (once; do not modify the result)."""
+        if self._decoded is None:
+            self._decoded = json.loads(self.payload)
+        return self._decoded
 
 
 class Recorder:
@@ -136,15 +138,18 @@ class Recorder:
         return [c.json() for c in self.select(suffix, since) if c.payload]
 
     def wait_for(self, pred: Callable[[], bool], timeout: float) -> bool:
-        """Wait until ``pred()`` holds (checked whenever something arrives, or every 0.2 s)."""
+        """Wait until ``pred()`` holds, checked every 20 ms at most (not on every arrival: a
+        predicate that looks at every copy would slow the subscriber down during a burst)."""
         deadline = time.monotonic() + timeout
-        with self._cond:
-            while not pred():
+        while True:
+            with self._cond:
+                if pred():
+                    return True
                 left = deadline - time.monotonic()
                 if left <= 0:
                     return False
                 self._cond.wait(min(left, 0.2))
-            return True
+            time.sleep(0.02)
 
 
 def parse_ts(ts: str) -> float:
