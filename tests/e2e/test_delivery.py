@@ -126,11 +126,17 @@ def _assert_delivery(copies: list[Copy]) -> list[int]:
         f"lost: {sorted(set(range(1, seqs[-1] + 1)) - set(seqs))[:20]}"
     reused = {s: ids for s, ids in by_seq.items() if len(ids) > 1}
     assert not reused, f"a seq was used for two different results: {list(reused.items())[:3]}"
+    assert len(by_id) == len(by_seq), "an id was used for two different results"
+
+    def body(c: Copy) -> dict[str, Any]:
+        return {k: v for k, v in c.json().items() if k != "replayed"}
+
     for mid, group in by_id.items():
         for extra in group[1:]:
             # ours are marked replayed; the broker's own redeliveries carry the DUP flag
             assert extra.json().get("replayed") is True or extra.dup, \
                 f"unmarked duplicate of {mid}: {extra.payload[:200]!r}"
+            assert body(extra) == body(group[0]), f"a resend of {mid} differs from the first"
     return seqs
 
 
@@ -383,12 +389,15 @@ def test_fuzzed_commands_get_replies_and_results_keep_flowing(
         c = cmds[i]
         return f"edge-agent/group/lobby/cmd/{c.name}" if c.group else f"{p}/cmd/{c.name}"
 
+    def answered(n: int) -> Callable[[], bool]:
+        return lambda: replies() >= n
+
     paced = len(cmds) - FUZZ_BURST
     for i in range(paced):
         rec.publish(topic(i), cmds[i].payload, wait=False)
         if i >= FUZZ_WINDOW:
             j = i - FUZZ_WINDOW
-            assert rec.wait_for(lambda j=j: replies() > j, 30), \
+            assert rec.wait_for(answered(j + 1), 30), \
                 f"replies stopped near command {j}: {cmds[j]}\n{_log(agent)}"
     for i in range(paced, len(cmds)):
         rec.publish(topic(i), cmds[i].payload, wait=False)
