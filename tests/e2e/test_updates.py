@@ -245,9 +245,13 @@ def test_watch_rolls_back_a_model_that_fails_on_a_later_scene(
     assert back["active"]["sha256"] == dev.configured_sha
     assert after[-1]["model"]["version"] == 0
     results = dev.results()
-    assert_gap_free(results)
+    # frames whose outputs were NaN are not results (the pipeline drops and counts them), so
+    # frame indices may skip while the flaky model serves; seq never does
+    assert_gap_free(results, frames=False)
+    idx = [r["frame"]["index"] for r in results]
+    assert len(idx) == len(set(idx)), "no frame is published twice"
     shas = [r["model"]["sha256"] for r in results]
-    assert flaky_sha in shas and shas[-1] == dev.configured_sha
+    assert shas[-1] == dev.configured_sha
     current = (dev.state_dir / "models" / PIPELINE / "current").read_text()
     assert flaky_sha not in current, current
 
