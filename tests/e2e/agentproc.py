@@ -74,6 +74,10 @@ class AgentProcess:
                  args: list[str] | None = None) -> None:
         self.config_path = config_path
         self.log_path = config_path.with_suffix(".log")
+        n = 1
+        while self.log_path.exists():  # restarts keep the earlier runs' logs
+            self.log_path = config_path.with_suffix(f".{n}.log")
+            n += 1
         full_env = dict(os.environ)
         full_env["PYTHONPATH"] = str(REPO) + os.pathsep + full_env.get("PYTHONPATH", "")
         full_env.update(env or {})
@@ -87,7 +91,9 @@ class AgentProcess:
         return self.proc.pid
 
     def log(self) -> str:
-        self._log.flush()
+        """This run's output so far (also after the process ended)."""
+        if not self._log.closed:
+            self._log.flush()
         return self.log_path.read_text(errors="replace")
 
     def terminate(self, timeout: float = 30.0) -> int:
