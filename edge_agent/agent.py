@@ -26,6 +26,8 @@ from edge_agent.preflight import preflight
 
 logger = logging.getLogger(__name__)
 
+EX_RESTART = 75  # EX_TEMPFAIL: a requested restart; systemd's Restart=on-failure restarts us
+
 
 class Agent:
     """One running daemon.
@@ -42,6 +44,7 @@ class Agent:
         self.reload_event = threading.Event()
         self.started_at = time.time()
         self._last_status_key: Any = None
+        self.exit_code = 0
 
     # ------------------------------------------------------------------ wiring
 
@@ -129,7 +132,7 @@ class Agent:
         self._install_signals()
         self.guard.set_will(self.status_message("offline"))
         self.transport.on_connected(self._on_connected)
-        self.pipelines.attach_commands(self.transport, self.guard)
+        self.pipelines.attach_commands(self.transport, self.guard, self.request_restart)
         self.pipelines.attach_homeassistant(self.transport)
         self.transport.start()
         if self.metrics_server is not None:
@@ -162,7 +165,7 @@ class Agent:
             watchdog.stop()
             self.shutdown()
             notifier.close()
-        return 0
+        return self.exit_code
 
     def shutdown(self) -> None:
         """Stop pipelines, flush, publish offline, disconnect."""
@@ -175,6 +178,15 @@ class Agent:
         if self.audit is not None:
             self.audit.close()
         logger.info("stopped")
+
+    def request_restart(self, reason: str) -> None:
+        """Stop cleanly and exit with EX_TEMPFAIL, so systemd (Restart=on-failure) restarts us.
+
+        Called by the signed ``restart`` command; the reply goes out before the stop.
+        """
+        logger.warning("restart requested: %s", reason)
+        self.exit_code = EX_RESTART
+        self.stop_event.set()
 
     def _install_signals(self) -> None:
         def on_stop(signum: int, frame: Any) -> None:

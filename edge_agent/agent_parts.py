@@ -235,8 +235,9 @@ class PipelineSet:
 
     # ------------------------------------------------------------------ commands
 
-    def attach_commands(self, transport: Any, guard: Any) -> None:
-        """Subscribe to the command topics and dispatch to the updaters."""
+    def attach_commands(self, transport: Any, guard: Any,
+                        on_restart: Callable[[str], None] | None = None) -> None:
+        """Subscribe to the command topics and dispatch to the updaters (and the agent)."""
         from edge_agent.mqtt.commands import CommandDispatcher
 
         def reply(request_id: str | None, ok: bool, error: str | None) -> None:
@@ -249,6 +250,13 @@ class PipelineSet:
             "rollback": self._cmd_rollback,
             "model/rollback": self._cmd_rollback,
         }
+        if on_restart is not None:
+            restart = on_restart
+
+            def cmd_restart(command: Any) -> None:
+                restart(str(command.payload.get("reason") or "restart command"))
+
+            handlers["restart"] = cmd_restart
         self.dispatcher = CommandDispatcher(self.cfg, handlers, reply)
         self.dispatcher.attach(transport)
 
