@@ -31,14 +31,27 @@ from benchmarks.common import (
 
 SECTIONS = ("throughput", "motion", "latency", "memory", "quant")
 NOTES = [
-    "The goals were set on a quieter machine with XNNPACK delegating the quantised models. "
-    "Where the bare invoke here is much slower than in ../shared/models/MANIFEST.md, the "
-    "interpreter ran the model on its built-in kernels (LiteRT's XNNPACK did not take that "
-    "model's uint8 operators on this CPU): invoke then dominates and the pipeline's overhead "
-    "is a smaller share.",
+    "The goals were set on another machine (MANIFEST.md: Intel with AVX-512/VNNI), where "
+    "XNNPACK ran the quantised models: SSD 9.4 ms, YOLOv5n 21.6 ms per invoke. Here the same "
+    "invokes cost about 70 and 190 ms of CPU (the SSD's graph gets no XNNPACK node at all on "
+    "this CPU), so invoke dominates and the pipeline's own work is a smaller share than "
+    "there; the fast default BlazeFace (XNNPACK, float) shows the overhead more plainly.",
     "pipeline / bare is bounded by the CPU the other stages need while invoke runs: with as "
     "many interpreter threads as cores, every millisecond of MJPEG decoding, resizing, "
     "policy, JSON and outbox work is taken from the interpreter.",
+    "Thread split, measured on the 2-core machine: with as many interpreter threads as cores "
+    "the pipeline has no idle core to overlap into; its capture and post threads preempt the "
+    "interpreter's workers and an operator waits for its slowest worker, so pipeline / bare "
+    "drops below 1. With 1 interpreter thread the other core takes capture, decoding and "
+    "publishing, and the pipeline matches the bare invoke. 2 threads still give the higher "
+    "absolute rate (compare the bare fps of the two rows), so `model.threads: 2` stays the "
+    "default; niceness for the capture/post threads (`Tuning.aux_nice`) gave no measurable "
+    "gain and is off.",
+    "Motion gating: the gated run still decodes every MJPEG frame (about 1.6 ms of CPU per "
+    "640x480 frame here) and runs the gate (about 0.4 ms). With a model whose invoke costs "
+    "little more than that (the default BlazeFace) the ratio cannot get far below "
+    "(decode + gate) / (decode + invoke); decoding fewer pixels for the gate (JPEG DCT "
+    "scaling in the source) is the next step.",
     "Other benchmarks of single parts: `benchmarks/bench_outbox.py` (outbox append cost and "
     "drain rate) and `benchmarks/bench_privacy.py` (policy, guard and redaction cost).",
 ]

@@ -29,7 +29,9 @@ def render(fig: dict[str, Any]) -> str:
         "median of the per-round ratios with the lowest and highest round in brackets. Do not "
         "edit by hand: re-run.",
         "",
-        f"- command: `{fig['command']}`",
+        f"- command: `{fig['command']}`; to reproduce: `./dev bench` (every section, the "
+        "memory run 120 s) or `python -m benchmarks --rss-seconds 600` (the 10-minute memory "
+        "figure); `--help` lists the options",
         f"- date: {fig['date']}, duration {fig['duration_s']:.0f} s",
         f"- machine: {m['cpu']}, {m['cores']} cores, {m['system']}; Python {m['python']}, "
         f"LiteRT {m['litert']}, numpy {m['numpy']}, OpenCV {m['opencv']}",
