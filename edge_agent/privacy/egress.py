@@ -251,12 +251,17 @@ class EgressGuard:
                           **{k: v for k, v in base.items() if k != "schema"}})
         sizes: list[int] = []
 
+        boot_id = getattr(self._transport, "boot_id", None)
+        boot_id = boot_id if isinstance(boot_id, str) and 0 < len(boot_id) <= 64 else None
+
         def render(seq: int, msg_id: str) -> bytes:
             if (not isinstance(seq, int) or seq < 0 or not isinstance(msg_id, str)
                     or not 0 < len(msg_id) <= 64):
                 raise PublishError("outbox handed a bad seq or id to render")
-            body = dumps({"schema": base.get("schema"), "id": msg_id, "seq": seq,
-                          **{k: v for k, v in base.items() if k != "schema"}})
+            head: dict[str, Any] = {"schema": base.get("schema"), "id": msg_id, "seq": seq}
+            if boot_id:
+                head["boot_id"] = boot_id  # a subscriber tells a restart from a loss by it
+            body = dumps({**head, **{k: v for k, v in base.items() if k != "schema"}})
             if len(body) > self.limits[kind]:
                 raise PublishError(f"{kind} payload over its size limit after seq/id")
             sizes.append(len(body))
