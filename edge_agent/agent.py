@@ -132,7 +132,8 @@ class Agent:
         self._install_signals()
         self.guard.set_will(self.status_message("offline"))
         self.transport.on_connected(self._on_connected)
-        self.pipelines.attach_commands(self.transport, self.guard, self.request_restart)
+        self.pipelines.attach_commands(self.transport, self.guard, self.request_restart,
+                                       self.replace_config)
         self.pipelines.attach_homeassistant(self.transport)
         self.transport.start()
         if self.metrics_server is not None:
@@ -187,6 +188,37 @@ class Agent:
         logger.warning("restart requested: %s", reason)
         self.exit_code = EX_RESTART
         self.stop_event.set()
+
+    def replace_config(self, text: str) -> None:
+        """Apply a whole new config file sent by the signed ``config`` command.
+
+        The text is validated and preflighted exactly like a local edit; only then is the file
+        replaced (atomically, the old one kept as ``<file>.previous``) and reloaded as on
+        SIGHUP. Raises ConfigError (one line per problem, sent back in the reply) otherwise.
+        """
+        import os
+
+        folder = self.config_file.parent
+        candidate = folder / f".{self.config_file.name}.incoming"
+        try:
+            candidate.write_text(text, encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(f"{self.config_file}: cannot write the new config next to it: "
+                              f"{exc.strerror or exc} (under systemd, allow it with "
+                              "ReadWritePaths=/etc/edge-agent)") from None
+        try:
+            new, _ = load_config(candidate)
+            problems = preflight(new, candidate, open_sources=False)
+            if problems:
+                raise ConfigError(problems)
+            if self.config_file.exists():
+                previous = folder / f"{self.config_file.name}.previous"
+                previous.write_bytes(self.config_file.read_bytes())
+            os.replace(candidate, self.config_file)
+        finally:
+            candidate.unlink(missing_ok=True)
+        logger.warning("config replaced by a signed config command; reloading")
+        self.reload_event.set()
 
     def _install_signals(self) -> None:
         def on_stop(signum: int, frame: Any) -> None:

@@ -236,7 +236,8 @@ class PipelineSet:
     # ------------------------------------------------------------------ commands
 
     def attach_commands(self, transport: Any, guard: Any,
-                        on_restart: Callable[[str], None] | None = None) -> None:
+                        on_restart: Callable[[str], None] | None = None,
+                        on_config: Callable[[str], None] | None = None) -> None:
         """Subscribe to the command topics and dispatch to the updaters (and the agent)."""
         from edge_agent.mqtt.commands import CommandDispatcher
 
@@ -257,6 +258,13 @@ class PipelineSet:
                 restart(str(command.payload.get("reason") or "restart command"))
 
             handlers["restart"] = cmd_restart
+        if on_config is not None:
+            replace_config = on_config
+
+            def cmd_config(command: Any) -> None:
+                replace_config(str(command.payload["config"]))
+
+            handlers["config"] = cmd_config
         self.dispatcher = CommandDispatcher(self.cfg, handlers, reply)
         self.dispatcher.attach(transport)
 
