@@ -188,7 +188,7 @@ class PipelineSet:
             st = u.pipeline.status()
             out[u.pipeline.name] = {k: st[k] for k in (
                 "state", "frames", "inferred", "published", "dropped", "gated", "errors", "fps",
-                "inference_ms_p50", "inference_ms_p95")}
+                "inference_ms_p50", "inference_ms_p95", "bad_lines")}
             self.metrics.set_gauge("edge_agent_fps", st["fps"], pipeline=u.pipeline.name)
             self.metrics.set_gauge("edge_agent_frames_dropped_total", st["dropped"],
                                    pipeline=u.pipeline.name)

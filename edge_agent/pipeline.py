@@ -191,6 +191,7 @@ class Pipeline:
         self.state = "starting"
         self.source_error: str | None = None
         self.source_dropped = 0
+        self.source_bad_lines = 0  # malformed sensor lines the source skipped
         self._last_frame: Frame | None = None
         self._heartbeats: dict[str, float] = {}
         self._last_key: tuple[Any, ...] | None = None
@@ -283,6 +284,7 @@ class Pipeline:
         }
         snap = self.stats.snapshot()
         snap["dropped"] += self.source_dropped
+        snap["bad_lines"] = self.source_bad_lines
         out.update(snap)
         return out
 
@@ -324,6 +326,7 @@ class Pipeline:
                     backoff = min(backoff * 2, 30.0)
                     continue
                 self.source_dropped = int(getattr(source, "dropped", 0))
+                self.source_bad_lines = int(getattr(source, "bad_lines", 0))
                 if frame is None:
                     continue
                 t1 = time.perf_counter()
