@@ -62,6 +62,8 @@ class LocalBroker:
         mosquitto = shutil.which("mosquitto") or (
             "/usr/sbin/mosquitto" if os.path.exists("/usr/sbin/mosquitto") else None
         )
+        if os.environ.get("EDGE_AGENT_DEMO_BROKER") == "amqtt":
+            mosquitto = None  # force the embedded broker (the fresh-machine path)
         if mosquitto:
             conf = self.workdir / "mosquitto.conf"
             conf.write_text(
@@ -70,7 +72,8 @@ class LocalBroker:
             cmd = [mosquitto, "-c", str(conf)]
             self.kind = "mosquitto"
         else:
-            amqtt = shutil.which("amqtt")
+            beside = Path(sys.executable).parent / "amqtt"  # the venv's, not on PATH
+            amqtt = shutil.which("amqtt") or (str(beside) if beside.exists() else None)
             if amqtt is None:
                 raise EdgeAgentError(
                     "the demo needs a local MQTT broker: install mosquitto "
@@ -256,6 +259,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         broker.start()
         text = json.loads(config.read_text())
         text["mqtt"]["port"] = broker.port
+        if broker.kind == "amqtt":
+            text["mqtt"]["protocol"] = "3.1.1"  # amqtt speaks MQTT 3.1.1 only
         config.write_text(json.dumps(text, indent=2))
         print(f"demo: {broker.kind} on 127.0.0.1:{broker.port}, config {config}", flush=True)
         sub = Subscriber("127.0.0.1", broker.port, [f"{PREFIX}/{DEVICE}/#"], view.on_message)

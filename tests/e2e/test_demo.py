@@ -14,12 +14,18 @@ from tests.conftest import IN_CI, REPO
 pytestmark = pytest.mark.slow
 
 
-def test_demo_runs_and_stops_cleanly() -> None:
-    if mosquitto_binary() is None:
+@pytest.mark.parametrize("broker", ["mosquitto", "amqtt"])
+def test_demo_runs_and_stops_cleanly(broker: str) -> None:
+    """With mosquitto, and with the embedded amqtt broker a machine without mosquitto gets."""
+    if broker == "mosquitto" and mosquitto_binary() is None:
         if IN_CI:
             pytest.fail("mosquitto is not installed")
         pytest.skip("mosquitto is not installed")
+    if broker == "amqtt":
+        pytest.importorskip("amqtt")
     env = dict(os.environ, PYTHONPATH=str(REPO))
+    if broker == "amqtt":
+        env["EDGE_AGENT_DEMO_BROKER"] = "amqtt"
     proc = subprocess.run([sys.executable, "-m", "edge_agent", "demo", "--seconds", "6",
                            "--plain"], capture_output=True, text=True, timeout=180, cwd=REPO,
                           env=env)
@@ -29,3 +35,4 @@ def test_demo_runs_and_stops_cleanly() -> None:
     assert "state offline" in out, "the retained offline status must arrive at the end"
     assert "agent exit code 0" in out
     assert "Traceback" not in proc.stderr
+    assert f"demo: {broker} on 127.0.0.1" in out
