@@ -73,6 +73,16 @@ def dumps(payload: Any) -> bytes:
                       allow_nan=False).encode("utf-8")
 
 
+_HEAD_KEYS = frozenset({"schema", "id", "seq", "boot_id"})
+"""Keys a durable message's head (added by the guard) puts before the policy's fields."""
+
+
+def _spliced(head: Mapping[str, Any], tail: bytes) -> bytes:
+    """``dumps({**head, **rest})`` from ``tail = dumps(rest)`` (no key of ``rest`` in head)."""
+    start = dumps(head)
+    return start if tail == b"{}" else start[:-1] + b"," + tail[1:]
+
+
 class EgressGuard:
     """The one object allowed to publish; see the module docstring."""
 
@@ -200,18 +210,30 @@ class EgressGuard:
         return kind, pipeline
 
     def _body(self, kind: str, payload: Any, limit_key: str | None = None) -> bytes:
+        """Serialise, bound and validate ``payload`` (raises :class:`Refused`)."""
         try:
             body = dumps(payload)
         except (TypeError, ValueError):
             raise Refused("not_serialisable") from None
         if len(body) > self.limits[limit_key or kind]:
             raise Refused("too_large")
+        self._validate(kind, payload)
+        return body
+
+    @staticmethod
+    def _validate(kind: str, payload: Any) -> None:
+        """Validate the object that was just serialised, without parsing the bytes back.
+
+        Equivalent to validating ``json.loads(body)``: ``dumps`` succeeded, so the payload
+        holds only str keys, dicts, lists (the seal's frozen forms are dict and list
+        subclasses, thawed copies plain ones), str, int, float (finite), bool and None, each of
+        which parses back to an equal value of the same JSON type. The validator only reads.
+        """
         try:
-            validate(kind, json.loads(body))
+            validate(kind, payload)
         except PublishError as exc:
             logger.debug("%s", exc)
             raise Refused("schema") from None
-        return body
 
     def send(self, msg: OutgoingMessage) -> bool:
         """Publish ``msg``; False when refused (counted, logged without content) or failed."""
@@ -244,15 +266,28 @@ class EgressGuard:
         return True
 
     def _send_durable(self, msg: OutgoingMessage, kind: str, topic: str) -> bool:
-        base = thaw(msg.payload)
+        base = msg.payload  # frozen: dicts and lists only, read here and never changed
         pipeline = str(msg.pipeline)
-        # check before the outbox is touched: a placeholder seq/id of maximal length
-        self._body(kind, {"schema": base.get("schema"), "id": "x" * 36, "seq": 2**53,
-                          **{k: v for k, v in base.items() if k != "schema"}})
-        sizes: list[int] = []
-
+        rest = {k: v for k, v in base.items() if k != "schema"}
         boot_id = getattr(self._transport, "boot_id", None)
         boot_id = boot_id if isinstance(boot_id, str) and 0 < len(boot_id) <= 64 else None
+        # The body after the head is serialised once; render() only splices the head in front.
+        # That gives the bytes dumps({**head, **rest}) would, unless rest repeats a head key.
+        splice = not (rest.keys() & _HEAD_KEYS)
+        try:
+            tail = dumps(rest) if splice else b""
+        except (TypeError, ValueError):
+            raise Refused("not_serialisable") from None
+        # check before the outbox is touched: a placeholder seq/id of maximal length
+        placeholder = {"schema": base.get("schema"), "id": "x" * 36, "seq": 2**53, **rest}
+        if splice:
+            if len(_spliced({"schema": base.get("schema"), "id": "x" * 36, "seq": 2**53},
+                            tail)) > self.limits[kind]:
+                raise Refused("too_large")
+            self._validate(kind, placeholder)
+        else:
+            self._body(kind, placeholder)
+        sizes: list[int] = []
 
         def render(seq: int, msg_id: str) -> bytes:
             if (not isinstance(seq, int) or seq < 0 or not isinstance(msg_id, str)
@@ -261,7 +296,7 @@ class EgressGuard:
             head: dict[str, Any] = {"schema": base.get("schema"), "id": msg_id, "seq": seq}
             if boot_id:
                 head["boot_id"] = boot_id  # a subscriber tells a restart from a loss by it
-            body = dumps({**head, **{k: v for k, v in base.items() if k != "schema"}})
+            body = _spliced(head, tail) if splice else dumps({**head, **rest})
             if len(body) > self.limits[kind]:
                 raise PublishError(f"{kind} payload over its size limit after seq/id")
             sizes.append(len(body))

@@ -102,7 +102,8 @@ def new_seal() -> Seal:
 class FrozenDict(dict[str, Any]):
     """A dict that refuses mutation (a payload cannot be edited after the policy made it).
 
-    It stays a ``dict`` so ``json`` serialises it directly.
+    It stays a ``dict`` so ``json`` serialises it directly and a schema validator sees a JSON
+    object.
     """
 
     __slots__ = ()
@@ -121,31 +122,69 @@ class FrozenDict(dict[str, Any]):
     __ior__ = _refuse
 
 
+class FrozenList(list[Any]):
+    """A list that refuses mutation: the frozen form of a JSON array.
+
+    It stays a ``list`` (not a tuple) so the frozen payload is made of JSON-native types only:
+    ``json`` serialises it directly and the schema validator, which the egress guard runs on
+    the frozen payload itself, sees exactly what the bytes say (a tuple would compare unequal
+    to a list in ``enum``/``const``).
+    """
+
+    __slots__ = ()
+
+    def _refuse(self, *args: Any, **kwargs: Any) -> NoReturn:
+        raise TypeError("an outgoing payload is read-only")
+
+    __setitem__ = _refuse
+    __delitem__ = _refuse
+    __iadd__ = _refuse
+    __imul__ = _refuse
+    append = _refuse
+    extend = _refuse
+    insert = _refuse
+    pop = _refuse
+    remove = _refuse
+    clear = _refuse
+    sort = _refuse
+    reverse = _refuse
+
+
 _SCALARS = frozenset({str, int, float, bool, type(None)})
 
 
 def freeze(value: Any) -> Any:
-    """``value`` with every dict made a :class:`FrozenDict` and every list a tuple."""
+    """``value`` with every dict made a :class:`FrozenDict` and every list a :class:`FrozenList`.
+
+    Exact types are tested first (the policy's payloads hold only dicts, lists and scalars), so
+    the common case costs one ``type()`` per value; other mappings and sequences are frozen
+    too, anything else is left as it is (and later refused by ``json`` as not serialisable).
+    """
     t = type(value)
     if t in _SCALARS:
         return value
+    scalars = _SCALARS
     if t is dict or t is FrozenDict:
-        return FrozenDict(zip(map(str, value), map(freeze, value.values()), strict=True))
-    if t is list or t is tuple:
-        if all(type(v) in _SCALARS for v in value):  # boxes, values: no recursion needed
-            return tuple(value)
-        return tuple(map(freeze, value))
+        return FrozenDict({k if type(k) is str else str(k):
+                           v if type(v) in scalars else freeze(v) for k, v in value.items()})
+    if t is list or t is tuple or t is FrozenList:
+        return FrozenList([v if type(v) in scalars else freeze(v) for v in value])
     if isinstance(value, Mapping):
-        return FrozenDict(zip(map(str, value), map(freeze, value.values()), strict=True))
+        return FrozenDict({str(k): freeze(v) for k, v in value.items()})
     if isinstance(value, (list, tuple)):
-        return tuple(map(freeze, value))
+        return FrozenList([freeze(v) for v in value])
     return value
 
 
 def thaw(value: Any) -> Any:
-    """A plain, mutable deep copy of a frozen payload."""
+    """A plain, mutable deep copy of a frozen payload (only ``dict``, ``list`` and scalars)."""
+    t = type(value)
+    if t is FrozenDict or t is dict:
+        return {k: thaw(v) for k, v in value.items()}
+    if t is FrozenList or t is list or t is tuple:
+        return [thaw(v) for v in value]
     if isinstance(value, Mapping):
         return {k: thaw(v) for k, v in value.items()}
-    if isinstance(value, tuple):
+    if isinstance(value, (list, tuple)):
         return [thaw(v) for v in value]
     return value

@@ -189,3 +189,47 @@ def test_seal_holds_a_bounded_number_of_unsent_messages(seal, guard):
     last = messages.cmd_reply(seal, device="dev-1", request_id="x", ok=True)
     seal.discard(last)
     assert seal.pending == 1023 and not guard.send(last)
+
+
+def test_durable_bytes_are_the_head_then_the_policy_fields(guard, transport, seal, make_policy):
+    # render() splices the serialised head in front of the body serialised once; the bytes
+    # must be exactly those of serialising the merged object
+    from edge_agent.privacy.egress import dumps
+    from edge_agent.privacy.seal import thaw
+
+    msg = make_policy().result(result(det(), det("car", 0.7), det(label="Zoë ☃")))
+    expected = thaw(msg.payload)
+    assert guard.send(msg)
+    m = transport.messages[-1]
+    head = {"schema": expected.pop("schema"), "id": m.id, "seq": m.seq,
+            "boot_id": transport.boot_id}
+    assert m.payload == dumps({**head, **expected})
+
+
+def test_a_payload_repeating_a_head_key_is_still_rendered_as_one_object(guard, transport,
+                                                                         seal):
+    # not something the policy makes: the guard falls back to merging the dicts (the payload's
+    # value wins, in the head's position), which the schema then judges as before
+    payload = {"schema": "edge-agent/event@1", "seq": 7, "device": "dev-1"}
+    assert not guard.send(seal.issue("event", "door", payload))
+    assert guard.counters()["refused_reasons"] == {"schema": 1}
+    assert transport.messages == []
+
+
+def test_frozen_payloads_are_json_native_and_read_only(seal):
+    from edge_agent.privacy.seal import thaw
+
+    msg = seal.issue("stats", None, {"a": [1, {"b": (2.5, None)}], 3: "x"})
+    p = msg.payload
+    assert isinstance(p, dict) and isinstance(p["a"], list) and isinstance(p["a"][1]["b"], list)
+    assert p == {"a": [1, {"b": [2.5, None]}], "3": "x"}
+    for mutate in (lambda: p["a"].append(1), lambda: p["a"].__setitem__(0, 2),
+                   lambda: p["a"][1].update(c=1), lambda: p["a"].extend([1]),
+                   lambda: p["a"].sort(), lambda: p["a"].pop()):
+        with pytest.raises(TypeError):
+            mutate()
+    plain = thaw(p)
+    assert type(plain) is dict and type(plain["a"]) is list and type(plain["a"][1]) is dict
+    assert type(plain["a"][1]["b"]) is list and plain == p
+    plain["a"].append(4)  # a copy: the message is unchanged
+    assert p["a"] == [1, {"b": [2.5, None]}]
