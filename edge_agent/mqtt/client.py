@@ -245,8 +245,8 @@ class MqttTransport:
                     return
                 free = self._window - len(self._inflight)
                 after, epoch = self._cursor, self._epoch
-            if free <= 0:
-                return
+            if free <= 0 or after >= self._outbox.last_rowid:
+                return  # window full, or nothing stored after the cursor (skip the SELECT)
             rows = self._outbox.pending(after=after, limit=free)
             if not rows:
                 return

@@ -50,6 +50,7 @@ CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NU
 
 FILENAME = "outbox.sqlite"
 AUTOCHECKPOINT_PAGES = 10_000  # ~40 MB of WAL
+_ACK_CHUNK = 500  # rowids per DELETE (well under SQLite's limit of bound parameters)
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,6 +121,7 @@ class SqliteOutbox:
         found = self._db.execute("SELECT seq FROM sqlite_sequence WHERE name='messages'").fetchone()
         self.rowid_at_open = int(found[0]) if found else 0
         """Rows up to this one were stored by an earlier process."""
+        self._last_rowid = self.rowid_at_open
         self._closed = False
         if self._count:
             logger.info("outbox %s holds %d unacknowledged messages", self.path, self._count)
@@ -164,6 +166,7 @@ class SqliteOutbox:
                 db.execute("ROLLBACK")
                 raise
             self._seqs[pipeline] = seq
+            self._last_rowid = max(self._last_rowid, rowid)
             self._count += 1 - dropped[0]
             self._bytes += len(payload) - dropped[1]
             self._dropped += dropped[0]
@@ -212,31 +215,37 @@ class SqliteOutbox:
     def ack(self, rowids: int | Iterable[int]) -> int:
         """Delete acknowledged rows (one transaction); unknown rowids are ignored.
 
+        One ``DELETE ... RETURNING`` per chunk of rows (a lone statement is its own
+        transaction), instead of a SELECT and a DELETE per row.
+
         Returns:
             how many rows were deleted.
         """
-        ids = [(rowids,)] if isinstance(rowids, int) else [(int(r),) for r in rowids]
+        ids = [rowids] if isinstance(rowids, int) else [int(r) for r in rowids]
         if not ids:
             return 0
         with self._lock:
             if self._closed:
                 return 0
             db = self._db
-            db.execute("BEGIN IMMEDIATE")
+            chunks = [ids[i:i + _ACK_CHUNK] for i in range(0, len(ids), _ACK_CHUNK)]
+            if len(chunks) > 1:
+                db.execute("BEGIN IMMEDIATE")
             try:
                 freed = 0
                 deleted = 0
-                for (rowid,) in ids:
-                    row = db.execute("SELECT LENGTH(payload) FROM messages WHERE rowid=?",
-                                     (rowid,)).fetchone()
-                    if row is None:
-                        continue
-                    db.execute("DELETE FROM messages WHERE rowid=?", (rowid,))
-                    freed += int(row[0])
-                    deleted += 1
-                db.execute("COMMIT")
+                for chunk in chunks:
+                    marks = ",".join("?" * len(chunk))
+                    for (length,) in db.execute(
+                            f"DELETE FROM messages WHERE rowid IN ({marks}) "  # noqa: S608
+                            "RETURNING LENGTH(payload)", chunk).fetchall():
+                        freed += int(length)
+                        deleted += 1
+                if len(chunks) > 1:
+                    db.execute("COMMIT")
             except BaseException:
-                db.execute("ROLLBACK")
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
                 raise
             self._count -= deleted
             self._bytes -= freed
@@ -272,6 +281,12 @@ class SqliteOutbox:
         """The last seq allocated for ``pipeline`` (0: none yet)."""
         with self._lock:
             return self._seqs.get(pipeline, 0)
+
+    @property
+    def last_rowid(self) -> int:
+        """The highest rowid stored so far (by this process or an earlier one); no row after
+        it exists, so a reader whose cursor is there has nothing new to read."""
+        return self._last_rowid
 
     @property
     def depth(self) -> int:

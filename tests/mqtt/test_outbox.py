@@ -130,3 +130,19 @@ def test_concurrent_appends_give_unique_contiguous_seqs(tmp_path: Path) -> None:
     box.close()
     with sqlite3.connect(tmp_path / "o.sqlite") as db:
         assert db.execute("SELECT next FROM seqs WHERE pipeline='a'").fetchone()[0] == 800
+
+
+def test_ack_of_many_rows_deletes_them_all_and_keeps_the_counts(tmp_path: Path) -> None:
+    box = SqliteOutbox(tmp_path / "o.sqlite", OutboxConfig())
+    assert box.last_rowid == 0
+    rows = [box.append("a", "t", render, 1) for _ in range(1203)]
+    assert box.last_rowid == rows[-1].rowid
+    size = box.size_bytes
+    assert box.ack([r.rowid for r in rows[:1200]] + [rows[0].rowid, 10**9]) == 1200
+    assert box.depth == 3
+    assert box.size_bytes == sum(len(m.payload) for m in box.pending()) < size
+    assert [m.seq for m in box.pending()] == [1201, 1202, 1203]
+    box.close()
+    box = SqliteOutbox(tmp_path / "o.sqlite", OutboxConfig())
+    assert box.last_rowid == rows[-1].rowid and box.depth == 3
+    box.close()
