@@ -67,10 +67,13 @@ class Refused(Exception):
     """Internal: why a message is refused (a reason word, never content)."""
 
 
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+# made once: json.dumps with any option builds a new encoder per call; encode() keeps no state
+
+
 def dumps(payload: Any) -> bytes:
     """Compact UTF-8 JSON; NaN and infinities are refused."""
-    return json.dumps(payload, separators=(",", ":"), ensure_ascii=False,
-                      allow_nan=False).encode("utf-8")
+    return _ENCODER.encode(payload).encode("utf-8")
 
 
 _HEAD_KEYS = frozenset({"schema", "id", "seq", "boot_id"})

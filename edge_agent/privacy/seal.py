@@ -179,6 +179,8 @@ def freeze(value: Any) -> Any:
 def thaw(value: Any) -> Any:
     """A plain, mutable deep copy of a frozen payload (only ``dict``, ``list`` and scalars)."""
     t = type(value)
+    if t in _SCALARS:
+        return value
     if t is FrozenDict or t is dict:
         return {k: thaw(v) for k, v in value.items()}
     if t is FrozenList or t is list or t is tuple:
