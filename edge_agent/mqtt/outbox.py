@@ -51,6 +51,8 @@ CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NU
 FILENAME = "outbox.sqlite"
 AUTOCHECKPOINT_PAGES = 10_000  # ~40 MB of WAL
 _ACK_CHUNK = 500  # rowids per DELETE (well under SQLite's limit of bound parameters)
+# DELETE ... RETURNING needs SQLite 3.35 (2021); older system SQLite gets SELECT + DELETE
+_HAS_RETURNING = sqlite3.sqlite_version_info >= (3, 35, 0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -236,9 +238,21 @@ class SqliteOutbox:
                 deleted = 0
                 for chunk in chunks:
                     marks = ",".join("?" * len(chunk))
-                    for (length,) in db.execute(
+                    if _HAS_RETURNING:
+                        rows = db.execute(
                             f"DELETE FROM messages WHERE rowid IN ({marks}) "  # noqa: S608
-                            "RETURNING LENGTH(payload)", chunk).fetchall():
+                            "RETURNING LENGTH(payload)", chunk).fetchall()
+                    else:  # SQLite < 3.35 (e.g. Ubuntu 20.04 on Jetson): select, then delete
+                        if not db.in_transaction:
+                            db.execute("BEGIN IMMEDIATE")
+                        rows = db.execute(
+                            f"SELECT LENGTH(payload) FROM messages "  # noqa: S608
+                            f"WHERE rowid IN ({marks})", chunk).fetchall()
+                        db.execute(f"DELETE FROM messages WHERE rowid IN ({marks})",  # noqa: S608
+                                   chunk)
+                        if len(chunks) == 1:
+                            db.execute("COMMIT")
+                    for (length,) in rows:
                         freed += int(length)
                         deleted += 1
                 if len(chunks) > 1:

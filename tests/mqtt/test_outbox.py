@@ -132,16 +132,23 @@ def test_concurrent_appends_give_unique_contiguous_seqs(tmp_path: Path) -> None:
         assert db.execute("SELECT next FROM seqs WHERE pipeline='a'").fetchone()[0] == 800
 
 
-def test_ack_of_many_rows_deletes_them_all_and_keeps_the_counts(tmp_path: Path) -> None:
+@pytest.mark.parametrize("returning", [True, False], ids=["returning", "sqlite-before-3.35"])
+def test_ack_of_many_rows_deletes_them_all_and_keeps_the_counts(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, returning: bool) -> None:
+    from edge_agent.mqtt import outbox
+
+    monkeypatch.setattr(outbox, "_HAS_RETURNING", returning and outbox._HAS_RETURNING)
     box = SqliteOutbox(tmp_path / "o.sqlite", OutboxConfig())
     assert box.last_rowid == 0
+    single = box.append("a", "t", render, 1)
+    assert box.ack(single.rowid) == 1 and box.depth == 0
     rows = [box.append("a", "t", render, 1) for _ in range(1203)]
     assert box.last_rowid == rows[-1].rowid
     size = box.size_bytes
     assert box.ack([r.rowid for r in rows[:1200]] + [rows[0].rowid, 10**9]) == 1200
     assert box.depth == 3
     assert box.size_bytes == sum(len(m.payload) for m in box.pending()) < size
-    assert [m.seq for m in box.pending()] == [1201, 1202, 1203]
+    assert [m.seq for m in box.pending()] == [1202, 1203, 1204]
     box.close()
     box = SqliteOutbox(tmp_path / "o.sqlite", OutboxConfig())
     assert box.last_rowid == rows[-1].rowid and box.depth == 3
