@@ -8,22 +8,17 @@ keys, no spaces, UTF-8) of the command without ``signature``.
 
 from __future__ import annotations
 
-import base64
-import binascii
-import hashlib
 import json
 import logging
 import os
-import time
-import uuid
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from edge_agent.errors import ConfigError
+from edge_agent import signing
+from edge_agent.errors import ConfigError, UpdateError
 
 logger = logging.getLogger(__name__)
 
@@ -32,16 +27,12 @@ MAX_NONCES = 10_000
 
 
 def canonical_json(obj: Mapping[str, Any]) -> bytes:
-    """Sorted keys, no spaces, UTF-8: what a signature covers (``signature`` left out)."""
-    body = {k: v for k, v in obj.items() if k != "signature"}
-    return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
-                      allow_nan=False).encode("utf-8")
+    """What a command's signature covers (``signature`` left out; NaN is refused)."""
+    return signing.canonical_json(obj, allow_nan=False)
 
 
-def key_id_of(public_key: Ed25519PublicKey) -> str:
-    """First 16 hex characters of sha256 of the raw 32-byte public key."""
-    raw = public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-    return hashlib.sha256(raw).hexdigest()[:16]
+key_id_of = signing.key_id
+sign_command = signing.sign_command
 
 
 def load_public_key(path: Path) -> Ed25519PublicKey:
@@ -51,35 +42,14 @@ def load_public_key(path: Path) -> Ed25519PublicKey:
         ConfigError: unreadable file or not an Ed25519 key.
     """
     try:
-        data = Path(path).read_bytes()
-    except OSError as exc:
+        text = Path(path).read_text()
+    except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"commands.public_keys: cannot read {path}: {exc}") from None
     try:
-        if data.lstrip().startswith(b"-----BEGIN"):
-            key = serialization.load_pem_public_key(data)
-            if not isinstance(key, Ed25519PublicKey):
-                raise ValueError("not an Ed25519 key")
-            return key
-        raw = base64.b64decode(data.strip(), validate=True)
-        return Ed25519PublicKey.from_public_bytes(raw)
-    except (ValueError, binascii.Error) as exc:
+        return signing.parse_public_key(text, str(path))
+    except UpdateError as exc:
         raise ConfigError(f"commands.public_keys: {path} is not an Ed25519 public key "
                           f"(PEM or base64 raw 32 bytes): {exc}") from None
-
-
-def sign_command(payload: Mapping[str, Any], private_key: Ed25519PrivateKey) -> dict[str, Any]:
-    """Return ``payload`` with ``ts``, ``nonce``, ``key_id`` (when missing) and ``signature``.
-
-    For operators and tests: ``sign_command({"request_id": "r1", "pipeline": "door",
-    "command": "rollback"}, key)``.
-    """
-    out = dict(payload)
-    out.pop("signature", None)
-    out.setdefault("ts", time.time())
-    out.setdefault("nonce", uuid.uuid4().hex)
-    out.setdefault("key_id", key_id_of(private_key.public_key()))
-    out["signature"] = base64.b64encode(private_key.sign(canonical_json(out))).decode("ascii")
-    return out
 
 
 class NonceCache:

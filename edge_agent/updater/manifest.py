@@ -27,7 +27,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from edge_agent.errors import UpdateError
-from edge_agent.updater.signing import sign_object, verify_object
+from edge_agent.signing import sign_object, verify_object
 
 SCHEMA = "edge-agent/model-manifest@1"
 NAME_RE = re.compile(r"[A-Za-z0-9._-]{1,128}")

@@ -18,13 +18,13 @@ from pathlib import Path
 from typing import Any
 
 from edge_agent.errors import UpdateError
-from edge_agent.updater.manifest import build_manifest, parse_manifest, verify_manifest
-from edge_agent.updater.signing import (
+from edge_agent.signing import (
     generate_key_pair,
     load_private_key,
     load_public_keys,
     sign_command,
 )
+from edge_agent.updater.manifest import build_manifest, parse_manifest, verify_manifest
 from edge_agent.updater.store import sha256_file
 
 

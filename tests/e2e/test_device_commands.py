@@ -11,7 +11,7 @@ import yaml
 
 from edge_agent.default_models import DEFAULT_MODEL, ensure_default_models
 from edge_agent.mqtt.signed import sign_command
-from edge_agent.updater.signing import generate_key_pair, load_private_key
+from edge_agent.signing import generate_key_pair, load_private_key
 from tests.broker import Mosquitto
 from tests.e2e.agentproc import AgentProcess, Inbox, subscribe, write_config
 

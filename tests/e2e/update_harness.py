@@ -24,8 +24,8 @@ from typing import Any
 import cv2
 import numpy as np
 
+from edge_agent.signing import generate_key_pair, load_private_key
 from edge_agent.updater.manifest import build_manifest
-from edge_agent.updater.signing import generate_key_pair, load_private_key
 from edge_agent.updater.store import sha256_file
 from tests.broker import Mosquitto
 from tests.e2e.agentproc import REPO, AgentProcess, Inbox, subscribe, write_config

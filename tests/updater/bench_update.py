@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from edge_agent.config import UpdatesConfig
+from edge_agent.signing import generate_key_pair, load_private_key, load_public_keys
 from edge_agent.updater.manifest import build_manifest
-from edge_agent.updater.signing import generate_key_pair, load_private_key, load_public_keys
 from edge_agent.updater.store import ModelStore
 from edge_agent.updater.updater import ModelUpdater
 from tests.conftest import SHARED_MODELS

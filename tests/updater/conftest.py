@@ -18,8 +18,8 @@ import pytest
 
 from edge_agent.config import UpdatesConfig
 from edge_agent.errors import UpdateError
+from edge_agent.signing import generate_key_pair, load_private_key, load_public_keys
 from edge_agent.updater.manifest import Manifest, build_manifest
-from edge_agent.updater.signing import generate_key_pair, load_private_key, load_public_keys
 from edge_agent.updater.store import ModelStore
 from edge_agent.updater.updater import ModelUpdater, UpdateHooks
 from tests.conftest import shared_model

@@ -13,8 +13,8 @@ import time
 from pathlib import Path
 
 from edge_agent.config import UpdatesConfig
+from edge_agent.signing import load_private_key
 from edge_agent.updater.manifest import build_manifest
-from edge_agent.updater.signing import load_private_key
 from edge_agent.updater.store import ModelStore
 from edge_agent.updater.updater import ModelUpdater, UpdateHooks
 
@@ -37,7 +37,7 @@ def main(argv: list[str]) -> None:
     config = UpdatesConfig(watch_inferences=4, watch_seconds=5.0, max_failure_ratio=0.25,
                            public_keys=())
     pub = key.public_key()
-    from edge_agent.updater.signing import key_id
+    from edge_agent.signing import key_id
     updater = ModelUpdater("door", config, store, {key_id(pub): pub}, hooks)
     updater.start(active)
     print("ready", flush=True)

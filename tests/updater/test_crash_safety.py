@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from edge_agent.runtime.interpreter import load_runtime
-from edge_agent.updater.signing import generate_key_pair
+from edge_agent.signing import generate_key_pair
 from edge_agent.updater.store import ModelStore, sha256_file
 from tests.conftest import REPO, shared_model
 

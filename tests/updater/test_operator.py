@@ -17,7 +17,7 @@ from edge_agent.config import make_config
 from edge_agent.mqtt.client import MqttTransport
 from edge_agent.mqtt.commands import DEFERRED, Command, CommandDispatcher
 from edge_agent.mqtt.topics import Topics
-from edge_agent.updater.signing import load_public_keys
+from edge_agent.signing import load_public_keys
 from edge_agent.updater.store import ModelStore
 from edge_agent.updater.updater import ModelUpdater, UpdateHooks
 from tests.broker import Mosquitto

@@ -10,8 +10,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 
 from edge_agent.errors import ConfigError, UpdateError
-from edge_agent.updater.manifest import build_manifest, parse_manifest, verify_manifest
-from edge_agent.updater.signing import (
+from edge_agent.signing import (
     canonical_json,
     generate_key_pair,
     key_id,
@@ -21,6 +20,7 @@ from edge_agent.updater.signing import (
     sign_command,
     verify_command,
 )
+from edge_agent.updater.manifest import build_manifest, parse_manifest, verify_manifest
 
 
 def test_keygen_files(tmp_path: Path) -> None:

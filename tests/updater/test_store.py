@@ -6,8 +6,8 @@ import hashlib
 import shutil
 from pathlib import Path
 
+from edge_agent.signing import generate_key_pair, load_private_key
 from edge_agent.updater.manifest import Manifest, build_manifest
-from edge_agent.updater.signing import generate_key_pair, load_private_key
 from edge_agent.updater.store import CONFIGURED, ModelStore
 from tests.conftest import shared_model
 

@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
+from edge_agent.signing import generate_key_pair, load_private_key, sign_object
 from edge_agent.updater.manifest import SCHEMA
-from edge_agent.updater.signing import generate_key_pair, load_private_key, sign_object
 from tests.conftest import shared_model
 from tests.updater.conftest import Keys, Rig, make_rig
 from tests.updater.tiny_models import write_nan_model

@@ -1,5 +1,8 @@
 """Ed25519 keys, canonical JSON and signatures for model manifests and signed commands.
 
+Shared by the updater (manifests, operator CLI) and the MQTT command channel, like
+``errors.py`` and ``types.py``: one key convention, one implementation.
+
 Key files (made by ``edge-agent model keygen --out DIR``):
 
 * ``DIR/signing.key``: the private key, PEM PKCS#8, unencrypted, mode 0600. It is created
@@ -40,9 +43,11 @@ PRIVATE_KEY_FILE = "signing.key"
 PUBLIC_KEY_FILE = "signing.pub"
 
 
-def canonical_json(obj: Any) -> bytes:
-    """The bytes that are signed: sorted keys, no spaces, UTF-8."""
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+def canonical_json(obj: Mapping[str, Any], *, allow_nan: bool = True) -> bytes:
+    """The bytes that are signed: sorted keys, no spaces, UTF-8, ``signature`` left out."""
+    body = {k: v for k, v in obj.items() if k != "signature"}
+    return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
+                      allow_nan=allow_nan).encode()
 
 
 def raw_public_bytes(key: Ed25519PublicKey) -> bytes:
@@ -213,8 +218,8 @@ def verify_object(obj: Mapping[str, Any], keys: Mapping[str, Ed25519PublicKey]) 
 def sign_command(command: Mapping[str, Any], key: Ed25519PrivateKey) -> dict[str, Any]:
     """A signed command: ``command`` plus ``ts``, ``nonce``, ``key_id`` and ``signature``."""
     body = dict(command)
-    body["ts"] = time.time()
-    body["nonce"] = secrets.token_hex(16)
+    body.setdefault("ts", time.time())  # a caller (a test, a replay check) may fix them
+    body.setdefault("nonce", secrets.token_hex(16))
     return sign_object(body, key)
 
 
