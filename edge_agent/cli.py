@@ -33,6 +33,13 @@ def _handler(target: str) -> Callable[[argparse.Namespace], int]:
     return run
 
 
+def _command(sub: Any, name: str, target: str, help_: str) -> argparse.ArgumentParser:
+    """Add subcommand ``name`` that runs ``"module:function"``."""
+    p: argparse.ArgumentParser = sub.add_parser(name, help=help_, description=help_)
+    p.set_defaults(func=_handler(target))
+    return p
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every command (the CLI contract in DESIGN.md)."""
     parser = argparse.ArgumentParser(
@@ -44,9 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
 
     def add(name: str, target: str, help_: str) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help_, description=help_)
-        p.set_defaults(func=_handler(target))
-        return p
+        return _command(sub, name, target, help_)
 
     p = add("run", "edge_agent.agent:cmd_run", "run the daemon in the foreground")
     p.add_argument("-c", "--config", help="config file (default: $EDGE_AGENT_CONFIG or "
@@ -99,9 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     msub.required = True
 
     def madd(name: str, target: str, help_: str) -> argparse.ArgumentParser:
-        mp = msub.add_parser(name, help=help_, description=help_)
-        mp.set_defaults(func=_handler(target))
-        return mp
+        return _command(msub, name, target, help_)
 
     mp = madd("inspect", "edge_agent.runtime.inspect:cmd_inspect",
               "signature, quantisation, ops, size, sha256")
