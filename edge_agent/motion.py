@@ -90,7 +90,12 @@ class MotionGate:
         through a 0/255 per-channel mask and a grey conversion keeps it at ~35 us.
         """
         threshold = float(self.cfg.threshold)
-        over = cv2.compare(cv2.absdiff(a, b), threshold, cv2.CMP_GT)  # type: ignore[call-overload]
+        diff = cv2.absdiff(a, b)
+        # compare on a single-channel view: how cv2.compare broadcasts a scalar over channels
+        # changed between releases (OpenCV 5.1 applies it to the first channel only), a
+        # one-channel (h, w*c) view of the same bytes means the same thing on every version
+        flat = diff.reshape(diff.shape[0], -1)
+        over = cv2.compare(flat, threshold, cv2.CMP_GT).reshape(diff.shape)  # type: ignore[call-overload]
         mask: np.ndarray = cv2.cvtColor(over, cv2.COLOR_BGR2GRAY) if over.ndim == 3 else over
         return mask
 
