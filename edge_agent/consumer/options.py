@@ -1,0 +1,62 @@
+"""The ``--broker`` family of command-line options (DESIGN.md: every ``--broker`` command takes
+``--tls-ca``, ``--tls-cert``, ``--tls-key``, ``--username`` and ``--password-file``)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from edge_agent.errors import ConfigError
+from edge_agent.mqtt.inbound import BrokerOptions, parse_broker
+
+DEFAULT_PREFIX = "edge-agent"
+
+
+def add_broker_args(p: argparse.ArgumentParser) -> None:
+    """Add ``--broker``, TLS, credentials, ``--mqtt-version`` and ``--topic-prefix`` to ``p``."""
+    p.add_argument("--broker", required=True, metavar="HOST[:PORT]",
+                   help="MQTT broker (port 1883, or 8883 with --tls-ca)")
+    p.add_argument("--tls-ca", default=None, metavar="FILE", help="CA certificate: use TLS")
+    p.add_argument("--tls-cert", default=None, metavar="FILE", help="client certificate")
+    p.add_argument("--tls-key", default=None, metavar="FILE", help="client key")
+    p.add_argument("--username", default=None)
+    p.add_argument("--password-file", default=None, metavar="FILE",
+                   help="file whose first line is the password")
+    p.add_argument("--mqtt-version", default="5", choices=["5", "3.1.1"])
+    p.add_argument("--topic-prefix", default=DEFAULT_PREFIX, metavar="P",
+                   help="the devices' mqtt.topic_prefix (default: edge-agent)")
+
+
+def _file(value: str | None, option: str) -> Path | None:
+    if value is None:
+        return None
+    path = Path(value)
+    if not path.is_file():
+        raise ConfigError(f"{option} {value}: no such file")
+    return path
+
+
+def broker_from_args(args: argparse.Namespace) -> BrokerOptions:
+    """The :class:`BrokerOptions` the options describe.
+
+    Raises:
+        ConfigError: a bad ``--broker``, a missing certificate or an unreadable password file
+            (one line saying which).
+    """
+    tls_ca = _file(args.tls_ca, "--tls-ca")
+    tls_cert = _file(args.tls_cert, "--tls-cert")
+    tls_key = _file(args.tls_key, "--tls-key")
+    if (tls_cert or tls_key) and tls_ca is None:
+        raise ConfigError("--tls-cert/--tls-key need --tls-ca")
+    password = None
+    if args.password_file is not None:
+        if args.username is None:
+            raise ConfigError("--password-file needs --username")
+        try:
+            password = Path(args.password_file).read_text(encoding="utf-8").splitlines()[0]
+        except (OSError, UnicodeDecodeError, IndexError) as exc:
+            raise ConfigError(f"--password-file {args.password_file}: cannot read a password "
+                              f"({exc or 'empty file'})") from None
+    host, port = parse_broker(args.broker, tls=tls_ca is not None)
+    return BrokerOptions(host, port, tls_ca, tls_cert, tls_key, args.username, password,
+                         args.mqtt_version)
