@@ -97,6 +97,7 @@ class PipelineSet:
         from edge_agent.tracking import IouTracker
         from edge_agent.updater.store import ModelStore
         from edge_agent.updater.updater import ModelUpdater
+        from edge_agent.zones import ZoneTracker
 
         store = ModelStore(self.cfg.state_dir / "models" / p.name)
         active = store.resolve_active(p.model.path)
@@ -109,8 +110,9 @@ class PipelineSet:
                                self.face_detector, salt=self.salt)
         gate = MotionGate(p.motion) if p.motion.enabled else None
         tracker = IouTracker(p.tracking, p.name) if p.tracking.enabled else None
+        zones = ZoneTracker(p.zones, p.name) if p.zones and tracker is not None else None
         pipeline = Pipeline(p, bundle, source_factory=create_source, policy=policy,
-                            send=self.guard.send, gate=gate, tracker=tracker,
+                            send=self.guard.send, gate=gate, tracker=tracker, zones=zones,
                             observe=self.metrics.observe_stage)
         hooks = _UpdateHooks(self, p, pipeline)
         updater = ModelUpdater(p.name, self.cfg.updates, store, hooks)

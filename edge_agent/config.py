@@ -254,6 +254,24 @@ class PrivacyConfig(_Model):
     identifying_fields: Literal["drop", "hash", "keep"] = "drop"
 
 
+class ZoneConfig(_Model):
+    """A named area of the frame: per-detection zones, counts and zone events (needs tracking).
+
+    An object is in a zone once its track's anchor point (``anchor``: where on its box, by
+    default the bottom centre, i.e. where it stands) has been inside the polygon for
+    ``inertia`` consecutive inference frames; it leaves after ``inertia`` consecutive frames
+    outside, or when its track ends. ``loiter_s``: a ``loitering`` event once per stay that
+    lasts this long (None: never).
+    """
+
+    name: str = Field(pattern=NAME_PATTERN, max_length=64)
+    polygon: Polygon
+    labels: tuple[str, ...] | None = None  # None: every label
+    inertia: int = Field(default=3, ge=1, le=1000)
+    loiter_s: PositiveFloat | None = None
+    anchor: Literal["bottom_center", "center", "top_center"] = "bottom_center"
+
+
 class PipelineConfig(_Model):
     """One source -> model -> policy -> publish chain."""
 
@@ -266,7 +284,24 @@ class PipelineConfig(_Model):
     motion: MotionConfig = MotionConfig()
     tracking: TrackingConfig = TrackingConfig()
     privacy: PrivacyConfig = PrivacyConfig()
+    zones: tuple[ZoneConfig, ...] = ()
     stall_timeout_s: PositiveFloat = 30.0  # heartbeat age after which the watchdog stops
+
+    @field_validator("zones")
+    @classmethod
+    def _unique_zones(cls, value: tuple[ZoneConfig, ...]) -> tuple[ZoneConfig, ...]:
+        names = [z.name for z in value]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"duplicate zone name {', '.join(dupes)} (names must be unique)")
+        return value
+
+    @model_validator(mode="after")
+    def _zones_need_tracking(self) -> PipelineConfig:
+        if self.zones and not self.tracking.enabled:
+            raise ValueError("zones need tracking: set tracking.enabled: true (zone events "
+                             "and inertia follow each tracked object)")
+        return self
 
 
 # --------------------------------------------------------------------------- device-wide
@@ -316,6 +351,21 @@ class MetricsConfig(_Model):
     prometheus: PrometheusConfig = PrometheusConfig()
 
 
+class ViewConfig(_Model):
+    """The local live view (HTTP): annotated, redacted MJPEG per pipeline.
+
+    Off loopback every request needs the token (``token_file``, or ``view-token`` in
+    ``$CREDENTIALS_DIRECTORY``); preflight refuses a non-loopback ``bind`` without one.
+    """
+
+    enabled: bool = False
+    bind: str = "127.0.0.1"
+    port: int = Field(default=8088, ge=0, le=65535)  # 0: any free port
+    token_file: Path | None = None
+    max_fps: PositiveFloat = Field(default=5.0, le=30.0)  # frames rendered per second, at most
+    max_clients: int = Field(default=8, ge=1, le=64)  # connections served at once
+
+
 class LoggingConfig(_Model):
     """Logging; under systemd the format has no timestamp and carries priority prefixes."""
 
@@ -342,6 +392,7 @@ class AgentConfig(_Model):
     commands: CommandsConfig = CommandsConfig()
     homeassistant: HomeAssistantConfig = HomeAssistantConfig()
     metrics: MetricsConfig = MetricsConfig()
+    view: ViewConfig = ViewConfig()
     logging: LoggingConfig = LoggingConfig()
     audit: AuditConfig = AuditConfig()
 
@@ -548,7 +599,9 @@ def resolve_paths(config: AgentConfig, base: Path) -> AgentConfig:
         update={"public_keys": tuple(fix(k) for k in config.updates.public_keys)})
     commands = config.commands.model_copy(
         update={"public_keys": tuple(fix(k) for k in config.commands.public_keys)})
+    view = config.view.model_copy(update={"token_file": fix(config.view.token_file)})
     return config.model_copy(update={
+        "view": view,
         "state_dir": fix(config.state_dir),
         "pipelines": tuple(pipelines),
         "mqtt": mqtt,

@@ -146,6 +146,9 @@ class Pipeline:
         send: the egress guard's ``send``: the only way out of the device.
         gate: an optional motion gate (``check(image, ts) -> bool``).
         tracker: an optional tracker (``update(detections, ts) -> (detections, events)``).
+        zones: an optional :class:`~edge_agent.zones.ZoneTracker` (needs ``tracker``).
+        view: an optional live-view tap (``wanted() -> bool``, ``offer(frame, result)``);
+            offered frames cost nothing unless someone is watching.
         on_inference: called after every inference with ``(ok, finite, sha256)`` (the updater
             watch; sha256 names the model that ran, so a swap's last old frames don't count).
         observe: optional ``(pipeline, stage, seconds)`` metrics callback.
@@ -162,6 +165,8 @@ class Pipeline:
         send: Callable[[Any], bool],
         gate: Any = None,
         tracker: Any = None,
+        zones: Any = None,
+        view: Any = None,
         on_inference: Callable[[bool, bool, str], None] | None = None,
         observe: Callable[[str, str, float], None] | None = None,
         tuning: Tuning | None = None,
@@ -174,6 +179,8 @@ class Pipeline:
         self._send = send
         self._gate = gate
         self._tracker = tracker
+        self._zones = zones
+        self.view = view
         self.on_inference = on_inference
         self._observe = observe
         self.tuning = tuning or DEFAULT_TUNING
@@ -500,6 +507,12 @@ class Pipeline:
         events: list[Any] = []
         if self._tracker is not None:
             dets, events = self._tracker.update(inference.detections, item.frame.ts)
+            if self._zones is not None:
+                left = [e.track_id for e in events if e.event == "leave"]
+                dets, zone_events = self._zones.update(dets, item.frame.ts, left)
+                # enter, then zone events (a zone_leave before the track's leave), then leave
+                events = ([e for e in events if e.event == "enter"] + zone_events
+                          + [e for e in events if e.event != "enter"])
             inference = replace(inference, detections=tuple(dets))
         frame = item.frame
         result = Result(
@@ -507,7 +520,11 @@ class Pipeline:
             height=frame.height, model=item.bundle.ref, inference_ms=round(item.inference_ms, 2),
             inference=inference,
             image=frame.image if self.cfg.privacy.publish_images else None,
+            zone_names=self._zones.names if self._zones is not None else (),
         )
+        view = self.view
+        if view is not None and frame.image is not None and view.wanted():
+            view.offer(frame, result)
         with self.stats.lock:
             self.stats.inferred += 1
             self.stats.inference_ms.append(item.inference_ms)
@@ -546,6 +563,7 @@ class Pipeline:
             tuple(sorted(counts.items())),
             tuple(c.label for c in inf.classes[:1]) if inf.classes else (),
             tuple(sorted(d.track_id for d in inf.detections if d.track_id is not None)),
+            tuple(sorted((z, d.label) for d in inf.detections for z in d.zones)),
         )
         now = time.monotonic()
         if key != self._last_key or now - self._last_publish >= self.cfg.heartbeat_s:

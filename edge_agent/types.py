@@ -93,6 +93,7 @@ class Detection:
         track_id: set by the tracker when tracking is on.
         attributes: extra decoder fields (for example recognised text); the privacy policy
             hashes or drops the ones it is told to.
+        zones: the names of the configured zones the object is in (set by the zone tracker).
     """
 
     class_id: int
@@ -102,6 +103,7 @@ class Detection:
     keypoints: tuple[tuple[float, float], ...] = ()
     track_id: int | None = None
     attributes: Mapping[str, str] = field(default_factory=dict)
+    zones: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,20 +146,26 @@ class Result:
     inference_ms: float
     inference: Inference
     image: np.ndarray | None = None  # the frame, only kept when snapshots are on
+    zone_names: tuple[str, ...] = ()  # the pipeline's zones: results then carry ``zones``
 
 
 @dataclass(frozen=True, slots=True)
 class TrackEvent:
-    """A tracked object entered or left the scene."""
+    """A tracked object entered or left the scene, or a zone (``zone`` set), or loitered.
+
+    ``dwell_s``: enter: how long the object was seen before it counted; leave: how long it
+    stayed; loitering: how long it has been in the zone so far.
+    """
 
     pipeline: str
     ts: float
-    event: Literal["enter", "leave"]
+    event: Literal["enter", "leave", "zone_enter", "zone_leave", "loitering"]
     track_id: int
     label: str
     class_id: int
     dwell_s: float
     box: Box
+    zone: str | None = None
 
 
 MessageKind = Literal[

@@ -1,7 +1,9 @@
 """Home Assistant MQTT discovery: pure builders of the retained config messages.
 
 Per pipeline: a count sensor per configured label (``homeassistant.labels``, minus labels the
-pipeline's privacy filter never lets out), a presence binary_sensor, fps and inference-time
+pipeline's privacy filter never lets out), a presence binary_sensor, per zone a count
+sensor per label (the zone's labels, else the configured ones) and an occupancy
+binary_sensor, fps and inference-time
 sensors (from ``P/D/stats``) and the active model version (from ``P/D/model/<p>/state``). All
 share one device entry and take their availability from ``P/D/status``.
 
@@ -64,6 +66,17 @@ def _count_expr(label: str) -> str:
             f" | selectattr('label', 'equalto', {lit}) | list | length))")
 
 
+def _zone_count_expr(zone: str, label: str) -> str:
+    """Jinja: the label's count in ``zone`` from the result's ``zones`` object (0 if absent)."""
+    return (f"((value_json.zones | default({{}}))[{json.dumps(zone)}] | default({{}}))"
+            f".get({json.dumps(label)}, 0)")
+
+
+def _published(pipeline: PipelineConfig, label: str) -> bool:
+    labels = pipeline.privacy.labels
+    return label not in labels.deny and (labels.allow is None or label in labels.allow)
+
+
 def _stats_expr(pipeline: str, key: str) -> str:
     """Jinja: a pipeline's stats field; ``pipelines`` may be a mapping or a list of dicts."""
     lit = json.dumps(pipeline)
@@ -107,6 +120,21 @@ def pipeline_configs(config: AgentConfig, pipeline: PipelineConfig) -> list[Disc
         out.append(entity("binary_sensor", "presence", {
             "name": f"{name} presence", "state_topic": topics.results(name),
             "value_template": "{{ 'ON' if (" + total + ") > 0 else 'OFF' }}",
+            "payload_on": "ON", "payload_off": "OFF", "device_class": "occupancy"}))
+    for zone in pipeline.zones:
+        zlabels = [lb for lb in (zone.labels or config.homeassistant.labels)
+                   if _published(pipeline, lb)]
+        zexprs = [_zone_count_expr(zone.name, lb) for lb in zlabels]
+        out += [entity("sensor", f"zone_{zone.name}_count_{_slug(lb)}", {
+            "name": f"{name} {zone.name} {lb} count", "state_topic": topics.results(name),
+            "value_template": "{{ " + expr + " }}", "state_class": "measurement",
+            "icon": "mdi:vector-polygon"}) for lb, expr in zip(zlabels, zexprs, strict=True)]
+        # occupancy counts every label in the zone (what the result's zone object holds)
+        occupied = (f"((value_json.zones | default({{}}))[{json.dumps(zone.name)}] "
+                    "| default({})).values() | sum")
+        out.append(entity("binary_sensor", f"zone_{zone.name}_occupancy", {
+            "name": f"{name} {zone.name} occupancy", "state_topic": topics.results(name),
+            "value_template": "{{ 'ON' if (" + occupied + ") > 0 else 'OFF' }}",
             "payload_on": "ON", "payload_off": "OFF", "device_class": "occupancy"}))
     out.append(entity("sensor", "fps", {
         "name": f"{name} fps", "state_topic": topics.stats(),

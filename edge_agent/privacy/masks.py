@@ -12,8 +12,9 @@ from collections.abc import Sequence
 import cv2
 import numpy as np
 
-Polygon = Sequence[Sequence[float]]
-"""A polygon: three or more normalised ``(x, y)`` points."""
+from edge_agent.polygons import Polygon, as_array, fill_mask, inside
+
+__all__ = ["MaskSet", "Polygon"]
 
 
 class MaskSet:
@@ -21,7 +22,7 @@ class MaskSet:
 
     def __init__(self, polygons: Sequence[Polygon]) -> None:
         """Keep ``polygons`` (normalised points, origin top-left)."""
-        self.polygons = [np.asarray(p, dtype=np.float32).reshape(-1, 2) for p in polygons]
+        self.polygons = [as_array(p) for p in polygons]
         self._keep: dict[tuple[int, int, int, int], np.ndarray] = {}
         self._lock = threading.Lock()
 
@@ -33,19 +34,11 @@ class MaskSet:
 
     def contains(self, x: float, y: float) -> bool:
         """Whether the normalised point ``(x, y)`` lies inside (or on the edge of) any polygon."""
-        pt = (float(x), float(y))
-        return any(cv2.pointPolygonTest(p, pt, False) >= 0 for p in self.polygons)
+        return any(inside(p, x, y) for p in self.polygons)
 
     def pixel_mask(self, width: int, height: int) -> np.ndarray:
         """(H, W) uint8: 255 where a polygon covers the pixel, else 0 (fresh array)."""
-        mask = np.zeros((height, width), np.uint8)
-        scale = np.array([width, height], np.float32)
-        pts = [np.round(p * scale).astype(np.int32) for p in self.polygons]
-        if pts:
-            cv2.fillPoly(mask, pts, 255, lineType=cv2.LINE_8)
-            # fillPoly leaves the far edge of a polygon touching x=1 or y=1 one pixel short
-            cv2.polylines(mask, pts, True, 255, thickness=1, lineType=cv2.LINE_8)
-        return mask
+        return fill_mask(self.polygons, width, height)
 
     def block_mask(self, width: int, height: int, block: int) -> np.ndarray:
         """Like :meth:`pixel_mask`, grown to whole ``block`` x ``block`` tiles of the frame.

@@ -59,6 +59,20 @@ COUNTERS = (
 )
 
 
+def _no_count(name: str, n: int = 1) -> None:
+    """A counter that counts nothing (see ``filter_detections(count=False)``)."""
+
+
+def zone_counts(detections: list[Detection], names: tuple[str, ...]) -> dict[str, Any]:
+    """``{zone: {label: count}}`` of ``detections``, every zone of ``names`` present."""
+    counts: dict[str, dict[str, int]] = {name: {} for name in names}
+    for det in detections:
+        for name in det.zones:
+            per = counts.setdefault(name, {})
+            per[det.label] = per.get(det.label, 0) + 1
+    return dict(counts)
+
+
 def iso_ts(ts: float) -> str:
     """``ts`` (seconds since the epoch) as ISO 8601 UTC with milliseconds and ``Z``."""
     ms = round(ts * 1000)
@@ -159,23 +173,31 @@ class PrivacyPolicy:
                 out[str(key)[:64]] = text[:MAX_ATTRIBUTE_CHARS]
         return out
 
-    def filter_detections(self, detections: tuple[Detection, ...]) -> list[Detection]:
-        """The detections that pass labels, score, finite box and masks (counted)."""
+    def filter_detections(self, detections: tuple[Detection, ...], *,
+                          count: bool = True) -> list[Detection]:
+        """The detections that pass labels, score, finite box and masks.
+
+        Args:
+            detections: a frame's detections.
+            count: count what is suppressed (False for the live view, which shows the same
+                detections a result carries without publishing anything).
+        """
         kept: list[Detection] = []
+        bump = self._count if count else _no_count
         for det in detections:
             if not self.label_allowed(det.label):
-                self._count("suppressed_by_label")
+                bump("suppressed_by_label")
             elif (not self._score_ok(float(det.score)) or len(det.box) != 4
                   or not all(map(math.isfinite, det.box))):
-                self._count("suppressed_by_score")
+                bump("suppressed_by_score")
             elif self.masks and self.masks.contains((det.box[0] + det.box[2]) / 2,
                                                     (det.box[1] + det.box[3]) / 2):
-                self._count("suppressed_by_mask")
+                bump("suppressed_by_mask")
             else:
                 kept.append(det)
         return kept
 
-    def _detection(self, det: Detection) -> dict[str, Any]:
+    def _detection(self, det: Detection, zones: bool = False) -> dict[str, Any]:
         out: dict[str, Any] = {"label": str(det.label)[:128], "class_id": int(det.class_id)}
         if not self.cfg.drop_scores:
             out["score"] = round(float(det.score), 4)
@@ -191,6 +213,8 @@ class PrivacyPolicy:
         attrs = self._attributes(det.attributes)
         if attrs:
             out["attributes"] = attrs
+        if zones:
+            out["zones"] = list(det.zones)
         return out
 
     # ------------------------------------------------------------------ messages
@@ -228,6 +252,9 @@ class PrivacyPolicy:
             "inference_ms": round(max(0.0, float(result.inference_ms)), 3)
             if math.isfinite(result.inference_ms) else 0.0,
         }
+        zoned = bool(result.zone_names)
+        if zoned:  # counts per zone and label, over what passed the policy
+            payload["zones"] = zone_counts(kept, result.zone_names)
         classes = self._classes(inf.classes)
         if self.cfg.aggregate == "counts":
             if classes:
@@ -243,7 +270,7 @@ class PrivacyPolicy:
             self._count("suppressed_by_cap", len(kept) - MAX_DETECTIONS)
             kept = kept[:MAX_DETECTIONS]
         if inf.detections or not (inf.classes or inf.values):
-            payload["detections"] = [self._detection(d) for d in kept]
+            payload["detections"] = [self._detection(d, zoned) for d in kept]
         self._count("detections_published", len(kept))
         payload["counts"] = counts
         if classes is not None:
@@ -301,6 +328,8 @@ class PrivacyPolicy:
             "dwell_s": round(max(0.0, float(ev.dwell_s)), 3) if math.isfinite(ev.dwell_s)
             else 0.0,
         }
+        if ev.zone is not None:
+            payload["zone"] = str(ev.zone)[:64]
         if self.cfg.aggregate != "counts" and box is not None:
             payload["box"] = box
         self._count("events_published")
