@@ -91,6 +91,7 @@ class PipelineSet:
     # ------------------------------------------------------------------ build
 
     def _build(self, p: PipelineConfig) -> _Unit:
+        from edge_agent.camera_health import CameraHealthMonitor
         from edge_agent.motion import MotionGate
         from edge_agent.privacy.policy import PrivacyPolicy
         from edge_agent.sources.factory import create_source
@@ -111,8 +112,11 @@ class PipelineSet:
         gate = MotionGate(p.motion) if p.motion.enabled else None
         tracker = IouTracker(p.tracking, p.name) if p.tracking.enabled else None
         zones = ZoneTracker(p.zones, p.name) if p.zones and tracker is not None else None
+        health = (CameraHealthMonitor(p.camera_health, p.name) if p.camera_health.enabled
+                  else None)
         pipeline = Pipeline(p, bundle, source_factory=create_source, policy=policy,
                             send=self.guard.send, gate=gate, tracker=tracker, zones=zones,
+                            health=health,
                             observe=self.metrics.observe_stage)
         hooks = _UpdateHooks(self, p, pipeline)
         updater = ModelUpdater(p.name, self.cfg.updates, store, hooks)
@@ -174,14 +178,18 @@ class PipelineSet:
         out = []
         for u in self.units.values():
             st = u.pipeline.status()
-            out.append({k: st[k] for k in ("name", "state", "source", "source_error", "model",
-                                           "runtime")})
+            entry = {k: st[k] for k in ("name", "state", "source", "source_error", "model",
+                                        "runtime")}
+            if "camera_health" in st:
+                entry["camera_health"] = st["camera_health"]
+            out.append(entry)
         return out
 
     def status_key(self) -> Any:
         """Changes when something worth a new retained status changes."""
         return tuple((u.pipeline.name, u.pipeline.state, u.pipeline.source_error,
-                      u.pipeline.bundle.ref.sha256) for u in self.units.values())
+                      u.pipeline.bundle.ref.sha256, u.pipeline.health_state)
+                     for u in self.units.values())
 
     def stats(self) -> dict[str, dict[str, Any]]:
         """Each pipeline's stats entry, by name."""

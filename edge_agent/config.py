@@ -230,6 +230,25 @@ class TrackingConfig(_Model):
     min_hits: PositiveInt = 2  # frames before an object counts as entered
 
 
+class CameraHealthConfig(_Model):
+    """Camera tamper, focus, darkness and frozen-image checks (see camera_health.py)."""
+
+    enabled: bool = False
+    interval_s: PositiveFloat = 0.2  # seconds between checks
+    width: int = Field(default=160, ge=16, le=1280)  # the small grey copy measured
+    hold_s: NonNegativeFloat = 1.0  # a problem must last this long to be reported
+    clear_s: NonNegativeFloat = 3.0  # and be gone this long for camera_ok
+    dark_level: float = Field(default=20.0, ge=0, le=255)  # mean grey level
+    blocked_contrast: float = Field(default=10.0, ge=0, le=128)  # grey standard deviation
+    defocus_ratio: float = Field(default=0.35, gt=0, lt=1)  # of the usual sharpness
+    moved_similarity: float = Field(default=0.5, gt=-1, lt=1)  # correlation with the view
+    moved_margin: float = Field(default=0.15, ge=0, le=2)  # below the usual low similarity
+    reference_s: PositiveFloat = 60.0  # time constant of the reference view
+    learn_s: NonNegativeFloat = 20.0  # history needed before moved/defocused can fire
+    relearn_s: PositiveFloat = 60.0  # a moved view that stays becomes the reference
+    frozen_s: PositiveFloat = 1.5  # identical frames from a live source for this long
+
+
 class LabelFilterConfig(_Model):
     """Which labels may leave the device."""
 
@@ -283,6 +302,7 @@ class PipelineConfig(_Model):
     heartbeat_s: PositiveFloat = 60.0
     motion: MotionConfig = MotionConfig()
     tracking: TrackingConfig = TrackingConfig()
+    camera_health: CameraHealthConfig = CameraHealthConfig()
     privacy: PrivacyConfig = PrivacyConfig()
     zones: tuple[ZoneConfig, ...] = ()
     stall_timeout_s: PositiveFloat = 30.0  # heartbeat age after which the watchdog stops
@@ -301,6 +321,13 @@ class PipelineConfig(_Model):
         if self.zones and not self.tracking.enabled:
             raise ValueError("zones need tracking: set tracking.enabled: true (zone events "
                              "and inertia follow each tracked object)")
+        return self
+
+    @model_validator(mode="after")
+    def _camera_health_needs_images(self) -> PipelineConfig:
+        if self.camera_health.enabled and self.source.type == "sensor":
+            raise ValueError("camera_health needs an image source (camera, video, images or "
+                             "synthetic), not sensor")
         return self
 
 

@@ -130,6 +130,11 @@ class MotionGate:
         self._previous = small
         return fraction
 
+    @property
+    def small(self) -> np.ndarray | None:
+        """The small (blurred, BGR) copy of the last frame measured, or None."""
+        return self._previous
+
     def check(self, image_bgr: np.ndarray, ts: float) -> bool:
         """Whether inference should run on this frame.
 

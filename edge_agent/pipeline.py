@@ -149,6 +149,8 @@ class Pipeline:
         zones: an optional :class:`~edge_agent.zones.ZoneTracker` (needs ``tracker``).
         view: an optional live-view tap (``wanted() -> bool``, ``offer(frame, result)``);
             offered frames cost nothing unless someone is watching.
+        health: an optional camera-health monitor (``check(image, now, ts, small) -> events``,
+            ``source_event(up, ts) -> event``, ``status()``, ``live``).
         on_inference: called after every inference with ``(ok, finite, sha256)`` (the updater
             watch; sha256 names the model that ran, so a swap's last old frames don't count).
         observe: optional ``(pipeline, stage, seconds)`` metrics callback.
@@ -167,6 +169,7 @@ class Pipeline:
         tracker: Any = None,
         zones: Any = None,
         view: Any = None,
+        health: Any = None,
         on_inference: Callable[[bool, bool, str], None] | None = None,
         observe: Callable[[str, str, float], None] | None = None,
         tuning: Tuning | None = None,
@@ -181,6 +184,8 @@ class Pipeline:
         self._tracker = tracker
         self._zones = zones
         self.view = view
+        self._health = health
+        self._source_up: bool | None = None  # for source_up/source_down events
         self.on_inference = on_inference
         self._observe = observe
         self.tuning = tuning or DEFAULT_TUNING
@@ -293,7 +298,14 @@ class Pipeline:
         snap["dropped"] += self.source_dropped
         snap["bad_lines"] = self.source_bad_lines
         out.update(snap)
+        if self._health is not None:
+            out["camera_health"] = self._health.status()
         return out
+
+    @property
+    def health_state(self) -> str | None:
+        """The camera-health state (None without a monitor)."""
+        return None if self._health is None else str(self._health.state)
 
     # ------------------------------------------------------------------ threads
 
@@ -315,6 +327,7 @@ class Pipeline:
                         source.open()
                         live = bool(getattr(source, "live", False))
                         self.state, self.source_error, backoff = "running", None, 0.5
+                        self._source_changed(True, live)
                     except SourceError as exc:
                         source = self._close_quietly(source)
                         self._source_failed(str(exc), backoff)
@@ -365,7 +378,25 @@ class Pipeline:
             logger.warning("pipeline %s: source failed: %s (retrying in %.1fs)",
                            self.name, message, backoff)
         self.state, self.source_error = "reconnecting", message
+        self._source_changed(False, False)
         self._stop.wait(backoff)
+
+    def _source_changed(self, up: bool, live: bool) -> None:
+        """source_up/source_down events (camera health on) when the source's state flips."""
+        health = self._health
+        if health is None or self._source_up is up:
+            return
+        if up:
+            health.live = live
+        first_up = up and self._source_up is None
+        self._source_up = up
+        if not first_up:  # the first open is the normal start, not news
+            self._send_health([health.source_event(up, time.time())])
+
+    def _send_health(self, events: list[Any]) -> None:
+        for ev in events:
+            logger.info("pipeline %s: %s", self.name, ev.event)
+            self._send(self._policy.health_event(ev))
 
     @staticmethod
     def _close_quietly(source: Any) -> None:
@@ -380,10 +411,17 @@ class Pipeline:
         with self.stats.lock:
             self.stats.frames += 1
         gate = self._gate
+        moving = True
+        if gate is not None and frame.image is not None:
+            moving = gate.check(frame.image, frame.ts)
+        if self._health is not None and frame.image is not None:
+            events = self._health.check(frame.image, time.monotonic(), frame.ts,
+                                        None if gate is None else gate.small)
+            if events:
+                self._send_health(events)
         # the tracker needs frames while it confirms that objects left (``pending``)
         pending = self._tracker is not None and bool(self._tracker.pending)
-        if (gate is not None and frame.image is not None
-                and not gate.check(frame.image, frame.ts) and not pending):
+        if not moving and not pending:
             with self.stats.lock:
                 self.stats.gated += 1
             return

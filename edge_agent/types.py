@@ -168,6 +168,27 @@ class TrackEvent:
     zone: str | None = None
 
 
+HealthEventKind = Literal[
+    "camera_blocked", "camera_moved", "camera_defocused", "camera_dark", "camera_frozen",
+    "camera_ok", "source_down", "source_up",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class HealthEvent:
+    """The camera's condition changed (camera_health.py) or its source went down or up.
+
+    Attributes:
+        figures: the check's measures as ``(name, value)`` pairs (brightness, contrast,
+            sharpness, similarity); empty for source events.
+    """
+
+    pipeline: str
+    ts: float
+    event: HealthEventKind
+    figures: tuple[tuple[str, float], ...] = ()
+
+
 MessageKind = Literal[
     "result", "event", "status", "model_state", "stats", "snapshot", "cmd_reply", "discovery",
 ]

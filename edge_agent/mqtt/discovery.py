@@ -4,8 +4,10 @@ Per pipeline: a count sensor per configured label (``homeassistant.labels``, min
 pipeline's privacy filter never lets out), a presence binary_sensor, per zone a count
 sensor per label (the zone's labels, else the configured ones) and an occupancy
 binary_sensor, fps and inference-time
-sensors (from ``P/D/stats``) and the active model version (from ``P/D/model/<p>/state``). All
-share one device entry and take their availability from ``P/D/status``.
+sensors (from ``P/D/stats``) and the active model version (from ``P/D/model/<p>/state``); with
+camera health on, a ``problem`` binary_sensor each for blocked, moved, out of focus, too dark,
+frozen and stream down (from the retained ``P/D/status``). All share one device entry and
+take their availability from ``P/D/status``.
 
 Topics: ``<discovery_prefix>/<component>/<device_id>/<pipeline>_<what>/config``. A pipeline
 that went away is removed by an empty retained payload on each of its topics:
@@ -150,7 +152,32 @@ def pipeline_configs(config: AgentConfig, pipeline: PipelineConfig) -> list[Disc
         "value_template": "{{ value_json.active.version if value_json.active else "
                           "value_json.version }}",
         "entity_category": "diagnostic", "icon": "mdi:brain"}))
+    if pipeline.camera_health.enabled:
+        out.extend(entity("binary_sensor", f"camera_{what}", {
+            "name": f"{name} {title}", "state_topic": topics.status(),
+            "value_template": _health_expr(name, test), "payload_on": "ON",
+            "payload_off": "OFF", "device_class": "problem", "entity_category": "diagnostic"})
+            for what, title, test in HEALTH_ENTITIES)
     return out
+
+
+HEALTH_ENTITIES = (
+    ("blocked", "camera blocked", "p.camera_health.state == 'blocked'"),
+    ("moved", "camera moved", "p.camera_health.state == 'moved'"),
+    ("defocused", "camera out of focus", "p.camera_health.state == 'defocused'"),
+    ("dark", "camera too dark", "p.camera_health.state == 'dark'"),
+    ("frozen", "camera image frozen", "p.camera_health.state == 'frozen'"),
+    ("source", "camera stream down", "p.state == 'reconnecting'"),
+)
+"""Home Assistant problem entities of a pipeline with camera health on: (what, name, test)."""
+
+
+def _health_expr(pipeline: str, test: str) -> str:
+    """Jinja: ON when ``test`` holds for the pipeline's entry in the retained status."""
+    lit = json.dumps(pipeline)
+    return ("{% set p = (value_json.pipelines | default([]) | selectattr('name', 'equalto', "
+            f"{lit}) | list | first) %}}{{{{ 'ON' if p is defined and p.camera_health is defined "
+            f"and ({test}) else 'OFF' }}}}")
 
 
 def discovery_configs(config: AgentConfig, pipelines: Sequence[PipelineConfig] | None = None,

@@ -32,7 +32,15 @@ from edge_agent.privacy.masks import MaskSet
 from edge_agent.privacy.redact import FaceDetector, TiledFaceFinder, expand_box, redact
 from edge_agent.privacy.schemas import SCHEMA_IDS
 from edge_agent.privacy.seal import Seal
-from edge_agent.types import Box, Detection, ModelRef, OutgoingMessage, Result, TrackEvent
+from edge_agent.types import (
+    Box,
+    Detection,
+    HealthEvent,
+    ModelRef,
+    OutgoingMessage,
+    Result,
+    TrackEvent,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -332,6 +340,24 @@ class PrivacyPolicy:
             payload["zone"] = str(ev.zone)[:64]
         if self.cfg.aggregate != "counts" and box is not None:
             payload["box"] = box
+        self._count("events_published")
+        return self._seal.issue("event", self.pipeline, payload)
+
+    def health_event(self, ev: HealthEvent) -> OutgoingMessage:
+        """The sealed event message for a camera-health or source event.
+
+        It carries the event name and the check's figures (a handful of finite numbers about
+        the whole picture: brightness, contrast, sharpness, similarity), never pixels, boxes
+        or labels, so no label filter or mask applies to it.
+        """
+        payload: dict[str, Any] = {
+            "schema": SCHEMA_IDS["event"], "device": self.device_id, "pipeline": self.pipeline,
+            "ts": iso_ts(ev.ts), "event": ev.event,
+        }
+        figures = {str(k)[:32]: round(float(v), 4) for k, v in ev.figures[:8]
+                   if math.isfinite(float(v))}
+        if figures:
+            payload["camera"] = figures
         self._count("events_published")
         return self._seal.issue("event", self.pipeline, payload)
 
