@@ -188,15 +188,15 @@ class CameraHealthMonitor:
         if not learned:
             return None
         sim_low, sharp_usual, sharp_low = self._usual()
-        if m.similarity is not None:
-            if m.similarity < min(cfg.moved_similarity, sim_low - cfg.moved_margin):
-                if self.state == "moved" and now - self.since >= cfg.relearn_s:
-                    self._reference = self._tiny.copy()  # the new view is here to stay
-                    self._similarity.clear()
-                    self._usual_cache = None
-                    self._history_since = now
-                    return None
-                return "moved"
+        if m.similarity is not None and m.similarity < min(cfg.moved_similarity,
+                                                          sim_low - cfg.moved_margin):
+            if self.state == "moved" and now - self.since >= cfg.relearn_s:
+                self._reference = self._tiny.copy()  # the new view is here to stay
+                self._similarity.clear()
+                self._usual_cache = None
+                self._history_since = now
+                return None
+            return "moved"
         if m.sharpness < cfg.defocus_ratio * sharp_usual and m.sharpness < sharp_low:
             return "defocused"
         return None
