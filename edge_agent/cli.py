@@ -99,6 +99,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("action", choices=["fetch", "list"])
     p.add_argument("--dir", default=None, help="target folder (default: the package's models/)")
 
+    from edge_agent.consumer_cli import add_collect_args, add_watch_args
+
+    add_collect_args(add("collect", "edge_agent.consumer.collect_cmd:cmd_collect",
+                         "store results and events in SQLite or PostgreSQL, each exactly once"))
+    add_watch_args(add("watch", "edge_agent.consumer.watch:cmd_watch",
+                       "live view of what devices publish"))
+
     model = sub.add_parser("model", help="inspect, sign, push and manage models")
     msub = model.add_subparsers(dest="model_command", metavar="ACTION")
     msub.required = True

@@ -6,25 +6,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from edge_agent.consumer_cli import DEFAULT_PREFIX
 from edge_agent.errors import ConfigError
 from edge_agent.mqtt.inbound import BrokerOptions, parse_broker
 
-DEFAULT_PREFIX = "edge-agent"
-
-
-def add_broker_args(p: argparse.ArgumentParser) -> None:
-    """Add ``--broker``, TLS, credentials, ``--mqtt-version`` and ``--topic-prefix`` to ``p``."""
-    p.add_argument("--broker", required=True, metavar="HOST[:PORT]",
-                   help="MQTT broker (port 1883, or 8883 with --tls-ca)")
-    p.add_argument("--tls-ca", default=None, metavar="FILE", help="CA certificate: use TLS")
-    p.add_argument("--tls-cert", default=None, metavar="FILE", help="client certificate")
-    p.add_argument("--tls-key", default=None, metavar="FILE", help="client key")
-    p.add_argument("--username", default=None)
-    p.add_argument("--password-file", default=None, metavar="FILE",
-                   help="file whose first line is the password")
-    p.add_argument("--mqtt-version", default="5", choices=["5", "3.1.1"])
-    p.add_argument("--topic-prefix", default=DEFAULT_PREFIX, metavar="P",
-                   help="the devices' mqtt.topic_prefix (default: edge-agent)")
+__all__ = ["DEFAULT_PREFIX", "broker_from_args"]
 
 
 def _file(value: str | None, option: str) -> Path | None:

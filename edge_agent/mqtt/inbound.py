@@ -200,8 +200,8 @@ class InboundClient:
         self.refused = None
         logger.info("connected to %s:%d (session present: %s)", self.broker.host,
                     self.broker.port, getattr(flags, "session_present", None))
-        for topic in self._topics:
-            client.subscribe(topic, qos=1)
+        # one SUBSCRIBE for all filters: its SUBACK means every filter is active
+        client.subscribe([(topic, 1) for topic in self._topics])
 
     def _disconnected_cb(self, client: paho.Client, userdata: object, flags: object,
                          reason: object, properties: object) -> None:
