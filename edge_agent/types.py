@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
 
@@ -188,32 +188,3 @@ class HealthEvent:
     event: HealthEventKind
     figures: tuple[tuple[str, float], ...] = ()
 
-
-MessageKind = Literal[
-    "result", "event", "status", "model_state", "stats", "snapshot", "cmd_reply", "discovery",
-]
-
-
-@dataclass(frozen=True, slots=True)
-class OutgoingMessage:
-    """A message that the privacy policy made and the egress guard may publish.
-
-    Only :mod:`edge_agent.privacy` constructs these (it holds the seal the guard checks).
-
-    Attributes:
-        kind: what the message is; it selects topic, JSON schema, size limit and durability.
-        pipeline: the pipeline it belongs to, or None for device-wide messages.
-        payload: the JSON body (already filtered by the policy); for snapshots the metadata.
-        data: raw bytes for snapshots (the redacted JPEG), else None.
-        topic_suffix: extra topic levels (discovery topics, cmd reply), when the kind needs them.
-        retain: publish as a retained message.
-        seal: the policy's seal; the guard refuses anything else.
-    """
-
-    kind: MessageKind
-    pipeline: str | None
-    payload: Mapping[str, Any]
-    data: bytes | None = None
-    topic_suffix: str | None = None
-    retain: bool = False
-    seal: object = None

@@ -30,10 +30,10 @@ from paho.mqtt.enums import MQTTErrorCode
 from paho.mqtt.properties import Properties
 
 from edge_agent.config import AgentConfig
+from edge_agent.contract.topics import Topics
 from edge_agent.mqtt.backoff import JitteredBackoff
 from edge_agent.mqtt.connection import build_client, connect_properties
 from edge_agent.mqtt.outbox import FILENAME, SqliteOutbox
-from edge_agent.mqtt.topics import Topics
 
 logger = logging.getLogger(__name__)
 

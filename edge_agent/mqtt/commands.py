@@ -34,6 +34,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from edge_agent.config import AgentConfig
+from edge_agent.contract.topics import Topics
 from edge_agent.mqtt.signed import (
     NONCE_FILE,
     NonceCache,
@@ -42,7 +43,6 @@ from edge_agent.mqtt.signed import (
     load_public_key,
     sign_command,
 )
-from edge_agent.mqtt.topics import Topics
 
 __all__ = [
     "DEFERRED", "NONCE_FILE", "SCHEMAS", "Command", "CommandDispatcher", "CommandError",

@@ -29,7 +29,7 @@ from typing import Any
 
 from edge_agent import __version__
 from edge_agent.config import AgentConfig, PipelineConfig
-from edge_agent.mqtt.topics import Topics
+from edge_agent.contract.topics import Topics
 
 logger = logging.getLogger(__name__)
 

@@ -2,23 +2,14 @@
 
 The agent gives the transport to the guard and the guard (never the transport) to
 pipelines, the updater and the command handler, so nothing else can reach
-``transport.publish``. The guard accepts only :class:`~edge_agent.types.OutgoingMessage`
-objects issued by its own seal (see :mod:`edge_agent.privacy.seal`); for each it builds the
-topic from kind and pipeline, serialises compact UTF-8 JSON, validates it against the kind's
-published JSON Schema, enforces the kind's size limit, publishes (results and events through
-the durable outbox), and writes an audit line. Anything else is refused, counted by kind
-and reason, and logged without its content.
-
-Topics (``P`` = topic prefix, ``D`` = device id)::
-
-    result       P/D/results/<pipeline>        durable (outbox allocates seq and id)
-    event        P/D/events/<pipeline>         durable
-    status       P/D/status                    retained
-    model_state  P/D/model/<pipeline>/state    retained
-    stats        P/D/stats
-    snapshot     P/D/snapshots/<pipeline>      the JPEG; metadata on .../<pipeline>/meta
-    cmd_reply    P/D/cmd/reply
-    discovery    <topic_suffix>                retained; must start with the discovery prefix
+``transport.publish`` (``tests/contract/test_boundaries.py`` checks the source for it). The
+guard accepts only the contract's message classes (:mod:`edge_agent.contract.messages`),
+exactly those classes, issued by its own seal (see :mod:`edge_agent.privacy.seal`). For each it
+takes topic, retention, durability, QoS, size limit and schema from the class's
+:class:`~edge_agent.contract.messages.MessageSpec`, serialises compact UTF-8 JSON, validates it
+against the kind's published JSON Schema, enforces the size limit, publishes (durable kinds
+through the outbox), and writes an audit line. Anything else is refused, counted by kind and
+reason, and logged without its content.
 """
 
 from __future__ import annotations
@@ -30,23 +21,28 @@ import threading
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
+from edge_agent.contract.messages import (
+    MESSAGE_TYPES,
+    SPECS,
+    DiscoveryMessage,
+    MessageSpec,
+    OutgoingMessage,
+    SnapshotMessage,
+)
 from edge_agent.errors import PublishError
 from edge_agent.privacy.audit import AuditLog
 from edge_agent.privacy.schemas import validate
 from edge_agent.privacy.seal import Seal, thaw
-from edge_agent.types import OutgoingMessage
 
 logger = logging.getLogger(__name__)
 
-KiB = 1024
 DEFAULT_LIMITS: dict[str, int] = {
-    "result": 256 * KiB, "event": 8 * KiB, "status": 64 * KiB, "model_state": 8 * KiB,
-    "stats": 128 * KiB, "snapshot": 4096 * KiB, "snapshot_meta": 4 * KiB,
-    "cmd_reply": 8 * KiB, "discovery": 16 * KiB,
+    **{kind: spec.limit for kind, spec in SPECS.items()},
+    **{f"{kind}_meta": spec.meta_limit for kind, spec in SPECS.items() if spec.meta_limit},
 }
-"""Largest payload in bytes per kind (``snapshot``: the JPEG; ``snapshot_meta``: its JSON)."""
+"""Largest payload in bytes per kind, from the contract (``snapshot_meta``: its JSON)."""
 
-DURABLE_KINDS = frozenset({"result", "event"})
+_ACCEPTED = frozenset(MESSAGE_TYPES.values())
 _SEGMENT = re.compile(r"^[a-z0-9_-]{1,64}$")
 _JPEG_SOI = b"\xff\xd8\xff"
 _JPEG_EOI = b"\xff\xd9"
@@ -162,42 +158,33 @@ class EgressGuard:
     # ------------------------------------------------------------------ topics
 
     def topic(self, msg: OutgoingMessage) -> str:
-        """The topic ``msg`` goes to (raises :class:`Refused` for a bad pipeline or suffix)."""
-        kind, p = msg.kind, msg.pipeline
-        per_pipeline = kind in {"result", "event", "model_state", "snapshot"}
-        if per_pipeline and (not isinstance(p, str) or not _SEGMENT.match(p)):
-            raise Refused("bad_pipeline")
-        if kind == "result":
-            return f"{self.base}/results/{p}"
-        if kind == "event":
-            return f"{self.base}/events/{p}"
-        if kind == "model_state":
-            return f"{self.base}/model/{p}/state"
-        if kind == "snapshot":
-            return f"{self.base}/snapshots/{p}"
-        if kind == "status":
-            return f"{self.base}/status"
-        if kind == "stats":
-            return f"{self.base}/stats"
-        if kind == "cmd_reply":
-            return f"{self.base}/cmd/reply"
-        if kind == "discovery":
-            t = msg.topic_suffix
+        """The topic ``msg`` goes to (raises :class:`Refused` for a bad pipeline or topic)."""
+        spec = msg.SPEC
+        if isinstance(msg, DiscoveryMessage):
+            t = msg.topic
             if (not isinstance(t, str) or not t.startswith(self.discovery_prefix)
                     or any(c in t for c in "#+\0") or len(t) > 256):
                 raise Refused("bad_topic")
             return t
-        raise Refused("unknown_kind")
+        p = msg.pipeline
+        if spec.per_pipeline and (not isinstance(p, str) or not _SEGMENT.match(p)):
+            raise Refused("bad_pipeline")
+        return spec.topic_for(self.base, p)
 
     # ------------------------------------------------------------------ sending
 
-    def _check(self, msg: object) -> tuple[str, str | None] | None:
-        """(kind, pipeline) of an acceptable message; None after counting a refusal."""
-        if not isinstance(msg, OutgoingMessage):
+    def _check(self, msg: object) -> MessageSpec | None:
+        """The spec of an acceptable message; None after counting a refusal.
+
+        Exactly the contract's classes pass (a subclass or a look-alike with the same fields
+        is refused as ``not_a_message``), carrying the guard's seal, issued by it.
+        """
+        if type(msg) not in _ACCEPTED or not isinstance(msg, OutgoingMessage):
             name = "dict" if isinstance(msg, Mapping) else type(msg).__name__
             self._refuse("invalid", f"not_a_message:{name}"[:64])
             return None
-        kind, pipeline = str(msg.kind), msg.pipeline
+        spec, pipeline = msg.SPEC, msg.pipeline
+        kind = spec.kind
         if msg.seal is None:
             self._refuse(kind, "unsealed", pipeline)
             return None
@@ -207,10 +194,7 @@ class EgressGuard:
         if not self._seal.redeem(msg):
             self._refuse(kind, "not_issued", pipeline)
             return None
-        if msg.data is not None and kind != "snapshot":
-            self._refuse(kind, "unexpected_data", pipeline)
-            return None
-        return kind, pipeline
+        return spec
 
     def _body(self, kind: str, payload: Any, limit_key: str | None = None) -> bytes:
         """Serialise, bound and validate ``payload`` (raises :class:`Refused`)."""
@@ -240,28 +224,29 @@ class EgressGuard:
 
     def send(self, msg: OutgoingMessage) -> bool:
         """Publish ``msg``; False when refused (counted, logged without content) or failed."""
-        checked = self._check(msg)
-        if checked is None:
+        spec = self._check(msg)
+        if spec is None:
             return False
-        kind, pipeline = checked
+        kind, pipeline = spec.kind, msg.pipeline
         try:
             topic = self.topic(msg)
-            if kind in DURABLE_KINDS:
+            if spec.durable:
                 return self._send_durable(msg, kind, topic)
-            if kind == "snapshot":
+            if isinstance(msg, SnapshotMessage):
                 return self._send_snapshot(msg, topic)
-            if kind == "discovery" and not msg.payload:
+            if isinstance(msg, DiscoveryMessage) and not msg.payload:
                 body = b""  # removal of a retained discovery config
             else:
                 body = self._body(kind, thaw(msg.payload))
         except Refused as why:
             return self._refuse(kind, str(why), pipeline)
-        return self._publish(kind, topic, body, msg.retain, pipeline)
+        return self._publish(spec, kind, topic, body, pipeline)
 
-    def _publish(self, kind: str, topic: str, body: bytes, retain: bool,
+    def _publish(self, spec: MessageSpec, kind: str, topic: str, body: bytes,
                  pipeline: str | None) -> bool:
+        qos = self.qos if spec.qos is None else spec.qos
         try:
-            self._transport.publish(topic, body, qos=self.qos, retain=retain)
+            self._transport.publish(topic, body, qos=qos, retain=spec.retained)
         except (PublishError, OSError) as exc:
             logger.warning("publishing a %s message to %s failed: %s", kind, topic, exc)
             return self._refuse(kind, "publish_failed", pipeline, len(body))
@@ -317,7 +302,7 @@ class EgressGuard:
         self._published_ok(kind, topic, sizes[-1] if sizes else 0, pipeline)
         return True
 
-    def _send_snapshot(self, msg: OutgoingMessage, topic: str) -> bool:
+    def _send_snapshot(self, msg: SnapshotMessage, topic: str) -> bool:
         data, pipeline = msg.data, str(msg.pipeline)
         if not isinstance(data, bytes) or not (data.startswith(_JPEG_SOI)
                                                and data.endswith(_JPEG_EOI)):
@@ -330,16 +315,16 @@ class EgressGuard:
         frame = meta.get("frame") or {}
         meta["result_seq"] = seq if seq >= 0 and frame.get("index") == index else None
         body = self._body("snapshot", meta, "snapshot_meta")
-        if not self._publish("snapshot", topic, data, False, pipeline):
+        if not self._publish(msg.SPEC, "snapshot", topic, data, pipeline):
             return False
-        return self._publish("snapshot_meta", f"{topic}/meta", body, False, pipeline)
+        return self._publish(msg.SPEC, "snapshot_meta", f"{topic}/meta", body, pipeline)
 
     def set_will(self, msg: OutgoingMessage) -> bool:
         """Register the offline ``status`` message as the MQTT last will."""
-        checked = self._check(msg)
-        if checked is None:
+        spec = self._check(msg)
+        if spec is None:
             return False
-        kind, pipeline = checked
+        kind, pipeline = spec.kind, msg.pipeline
         if kind != "status" or msg.payload.get("state") != "offline":
             return self._refuse(kind, "not_an_offline_status", pipeline)
         try:

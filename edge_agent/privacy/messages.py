@@ -15,10 +15,10 @@ from collections.abc import Mapping, Sequence
 from pathlib import PurePath
 from typing import Any
 
+from edge_agent.contract.messages import SCHEMA_IDS, OutgoingMessage
 from edge_agent.privacy.policy import PrivacyPolicy, iso_ts, model_dict
-from edge_agent.privacy.schemas import SCHEMA_IDS
 from edge_agent.privacy.seal import Seal
-from edge_agent.types import ModelRef, OutgoingMessage, TrackEvent
+from edge_agent.types import ModelRef, TrackEvent
 
 MODEL_STATES = ("downloading", "verifying", "validating", "active", "rejected", "rolled_back")
 
@@ -86,7 +86,7 @@ def status(seal: Seal, *, device: str, state: str, agent_version: str,
         payload["runtime"] = plain(runtime)
     if outbox is not None:
         payload["outbox"] = plain(outbox)
-    return seal.issue("status", None, payload, retain=True)
+    return seal.issue("status", None, payload)
 
 
 def stats(seal: Seal, *, device: str, pipelines: Mapping[str, Mapping[str, Any]],
@@ -144,7 +144,7 @@ def model_state(seal: Seal, *, device: str, pipeline: str, state: str, name: str
     }
     if progress is not None:
         payload["progress"] = plain(min(1.0, max(0.0, float(progress))))
-    return seal.issue("model_state", pipeline, payload, retain=True)
+    return seal.issue("model_state", pipeline, payload)
 
 
 def cmd_reply(seal: Seal, *, device: str, request_id: str, ok: bool, error: str | None = None,
@@ -169,4 +169,4 @@ def discovery(seal: Seal, topic: str, config: Mapping[str, Any] | None) -> Outgo
 
     An empty or None ``config`` removes the entity (an empty retained payload).
     """
-    return seal.issue("discovery", None, plain(config or {}), topic_suffix=topic, retain=True)
+    return seal.issue("discovery", None, plain(config or {}), topic=topic)

@@ -1,7 +1,8 @@
 """The per-pipeline privacy policy: what of a result may leave the device, and in what form.
 
 One :class:`PrivacyPolicy` per pipeline turns internal :class:`~edge_agent.types.Result`
-objects into sealed :class:`~edge_agent.types.OutgoingMessage` objects for the egress guard.
+objects into sealed contract messages (:mod:`edge_agent.contract.messages`) for the egress
+guard.
 Rules, in order: label allow/deny (case-insensitive), minimum score (non-finite scores and
 boxes are dropped too), mask centre, identifying fields (drop, hash or keep), box precision,
 score dropping, aggregation to counts, and hard caps on every array. Every rule counts what
@@ -28,16 +29,15 @@ import cv2
 import numpy as np
 
 from edge_agent.config import PrivacyConfig
+from edge_agent.contract.messages import SCHEMA_IDS, OutgoingMessage
 from edge_agent.privacy.masks import MaskSet
 from edge_agent.privacy.redact import FaceDetector, TiledFaceFinder, expand_box, redact
-from edge_agent.privacy.schemas import SCHEMA_IDS
 from edge_agent.privacy.seal import Seal
 from edge_agent.types import (
     Box,
     Detection,
     HealthEvent,
     ModelRef,
-    OutgoingMessage,
     Result,
     TrackEvent,
 )

@@ -1,9 +1,10 @@
 """The published JSON Schemas of every outgoing message kind, loaded and compiled once.
 
-The schemas ship inside the package (``edge_agent/schemas/*.json``) and are copied to
-``docs/schemas/`` for subscribers. Every schema closes its objects
-(``additionalProperties: false``) and bounds every array and string, so a payload that
-validates cannot smuggle image data or a long numeric array off the device.
+The schemas ship inside the package (``edge_agent/schemas/*.json``, one file per kind as the
+contract's :class:`~edge_agent.contract.messages.MessageSpec` names it); ``docs/schemas/`` is
+generated from them and the specs (:mod:`edge_agent.contract.schemagen`). Every schema
+closes its objects (``additionalProperties: false``) and bounds every array and string, so a
+payload that validates cannot smuggle image data or a long numeric array off the device.
 """
 
 from __future__ import annotations
@@ -18,7 +19,10 @@ from typing import Any
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError
 
+from edge_agent.contract.messages import SCHEMA_IDS, SPECS
 from edge_agent.errors import PublishError
+
+__all__ = ["SCHEMA_FILES", "SCHEMA_IDS", "load_schema", "validate", "validator"]
 
 try:  # generates Python code per schema: about 20x faster than jsonschema on the hot path
     import fastjsonschema
@@ -27,28 +31,8 @@ try:  # generates Python code per schema: about 20x faster than jsonschema on th
 except ImportError:  # pragma: no cover - jsonschema alone is correct, only slower
     HAVE_FASTJSONSCHEMA = False
 
-SCHEMA_FILES: dict[str, str] = {
-    "result": "result.json",
-    "event": "event.json",
-    "status": "status.json",
-    "model_state": "model_state.json",
-    "stats": "stats.json",
-    "snapshot": "snapshot_meta.json",  # the metadata; the JPEG itself is checked by magic
-    "cmd_reply": "cmd_reply.json",
-    "discovery": "discovery.json",
-}
-"""Message kind -> schema file in ``edge_agent/schemas``."""
-
-SCHEMA_IDS: dict[str, str] = {
-    "result": "edge-agent/result@1",
-    "event": "edge-agent/event@1",
-    "status": "edge-agent/status@1",
-    "model_state": "edge-agent/model-state@1",
-    "stats": "edge-agent/stats@1",
-    "snapshot": "edge-agent/snapshot-meta@1",
-    "cmd_reply": "edge-agent/cmd-reply@1",
-}
-"""The ``schema`` field each kind's payload carries (discovery payloads belong to HA)."""
+SCHEMA_FILES: dict[str, str] = {kind: spec.schema_file for kind, spec in SPECS.items()}
+"""Message kind -> schema file in ``edge_agent/schemas`` (from the contract's specs)."""
 
 _lock = threading.Lock()
 

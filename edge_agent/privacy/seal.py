@@ -7,6 +7,10 @@ The guard publishes a message only when its ``seal`` *is* the guard's own seal *
 issued that very message object. The second check closes the ``dataclasses.replace(msg,
 payload=...)`` hole: a copy carries the seal but was never issued, so it is refused.
 
+Issued messages are remembered weakly: a message is forgotten when nothing holds it any more
+(it can then never be sent), so there is no cap, and a message sent long after it was made
+(a slow pipeline, a reply after a long download) is never refused for being late.
+
 Python cannot stop determined code in the same process from forging anything; the seal makes
 the safe path the only easy one and turns accidents (a dict, a hand-built message, an edited
 copy) into counted refusals.
@@ -15,16 +19,17 @@ copy) into counted refusals.
 from __future__ import annotations
 
 import threading
-from collections import OrderedDict
+import weakref
 from collections.abc import Mapping
 from typing import Any, NoReturn
 
-from edge_agent.types import MessageKind, OutgoingMessage
-
-_MAX_PENDING = 1024
-# Issued but not yet sent messages are held here (strong references: the slotted dataclass has
-# no weakref slot). Messages made and never sent (e.g. an on_change pipeline that decided not
-# to publish) are forgotten after 1024 newer ones; a forgotten message is refused if sent.
+from edge_agent.contract.messages import (
+    MESSAGE_TYPES,
+    DiscoveryMessage,
+    MessageKind,
+    OutgoingMessage,
+    SnapshotMessage,
+)
 
 
 class Seal:
@@ -33,7 +38,10 @@ class Seal:
     __slots__ = ("__weakref__", "_issued", "_lock")
 
     def __init__(self) -> None:
-        self._issued: OrderedDict[int, OutgoingMessage] = OrderedDict()
+        # id -> message, weakly: made-and-dropped messages (an on_change pipeline that decided
+        # not to publish) vanish with their last reference, so no bound is needed
+        self._issued: weakref.WeakValueDictionary[int, OutgoingMessage] = (
+            weakref.WeakValueDictionary())
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
@@ -55,16 +63,33 @@ class Seal:
         payload: Mapping[str, Any],
         *,
         data: bytes | None = None,
-        topic_suffix: str | None = None,
-        retain: bool = False,
+        topic: str | None = None,
     ) -> OutgoingMessage:
-        """Make and remember one message carrying this seal (privacy package use only)."""
-        msg = OutgoingMessage(kind=kind, pipeline=pipeline, payload=freeze(payload), data=data,
-                              topic_suffix=topic_suffix, retain=retain, seal=self)
+        """Make and remember one message of ``kind`` carrying this seal (privacy package only).
+
+        Args:
+            kind: the message kind; its contract class is what is made.
+            pipeline: the pipeline it belongs to, or None.
+            payload: the JSON body; frozen here.
+            data: the JPEG of a snapshot (snapshots only).
+            topic: the full topic of a discovery config (discovery only).
+
+        Raises:
+            TypeError: ``data`` or ``topic`` given to a kind that has none.
+        """
+        cls = MESSAGE_TYPES[kind]
+        frozen = freeze(payload)
+        msg: OutgoingMessage
+        if cls is SnapshotMessage:
+            msg = SnapshotMessage(pipeline, frozen, self, data if data is not None else b"")
+        elif cls is DiscoveryMessage:
+            msg = DiscoveryMessage(pipeline, frozen, self, topic or "")
+        elif data is not None or topic is not None:
+            raise TypeError(f"a {kind} message carries no data and no topic of its own")
+        else:
+            msg = cls(pipeline, frozen, self)
         with self._lock:
             self._issued[id(msg)] = msg
-            while len(self._issued) > _MAX_PENDING:
-                self._issued.popitem(last=False)
         return msg
 
     def redeem(self, msg: object) -> bool:

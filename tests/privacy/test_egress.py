@@ -7,10 +7,11 @@ import json
 
 import pytest
 
+from edge_agent.contract.messages import ResultMessage, StatusMessage
 from edge_agent.privacy import messages, new_seal
 from edge_agent.privacy.audit import read_entries
 from edge_agent.privacy.egress import EgressGuard
-from edge_agent.types import ModelRef, OutgoingMessage
+from edge_agent.types import ModelRef
 from tests.fakes import RecordingTransport
 from tests.privacy.conftest import det, result
 from tests.privacy.payload_checks import validate_payload
@@ -29,8 +30,8 @@ def test_refuses_dicts_unsealed_foreign_and_edited_copies(guard, transport, seal
     good = _status(seal)
     forged = [
         {"kind": "status", "payload": {"state": "online"}},
-        OutgoingMessage("status", None, {"state": "online"}),
-        OutgoingMessage("status", None, {"state": "online"}, seal=object()),
+        StatusMessage(None, {"state": "online"}),
+        StatusMessage(None, {"state": "online"}, seal=object()),
         _status(new_seal()),
         dataclasses.replace(good, payload={"state": "online", "image": "x"}),
         b"raw bytes",
@@ -49,7 +50,7 @@ def test_refuses_dicts_unsealed_foreign_and_edited_copies(guard, transport, seal
 def test_refusal_logs_carry_no_content(guard, caplog):
     secret = "SECRET-PLATE-123"
     assert not guard.send({"text": secret})  # type: ignore[arg-type]
-    assert not guard.send(OutgoingMessage("result", "door", {"text": secret}))
+    assert not guard.send(ResultMessage("door", {"text": secret}))
     assert secret not in caplog.text
     assert "refused" in caplog.text
 
@@ -126,8 +127,9 @@ def test_snapshot_data_must_be_jpeg_and_only_on_snapshots(guard, seal, transport
             "size": 4, "sha256": "0" * 64, "faces_redacted": 0, "masks": 0, "width": 2,
             "height": 2}
     assert not guard.send(seal.issue("snapshot", "door", meta, data=b"\x89PNG\r\n\x1a\n"))
-    assert not guard.send(seal.issue("result", "door", {"x": 1}, data=b"\xff\xd8\xff\xd9"))
-    assert guard.counters()["refused_reasons"] == {"not_jpeg": 1, "unexpected_data": 1}
+    with pytest.raises(TypeError, match="no data"):  # only a snapshot can carry bytes
+        seal.issue("result", "door", {"x": 1}, data=b"\xff\xd8\xff\xd9")
+    assert guard.counters()["refused_reasons"] == {"not_jpeg": 1}
     assert transport.messages == []
 
 
@@ -180,15 +182,46 @@ def test_home_assistant_discovery_configs_pass_the_guard(guard, transport, seal)
         assert validate_payload(m.topic, m.payload) == "discovery"
 
 
-def test_seal_holds_a_bounded_number_of_unsent_messages(seal, guard):
+def test_a_late_message_is_never_refused_and_dropped_ones_are_freed(seal, guard, transport):
+    # the old seal kept the newest 1,024 issued messages and refused older ones when sent late;
+    # the weak registry keeps every message someone still holds, and only those
     first = messages.cmd_reply(seal, device="dev-1", request_id="0", ok=True)
+    held = [messages.cmd_reply(seal, device="dev-1", request_id=str(i), ok=True)
+            for i in range(3000)]
     for i in range(2000):
-        messages.cmd_reply(seal, device="dev-1", request_id=str(i), ok=True)
-    assert seal.pending == 1024
-    assert not guard.send(first)  # forgotten: refused, never published unchecked
+        messages.cmd_reply(seal, device="dev-1", request_id=f"dropped-{i}", ok=True)
+    assert seal.pending == 3001  # the 2,000 nobody kept are gone already
+    assert guard.send(first)  # made before 5,000 others: still accepted
+    assert all(guard.send(m) for m in held[::500])
+    assert len(transport.messages) == 7
+    assert not guard.send(first)  # each issued message goes out once
     last = messages.cmd_reply(seal, device="dev-1", request_id="x", ok=True)
     seal.discard(last)
-    assert seal.pending == 1023 and not guard.send(last)
+    assert not guard.send(last)
+    assert guard.counters()["refused_reasons"] == {"not_issued": 2}
+
+
+def test_a_look_alike_message_is_refused_counted_and_logged(seal, guard, transport, caplog):
+    import dataclasses as dc
+
+    from edge_agent.contract.messages import OutgoingMessage
+
+    @dc.dataclass(frozen=True)
+    class LookAlike(StatusMessage):  # same fields, same spec, the right seal
+        pass
+
+    @dc.dataclass(frozen=True)
+    class Bare(OutgoingMessage):  # the base class itself is no message kind
+        SPEC = StatusMessage.SPEC
+
+    good = _status(seal)
+    for fake in (LookAlike(None, good.payload, seal), Bare(None, good.payload, seal)):
+        assert guard.send(fake) is False
+    assert transport.messages == []
+    assert guard.counters()["refused_reasons"] == {"not_a_message:LookAlike": 1,
+                                                   "not_a_message:Bare": 1}
+    assert caplog.text.count("egress refused") == 2
+    assert guard.send(good)
 
 
 def test_durable_bytes_are_the_head_then_the_policy_fields(guard, transport, seal, make_policy):

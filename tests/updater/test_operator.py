@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 
 from edge_agent.config import make_config
+from edge_agent.contract.topics import Topics
 from edge_agent.mqtt.client import MqttTransport
 from edge_agent.mqtt.commands import DEFERRED, Command, CommandDispatcher
-from edge_agent.mqtt.topics import Topics
 from edge_agent.signing import load_public_keys
 from edge_agent.updater.store import ModelStore
 from edge_agent.updater.updater import ModelUpdater, UpdateHooks

@@ -1,0 +1,58 @@
+"""Generate ``docs/schemas`` (the subscriber's copy) from the contract.
+
+Each document is the payload's JSON Schema as shipped in the package, with an
+``x-edge-agent`` object saying what the contract declares about the message (topic pattern,
+retained, durable, QoS, size limit), so the docs cannot drift from what the guard enforces.
+A test fails when ``docs/schemas`` is stale.
+
+Run: ``python -m edge_agent.contract.schemagen docs/schemas``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from edge_agent.contract.messages import SPECS, MessageSpec
+
+
+def _contract(spec: MessageSpec) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "kind": spec.kind, "topic": spec.topic, "retained": spec.retained,
+        "durable": spec.durable, "qos": "mqtt.qos" if spec.qos is None else spec.qos,
+        "max_bytes": spec.limit,
+    }
+    if spec.meta_limit is not None:
+        out["topic_meta"] = spec.topic + "/meta"
+        out["meta_max_bytes"] = spec.meta_limit
+    return out
+
+
+def render() -> dict[str, str]:
+    """File name -> text of every document in ``docs/schemas``."""
+    out: dict[str, str] = {}
+    root = resources.files("edge_agent").joinpath("schemas")
+    for spec in SPECS.values():
+        schema: dict[str, Any] = json.loads(root.joinpath(spec.schema_file).read_text("utf-8"))
+        schema["x-edge-agent"] = _contract(spec)
+        out[spec.schema_file] = json.dumps(schema, indent=2, ensure_ascii=False) + "\n"
+    return out
+
+
+def write(directory: Path) -> list[Path]:
+    """Write every document into ``directory``; the paths written."""
+    directory.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, text in render().items():
+        path = directory / name
+        path.write_text(text, "utf-8")
+        written.append(path)
+    return written
+
+
+if __name__ == "__main__":
+    for p in write(Path(sys.argv[1] if len(sys.argv) > 1 else "docs/schemas")):
+        print(p)
