@@ -8,6 +8,7 @@ present, source opens, live in ``preflight.py``).
 
 from __future__ import annotations
 
+import math
 import os
 import socket
 from pathlib import Path
@@ -17,16 +18,23 @@ import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
+    Discriminator,
     Field,
     NonNegativeFloat,
     PositiveFloat,
     PositiveInt,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    Tag,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
 
 from edge_agent.errors import ConfigError
+from edge_agent.sensor_uri import uri_problems
 
 DEFAULT_CONFIG_PATH = Path("/etc/edge-agent/config.yaml")
 
@@ -90,6 +98,20 @@ class MqttConfig(_Model):
 
 # --------------------------------------------------------------------------- sources
 
+STREAM_SCHEMES = ("rtsp://", "rtsps://", "rtmp://", "http://", "https://", "udp://", "tcp://",
+                  "srt://")
+"""URL schemes a camera source hands to FFmpeg."""
+
+SYNTHETIC_SCENES = ("mixed", "shapes", "people")
+"""The scenes of the ``synthetic`` (image) source."""
+
+
+def _scheme(uri: str) -> str | None:
+    """The ``scheme`` of ``scheme://...``, else None (a path or a device)."""
+    head, sep, _ = uri.partition("://")
+    return head.lower() if sep and head and "/" not in head else None
+
+
 class _SourceBase(_Model):
     fps: NonNegativeFloat | None = None  # None: the source's own rate; 0: as fast as taken
 
@@ -103,6 +125,22 @@ class CameraSourceConfig(_SourceBase):
     height: PositiveInt | None = None
     fourcc: str | None = Field(default=None, min_length=4, max_length=4)
 
+    @field_validator("uri")
+    @classmethod
+    def _camera_uri(cls, value: str | int) -> str | int:
+        if isinstance(value, int):
+            if value < 0:
+                raise ValueError(f"invalid camera index {value} (expected 0 or more)")
+            return value
+        text = value.strip()
+        scheme = _scheme(text)
+        if not text:
+            raise ValueError("empty uri (expected a V4L2 index, /dev/videoN or a stream URL)")
+        if scheme is not None and scheme != "file" and f"{scheme}://" not in STREAM_SCHEMES:
+            raise ValueError(f"unknown stream scheme {scheme + '://'!r} (expected "
+                             f"{', '.join(STREAM_SCHEMES)}, a V4L2 index or /dev/videoN)")
+        return value
+
 
 class VideoSourceConfig(_SourceBase):
     """A video file; paced at the file's fps unless ``fps`` says otherwise."""
@@ -111,6 +149,11 @@ class VideoSourceConfig(_SourceBase):
     uri: str
     loop: bool = False
 
+    @field_validator("uri")
+    @classmethod
+    def _file_uri(cls, value: str) -> str:
+        return _local_uri(value, "a video file")
+
 
 class ImagesSourceConfig(_SourceBase):
     """A folder or glob of images, in sorted order."""
@@ -118,6 +161,21 @@ class ImagesSourceConfig(_SourceBase):
     type: Literal["images"]
     uri: str
     loop: bool = False
+
+    @field_validator("uri")
+    @classmethod
+    def _file_uri(cls, value: str) -> str:
+        return _local_uri(value, "a folder or glob of images")
+
+
+def _local_uri(value: str, what: str) -> str:
+    scheme = _scheme(value.strip())
+    if not value.strip():
+        raise ValueError(f"empty uri (expected {what})")
+    if scheme is not None and scheme != "file":
+        raise ValueError(f"unsupported scheme {scheme + '://'!r} (expected {what}: a path or "
+                         "file://...)")
+    return value
 
 
 class SyntheticSourceConfig(_SourceBase):
@@ -132,6 +190,14 @@ class SyntheticSourceConfig(_SourceBase):
     frames: PositiveInt | None = None  # stop after this many frames (None: forever)
     loop: bool = False
 
+    @field_validator("uri")
+    @classmethod
+    def _scene(cls, value: str | None) -> str | None:
+        if value is not None and value.removeprefix("synthetic:") not in SYNTHETIC_SCENES:
+            raise ValueError(f"unknown synthetic scene {value!r} (expected one of "
+                             f"{', '.join(SYNTHETIC_SCENES)})")
+        return value
+
 
 class NormalizeConfig(_Model):
     """Per-channel normalisation of sensor samples before quantisation."""
@@ -142,23 +208,96 @@ class NormalizeConfig(_Model):
     min: tuple[float, ...] = ()
     max: tuple[float, ...] = ()
 
+    @field_validator("mean", "std", "min", "max")
+    @classmethod
+    def _finite(cls, value: tuple[float, ...]) -> tuple[float, ...]:
+        if not all(math.isfinite(v) for v in value):
+            raise ValueError("values must be finite numbers")
+        return value
+
+    @field_validator("std")
+    @classmethod
+    def _no_zero_std(cls, value: tuple[float, ...]) -> tuple[float, ...]:
+        if any(v == 0 for v in value):
+            raise ValueError("a std of 0 would divide by zero (expected non-zero values)")
+        return value
+
+    @field_validator("max")
+    @classmethod
+    def _max_above_min(cls, value: tuple[float, ...], info: ValidationInfo) -> tuple[float, ...]:
+        low = info.data.get("min", ())
+        if low and value and len(low) == len(value) and any(
+                hi <= lo for lo, hi in zip(low, value, strict=True)):
+            raise ValueError("max must be greater than min for every channel")
+        return value
+
+    @model_validator(mode="after")
+    def _values_for_mode(self) -> NormalizeConfig:
+        need = {"meanstd": ("mean", "std"), "minmax": ("min", "max")}.get(self.mode, ())
+        missing = [k for k in need if not getattr(self, k)]
+        if missing:
+            raise ValueError(f"mode {self.mode} needs {' and '.join(missing)} (one value, or "
+                             "one per channel)")
+        unused = [k for k in ("mean", "std", "min", "max") if getattr(self, k) and k not in need]
+        if unused:
+            raise ValueError(f"{', '.join(unused)} given but mode is {self.mode} (set mode: "
+                             f"{'meanstd' if unused[0] in ('mean', 'std') else 'minmax'})")
+        return self
+
+    def counts_problem(self, channels: int) -> str | None:
+        """Why the value counts do not fit ``channels`` (None: they fit)."""
+        for key in ("mean", "std", "min", "max"):
+            n = len(getattr(self, key))
+            if n not in (0, 1, channels):
+                return (f"normalize.{key} has {n} value(s) for {channels} channel(s) "
+                        f"(give 1 or {channels})")
+        return None
+
 
 class SensorSourceConfig(_SourceBase):
     """Windows of numeric samples from a file, serial port, IIO device, socket or generator."""
 
     type: Literal["sensor"]
+    channels: PositiveInt = 1  # before uri and normalize: their checks need it
     uri: str  # file path, serial:///dev/ttyUSB0, iio:///sys/bus/iio/devices/iio:device0,
     #           unix:///run/x.sock, stdin:, synthetic:sine, wav:///path.wav, alsa:default
     window: PositiveInt = 1
     hop: PositiveInt | None = None  # default: window (no overlap)
-    channels: PositiveInt = 1
     loop: bool = False
     realtime: bool = False  # replay a file at its own timestamps
     baudrate: PositiveInt = 115200
-    separator: str = ","
+    separator: str = Field(default=",", min_length=1)
     sample_rate: PositiveFloat | None = None
-    normalize: NormalizeConfig = NormalizeConfig()
     features: Literal["none", "micro_frontend"] = "none"
+    normalize: NormalizeConfig = NormalizeConfig()
+
+    @field_validator("uri")
+    @classmethod
+    def _sensor_uri(cls, value: str, info: ValidationInfo) -> str:
+        problems = uri_problems(value, int(info.data.get("channels", 1)))
+        if problems:
+            raise ValueError("; ".join(problems))
+        return value
+
+    @field_validator("features")
+    @classmethod
+    def _mono_features(cls, value: str, info: ValidationInfo) -> str:
+        channels = info.data.get("channels", 1)
+        if value == "micro_frontend" and channels != 1:
+            raise ValueError(f"micro_frontend works on mono audio (channels: 1), not channels: "
+                             f"{channels}")
+        return value
+
+    @field_validator("normalize")
+    @classmethod
+    def _normalize_counts(cls, value: NormalizeConfig, info: ValidationInfo) -> NormalizeConfig:
+        # micro_frontend windows have 40 feature channels, whatever the audio's channels
+        channels = 40 if info.data.get("features") == "micro_frontend" else int(
+            info.data.get("channels", 1))
+        problem = value.counts_problem(channels)
+        if problem:
+            raise ValueError(problem)
+        return value
 
 
 SourceConfig = Annotated[
@@ -185,6 +324,135 @@ class DelegateLibraryConfig(_Model):
 DecoderName = Literal["auto", "ssd", "yolo", "classification", "anchors", "raw", "threshold"]
 
 
+class _Options(_Model):
+    """Options of one decoder: typed (YAML ``true`` is no number, ``"5"`` no integer)."""
+
+    decoder: str  # the tag, copied from model.decoder by ModelConfig (never written by users)
+
+
+Unit = Annotated[StrictFloat, Field(ge=0, le=1)]
+Count = Annotated[StrictInt, Field(ge=1)]
+Auto = Literal["auto"]
+
+
+class SsdOptions(_Options):
+    """``decoder: ssd``."""
+
+    decoder: Literal["ssd"]
+    label_offset: StrictInt | None = None  # default: 1 when the labels start with background
+    max_detections: Count = 100
+
+
+class YoloOptions(_Options):
+    """``decoder: yolo``."""
+
+    decoder: Literal["yolo"]
+    version: Literal["auto", 5, 8, "5", "8", "v5", "v8"] = "auto"
+    iou_threshold: Unit = 0.45
+    max_detections: Count = 100
+    max_candidates: Count = 1000
+    labels_skip_na: Auto | StrictBool = "auto"
+    label_offset: StrictInt | None = None
+    coordinates: Literal["auto", "normalized", "pixels"] = "auto"
+
+
+class ClassificationOptions(_Options):
+    """``decoder: classification``."""
+
+    decoder: Literal["classification"]
+    top_k: Count = 5
+    background: Auto | StrictBool = "auto"
+    softmax: Auto | StrictBool = "auto"
+    label_offset: StrictInt | None = None
+
+
+class AnchorsOptions(_Options):
+    """``decoder: anchors`` (MediaPipe-style SSD anchors: BlazeFace, pose)."""
+
+    decoder: Literal["anchors"]
+    preset: Literal["face_short", "face_full", "pose", "none"] | None = None
+    box: Literal["detector", "body"] | None = None
+    label: str | None = None
+    nms: Literal["weighted", "plain"] = "weighted"
+    iou_threshold: Unit = 0.3
+    max_detections: Count = 100
+    scale: Annotated[StrictFloat, Field(gt=0)] | None = None
+    num_layers: Count | None = None
+    strides: tuple[Count, ...] | None = None
+    min_scale: StrictFloat | None = None
+    max_scale: StrictFloat | None = None
+    anchor_offset_x: StrictFloat | None = None
+    anchor_offset_y: StrictFloat | None = None
+    aspect_ratios: tuple[StrictFloat, ...] | None = None
+    interpolated_scale_aspect_ratio: StrictFloat | None = None
+    fixed_anchor_size: StrictBool | None = None
+    reduce_boxes_in_lowest_layer: StrictBool | None = None
+    input_size: tuple[Count, Count] | None = None
+
+
+class RawOptions(_Options):
+    """``decoder: raw``."""
+
+    decoder: Literal["raw"]
+    max_values: Count = 1024
+
+
+class ThresholdOptions(_Options):
+    """``decoder: threshold`` (see SENSORS.md)."""
+
+    decoder: Literal["threshold"]
+    index: Annotated[StrictInt, Field(ge=0)] | Annotated[str, Field(min_length=1)] = 0
+    output: Annotated[StrictInt, Field(ge=0)] = 0
+    level: StrictFloat | None = None  # default: the pipeline's score_threshold
+    hysteresis: Annotated[StrictFloat, Field(ge=0)] = 0.0
+    direction: Literal["above", "below"] = "above"
+    emit: Literal["crossing", "state"] = "crossing"
+    on_label: str | None = None
+    off_label: str | None = None
+
+
+DECODER_OPTIONS: dict[str, type[_Options]] = {
+    "ssd": SsdOptions, "yolo": YoloOptions, "classification": ClassificationOptions,
+    "anchors": AnchorsOptions, "raw": RawOptions, "threshold": ThresholdOptions,
+}
+"""Decoder name -> its options class (``auto`` takes any decoder's keys; see ModelConfig)."""
+
+
+class AutoOptions(_Options):
+    """``decoder: auto``: the decoder is guessed from the model at start, so any decoder's keys
+    may appear; each is type-checked once the decoder is known (preflight)."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+    decoder: Literal["auto"]
+
+    @model_validator(mode="after")
+    def _known_keys(self) -> AutoOptions:
+        known = {k for c in DECODER_OPTIONS.values() for k in c.model_fields} - {"decoder"}
+        unknown = sorted(set(self.model_extra or {}) - known)
+        if unknown:
+            raise ValueError(f"unknown decoder option(s) {', '.join(unknown)} (no decoder has "
+                             "them; see README's decoder options)")
+        return self
+
+
+def _options_tag(value: Any) -> str | None:
+    return f"decoder={value.get('decoder')}" if isinstance(value, dict) else None
+
+
+DecoderOptions = Annotated[
+    Union[
+        Annotated[SsdOptions, Tag("decoder=ssd")],
+        Annotated[YoloOptions, Tag("decoder=yolo")],
+        Annotated[ClassificationOptions, Tag("decoder=classification")],
+        Annotated[AnchorsOptions, Tag("decoder=anchors")],
+        Annotated[RawOptions, Tag("decoder=raw")],
+        Annotated[ThresholdOptions, Tag("decoder=threshold")],
+        Annotated[AutoOptions, Tag("decoder=auto")],
+    ],
+    Discriminator(_options_tag),
+]
+
+
 class ModelConfig(_Model):
     """The model a pipeline runs and how its outputs are decoded."""
 
@@ -192,9 +460,8 @@ class ModelConfig(_Model):
     labels: Path | None = None
     name: str | None = None  # default: the file's stem
     decoder: DecoderName = "auto"
-    # decoder-specific settings (yolo: iou_threshold; classification: top_k, background;
-    # anchors: preset or anchor options; threshold: level, hysteresis); checked at preflight
-    decoder_options: dict[str, Any] = {}
+    # one typed class per decoder, chosen by ``decoder`` (see DECODER_OPTIONS)
+    decoder_options: DecoderOptions = AutoOptions(decoder="auto")
     threads: int = Field(default=2, ge=1, le=64)
     delegate: Literal["edgetpu"] | DelegateLibraryConfig | None = None
     fallback_to_cpu: bool = True
@@ -202,6 +469,26 @@ class ModelConfig(_Model):
     letterbox: bool | None = None  # None: what the decoder needs (yolo, anchors: yes)
     # float inputs only: the range pixels are scaled to ("auto": -1..1, what most exports want)
     input_range: Literal["auto", "-1..1", "0..1", "0..255"] = "auto"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _tag_options(cls, data: Any) -> Any:
+        """Give ``decoder_options`` the decoder's name, so its own class validates it."""
+        if isinstance(data, dict):
+            options = data.get("decoder_options", {})
+            if options is None:
+                options = {}
+            if isinstance(options, dict) and "decoder" not in options:
+                decoder = data.get("decoder", "auto")
+                if decoder not in DECODER_OPTIONS:  # auto, or a bad name reported on its own
+                    decoder = "auto"
+                data = {**data, "decoder_options": {**options, "decoder": decoder}}
+        return data
+
+    @property
+    def options(self) -> dict[str, Any]:
+        """The decoder options the user set, as a plain mapping (without the tag)."""
+        return self.decoder_options.model_dump(exclude_unset=True, exclude={"decoder"})
 
 
 # --------------------------------------------------------------------------- stages
@@ -484,15 +771,19 @@ def _clean_loc(loc: tuple[Any, ...], data: Any) -> tuple[Any, ...]:
     """Drop pydantic's union tags (``camera``, ``function-after[...]``) that are not keys."""
     out: list[Any] = []
     node = data
-    for part in loc:
+    last = len(loc) - 1
+    for i, part in enumerate(loc):
         in_dict = isinstance(node, dict) and part in node
         in_list = isinstance(node, list) and isinstance(part, int) and part < len(node)
         if in_dict or in_list:
             out.append(part)
             node = node[part]
-        elif isinstance(node, dict) and isinstance(part, str) and out[-1:] != [part]:
-            # a missing key (required) or a union tag: keep real-looking keys only
-            if "[" not in part and part not in {"str", "int", "float", "bool", "dict", "list"}:
+        elif (i == last and isinstance(node, dict) and isinstance(part, str)
+              and out[-1:] != [part]):
+            # a missing key (required) ends the path; a union tag (``sensor``,
+            # ``decoder=ssd``, ``function-after[...]``) stands between keys and is dropped
+            if "[" not in part and "=" not in part and part not in {
+                    "str", "int", "float", "bool", "dict", "list"}:
                 out.append(part)
                 node = None
         else:

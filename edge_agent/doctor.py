@@ -249,7 +249,7 @@ def _check_decoder(p: PipelineConfig, signature: Any) -> Check:
     try:
         labels = load_labels(p.model.labels)
         decoder = create_decoder(p.model.decoder, signature, labels,
-                                 dict(p.model.decoder_options), p.score_threshold)
+                                 p.model.options, p.score_threshold)
     except (EdgeAgentError, OSError, ValueError, TypeError, KeyError) as exc:
         text = "; ".join(exc.problems) if isinstance(exc, ConfigError) else str(exc)
         return Check(name, FAIL, text, "set model.decoder (and decoder_options) to fit the "

@@ -61,7 +61,7 @@ def check_pipeline_model(config: AgentConfig, index: int, where: Any) -> list[st
     except PluginUnavailableError as exc:
         return [f"{where((*base, 'path'))}: {exc}"]
     try:
-        create_decoder(p.model.decoder, runtime.signature, labels, dict(p.model.decoder_options),
+        create_decoder(p.model.decoder, runtime.signature, labels, p.model.options,
                        p.score_threshold)
     except (ModelError, PluginUnavailableError) as exc:
         return [f"{where((*base, 'decoder'))}: {exc}"]

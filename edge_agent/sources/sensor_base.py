@@ -11,9 +11,13 @@ import json
 import math
 from dataclasses import dataclass
 from typing import Protocol
-from urllib.parse import parse_qs, unquote, urlsplit
 
 import numpy as np
+
+from edge_agent.sensor_uri import SensorUri, parse_sensor_uri
+
+__all__ = ["Chunk", "LineParser", "LineSplitter", "SampleReader", "SensorUri",
+           "parse_sensor_uri"]
 
 MAX_LINE_BYTES = 64 * 1024  # a longer "line" is garbage (wrong baud rate, binary data)
 TIMESTAMP_NAMES = frozenset({"t", "ts", "time", "timestamp"})
@@ -80,38 +84,6 @@ class SampleReader(Protocol):
     def close(self) -> None:
         """Release the device or file; safe to call twice."""
         ...
-
-
-@dataclass(frozen=True, slots=True)
-class SensorUri:
-    """A parsed sensor URI: ``scheme:path?key=value``; a bare path has scheme ``file``."""
-
-    scheme: str
-    path: str
-    query: dict[str, str]
-
-    def get_float(self, key: str, default: float | None) -> float | None:
-        """The query value ``key`` as a float, or ``default``."""
-        return float(self.query[key]) if key in self.query else default
-
-    def get_int(self, key: str, default: int | None) -> int | None:
-        """The query value ``key`` as an int, or ``default``."""
-        return int(self.query[key]) if key in self.query else default
-
-
-def parse_sensor_uri(uri: str) -> SensorUri:
-    """Split a sensor URI.
-
-    ``serial:///dev/ttyUSB0?baud=9600`` -> ("serial", "/dev/ttyUSB0", {"baud": "9600"});
-    ``synthetic:sine?freq=2`` -> ("synthetic", "sine", {...}); ``/data/x.csv`` -> ("file", ...).
-    """
-    head = uri.split(":", 1)[0] if ":" in uri else ""
-    if not head or "/" in head or len(head) == 1:  # a plain path (or a Windows drive letter)
-        return SensorUri("file", uri, {})
-    parts = urlsplit(uri)
-    path = unquote(parts.netloc + parts.path) if parts.netloc else unquote(parts.path)
-    query = {k: v[-1] for k, v in parse_qs(parts.query, keep_blank_values=True).items()}
-    return SensorUri(parts.scheme.lower(), path, query)
 
 
 class LineSplitter:

@@ -8,9 +8,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from pydantic import ValidationError
 
 from edge_agent.config import SensorSourceConfig
-from edge_agent.errors import ConfigError, PluginUnavailableError, SourceError
+from edge_agent.errors import PluginUnavailableError, SourceError
 from edge_agent.runtime.interpreter import load_runtime
 from edge_agent.runtime.preprocess import prepare_window
 from edge_agent.sources.audio_features import micro_frontend_features, micro_frontend_uint16
@@ -60,9 +61,9 @@ def test_wav_channel_mismatch_and_missing_file(tmp_path: Path) -> None:
 
 
 def test_micro_frontend_needs_mono_and_a_long_enough_window(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="mono audio"):
-        SensorSource(SensorSourceConfig(type="sensor", uri="wav:///x.wav", channels=2,
-                                        features="micro_frontend"))
+    with pytest.raises(ValidationError, match="mono audio"):  # the config model refuses it
+        SensorSourceConfig(type="sensor", uri="wav:///x.wav", channels=2,
+                           features="micro_frontend")
     path = write_wav(tmp_path / "short.wav", np.zeros(1000, np.int16))
     src = SensorSource(SensorSourceConfig(type="sensor", uri=f"wav://{path}", window=400,
                                           features="micro_frontend"))

@@ -7,6 +7,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from pydantic import ValidationError
 
 from edge_agent.config import SyntheticSourceConfig
 from edge_agent.errors import SourceError
@@ -53,7 +54,7 @@ def test_scenarios_render_their_objects(scenario: str | None) -> None:
 
 
 def test_unknown_scenario() -> None:
-    with pytest.raises(SourceError, match="unknown scenario"):
+    with pytest.raises(ValidationError, match="unknown synthetic scene"):  # the config refuses it
         _synthetic(uri="dragons")
 
 
