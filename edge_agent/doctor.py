@@ -16,8 +16,6 @@ import functools
 import json
 import os
 import platform
-import socket
-import ssl
 import sys
 import threading
 import time
@@ -295,75 +293,33 @@ def _check_source(p: PipelineConfig) -> Check:
     return result[0]
 
 
-def _mqtt_connect_packet(client_id: str, username: str | None, password: bytes | None,
-                         keepalive: int = 10) -> bytes:
-    """An MQTT 3.1.1 CONNECT (clean session) with optional credentials."""
-
-    def field(data: bytes) -> bytes:
-        return len(data).to_bytes(2, "big") + data
-
-    flags = 0x02 | (0x80 if username is not None else 0) | (0x40 if password is not None else 0)
-    body = field(b"MQTT") + bytes([4, flags]) + keepalive.to_bytes(2, "big")
-    body += field(client_id.encode())
-    if username is not None:
-        body += field(username.encode())
-    if password is not None:
-        body += field(password)
-    size, length = len(body), b""
-    while True:
-        byte, size = size % 128, size // 128
-        length += bytes([byte | (0x80 if size else 0)])
-        if not size:
-            break
-    return b"\x10" + length + body
-
-
-_CONNACK_CODES = {1: "unacceptable protocol version", 2: "client id rejected",
-                  3: "server unavailable", 4: "bad user name or password", 5: "not authorised"}
+_BROKER_FIXES = {
+    "unreachable": "check mqtt.host/port, that the broker runs, and the firewall",
+    "tls": "check mqtt.tls.ca_certs signs the broker's certificate, the host name matches it, "
+           "and the clock is right",
+    "refused": "check mqtt.username and the password (mqtt.password_file, or the systemd "
+               "credential mqtt-password under $CREDENTIALS_DIRECTORY)",
+}
 
 
 def check_broker(config: AgentConfig) -> list[Check]:
-    """TCP connect, the TLS handshake as configured, then an MQTT CONNECT/CONNACK."""
+    """Connect as the agent does (its own client construction: protocol, TLS, credentials)."""
+    from edge_agent.mqtt.connection import probe_broker
+
     m = config.mqtt
     target = f"{m.host}:{m.port}" + (" (TLS)" if m.tls.enabled else "")
-    name = "broker"
     try:
-        raw = socket.create_connection((m.host, m.port), timeout=NET_TIMEOUT_S)
-    except OSError as exc:
-        return [Check(name, FAIL, f"{target}: {exc.strerror or exc}",
-                      "check mqtt.host/port, that the broker runs, and the firewall")]
-    sock: socket.socket = raw
-    try:
-        if m.tls.enabled:
-            ctx = ssl.create_default_context(cafile=str(m.tls.ca_certs))
-            if m.tls.certfile is not None:
-                ctx.load_cert_chain(str(m.tls.certfile), str(m.tls.keyfile))
-            if m.tls.insecure:
-                ctx.check_hostname = False
-            try:
-                sock = ctx.wrap_socket(raw, server_hostname=m.host)
-            except (ssl.SSLError, OSError) as exc:
-                return [Check(name, FAIL, f"{target}: TLS handshake failed: {exc}",
-                              "check mqtt.tls.ca_certs signs the broker's certificate, the "
-                              "host name matches it, and the clock is right")]
-        password = m.password_file.read_bytes().strip() if m.password_file else None
-        client_id = f"edge-agent-doctor-{os.getpid()}"  # never the agent's own session
-        sock.sendall(_mqtt_connect_packet(client_id, m.username, password))
-        reply = sock.recv(4)
-        if len(reply) < 4 or reply[0] != 0x20:
-            return [Check(name, WARN, f"{target} is reachable but did not answer MQTT CONNECT",
-                          "is this port an MQTT listener (1883 plain, 8883 TLS)?")]
-        if reply[3] != 0:
-            why = _CONNACK_CODES.get(reply[3], f"code {reply[3]}")
-            return [Check(name, FAIL, f"{target}: broker refused the connection: {why}",
-                          "check mqtt.username and mqtt.password_file")]
-        sock.sendall(b"\xe0\x00")  # DISCONNECT
-        return [Check(name, OK, f"{target}: MQTT CONNECT accepted")]
-    except OSError as exc:
-        return [Check(name, FAIL, f"{target}: {exc.strerror or exc}",
-                      "check the broker's logs, credentials and TLS settings")]
-    finally:
-        sock.close()
+        outcome, detail = probe_broker(config, NET_TIMEOUT_S)
+    except ConfigError as exc:
+        return [Check("broker", FAIL, "; ".join(exc.problems),
+                      "make the password file and certificates readable by this user")]
+    if outcome == "ok":
+        return [Check("broker", OK, f"{target}: {detail}")]
+    if outcome == "no_answer":
+        return [Check("broker", WARN, f"{target} is reachable but sent {detail}",
+                      "is this port an MQTT listener (1883 plain, 8883 TLS), and does the "
+                      "broker speak mqtt.protocol?")]
+    return [Check("broker", FAIL, f"{target}: {detail}", _BROKER_FIXES[outcome])]
 
 
 # --------------------------------------------------------------------------- command

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import socket
+import subprocess
 import threading
 from pathlib import Path
 
@@ -16,7 +18,6 @@ from edge_agent.doctor import (
     OK,
     WARN,
     Check,
-    _mqtt_connect_packet,
     check_broker,
     check_cameras,
     check_clock,
@@ -25,7 +26,7 @@ from edge_agent.doctor import (
     render_table,
 )
 from tests.broker import Mosquitto, free_port
-from tests.conftest import shared_model
+from tests.conftest import IN_CI, shared_model
 
 
 def _config(tmp_path: Path, model: Path, port: int, labels: Path | None = None) -> Path:
@@ -131,17 +132,13 @@ def test_broker_refusing_credentials(tmp_path: Path) -> None:
     t = threading.Thread(target=answer)
     t.start()
     try:
-        checks = check_broker(make_config(mqtt={"host": "127.0.0.1", "port": port}))
+        # the fake listener speaks 3.1.1 (its CONNACK has no properties)
+        checks = check_broker(make_config(mqtt={"host": "127.0.0.1", "port": port,
+                                                "protocol": "3.1.1"}))
     finally:
         t.join(5)
         srv.close()
-    assert checks[0].status == FAIL and "not authorised" in checks[0].detail
-
-
-def test_connect_packet_shape() -> None:
-    pkt = _mqtt_connect_packet("cid", "user", b"pw")
-    assert pkt[0] == 0x10 and pkt[1] == len(pkt) - 2
-    assert pkt[2:8] == b"\x00\x04MQTT" and pkt[8] == 4 and pkt[9] == 0xC2
+    assert checks[0].status == FAIL and "not authori" in checks[0].detail.lower()
 
 
 def test_coral_usb_without_library_warns(tmp_path: Path) -> None:
@@ -180,3 +177,59 @@ def test_table_shows_fixes_for_problems_only() -> None:
     text = render_table([Check("a", OK, "fine", "never shown"), Check("b", FAIL, "broken", "do x")])
     assert "never shown" not in text and "-> do x" in text
     assert text.splitlines()[-1] == "2 checks: 1 failed, 0 warnings"
+
+
+def _password_broker(tmp_path: Path) -> Mosquitto:
+    passwd_tool = shutil.which("mosquitto_passwd")
+    if passwd_tool is None:
+        if IN_CI:
+            pytest.fail("mosquitto_passwd is missing (./dev test installs mosquitto)")
+        pytest.skip("mosquitto_passwd missing")
+    passwd = tmp_path / "broker.passwd"
+    subprocess.run([passwd_tool, "-c", "-b", str(passwd), "device", "s3cret"], check=True)
+    return Mosquitto(tmp_path / "broker",
+                     extra_config=f"allow_anonymous false\npassword_file {passwd}\n")
+
+
+@pytest.mark.parametrize("protocol", ["5", "3.1.1"])
+def test_broker_ok_with_the_password_from_systemd_credentials(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, protocol: str) -> None:
+    """Under LoadCredential= the daemon reads $CREDENTIALS_DIRECTORY/mqtt-password; the doctor
+    connects through the daemon's own client construction, so it reads it too (it used to
+    read only password_file, and spoke 3.1.1 only)."""
+    creds = tmp_path / "creds"
+    creds.mkdir()
+    (creds / "mqtt-password").write_text("s3cret\n")
+    with _password_broker(tmp_path) as broker:
+        cfg = make_config(mqtt={"host": "127.0.0.1", "port": broker.port, "username": "device",
+                                "protocol": protocol})
+        monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
+        (without,) = check_broker(cfg)
+        assert without.status == FAIL and "password" in without.fix
+        monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(creds))
+        (ok,) = check_broker(cfg)
+        assert ok.status == OK, ok
+        assert f"MQTT {protocol} CONNECT accepted" in ok.detail
+        (creds / "mqtt-password").write_text("wrong\n")
+        (bad,) = check_broker(cfg)
+        assert bad.status == FAIL and "refused" in bad.detail
+
+
+def test_doctor_command_reports_the_broker_ok_under_credentials(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """The whole command, as systemd would run it: MQTT 5, password only as a credential."""
+    creds = tmp_path / "creds"
+    creds.mkdir()
+    (creds / "mqtt-password").write_text("s3cret\n")
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(creds))
+    with _password_broker(tmp_path) as broker:
+        cfg = tmp_path / "config.yaml"
+        cfg.write_text(f"device_id: dev-1\nstate_dir: {tmp_path / 'state'}\n"
+                       f"mqtt: {{host: 127.0.0.1, port: {broker.port}, username: device, "
+                       "protocol: '5'}\n"
+                       "pipelines:\n  - name: cam\n    source: {type: synthetic, frames: 2}\n"
+                       "    model: {path: missing.tflite}\n")
+        _code, report = _doctor(capsys, cfg)
+    assert _by_name(report)["broker"]["status"] == OK
+    assert "MQTT 5 CONNECT accepted" in _by_name(report)["broker"]["detail"]
