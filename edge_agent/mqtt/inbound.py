@@ -167,7 +167,7 @@ class InboundClient:
             clean_session=None if self._v5 else not self._persistent,
             manual_ack=manual_ack)
         self._client.suppress_exceptions = True
-        self._client.reconnect_delay_set(0.2, 5)  # type: ignore[arg-type]
+        self._client.reconnect_delay_set(0.2, 2)  # type: ignore[arg-type]
         if broker.username:
             self._client.username_pw_set(broker.username, broker.password)
         if broker.tls_ca is not None:
