@@ -1,8 +1,10 @@
 """Generate ``docs/schemas`` (the subscriber's copy) from the contract.
 
-Each document is the payload's JSON Schema as shipped in the package, with an
+Each message document is the payload's JSON Schema as shipped in the package, with an
 ``x-edge-agent`` object saying what the contract declares about the message (topic pattern,
 retained, durable, QoS, size limit), so the docs cannot drift from what the guard enforces.
+Each command document (``cmd_<name>.json``) is the schema the command channel validates with,
+and its topics, signing and size limit.
 A test fails when ``docs/schemas`` is stale.
 
 Run: ``python -m edge_agent.contract.schemagen docs/schemas``.
@@ -16,6 +18,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from edge_agent.contract.commands import COMMANDS, CommandSpec
 from edge_agent.contract.messages import SPECS, MessageSpec
 
 
@@ -39,7 +42,26 @@ def render() -> dict[str, str]:
         schema: dict[str, Any] = json.loads(root.joinpath(spec.schema_file).read_text("utf-8"))
         schema["x-edge-agent"] = _contract(spec)
         out[spec.schema_file] = json.dumps(schema, indent=2, ensure_ascii=False) + "\n"
+    for command in COMMANDS:
+        out[command.file] = json.dumps(_command(command), indent=2, ensure_ascii=False) + "\n"
     return out
+
+
+def _command(spec: CommandSpec) -> dict[str, Any]:
+    doc: dict[str, Any] = {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$id": f"https://edge-agent.dev/schemas/{spec.file}",
+        "title": spec.title,
+        **spec.schema,
+    }
+    doc["x-edge-agent"] = {
+        "command": spec.name, "aliases": list(spec.aliases),
+        "topics": [f"{{prefix}}/{{device}}/cmd/{n}" for n in (spec.name, *spec.aliases)]
+        + [f"{{prefix}}/group/{{group}}/cmd/{n}" for n in (spec.name, *spec.aliases)],
+        "signed": spec.signed,
+        "max_bytes": "commands.max_payload_bytes" if spec.max_bytes is None else spec.max_bytes,
+    }
+    return doc
 
 
 def write(directory: Path) -> list[Path]:

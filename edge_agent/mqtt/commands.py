@@ -34,6 +34,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from edge_agent.config import AgentConfig
+from edge_agent.contract.commands import BY_NAME
 from edge_agent.contract.topics import Topics
 from edge_agent.mqtt.signed import (
     NONCE_FILE,
@@ -61,44 +62,12 @@ already replied)."""
 Reply = Callable[[str | None, bool, str | None], None]
 
 
-_ID = {"type": "string", "minLength": 1, "maxLength": 128}
-_PIPELINE = {"type": "string", "pattern": "^[a-z0-9_-]{1,64}$"}
-_SIGNED = {
-    "ts": {"type": "number"},
-    "nonce": {"type": "string", "minLength": 8, "maxLength": 128},
-    "key_id": {"type": "string", "minLength": 1, "maxLength": 64},
-    "signature": {"type": "string", "minLength": 1, "maxLength": 256},
-    "command": {"type": "string", "maxLength": 64},
-    "device": {"type": "string", "maxLength": 64},
-    "group": {"type": "string", "maxLength": 64},
-}
-
-
-def _schema(required: list[str], props: dict[str, Any], signed: bool) -> dict[str, Any]:
-    properties = {"request_id": _ID, **props, **(_SIGNED if signed else {})}
-    return {"type": "object", "required": ["request_id", *required],
-            "properties": properties, "additionalProperties": False}
-
-
-SCHEMAS: dict[str, dict[str, Any]] = {
-    "model/update": _schema(["pipeline", "manifest"], {
-        "pipeline": _PIPELINE,
-        "manifest": {"type": "object"},
-        "url": {"type": "string", "minLength": 1, "maxLength": 2048},
-        "data": {"type": "string"},
-    }, signed=False),
-    "rollback": _schema(["pipeline"], {"pipeline": _PIPELINE}, signed=True),
-    "config": _schema(["config"], {
-        "config": {"type": "string", "minLength": 1},  # the whole new config.yaml
-    }, signed=True),
-    "restart": _schema([], {"reason": {"type": "string", "maxLength": 256}}, signed=True),
-}
-SCHEMAS["model/rollback"] = SCHEMAS["rollback"]  # alias: P/D/cmd/model/rollback
-"""JSON Schema per command name (the part of the topic after ``cmd/``)."""
+SCHEMAS: dict[str, dict[str, Any]] = {name: spec.schema for name, spec in BY_NAME.items()}
+"""JSON Schema per command name (the part of the topic after ``cmd/``), from the contract."""
 
 _VALIDATORS = {name: jsonschema.Draft202012Validator(schema) for name, schema in SCHEMAS.items()}
 
-SIGNED_COMMANDS = frozenset({"rollback", "model/rollback", "config", "restart"})
+SIGNED_COMMANDS = frozenset(name for name, spec in BY_NAME.items() if spec.signed)
 
 
 class CommandError(Exception):
@@ -296,6 +265,9 @@ class CommandDispatcher:
         if validator is None:
             raise CommandError(f"unknown command: {where.name!r} (known: "
                                f"{', '.join(sorted(SCHEMAS))})")
+        limit = BY_NAME[where.name].max_bytes
+        if limit is not None and len(payload) > limit:
+            raise CommandError(f"oversized: a {where.name} command is at most {limit} bytes")
         try:
             obj = json.loads(payload)
         except (ValueError, UnicodeDecodeError, RecursionError):
