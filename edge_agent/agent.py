@@ -72,6 +72,12 @@ class Agent:
         face_detector = build_face_detector(cfg)
         self.pipelines = PipelineSet(cfg, self.seal, self.guard, self.metrics, face_detector,
                                      on_state=self.publish_model_state)
+        self.view_server: Any = None
+        if cfg.view.enabled:
+            from edge_agent.view.server import ViewServer, load_token
+
+            self.view_server = ViewServer(cfg.view, load_token(cfg.view), self.pipelines.taps,
+                                          self.view_state)
 
     # ------------------------------------------------------------------ messages
 
@@ -113,6 +119,11 @@ class Agent:
         self.metrics.set_gauge("edge_agent_outbox_depth", st.get("outbox_depth", 0))
         self.metrics.set_gauge("edge_agent_outbox_dropped_total", st.get("outbox_dropped", 0))
 
+    def view_state(self) -> dict[str, Any]:
+        """The live view's state: the device and, per pipeline, what its panel shows."""
+        return {"device": self.config.device_id, "agent_version": __version__,
+                "pipelines": self.pipelines.view_state()}
+
     def _on_connected(self) -> None:
         self.publish_status()
         self.pipelines.republish_model_states()
@@ -139,6 +150,8 @@ class Agent:
         if self.metrics_server is not None:
             self.metrics_server.start()
         self.pipelines.start_all()
+        if self.view_server is not None:
+            self.view_server.start()
         notifier.notify("READY=1", f"STATUS=running {len(self.config.pipelines)} pipelines")
         logger.info("edge-agent %s running: device %s, %d pipelines, broker %s:%d",
                     __version__, self.config.device_id, len(self.config.pipelines),
@@ -171,6 +184,8 @@ class Agent:
     def shutdown(self) -> None:
         """Stop pipelines, flush, publish offline, disconnect."""
         logger.info("stopping")
+        if self.view_server is not None:
+            self.view_server.stop()
         self.pipelines.stop_all()
         self.guard.send(self.status_message("offline"))
         self.transport.stop(timeout=10.0)

@@ -25,13 +25,17 @@ logger = logging.getLogger(__name__)
 FACE_MODEL = "face_detection_full_range_sparse.tflite"
 
 
-def build_face_detector(cfg: AgentConfig) -> Callable[[np.ndarray], list[Box]] | None:
-    """The on-device face detector for snapshot redaction, when any pipeline needs one.
+def build_face_detector(cfg: AgentConfig,
+                        force: bool = False) -> Callable[[np.ndarray], list[Box]] | None:
+    """The on-device face detector for snapshot and live-view redaction, when one is needed.
 
     BlazeFace full range from the default models, on the same runtime. Returns None when no
-    pipeline publishes images, or when the model is not there (snapshots then fail closed).
+    pipeline publishes images and the live view is off, or when the model is not there
+    (snapshots and the view then fail closed). ``force``: build it anyway (the snapshot
+    command).
     """
-    if not any(p.privacy.publish_images and p.privacy.redact_faces for p in cfg.pipelines):
+    images = cfg.view.enabled or any(p.privacy.publish_images for p in cfg.pipelines)
+    if not force and (not images or not any(p.privacy.redact_faces for p in cfg.pipelines)):
         return None
     from edge_agent.default_models import default_models_dir
     from edge_agent.privacy.redact import TiledFaceFinder
@@ -60,11 +64,19 @@ class _Unit:
     """Everything one pipeline owns."""
 
     def __init__(self, cfg: PipelineConfig, pipeline: Pipeline, policy: Any,
-                 updater: Any) -> None:
+                 updater: Any, tap: Any = None) -> None:
         self.cfg = cfg
         self.pipeline = pipeline
         self.policy = policy
         self.updater = updater
+        self.tap = tap
+
+    def stop(self) -> None:
+        """Stop the pipeline, its live-view tap and its updater."""
+        self.pipeline.stop()
+        if self.tap is not None:
+            self.tap.close()
+        self.updater.stop()
 
 
 class PipelineSet:
@@ -122,7 +134,16 @@ class PipelineSet:
         updater = ModelUpdater(p.name, self.cfg.updates, store, hooks)
         pipeline.on_inference = updater.record_inference
         self.metrics.set_model_info(p.name, bundle.ref, bundle.runtime.info)
-        return _Unit(p, pipeline, policy, updater)
+        tap = None
+        if self.cfg.view.enabled:
+            from functools import partial
+
+            from edge_agent.view.render import render_frame
+            from edge_agent.view.tap import ViewTap
+
+            tap = ViewTap(p.name, partial(render_frame, policy, p), self.cfg.view.max_fps)
+            pipeline.view = tap
+        return _Unit(p, pipeline, policy, updater, tap)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -139,6 +160,8 @@ class PipelineSet:
         for unit in self.units.values():
             unit.pipeline.stop()
         for unit in self.units.values():
+            if unit.tap is not None:
+                unit.tap.close()
             unit.updater.stop()
 
     def apply(self, new: AgentConfig) -> list[str]:
@@ -148,8 +171,7 @@ class PipelineSet:
         for name in list(self.units):
             if name not in new_names:
                 unit = self.units.pop(name)
-                unit.pipeline.stop()
-                unit.updater.stop()
+                unit.stop()
                 self.metrics.remove_pipeline(name)
                 changed.append(f"removed {name}")
         self.cfg = self.cfg.model_copy(update={"pipelines": new.pipelines})
@@ -158,8 +180,7 @@ class PipelineSet:
             if old is not None and old.cfg == p:
                 continue
             if old is not None:
-                old.pipeline.stop()
-                old.updater.stop()
+                old.stop()
             unit = self._build(p)
             self.units[p.name] = unit
             unit.updater.start()
@@ -202,6 +223,30 @@ class PipelineSet:
             self.metrics.set_gauge("edge_agent_fps", st["fps"], pipeline=u.pipeline.name)
             self.metrics.set_gauge("edge_agent_frames_dropped_total", st["dropped"],
                                    pipeline=u.pipeline.name)
+        return out
+
+    def taps(self) -> dict[str, Any]:
+        """The live-view taps by pipeline name (empty when the view is off)."""
+        return {name: u.tap for name, u in list(self.units.items()) if u.tap is not None}
+
+    def view_state(self) -> list[dict[str, Any]]:
+        """Per pipeline, what the live view's side panel shows."""
+        out = []
+        for u in list(self.units.values()):
+            st = u.pipeline.status()
+            entry = {k: st[k] for k in ("name", "state", "source", "source_error", "model",
+                                        "runtime", "fps", "inference_ms_p50",
+                                        "inference_ms_p95", "dropped", "errors")}
+            entry["stages_ms"] = {k: round(v, 2) for k, v in u.pipeline.stage_ms.items()}
+            last = u.updater.last_state()
+            entry["update"] = None if last is None else {
+                k: last.get(k) for k in ("state", "name", "version", "reason")}
+            entry["zones"] = [z.name for z in u.cfg.zones]
+            if u.tap is not None:
+                _, _, info = u.tap.latest()
+                entry["view"] = info
+                entry["viewers"] = u.tap.watchers
+            out.append(entry)
         return out
 
     def privacy_counters(self) -> dict[str, Any]:

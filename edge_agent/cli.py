@@ -89,6 +89,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="option for a --delegate library (repeatable)")
     p.add_argument("--json", action="store_true")
 
+    p = add("snapshot", "edge_agent.view.oneshot:cmd_snapshot",
+            "one annotated, redacted frame from a pipeline's source, as JPEG")
+    p.add_argument("-c", "--config", required=False)
+    p.add_argument("--pipeline", required=True)
+    p.add_argument("--out", required=True, help="the JPEG file to write")
+    p.add_argument("--timeout", type=float, default=30.0,
+                   help="seconds to wait for a frame that can be shown")
+
     p = add("privacy-report", "edge_agent.privacy.audit:cmd_privacy_report",
             "summarise the audit log of what left the device")
     p.add_argument("-c", "--config", required=False)

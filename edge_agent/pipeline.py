@@ -206,6 +206,7 @@ class Pipeline:
         self.source_bad_lines = 0  # malformed sensor lines the source skipped
         self._last_frame: Frame | None = None
         self._heartbeats: dict[str, float] = {}
+        self.stage_ms: dict[str, float] = {}  # per stage, a moving mean (the live view)
         self._last_key: tuple[Any, ...] | None = None
         self._last_publish = 0.0
 
@@ -310,6 +311,9 @@ class Pipeline:
     # ------------------------------------------------------------------ threads
 
     def _observe_stage(self, stage: str, seconds: float) -> None:
+        prev = self.stage_ms.get(stage)
+        ms = seconds * 1000.0
+        self.stage_ms[stage] = ms if prev is None else 0.9 * prev + 0.1 * ms
         if self._observe is not None:
             self._observe(self.name, stage, seconds)
 

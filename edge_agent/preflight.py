@@ -113,6 +113,20 @@ def check_files(config: AgentConfig, where: Any) -> list[str]:
     return problems
 
 
+def check_view(config: AgentConfig, where: Any) -> list[str]:
+    """The live view's token must be readable, and off loopback it must exist."""
+    if not config.view.enabled:
+        return []
+    from edge_agent.view.server import access_problems, load_token
+
+    try:
+        token = load_token(config.view)
+    except ConfigError as exc:
+        return [f"{where(('view', 'token_file'))}: {p.split(': ', 1)[-1]}" for p in exc.problems]
+    return [f"{where(('view', 'bind'))}: {p.split(': ', 1)[-1]}"
+            for p in access_problems(config.view, token)]
+
+
 def check_state_dir(config: AgentConfig, where: Any) -> list[str]:
     """The state folder must exist (or be creatable) and be writable."""
     try:
@@ -137,6 +151,7 @@ def preflight(config: AgentConfig, config_file: str | Path, *, open_sources: boo
     if state_dir:
         problems += check_state_dir(config, where)
     problems += check_files(config, where)
+    problems += check_view(config, where)
     for i in range(len(config.pipelines)):
         problems += check_pipeline_model(config, i, where)
         if open_sources:

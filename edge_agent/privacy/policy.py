@@ -23,7 +23,7 @@ import threading
 import time
 from collections.abc import Callable
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, Literal
 
 import cv2
 import numpy as np
@@ -64,6 +64,7 @@ COUNTERS = (
     "faces_redacted", "faces_refound", "snapshots_published", "snapshots_refused",
     "snapshots_rate_limited", "snapshots_no_image", "snapshots_no_detector",
     "snapshots_detector_failed", "snapshots_faces_remain", "snapshots_encode_failed",
+    "view_frames_refused",
 )
 
 
@@ -391,15 +392,10 @@ class PrivacyPolicy:
         if not self._rate_ok():
             self._refuse("snapshots_rate_limited")
             return None
-        image = np.ascontiguousarray(result.image).copy()
-        self.masks.apply(image, block=JPEG_BLOCK)
-        faces = 0
-        if self.cfg.redact_faces:
-            found = self._redact_faces(image)
-            if found is None:
-                return None
-            faces = found
-            self.masks.apply(image, block=JPEG_BLOCK)  # a blurred face may spill into a mask
+        redacted = self.redacted_copy(result.image)
+        if redacted is None:
+            return None
+        image, faces = redacted
         ok, buf = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY,
                                               self.cfg.snapshot_quality])
         if not ok:
@@ -420,15 +416,45 @@ class PrivacyPolicy:
         }
         return self._seal.issue("snapshot", self.pipeline, meta, data=data)
 
-    def _redact_faces(self, image: np.ndarray) -> int | None:
-        """Redact faces in place; the number redacted, or None when the snapshot must not go."""
+    def redacted_copy(self, image: np.ndarray, *,
+                      purpose: Literal["snapshot", "view"] = "snapshot"
+                      ) -> tuple[np.ndarray, int] | None:
+        """A copy of ``image`` as a snapshot may show it, and the number of faces redacted.
+
+        The one redaction path of snapshots and the live view: masks burned in (whole JPEG
+        blocks), and with ``redact_faces`` every face found redacted and re-checked. None
+        when the image must not be shown (no detector, detector failed, faces remain).
+
+        Args:
+            image: (H, W, 3) uint8 BGR; not changed.
+            purpose: ``snapshot`` counts refusals under ``snapshots_*``; ``view`` counts
+                them as ``view_frames_refused``.
+        """
+        out = np.ascontiguousarray(image).copy()
+        self.masks.apply(out, block=JPEG_BLOCK)
+        if not self.cfg.redact_faces:
+            return out, 0
+        found = self._redact_faces(out, count=purpose == "snapshot")
+        if found is None:
+            if purpose == "view":
+                self._count("view_frames_refused")
+            return None
+        self.masks.apply(out, block=JPEG_BLOCK)  # a blurred face may spill into a mask
+        return out, found
+
+    def _redact_faces(self, image: np.ndarray, count: bool = True) -> int | None:
+        """Redact faces in place; the number redacted, or None when the image must not go.
+
+        ``count``: count faces and refusals under the snapshot counters.
+        """
+        refuse = self._refuse if count else _no_count
         detector = self.face_detector
         if detector is None:
             if not self._warned_no_detector:
                 logger.warning("pipeline %s: publish_images is on but no face detector is "
                                "available: no snapshots (fail closed)", self.pipeline)
                 self._warned_no_detector = True
-            self._refuse("snapshots_no_detector")
+            refuse("snapshots_no_detector")
             return None
         total = 0
         mode = self.cfg.redact_mode
@@ -443,18 +469,20 @@ class PrivacyPolicy:
             except Exception as exc:  # any failure of a guardrail: no snapshot
                 logger.warning("pipeline %s: face detector failed (%s): snapshot dropped",
                                self.pipeline, type(exc).__name__)
-                self._refuse("snapshots_detector_failed")
+                refuse("snapshots_detector_failed")
                 return None
             if not boxes:
                 return total
             if attempt == VERIFY_PASSES:
-                self._refuse("snapshots_faces_remain")
+                refuse("snapshots_faces_remain")
                 return None
             if attempt > 0:
-                self._count("faces_refound", len(boxes))
+                if count:
+                    self._count("faces_refound", len(boxes))
             else:
                 total = len(boxes)
-                self._count("faces_redacted", len(boxes))
+                if count:
+                    self._count("faces_redacted", len(boxes))
             redact(image, boxes, mode if attempt == 0 else "fill")
             changed += [expand_box(b) for b in boxes]
         return total

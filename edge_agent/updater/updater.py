@@ -233,6 +233,11 @@ class ModelUpdater:
             logger.warning("pipeline %s: publishing model state %s failed: %s", self.pipeline,
                            state, exc)
 
+    def last_state(self) -> dict[str, Any] | None:
+        """The latest model state message's payload (None before the first)."""
+        with self._lock:
+            return None if self._last_state is None else dict(self._last_state)
+
     def publish_current(self) -> None:
         """Publish the latest state message again (at start-up and after a reconnect)."""
         with self._lock:
