@@ -235,8 +235,9 @@ class PipelineSet:
         for u in list(self.units.values()):
             st = u.pipeline.status()
             entry = {k: st[k] for k in ("name", "state", "source", "source_error", "model",
-                                        "runtime", "fps", "inference_ms_p50",
-                                        "inference_ms_p95", "dropped", "errors")}
+                                        "runtime", "fps", "frames", "inferred",
+                                        "inference_ms_p50", "inference_ms_p95", "dropped",
+                                        "errors")}
             entry["stages_ms"] = {k: round(v, 2) for k, v in u.pipeline.stage_ms.items()}
             last = u.updater.last_state()
             entry["update"] = None if last is None else {
