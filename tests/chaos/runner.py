@@ -1,0 +1,465 @@
+"""The chaos run: ``edge-agent run`` with real sources, a real model and a real broker, under
+injected faults, with invariants checked after each.
+
+Set-up (all on 127.0.0.1, all owned by the run and stopped by PID):
+
+* mosquitto (persistence on); the agent reaches it only through :class:`TcpProxy`;
+* an HTTP MJPEG stream (:class:`MjpegServer`) for the ``cam`` pipeline (camera health on), a
+  synthetic 320x240 source for ``synth``; both on the default BlazeFace model;
+* the agent's wall clock at an offset the run rewrites (``tests/chaos/faketime``, a
+  sitecustomize; libfaketime 0.9.10 breaks every sleep when the monotonic clock is left
+  alone), so the wall clock can jump while the monotonic clock runs on, as on an NTP step;
+* ``state_dir`` on a small tmpfs the run mounts (root only), so the disk can fill up;
+* a subscriber with a persistent session on the broker itself (not behind the proxy).
+
+Faults: ``broker_restart``, ``network_cut``, ``network_stall``, ``stream_loss``,
+``agent_kill``, ``kill_during_update``, ``kill_during_reload``, ``disk_full``,
+``clock_jump``, ``cpu_starvation``. After each: the agent is online again, new results of
+both pipelines arrive (the time from the end of the fault is its recovery time), every
+pipeline serves a known model, and the durable streams are gap-free once drained. Thread and
+fd counts of one agent process are compared between faults (no leak); RSS is recorded.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from edge_agent.default_models import ensure_default_models, labels_path
+from edge_agent.signing import generate_key_pair, load_private_key
+from edge_agent.updater.manifest import build_manifest
+from edge_agent.updater.store import sha256_file
+from tests.broker import Mosquitto
+from tests.chaos.harness import (
+    DEVICE,
+    PREFIX,
+    ProcFigures,
+    agent_config,
+    proc_figures,
+    seq_report,
+)
+from tests.chaos.mjpeg import MjpegServer
+from tests.chaos.proxy import TcpProxy
+from tests.e2e.agentproc import REPO, AgentProcess
+from tests.e2e.recorder import Recorder
+
+SHORT = "face_detection_short_range"
+FULL = "face_detection_full_range_sparse"
+FAKE_CLOCK = Path(__file__).resolve().parent / "faketime"
+FAULTS = ("broker_restart", "network_cut", "network_stall", "stream_loss", "agent_kill",
+          "kill_during_update", "kill_during_reload", "disk_full", "clock_jump",
+          "cpu_starvation")
+RECOVERY_LIMIT_S = 60.0  # a fault not recovered from within this is a failure
+STREAMS = ("results/synth", "results/cam", "events/cam")
+
+
+@dataclass(slots=True)
+class FaultRecord:
+    """What one kind of fault did over the run."""
+
+    fault: str
+    injected: int = 0
+    recovery_s: list[float] = field(default_factory=list)
+    lost: int = 0
+    notes: list[str] = field(default_factory=list)
+    skipped: str | None = None
+
+    def summary(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["recovery_max_s"] = round(max(self.recovery_s), 2) if self.recovery_s else None
+        out["recovery_s"] = [round(r, 2) for r in self.recovery_s]
+        return out
+
+
+class ChaosError(AssertionError):
+    """An invariant did not hold."""
+
+
+class ChaosRun:
+    """One agent and its surroundings; :meth:`inject` runs a fault and checks the invariants.
+
+    Args:
+        tmp: a private folder.
+        seed: for the random moments and durations.
+        outage_s: (min, max) seconds a fault lasts.
+        log: progress lines go here.
+    """
+
+    def __init__(self, tmp: Path, *, seed: int = 1, outage_s: tuple[float, float] = (3, 6),
+                 log: Callable[[str], None] = print) -> None:
+        self.tmp = tmp
+        self.rng = random.Random(seed)
+        self.outage_s = outage_s
+        self.say = log
+        models = ensure_default_models()
+        self.models = {SHORT: models[SHORT], FULL: models[FULL]}
+        self.known_sha = {sha256_file(p): name for name, p in self.models.items()}
+        self.records = {f: FaultRecord(f) for f in FAULTS}
+        self.version = 0  # the last model version pushed
+        self.state_dir = tmp / "state"
+        self.mounted = False
+        self.faketime_file = tmp / "clock.offset"
+        self.agent: AgentProcess | None = None
+        self.agents: list[AgentProcess] = []
+        self.baseline: ProcFigures | None = None  # of the current agent process
+        self.figures: list[dict[str, Any]] = []
+
+    # ------------------------------------------------------------------ set-up
+
+    def start(self) -> ChaosRun:
+        """Broker, proxy, stream, keys, config, subscriber and the agent."""
+        self.broker = Mosquitto(self.tmp / "broker").start()
+        self.proxy = TcpProxy(self.broker.host, self.broker.port).start()
+        self.stream = MjpegServer(fps=10).start()
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self._mount_state_dir()
+        priv, _pub, _ = generate_key_pair(self.tmp / "keys")
+        self.key = load_private_key(priv)
+        self.config_path = self.tmp / "agent.yaml"
+        self.score = 0.5
+        self._write_config()
+        self.faketime_file.write_text("0\n")
+        self.rec = Recorder(self.broker.host, self.broker.port, [f"{PREFIX}/{DEVICE}/#"],
+                            client_id=f"chaos-rec-{uuid.uuid4().hex[:8]}", clean=False)
+        self.rec.start()
+        self._start_agent()
+        self._wait_flowing(time.monotonic(), "start")
+        self.baseline = self._settled_figures()
+        return self
+
+    def _write_config(self) -> None:
+        model = self.models[SHORT]
+        model_cfg = {"path": str(model), "decoder": "anchors", "threads": 1,
+                     "labels": str(labels_path(SHORT))}
+        agent_config(
+            self.config_path, state_dir=self.state_dir, host=self.proxy.host,
+            port=self.proxy.port,
+            pipelines=[
+                {"name": "synth", "model": model_cfg, "score_threshold": self.score,
+                 "source": {"type": "synthetic", "fps": 10, "width": 320, "height": 240}},
+                {"name": "cam", "model": model_cfg, "score_threshold": self.score,
+                 "source": {"type": "camera", "uri": self.stream.url},
+                 "camera_health": {"enabled": True}},
+            ],
+            updates={"public_keys": [str(self.tmp / "keys" / "signing.pub")]},
+            mqtt={"keepalive": 5})  # a stalled link is noticed within ~7.5 s
+
+    def _mount_state_dir(self) -> None:
+        if os.geteuid() != 0 or shutil.which("mount") is None:
+            return
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=48m,mode=0700", "tmpfs",
+                               str(self.state_dir)], capture_output=True, check=False)
+        self.mounted = done.returncode == 0
+
+    def _start_agent(self) -> None:
+        env = {"EDGE_AGENT_CHAOS_CLOCK": str(self.faketime_file),
+               "PYTHONPATH": os.pathsep.join([str(FAKE_CLOCK), str(REPO),
+                                              os.environ.get("PYTHONPATH", "")])}
+        self.agent = AgentProcess(self.config_path, env=env)
+        self.agents.append(self.agent)
+        self.baseline = None
+
+    def close(self) -> dict[str, Any]:
+        """Stop the agent (SIGTERM: must exit 0), drain, check every stream; stop the rest."""
+        code = None
+        try:
+            if self.agent is not None and self.agent.proc.poll() is None:
+                code = self.agent.terminate()
+            time.sleep(1.0)
+            reports = {s: seq_report(s, self._payloads(s)) for s in STREAMS}
+        finally:
+            self.rec.close()
+            self.stream.stop()
+            self.proxy.close()
+            self.broker.stop()
+            if self.mounted:
+                subprocess.run(["umount", "-l", str(self.state_dir)], check=False)
+        return {"exit_code": code, "streams": {s: {
+            "first": r.first, "last": r.last, "distinct": r.distinct, "duplicates": r.duplicates,
+            "missing": len(r.missing), "boots": r.boots} for s, r in reports.items()},
+            "faults": [r.summary() for r in self.records.values()],
+            "figures": self.figures}
+
+    # ------------------------------------------------------------------ observing
+
+    def _payloads(self, stream: str, since: int = 0) -> list[dict[str, Any]]:
+        return self.rec.json(f"{PREFIX}/{DEVICE}/{stream}", since)
+
+    def _wait(self, what: str, pred: Callable[[], bool], timeout: float = RECOVERY_LIMIT_S
+              ) -> float:
+        """Seconds until ``pred()`` held; ChaosError (with the agent's log tail) after timeout."""
+        t0 = time.monotonic()
+        while not pred():
+            if time.monotonic() - t0 > timeout:
+                raise ChaosError(f"{what}: not within {timeout:.0f}s\n{self._log_tail()}")
+            if self.agent is not None and self.agent.proc.poll() is not None:
+                raise ChaosError(f"{what}: the agent died (exit {self.agent.proc.returncode})"
+                                 f"\n{self._log_tail()}")
+            time.sleep(0.1)
+        return time.monotonic() - t0
+
+    def _log_tail(self) -> str:
+        return "" if self.agent is None else self.agent.log()[-3000:]
+
+    def _wait_flowing(self, since_mono: float, what: str) -> float:
+        """Seconds from ``since_mono`` until new results of both pipelines arrived (at the
+        subscriber) and the newest retained status says ``online`` for the current process."""
+        def arrived(suffix: str, pred: Callable[[dict[str, Any]], bool]) -> float | None:
+            for c in self.rec.select(suffix):
+                if c.mono >= since_mono and c.payload and pred(c.json()):
+                    return c.mono
+            return None
+
+        times: list[float] = []
+
+        def online() -> bool:
+            """The newest status is ``online`` and from the process that makes results now."""
+            statuses = [c.json() for c in self.rec.select(f"{DEVICE}/status") if c.payload]
+            results = self._payloads("results/synth")
+            return bool(statuses and results) and statuses[-1].get("state") == "online" and (
+                statuses[-1].get("boot_id") == results[-1].get("boot_id"))
+
+        def done() -> bool:
+            times.clear()
+            for suffix in ("/results/synth", "/results/cam"):
+                t = arrived(suffix, lambda p: not p.get("replayed"))
+                if t is None:
+                    return False
+                times.append(t)
+            return online()
+
+        self._wait(f"{what}: results of both pipelines and online", done)
+        return max(times) - since_mono
+
+    def _wait_drained(self, what: str) -> int:
+        """Wait until every durable stream is gap-free; return how many were still missing
+        after the limit (lost)."""
+        def missing() -> int:
+            return sum(len(seq_report(s, self._payloads(s)).missing) for s in STREAMS)
+
+        try:
+            self._wait(f"{what}: streams gap-free", lambda: missing() == 0, timeout=45)
+            return 0
+        except ChaosError:
+            if self.agent is not None and self.agent.proc.poll() is not None:
+                raise
+            return missing()
+
+    def _check_models(self, what: str) -> None:
+        """Each pipeline's retained model state names a known model as active, and the last
+        result of each pipeline was made by one."""
+        for name in ("synth", "cam"):
+            states = self._payloads(f"model/{name}/state")
+            if not states:
+                raise ChaosError(f"{what}: no model state for {name}")
+            active = states[-1].get("active") or {}
+            if active.get("sha256") not in self.known_sha:
+                raise ChaosError(f"{what}: {name} serves an unknown model {active}")
+            last = self._payloads(f"results/{name}")[-1]
+            if last["model"]["sha256"] not in self.known_sha:
+                raise ChaosError(f"{what}: {name} result from an unknown model")
+
+    def _settled_figures(self) -> ProcFigures:
+        """The agent's figures once its thread count is steady for 2 s."""
+        assert self.agent is not None
+        last = proc_figures(self.agent.pid)
+        for _ in range(20):
+            time.sleep(1.0)
+            now = proc_figures(self.agent.pid)
+            if (now.threads, now.fds) == (last.threads, last.fds):
+                return now
+            last = now
+        return last
+
+    def _check_leaks(self, fault: str) -> None:
+        assert self.agent is not None
+        if self.baseline is None:  # a new process: its first figures are its baseline
+            self.baseline = self._settled_figures()
+            now = self.baseline
+        else:
+            now = self._settled_figures()
+            deadline = time.monotonic() + 20
+            while ((now.threads > self.baseline.threads or now.fds > self.baseline.fds)
+                   and time.monotonic() < deadline):
+                time.sleep(1.0)
+                now = proc_figures(self.agent.pid)
+            if now.threads > self.baseline.threads:
+                raise ChaosError(f"after {fault}: {now.threads} threads, "
+                                 f"{self.baseline.threads} before")
+            if now.fds > self.baseline.fds:
+                raise ChaosError(f"after {fault}: {now.fds} fds, {self.baseline.fds} before")
+        self.figures.append({"after": fault, "pid": self.agent.pid,
+                             "rss_mb": round(now.rss_kb / 1024, 1), "fds": now.fds,
+                             "threads": now.threads})
+
+    def silent_losses(self) -> list[str]:
+        """Results missing without a seq gap: ``synth`` is a paced file-like source (every
+        frame in order, none dropped), so within one process its frame indices have no gaps."""
+        by_boot: dict[str, set[int]] = {}
+        for p in self._payloads("results/synth"):
+            by_boot.setdefault(str(p.get("boot_id")), set()).add(int(p["frame"]["index"]))
+        out = []
+        for boot, idx in by_boot.items():
+            gaps = sorted(set(range(min(idx), max(idx) + 1)) - idx)
+            if gaps:
+                out.append(f"boot {boot[:8]}: frames {gaps[:20]} have no result")
+        return out
+
+    def tracebacks(self) -> list[str]:
+        """Tracebacks in any agent run's log (a crashed thread is a failure)."""
+        found = []
+        for agent in self.agents:
+            text = agent.log_path.read_text(errors="replace")
+            for chunk in text.split("Traceback (most recent call last):")[1:]:
+                found.append(f"{agent.log_path.name}: {chunk.strip().splitlines()[-1][:200]}")
+        return found
+
+    # ------------------------------------------------------------------ faults
+
+    def inject(self, fault: str) -> None:
+        """Run one fault, then check every invariant; records recovery and losses."""
+        rec = self.records[fault]
+        outage = self.rng.uniform(*self.outage_s)
+        self.say(f"chaos: {fault} ({outage:.1f}s)")
+        ended = getattr(self, f"_fault_{fault}")(outage, rec)
+        if ended is None:  # skipped
+            return
+        rec.injected += 1
+        rec.recovery_s.append(self._wait_flowing(ended, fault))
+        self._check_models(fault)
+        rec.lost += self._wait_drained(fault)
+        self._check_leaks(fault)
+        self.say(f"chaos: {fault} recovered in {rec.recovery_s[-1]:.1f}s, lost {rec.lost}")
+
+    def _fault_broker_restart(self, outage: float, rec: FaultRecord) -> float:
+        self.broker.stop()
+        time.sleep(outage)
+        self.broker.start()
+        return time.monotonic()
+
+    def _fault_network_cut(self, outage: float, rec: FaultRecord) -> float:
+        self.proxy.cut()
+        time.sleep(outage)
+        self.proxy.restore()
+        return time.monotonic()
+
+    def _fault_network_stall(self, outage: float, rec: FaultRecord) -> float:
+        self.proxy.stall()
+        time.sleep(outage * 2)  # long enough for the keepalive to notice
+        self.proxy.restore()
+        return time.monotonic()
+
+    def _fault_stream_loss(self, outage: float, rec: FaultRecord) -> float:
+        mark = self.rec.mark()
+        self.stream.stop()
+        time.sleep(outage)
+        self.stream.start()
+        ended = time.monotonic()
+        self._wait("stream_loss: source_down and source_up events", lambda: {"source_down",
+                   "source_up"} <= {e.get("event") for e in self._payloads("events/cam", mark)})
+        return ended
+
+    def _kill(self, delay: float) -> float:
+        assert self.agent is not None
+        time.sleep(delay)
+        self.agent.kill()
+        time.sleep(0.5)
+        self._start_agent()
+        return time.monotonic()
+
+    def _fault_agent_kill(self, outage: float, rec: FaultRecord) -> float:
+        return self._kill(self.rng.uniform(0.0, outage))
+
+    def _fault_kill_during_update(self, outage: float, rec: FaultRecord) -> float:
+        active = (self._payloads("model/synth/state")[-1].get("active") or {})
+        target = FULL if self.known_sha.get(active.get("sha256", "")) == SHORT else SHORT
+        path = self.models[target]
+        self.version += 1
+        manifest = build_manifest(name=target.replace("_", "-"), version=self.version,
+                                  sha256=sha256_file(path), size=path.stat().st_size,
+                                  key=self.key, labels=labels_path(target).read_text())
+        command = {"request_id": uuid.uuid4().hex, "pipeline": "synth",
+                   "manifest": dict(manifest.raw),
+                   "data": base64.b64encode(path.read_bytes()).decode()}
+        self.rec.publish(f"{PREFIX}/{DEVICE}/cmd/model/update", json.dumps(command).encode())
+        ended = self._kill(self.rng.uniform(0.0, 3.0))
+        rec.notes.append(f"update to {target} v{self.version}")
+        return ended
+
+    def _fault_kill_during_reload(self, outage: float, rec: FaultRecord) -> float:
+        assert self.agent is not None
+        self.score = 0.45 if self.score == 0.5 else 0.5
+        self._write_config()
+        os.kill(self.agent.pid, signal.SIGHUP)
+        return self._kill(self.rng.uniform(0.0, 1.5))
+
+    def _fault_disk_full(self, outage: float, rec: FaultRecord) -> float | None:
+        if not self.mounted:
+            rec.skipped = "state_dir is not a tmpfs this run could mount (needs root)"
+            return None
+        filler = self.state_dir / "filler.bin"
+        with open(filler, "wb") as f:
+            try:
+                while True:
+                    f.write(b"\0" * (1 << 20))
+                    f.flush()
+            except OSError:
+                pass
+        time.sleep(outage)
+        filler.unlink()
+        return time.monotonic()
+
+    def _fault_clock_jump(self, outage: float, rec: FaultRecord) -> float:
+        jump = self.rng.choice(["3600", "-3600", "86400", "-600"])
+        self.faketime_file.write_text(f"{jump}\n")
+        time.sleep(outage)
+        self.faketime_file.write_text("0\n")
+        rec.notes.append(f"wall clock {jump}s for {outage:.0f}s, then back")
+        return time.monotonic()
+
+    def _fault_cpu_starvation(self, outage: float, rec: FaultRecord) -> float:
+        hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"])
+                for _ in range(max(2, (os.cpu_count() or 2) * 2))]
+        try:
+            time.sleep(outage * 2)
+        finally:
+            for h in hogs:
+                h.kill()
+                h.wait(5)
+        return time.monotonic()
+
+
+def run(tmp: Path, faults: list[str], *, seed: int = 1, outage_s: tuple[float, float] = (3, 6),
+        log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Run ``faults`` in order; the close-down report (see :meth:`ChaosRun.close`)."""
+    chaos = ChaosRun(tmp, seed=seed, outage_s=outage_s, log=log)
+    report: dict[str, Any] = {}
+    try:
+        chaos.start()
+        for fault in faults:
+            chaos.inject(fault)
+    finally:
+        report = chaos.close()
+        report["tmpfs"] = chaos.mounted
+    return report
+
+
+if __name__ == "__main__":  # pragma: no cover - a quick manual run
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as d:
+        print(yaml.safe_dump(run(Path(d), list(FAULTS))))
