@@ -9,8 +9,10 @@ view on, and alternates phases of ``--seconds`` each, in the same run:
   streaming MJPEG that reads one byte a second (reconnected when dropped);
 - ``watched``: one normal viewer reading the stream as fast as it comes (the cost of looking).
 
-Pipeline fps per phase is the change of the agent's ``inferred`` counter over the phase (from
-``/api/state``, read from loopback). Prints a table and the ratios against ``quiet``.
+Pipeline fps per phase is the number of model invocations over the phase, from the agent's
+Prometheus endpoint (``edge_agent_stage_seconds_count{stage="invoke"}``: a separate server,
+so the view's saturation does not blind the measurement). Prints a table and the ratios
+against ``quiet``.
 """
 
 from __future__ import annotations
@@ -42,6 +44,15 @@ def _state(port: int) -> dict[str, Any]:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/state", timeout=10) as r:
         data: dict[str, Any] = json.loads(r.read())
         return data
+
+
+def _invokes(metrics_port: int) -> float:
+    url = f"http://127.0.0.1:{metrics_port}/metrics"
+    with urllib.request.urlopen(url, timeout=10) as r:
+        for line in r.read().decode().splitlines():
+            if line.startswith("edge_agent_stage_seconds_count{") and 'stage="invoke"' in line:
+                return float(line.rsplit(" ", 1)[1])
+    return 0.0
 
 
 class Hostile:
@@ -143,12 +154,11 @@ class Watcher:
         self.thread.join(10)
 
 
-def _phase(port: int, seconds: float) -> float:
-    a = _state(port)["pipelines"][0]["inferred"]
-    t0 = time.monotonic()
+def _phase(metrics_port: int, seconds: float) -> float:
+    a, t0 = _invokes(metrics_port), time.monotonic()
     time.sleep(seconds)
-    b = _state(port)["pipelines"][0]["inferred"]
-    return float((b - a) / (time.monotonic() - t0))
+    b, t1 = _invokes(metrics_port), time.monotonic()
+    return (b - a) / (t1 - t0)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -164,6 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     models = ensure_default_models()
     video = models[DEFAULT_MODEL].parent / "samples" / "sample.avi"
     port = _free_port()
+    metrics_port = _free_port()
     with tempfile.TemporaryDirectory() as tmp:
         broker = Mosquitto(Path(tmp) / "broker")
         broker.start()
@@ -171,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg.write_text(yaml.safe_dump({
             "device_id": "bench", "state_dir": str(Path(tmp) / "state"),
             "mqtt": {"host": broker.host, "port": broker.port},
-            "metrics": {"prometheus": {"enabled": False}},
+            "metrics": {"prometheus": {"port": metrics_port}},
             "view": {"enabled": True, "port": port},
             "pipelines": [{"name": "bench", "source": {
                 "type": "video", "uri": str(video), "loop": True, "fps": 0},
@@ -194,13 +205,13 @@ def main(argv: list[str] | None = None) -> int:
             time.sleep(5)  # warm-up
             fps: dict[str, list[float]] = {"quiet": [], "hostile": [], "watched": []}
             for _ in range(args.rounds):
-                fps["quiet"].append(_phase(port, args.seconds))
+                fps["quiet"].append(_phase(metrics_port, args.seconds))
                 with Hostile(port):
                     time.sleep(2)  # let the connections pile up
-                    fps["hostile"].append(_phase(port, args.seconds))
+                    fps["hostile"].append(_phase(metrics_port, args.seconds))
                 time.sleep(2)
                 with Watcher(port):
-                    fps["watched"].append(_phase(port, args.seconds))
+                    fps["watched"].append(_phase(metrics_port, args.seconds))
                 time.sleep(3)  # the render thread ends after 2 s without viewers
         finally:
             agent.terminate()

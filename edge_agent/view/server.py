@@ -1,8 +1,8 @@
 """The live view's HTTP server: the page, MJPEG streams, snapshots and state.
 
 Bounded like the metrics endpoint: one thread per connection, at most ``max_clients`` at
-once (more get ``503`` at once and are closed), every socket with a timeout (an idle
-connection is closed after ``IDLE_TIMEOUT_S``; a stream whose client does not take a frame
+once (more get ``503`` at once and are closed), every socket with a timeout (a connection
+that sends nothing for ``IDLE_TIMEOUT_S`` is closed; a stream whose client does not take a frame
 within ``WRITE_TIMEOUT_S`` is dropped), HTTP/1.0 (one request per connection). Viewers never
 hold up a pipeline: each stream waits for the tap's newest frame; nothing is queued for them.
 
@@ -21,6 +21,7 @@ import logging
 import os
 import re
 import socket
+import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -36,7 +37,7 @@ from edge_agent.view.tap import ViewTap
 
 logger = logging.getLogger(__name__)
 
-IDLE_TIMEOUT_S = 10.0  # a connection that sends no complete request in this time is closed
+IDLE_TIMEOUT_S = 2.0  # per receive, as the metrics endpoint: a request is one short message
 WRITE_TIMEOUT_S = 10.0  # a viewer that does not take one frame in this time is dropped
 SNAPSHOT_WAIT_S = 10.0  # how long /snapshot waits for a fresh frame
 CREDENTIAL_NAME = "view-token"  # the file under $CREDENTIALS_DIRECTORY (LoadCredential=)
@@ -101,6 +102,9 @@ class _Server(ThreadingHTTPServer):
     def process_request(self, request: Any, client_address: Any) -> None:
         if not self.slots.acquire(blocking=False):
             self.view.busy += 1
+            if self.view.busy in (1, 10, 100, 1000) or self.view.busy % 10000 == 0:
+                logger.warning("view http: %d connections refused so far (over the cap of %d "
+                               "at once)", self.view.busy, self.view.cfg.max_clients)
             try:
                 request.settimeout(1.0)
                 request.sendall(b"HTTP/1.0 503 Service Unavailable\r\nContent-Length: 0\r\n"
@@ -120,6 +124,14 @@ class _Server(ThreadingHTTPServer):
             super().process_request_thread(request, client_address)
         finally:
             self.slots.release()
+
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        exc = sys.exc_info()[1]  # called from the request thread's except block
+        if isinstance(exc, OSError):  # the client went away or timed out
+            logger.debug("view http: %s: %s", client_address[0], exc)
+        else:
+            logger.error("view http: error serving %s: %r", client_address[0], exc)
 
 
 class _Handler(BaseHTTPRequestHandler):
