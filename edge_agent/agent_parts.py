@@ -10,7 +10,7 @@ import logging
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -19,6 +19,15 @@ from edge_agent.config import AgentConfig, PipelineConfig
 from edge_agent.errors import EdgeAgentError, ModelError
 from edge_agent.pipeline import Pipeline
 from edge_agent.types import Box, Frame
+
+if TYPE_CHECKING:
+    from edge_agent.metrics import Metrics
+    from edge_agent.privacy.egress import EgressGuard
+    from edge_agent.privacy.policy import PrivacyPolicy
+    from edge_agent.privacy.seal import Seal
+    from edge_agent.updater.manifest import Manifest
+    from edge_agent.updater.updater import ModelUpdater
+    from edge_agent.view.tap import ViewTap
 
 logger = logging.getLogger(__name__)
 
@@ -63,8 +72,8 @@ def build_face_detector(cfg: AgentConfig,
 class _Unit:
     """Everything one pipeline owns."""
 
-    def __init__(self, cfg: PipelineConfig, pipeline: Pipeline, policy: Any,
-                 updater: Any, tap: Any = None) -> None:
+    def __init__(self, cfg: PipelineConfig, pipeline: Pipeline, policy: PrivacyPolicy,
+                 updater: ModelUpdater, tap: ViewTap | None = None) -> None:
         self.cfg = cfg
         self.pipeline = pipeline
         self.policy = policy
@@ -82,7 +91,7 @@ class _Unit:
 class PipelineSet:
     """The running pipelines of the agent, built from config and rebuilt on reload."""
 
-    def __init__(self, cfg: AgentConfig, seal: Any, guard: Any, metrics: Any,
+    def __init__(self, cfg: AgentConfig, seal: Seal, guard: EgressGuard, metrics: Metrics,
                  face_detector: Callable[[np.ndarray], list[Box]] | None,
                  on_state: Callable[[dict[str, Any]], None]) -> None:
         self.cfg = cfg
@@ -109,7 +118,7 @@ class PipelineSet:
         from edge_agent.sources.factory import create_source
         from edge_agent.tracking import IouTracker
         from edge_agent.updater.store import ModelStore
-        from edge_agent.updater.updater import ModelUpdater
+        from edge_agent.updater.updater import ModelUpdater, UpdateHooks
         from edge_agent.zones import ZoneTracker
 
         store = ModelStore(self.cfg.state_dir / "models" / p.name)
@@ -130,7 +139,10 @@ class PipelineSet:
                             send=self.guard.send, gate=gate, tracker=tracker, zones=zones,
                             health=health,
                             observe=self.metrics.observe_stage)
-        hooks = _UpdateHooks(self, p, pipeline)
+        wired = _UpdateHooks(self, p, pipeline)
+        # the same interface the updater's tests hand in: the callables, not the object
+        hooks = UpdateHooks(active=wired.active, validate=wired.validate, swap=wired.swap,
+                            publish_state=wired.publish_state, reply=wired.reply)
         updater = ModelUpdater(p.name, self.cfg.updates, store, hooks)
         pipeline.on_inference = updater.record_inference
         self.metrics.set_model_info(p.name, bundle.ref, bundle.runtime.info)
@@ -225,7 +237,7 @@ class PipelineSet:
                                    pipeline=u.pipeline.name)
         return out
 
-    def taps(self) -> dict[str, Any]:
+    def taps(self) -> dict[str, ViewTap]:
         """The live-view taps by pipeline name (empty when the view is off)."""
         return {name: u.tap for name, u in list(self.units.items()) if u.tap is not None}
 
@@ -352,7 +364,8 @@ class _UpdateHooks:
         ref = self.pipeline.bundle.ref
         return ref.name, ref.version, ref.sha256
 
-    def _load(self, path: Path, labels_path: Path | None, manifest: Any) -> ModelBundle:
+    def _load(self, path: Path, labels_path: Path | None,
+              manifest: Manifest | None) -> ModelBundle:
         return load_bundle(self.cfg.model, self.cfg.score_threshold, path=path,
                            labels_path=labels_path or self.cfg.model.labels,
                            version=int(getattr(manifest, "version", 0) or 0),
@@ -385,7 +398,7 @@ class _UpdateHooks:
         if validated is not None:
             validated[2].close()
 
-    def swap(self, path: Path, labels_path: Path | None, manifest: Any) -> None:
+    def swap(self, path: Path, labels_path: Path | None, manifest: Manifest | None) -> None:
         """Swap the new model in between two frames."""
         from dataclasses import replace
 

@@ -11,14 +11,15 @@ import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from edge_agent.config import ModelConfig
+from edge_agent.decoders.base import Decoder
 from edge_agent.decoders.factory import create_decoder
 from edge_agent.decoders.labels import Labels, load_labels
 from edge_agent.errors import ModelError
+from edge_agent.runtime.base import Runtime
 from edge_agent.runtime.interpreter import load_runtime
 from edge_agent.runtime.preprocess import Preprocessor, prepare_window
 from edge_agent.types import IDENTITY, Frame, Inference, ModelRef, Transform
@@ -43,9 +44,9 @@ class ModelBundle:
     between two frames.
     """
 
-    runtime: Any
+    runtime: Runtime
     preprocessor: Preprocessor | None
-    decoder: Any
+    decoder: Decoder
     labels: Labels
     ref: ModelRef
     path: Path
@@ -68,8 +69,7 @@ class ModelBundle:
 
     def decode(self, outputs: list[np.ndarray], transform: Transform) -> Inference:
         """Decoder output for one frame."""
-        result: Inference = self.decoder.decode(outputs, transform)
-        return result
+        return self.decoder.decode(outputs, transform)
 
     def close(self) -> None:
         """Release the interpreter."""

@@ -30,14 +30,36 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
 from edge_agent.bundle import ModelBundle, outputs_finite
 from edge_agent.config import PipelineConfig
 from edge_agent.errors import SourceError
-from edge_agent.types import Frame, Result, Transform
+from edge_agent.types import Frame, HealthEvent, Result, Transform
+
+if TYPE_CHECKING:  # the agent hands these in; the pipeline module does not import the stages
+    from edge_agent.camera_health import CameraHealthMonitor
+    from edge_agent.config import SourceConfig
+    from edge_agent.contract.messages import OutgoingMessage
+    from edge_agent.motion import MotionGate
+    from edge_agent.privacy.policy import PrivacyPolicy
+    from edge_agent.sources.base import Source
+    from edge_agent.tracking import IouTracker
+    from edge_agent.zones import ZoneTracker
+
+
+class FrameTap(Protocol):
+    """A live-view tap: frames are offered only while someone is watching."""
+
+    def wanted(self) -> bool:
+        """Whether anyone is watching now."""
+        ...
+
+    def offer(self, frame: Frame, result: Result) -> None:
+        """A frame and its result, for the viewer (must not block)."""
+        ...
 
 logger = logging.getLogger(__name__)
 
@@ -162,14 +184,14 @@ class Pipeline:
         cfg: PipelineConfig,
         bundle: ModelBundle,
         *,
-        source_factory: Callable[[Any], Any],
-        policy: Any,
-        send: Callable[[Any], bool],
-        gate: Any = None,
-        tracker: Any = None,
-        zones: Any = None,
-        view: Any = None,
-        health: Any = None,
+        source_factory: Callable[[SourceConfig], Source],
+        policy: PrivacyPolicy,
+        send: Callable[[OutgoingMessage], bool],
+        gate: MotionGate | None = None,
+        tracker: IouTracker | None = None,
+        zones: ZoneTracker | None = None,
+        view: FrameTap | None = None,
+        health: CameraHealthMonitor | None = None,
         on_inference: Callable[[bool, bool, str], None] | None = None,
         observe: Callable[[str, str, float], None] | None = None,
         tuning: Tuning | None = None,
@@ -319,7 +341,7 @@ class Pipeline:
 
     def _capture_loop(self) -> None:
         _lower_thread_priority(self.tuning.aux_nice)
-        source: Any = None
+        source: Source | None = None
         backoff = 0.5
         live = False
         try:
@@ -329,7 +351,7 @@ class Pipeline:
                     try:
                         source = self._source_factory(self.cfg.source)
                         source.open()
-                        live = bool(getattr(source, "live", False))
+                        live = bool(source.live)
                         self.state, self.source_error, backoff = "running", None, 0.5
                         self._source_changed(True, live)
                     except SourceError as exc:
@@ -349,8 +371,8 @@ class Pipeline:
                     self._source_failed(str(exc), backoff)
                     backoff = min(backoff * 2, 30.0)
                     continue
-                self.source_dropped = int(getattr(source, "dropped", 0))
-                self.source_bad_lines = int(getattr(source, "bad_lines", 0))
+                self.source_dropped = int(source.dropped)
+                self.source_bad_lines = int(source.bad_lines)
                 if frame is None:
                     continue
                 t1 = time.perf_counter()
@@ -397,13 +419,13 @@ class Pipeline:
         if not first_up:  # the first open is the normal start, not news
             self._send_health([health.source_event(up, time.time())])
 
-    def _send_health(self, events: list[Any]) -> None:
+    def _send_health(self, events: list[HealthEvent]) -> None:
         for ev in events:
             logger.info("pipeline %s: %s", self.name, ev.event)
             self._send(self._policy.health_event(ev))
 
     @staticmethod
-    def _close_quietly(source: Any) -> None:
+    def _close_quietly(source: Source | None) -> None:
         if source is not None:
             try:
                 source.close()
@@ -576,7 +598,7 @@ class Pipeline:
             msg = self._policy.result(result)
             t3 = time.perf_counter()
             self._observe_stage("policy", t3 - t2)
-            if msg is not None and self._send(msg):
+            if self._send(msg):
                 with self.stats.lock:
                     self.stats.published += 1
             self._observe_stage("publish", time.perf_counter() - t3)
@@ -585,9 +607,9 @@ class Pipeline:
                 if snap is not None:
                     self._send(snap)
         for event in events:
-            msg = self._policy.event(event)
-            if msg is not None:
-                self._send(msg)
+            ev_msg = self._policy.event(event)
+            if ev_msg is not None:
+                self._send(ev_msg)
 
     def _should_publish(self, result: Result) -> bool:
         """every_frame: always; on_change: when the detected set changes, or on the heartbeat.

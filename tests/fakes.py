@@ -102,6 +102,7 @@ class FakeSource:
         self.before_frame = before_frame
         self.loop_forever = loop_forever
         self.dropped = 0
+        self.bad_lines = 0
         self.delivered: list[int] = []
         self.exhausted = threading.Event()
         self.opened = 0

@@ -195,6 +195,8 @@ class _PacedCamera:
     read after frame ``fail_at`` raises SourceError once (the stream dropped)."""
 
     live = True
+    dropped = 0
+    bad_lines = 0
 
     def __init__(self, dark_from: int, fail_at: int) -> None:
         self.dark_from, self.fail_at = dark_from, fail_at

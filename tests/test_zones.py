@@ -123,6 +123,7 @@ class SceneSource:
 
     live = False
     dropped = 0
+    bad_lines = 0
 
     def __init__(self) -> None:
         self.i = 0

@@ -16,6 +16,16 @@ class Source(Protocol):
 
     dropped: int  # frames the source discarded because the pipeline was busy
 
+    @property
+    def live(self) -> bool:
+        """A device or stream (newest frame wins, drops counted), not a file or generator."""
+        ...
+
+    @property
+    def bad_lines(self) -> int:
+        """Malformed sensor lines or records skipped so far (0 for image sources)."""
+        ...
+
     def open(self) -> None:
         """Open the device or file; raise SourceError when it cannot be opened."""
         ...

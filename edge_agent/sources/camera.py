@@ -83,6 +83,7 @@ class OpencvCameraSource:
     """
 
     live = True
+    bad_lines = 0  # no text lines: nothing malformed to skip
 
     def __init__(self, cfg: CameraSourceConfig) -> None:
         self.cfg = cfg
@@ -230,6 +231,7 @@ class OpencvVideoSource:
     """
 
     live = False
+    bad_lines = 0  # no text lines: nothing malformed to skip
 
     def __init__(self, cfg: VideoSourceConfig) -> None:
         self.cfg = cfg

@@ -67,6 +67,7 @@ class ImageFolderSource:
     """
 
     live = False
+    bad_lines = 0  # no text lines: nothing malformed to skip
 
     def __init__(self, cfg: ImagesSourceConfig) -> None:
         self.cfg = cfg

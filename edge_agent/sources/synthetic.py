@@ -116,6 +116,7 @@ class SyntheticSource:
     """
 
     live = False
+    bad_lines = 0  # no text lines: nothing malformed to skip
 
     def __init__(self, cfg: SyntheticSourceConfig) -> None:
         scenario = (cfg.uri or "mixed").removeprefix("synthetic:")

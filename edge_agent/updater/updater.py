@@ -72,11 +72,12 @@ class ModelUpdater:
     """
 
     def __init__(self, pipeline: str, config: UpdatesConfig, store: ModelStore,
-                 keys: Mapping[str, Ed25519PublicKey] | Any = None, hooks: Any = None) -> None:
-        if hooks is None and keys is not None and hasattr(keys, "validate"):
+                 keys: Mapping[str, Ed25519PublicKey] | UpdateHooks | None = None,
+                 hooks: UpdateHooks | None = None) -> None:
+        if hooks is None and isinstance(keys, UpdateHooks):
             keys, hooks = None, keys  # ModelUpdater(pipeline, config, store, hooks)
-        if hooks is None:
-            raise TypeError("ModelUpdater needs hooks")
+        if hooks is None or isinstance(keys, UpdateHooks):
+            raise TypeError("ModelUpdater needs hooks (an UpdateHooks)")
         self.pipeline = pipeline
         self.config = config
         self.store = store
