@@ -6,7 +6,6 @@ the runtime, preprocessing and decoder stages, which never import each other.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ from edge_agent.config import ModelConfig
 from edge_agent.decoders.base import Decoder
 from edge_agent.decoders.factory import create_decoder
 from edge_agent.decoders.labels import Labels, load_labels
+from edge_agent.digest import sha256_file
 from edge_agent.errors import ModelError
 from edge_agent.runtime.base import Runtime
 from edge_agent.runtime.interpreter import load_runtime
@@ -27,13 +27,6 @@ from edge_agent.types import IDENTITY, Frame, Inference, ModelRef, Transform
 logger = logging.getLogger(__name__)
 
 
-def sha256_file(path: Path) -> str:
-    """The hex sha256 of a file, read in 1 MiB blocks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 @dataclass(frozen=True, eq=False)

@@ -30,6 +30,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from edge_agent.digest import sha256_file
 from edge_agent.errors import EdgeAgentError, ModelError
 
 logger = logging.getLogger(__name__)
@@ -125,13 +126,6 @@ def cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "edge-agent"
 
 
-def sha256_file(path: Path) -> str:
-    """The hex sha256 of a file."""
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _write_atomic(path: Path, data: bytes) -> None:

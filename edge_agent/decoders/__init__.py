@@ -6,8 +6,8 @@ The decoder classes themselves are imported lazily through
 :data:`edge_agent.decoders.registry.DECODERS`.
 """
 
-from edge_agent.decoders.base import Decoder, DecoderOptionsError
-from edge_agent.decoders.factory import create_decoder, guess_decoder
+from edge_agent.decoders.base import Decoder, DecoderOptionsError, guess_decoder
+from edge_agent.decoders.factory import create_decoder
 from edge_agent.decoders.labels import Labels, load_labels
 
 __all__ = ["Decoder", "DecoderOptionsError", "Labels", "create_decoder", "guess_decoder",

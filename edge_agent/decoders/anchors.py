@@ -39,8 +39,7 @@ import numpy as np
 from edge_agent.decoders.base import Options, input_size, misfit, sigmoid, squeeze_batch
 from edge_agent.decoders.labels import Labels
 from edge_agent.decoders.nms import nms, weighted_nms
-from edge_agent.runtime.base import ModelSignature
-from edge_agent.types import Detection, Inference, Transform
+from edge_agent.types import Detection, Inference, ModelSignature, Transform
 
 EXPECTED = "2 outputs regressors [1,A,4+2K] and scores [1,A,1]"
 

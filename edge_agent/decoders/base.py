@@ -2,7 +2,7 @@
 
 A decoder turns a model's raw output tensors into an :class:`~edge_agent.types.Inference`. It is
 a pure numpy function of the output arrays and the tensors' quantisation parameters (taken
-from the :class:`~edge_agent.runtime.base.ModelSignature`); it never sees an interpreter, so it
+from the :class:`~edge_agent.types.ModelSignature`); it never sees an interpreter, so it
 can be tested without TFLite installed.
 
 Every decoder class is constructed as ``Cls(signature, labels, options, score_threshold)`` and
@@ -19,8 +19,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from edge_agent.errors import ConfigError, ModelError
-from edge_agent.runtime.base import ModelSignature, TensorSpec
-from edge_agent.types import Inference, Transform
+from edge_agent.types import Inference, ModelSignature, TensorSpec, Transform
 
 
 class DecoderOptionsError(ConfigError, ValueError):
@@ -61,15 +60,41 @@ def describe_outputs(outputs: Sequence[TensorSpec]) -> str:
     return ", ".join(f"[{','.join(str(d) for d in t.shape)}] {t.dtype}" for t in outputs)
 
 
+def _is_yolo_shape(shape: tuple[int, ...]) -> bool:
+    if len(shape) != 2:
+        return False
+    a, b = shape
+    rows, cols = (a, b) if a > b else (b, a)
+    return cols >= 6 and rows >= 4 * cols
+
+
+def guess_decoder(signature: ModelSignature) -> str | None:
+    """The decoder that fits ``signature``'s outputs, or None when no rule matches."""
+    outs = signature.outputs
+    shapes = [squeeze_batch(t.shape) for t in outs]
+    if len(outs) == 4 and sum(1 for s in shapes if len(s) == 2 and s[1] == 4) == 1 and \
+            sum(1 for s in shapes if s == (1,)) == 1:
+        return "ssd"
+    if len(outs) == 1 and _is_yolo_shape(shapes[0]) and outs[0].dtype != "int64":
+        return "yolo"
+    if len(outs) == 2:
+        a, b = shapes
+        if len(a) == 2 and len(b) == 2 and a[0] == b[0] and a[0] > 1:
+            reg, cls = (a, b) if b[1] == 1 else (b, a)
+            if cls[1] == 1 and reg[1] >= 4 and reg[1] % 2 == 0:
+                return "anchors"
+    if len(outs) == 1 and len(shapes[0]) == 1 and shapes[0][0] >= 2 and \
+            outs[0].dtype != "int64":
+        return "classification"
+    return None
+
+
 def misfit(kind: str, expected: str, signature: ModelSignature) -> ModelError:
     """The ModelError a decoder raises when a model's outputs do not fit it.
 
     The message names what the decoder expects, what the model has, and the decoder that
     ``auto`` would pick for it, when there is one.
     """
-    # imported here: the factory imports the registry, which names this module's users
-    from edge_agent.decoders.factory import guess_decoder
-
     guess = guess_decoder(signature)
     got = describe_outputs(signature.outputs)
     # the right decoder with the wrong settings gets no hint: the expectation says what to change

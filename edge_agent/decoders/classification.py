@@ -20,8 +20,7 @@ import numpy as np
 
 from edge_agent.decoders.base import Options, misfit, squeeze_batch
 from edge_agent.decoders.labels import Labels
-from edge_agent.runtime.base import ModelSignature
-from edge_agent.types import ClassScore, Inference, Transform
+from edge_agent.types import ClassScore, Inference, ModelSignature, Transform
 
 EXPECTED = "1 output of class scores [1,K] with K >= 2"
 

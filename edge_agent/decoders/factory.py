@@ -14,40 +14,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from edge_agent.decoders.base import Decoder, describe_outputs, squeeze_batch
+from edge_agent.decoders.base import Decoder, describe_outputs, guess_decoder
 from edge_agent.decoders.labels import Labels
 from edge_agent.decoders.registry import DECODERS
 from edge_agent.errors import ModelError
-from edge_agent.runtime.base import ModelSignature
+from edge_agent.types import ModelSignature
 
-
-def _is_yolo_shape(shape: tuple[int, ...]) -> bool:
-    if len(shape) != 2:
-        return False
-    a, b = shape
-    rows, cols = (a, b) if a > b else (b, a)
-    return cols >= 6 and rows >= 4 * cols
-
-
-def guess_decoder(signature: ModelSignature) -> str | None:
-    """The decoder that fits ``signature``'s outputs, or None when no rule matches."""
-    outs = signature.outputs
-    shapes = [squeeze_batch(t.shape) for t in outs]
-    if len(outs) == 4 and sum(1 for s in shapes if len(s) == 2 and s[1] == 4) == 1 and \
-            sum(1 for s in shapes if s == (1,)) == 1:
-        return "ssd"
-    if len(outs) == 1 and _is_yolo_shape(shapes[0]) and outs[0].dtype != "int64":
-        return "yolo"
-    if len(outs) == 2:
-        a, b = shapes
-        if len(a) == 2 and len(b) == 2 and a[0] == b[0] and a[0] > 1:
-            reg, cls = (a, b) if b[1] == 1 else (b, a)
-            if cls[1] == 1 and reg[1] >= 4 and reg[1] % 2 == 0:
-                return "anchors"
-    if len(outs) == 1 and len(shapes[0]) == 1 and shapes[0][0] >= 2 and \
-            outs[0].dtype != "int64":
-        return "classification"
-    return None
+__all__ = ["create_decoder", "guess_decoder"]  # guess_decoder lives in base (no cycle)
 
 
 def create_decoder(name: str, signature: ModelSignature, labels: Labels,

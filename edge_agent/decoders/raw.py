@@ -24,8 +24,7 @@ import numpy as np
 
 from edge_agent.decoders.base import Options, misfit, squeeze_batch
 from edge_agent.decoders.labels import Labels
-from edge_agent.runtime.base import ModelSignature
-from edge_agent.types import ClassScore, Inference, Transform
+from edge_agent.types import ClassScore, Inference, ModelSignature, Transform
 
 MAX_HISTOGRAM_CLASSES = 256
 INTEGER_DTYPES = frozenset({"int64", "int32", "int16", "uint16", "uint8", "int8"})

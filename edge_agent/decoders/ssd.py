@@ -26,8 +26,7 @@ import numpy as np
 
 from edge_agent.decoders.base import Options, dequantize, misfit, squeeze_batch
 from edge_agent.decoders.labels import Labels
-from edge_agent.runtime.base import ModelSignature
-from edge_agent.types import Detection, Inference, Transform
+from edge_agent.types import Detection, Inference, ModelSignature, Transform
 
 logger = logging.getLogger(__name__)
 

@@ -28,8 +28,7 @@ import numpy as np
 
 from edge_agent.decoders.base import Options, misfit
 from edge_agent.decoders.labels import Labels
-from edge_agent.runtime.base import ModelSignature
-from edge_agent.types import ClassScore, Inference, Transform
+from edge_agent.types import ClassScore, Inference, ModelSignature, Transform
 
 
 class ThresholdDecoder:

@@ -30,8 +30,7 @@ import numpy as np
 from edge_agent.decoders.base import Options, input_size, misfit, squeeze_batch
 from edge_agent.decoders.labels import Labels
 from edge_agent.decoders.nms import nms
-from edge_agent.runtime.base import ModelSignature
-from edge_agent.types import Detection, Inference, Transform
+from edge_agent.types import Detection, Inference, ModelSignature, Transform
 
 EXPECTED = "1 output [1,N,5+C] (YOLOv5) or [1,4+C,N] (YOLOv8) with N much larger than C"
 

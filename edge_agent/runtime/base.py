@@ -1,4 +1,5 @@
-"""The runtime protocol and the tensor descriptions decoders and preprocessing work from."""
+"""The runtime protocol. The tensor descriptions (TensorSpec, ModelSignature) live in
+:mod:`edge_agent.types`, so decoders and preprocessing need not import the runtime stage."""
 
 from __future__ import annotations
 
@@ -8,48 +9,9 @@ from typing import Protocol
 
 import numpy as np
 
+from edge_agent.types import ModelSignature, TensorSpec
 
-@dataclass(frozen=True, slots=True)
-class TensorSpec:
-    """One input or output tensor of a model.
-
-    Attributes:
-        name: the tensor name (exporters name them differently: never rely on it).
-        index: the interpreter's tensor index.
-        shape: the static shape, e.g. (1, 300, 300, 3).
-        dtype: numpy dtype name: "uint8", "int8", "float32", "int64", ...
-        scale: quantisation scale (per-tensor; the first channel's for per-channel);
-            0.0 when the tensor is not quantised.
-        zero_point: quantisation zero point.
-    """
-
-    name: str
-    index: int
-    shape: tuple[int, ...]
-    dtype: str
-    scale: float = 0.0
-    zero_point: int = 0
-
-    @property
-    def quantized(self) -> bool:
-        """Whether values are stored as integers with a scale and zero point."""
-        return self.scale != 0.0 and self.dtype in {"uint8", "int8", "int16", "int32"}
-
-    def dequantize(self, array: np.ndarray) -> np.ndarray:
-        """``array`` as float32 real values, by this tensor's own scale and zero point."""
-        if self.quantized:
-            shifted = array.astype(np.float32) - np.float32(self.zero_point)
-            real: np.ndarray = shifted * np.float32(self.scale)
-            return real
-        return array.astype(np.float32, copy=False)
-
-
-@dataclass(frozen=True, slots=True)
-class ModelSignature:
-    """The inputs and outputs of a loaded model."""
-
-    inputs: tuple[TensorSpec, ...]
-    outputs: tuple[TensorSpec, ...]
+__all__ = ["ModelSignature", "Runtime", "RuntimeInfo", "TensorSpec"]
 
 
 @dataclass(frozen=True, slots=True)

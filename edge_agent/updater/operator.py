@@ -17,6 +17,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from edge_agent.digest import sha256_file
 from edge_agent.errors import UpdateError
 from edge_agent.signing import (
     generate_key_pair,
@@ -25,7 +26,6 @@ from edge_agent.signing import (
     sign_command,
 )
 from edge_agent.updater.manifest import build_manifest, parse_manifest, verify_manifest
-from edge_agent.updater.store import sha256_file
 
 
 def cmd_keygen(args: argparse.Namespace) -> int:

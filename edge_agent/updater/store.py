@@ -30,13 +30,15 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import logging
 import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from edge_agent.digest import (
+    sha256_file as sha256_file,  # re-exported: tests and tools import it here
+)
 from edge_agent.errors import UpdateError
 from edge_agent.updater.manifest import Manifest, parse_manifest
 
@@ -46,13 +48,6 @@ CONFIGURED = "configured"
 _POINTER_RE = re.compile(r"([0-9a-f]{64}|configured)( trial)?")
 
 
-def sha256_file(path: str | Path) -> str:
-    """The sha256 of a file, in hex."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1024 * 1024), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def fsync_dir(path: Path) -> None:

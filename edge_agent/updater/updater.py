@@ -24,11 +24,12 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from edge_agent.config import UpdatesConfig
+from edge_agent.digest import sha256_file
 from edge_agent.errors import EdgeAgentError, UpdateError
 from edge_agent.signing import load_public_keys
 from edge_agent.updater.fetch import fetch, write_inline
 from edge_agent.updater.manifest import Manifest, parse_manifest, verify_manifest
-from edge_agent.updater.store import ActiveModel, ModelStore, sha256_file
+from edge_agent.updater.store import ActiveModel, ModelStore
 from edge_agent.updater.watch import ModelWatch
 
 logger = logging.getLogger(__name__)
