@@ -20,7 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
+from edge_agent.config import SensorSourceConfig
 from edge_agent.errors import PluginUnavailableError, SourceError
+from edge_agent.sensor_uri import SensorUri
 from edge_agent.sources.sensor_base import Chunk
 
 CHUNK_FRAMES = 4096
@@ -166,3 +168,13 @@ class AlsaSensorReader:
             if proc.stdout is not None:
                 with contextlib.suppress(OSError):
                     proc.stdout.close()
+
+
+def wav_reader(uri: SensorUri, cfg: SensorSourceConfig) -> WavSensorReader:
+    """``wav:///path`` (or a path ending in .wav)."""
+    return WavSensorReader(uri.path, cfg.channels)
+
+
+def alsa_reader(uri: SensorUri, cfg: SensorSourceConfig) -> AlsaSensorReader:
+    """``alsa:<device>``."""
+    return AlsaSensorReader(uri.path, cfg.channels, cfg.sample_rate)

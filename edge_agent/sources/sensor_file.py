@@ -8,7 +8,9 @@ from typing import IO
 
 import numpy as np
 
+from edge_agent.config import SensorSourceConfig
 from edge_agent.errors import SourceError
+from edge_agent.sensor_uri import SensorUri
 from edge_agent.sources.sensor_base import Chunk, LineParser
 
 CHUNK_LINES = 1024
@@ -94,3 +96,8 @@ class FileSensorReader:
         if self._file is not None:
             self._file.close()
             self._file = None
+
+
+def file_reader(uri: SensorUri, cfg: SensorSourceConfig) -> FileSensorReader:
+    """``/path``, ``file:///path``: a text file (registered in ``SENSOR_READERS``)."""
+    return FileSensorReader(uri.path, cfg.channels, cfg.separator, cfg.sample_rate)

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edge_agent.config import SensorSourceConfig
 from edge_agent.errors import SourceError
 from edge_agent.sources.sensor_base import Chunk, SensorUri
 
@@ -309,3 +310,10 @@ class IioBufferedReader:
             self._fd = None
             with contextlib.suppress(OSError):
                 (self.root / "buffer/enable").write_text("0")
+
+
+def iio_reader(uri: SensorUri, cfg: SensorSourceConfig) -> IioSysfsReader | IioBufferedReader:
+    """``iio:///sys/bus/iio/devices/iio:deviceN`` (``?buffered=1``: the character device)."""
+    if uri.query.get("buffered", "0").lower() in {"1", "true", "yes"}:
+        return IioBufferedReader(uri, cfg.channels, cfg.sample_rate)
+    return IioSysfsReader(uri, cfg.channels, cfg.sample_rate)

@@ -15,7 +15,9 @@ import contextlib
 import time
 from typing import Any
 
+from edge_agent.config import SensorSourceConfig
 from edge_agent.errors import PluginUnavailableError, SourceError
+from edge_agent.sensor_uri import SensorUri
 from edge_agent.sources.sensor_base import Chunk, LineParser, LineSplitter, lines_to_chunk
 
 READ_BYTES = 4096
@@ -97,3 +99,9 @@ class SerialSensorReader:
             with contextlib.suppress(self._serial.SerialException, OSError):
                 self._dev.close()
             self._dev = None
+
+
+def serial_reader(uri: SensorUri, cfg: SensorSourceConfig) -> SerialSensorReader:
+    """``serial:///dev/ttyX?baud=N`` (the URI's baud wins over ``baudrate``)."""
+    baud = uri.get_int("baud", None) or cfg.baudrate
+    return SerialSensorReader(uri.path, baud, cfg.channels, cfg.separator)

@@ -22,7 +22,9 @@ import sys
 import time
 from pathlib import Path
 
+from edge_agent.config import SensorSourceConfig
 from edge_agent.errors import SourceError
+from edge_agent.sensor_uri import SensorUri
 from edge_agent.sources.sensor_base import Chunk, LineParser, LineSplitter, lines_to_chunk
 
 READ_BYTES = 65536
@@ -149,3 +151,13 @@ class UnixSocketSensorReader:
             self._server = None
             with contextlib.suppress(FileNotFoundError):
                 self.path.unlink()
+
+
+def stdin_reader(uri: SensorUri, cfg: SensorSourceConfig) -> StdinSensorReader:
+    """``stdin:``."""
+    return StdinSensorReader(cfg.channels, cfg.separator)
+
+
+def unix_reader(uri: SensorUri, cfg: SensorSourceConfig) -> UnixSocketSensorReader:
+    """``unix:///run/x.sock`` (the agent listens)."""
+    return UnixSocketSensorReader(uri.path, cfg.channels, cfg.separator)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from edge_agent.config import SensorSourceConfig
 from edge_agent.errors import ConfigError
 from edge_agent.sources.sensor_base import Chunk, SensorUri
 
@@ -98,3 +99,8 @@ class SyntheticSensorReader:
 
     def close(self) -> None:
         """Nothing to release."""
+
+
+def synthetic_reader(uri: SensorUri, cfg: SensorSourceConfig) -> SyntheticSensorReader:
+    """``synthetic:<shape>?...``."""
+    return SyntheticSensorReader(uri, cfg.channels, cfg.sample_rate)
