@@ -21,7 +21,7 @@ import numpy as np
 
 from edge_agent.config import CameraSourceConfig, VideoSourceConfig
 from edge_agent.errors import SourceError
-from edge_agent.sources.pacing import FramePacer
+from edge_agent.sources.pacing import FramePacer, PacedFileSource
 from edge_agent.types import Frame
 
 logger = logging.getLogger(__name__)
@@ -217,7 +217,7 @@ class OpencvCameraSource:
             self._latest = None
 
 
-class OpencvVideoSource:
+class OpencvVideoSource(PacedFileSource):
     """A video file: every frame in order, paced at its own fps unless ``fps`` says otherwise.
 
     Args:
@@ -245,6 +245,7 @@ class OpencvVideoSource:
         self._in_pass = 0  # frames read in the current pass over the file
         self._closed = threading.Event()
         self._lock = threading.Lock()
+        self._read_lock = self._lock  # read() prefetches under it; close() takes it too
         self._pacer = FramePacer(0)
         self._pending: np.ndarray | None = None
 
@@ -303,29 +304,6 @@ class OpencvVideoSource:
             raise SourceError(f"video file {self.name} has no readable frames")
         self._in_pass = 1
         return image
-
-    def read(self, timeout: float) -> Frame | None:
-        """The next frame in file order, once it is due; None if not due within ``timeout``.
-
-        Returns None at once after close().
-
-        Raises:
-            SourceError: the file cannot be read, or was never opened.
-            EOFError: the file ended (and ``loop`` is off).
-        """
-        with self._lock:  # close() may run on another thread: never release mid-decode
-            if self._closed.is_set():
-                return None
-            if self._pending is None:
-                # decode first, so the wait for the due time hides the decode cost
-                self._pending = self._next_image()
-        if not self._pacer.wait(timeout):
-            return None
-        image, self._pending = self._pending, None
-        frame = Frame(index=self._index, ts=time.time(), image=image)
-        self._index += 1
-        self._pacer.advance()
-        return frame
 
     def close(self) -> None:
         """Release the file; a read() waiting on another thread returns None. Safe twice."""

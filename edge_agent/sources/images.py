@@ -5,7 +5,6 @@ from __future__ import annotations
 import glob
 import logging
 import threading
-import time
 from pathlib import Path
 
 import cv2
@@ -13,8 +12,7 @@ import numpy as np
 
 from edge_agent.config import ImagesSourceConfig
 from edge_agent.errors import SourceError
-from edge_agent.sources.pacing import FramePacer
-from edge_agent.types import Frame
+from edge_agent.sources.pacing import FramePacer, PacedFileSource
 
 logger = logging.getLogger(__name__)
 
@@ -53,7 +51,7 @@ def list_images(uri: str) -> list[Path]:
     return paths
 
 
-class ImageFolderSource:
+class ImageFolderSource(PacedFileSource):
     """Every image of a folder or glob in sorted order; unreadable images are skipped.
 
     Args:
@@ -81,6 +79,7 @@ class ImageFolderSource:
         self._index = 0
         self._closed = threading.Event()
         self._pacer = FramePacer(0)
+        self._read_lock = threading.Lock()
         self._pending: np.ndarray | None = None
         self._open = False
 
@@ -128,27 +127,6 @@ class ImageFolderSource:
                 continue
             self._readable_in_pass += 1
             return image
-
-    def read(self, timeout: float) -> Frame | None:
-        """The next image in sorted order, once it is due; None if not due within ``timeout``.
-
-        Returns None at once after close().
-
-        Raises:
-            SourceError: no image at all can be read, or the source was never opened.
-            EOFError: every image was handed over (and ``loop`` is off).
-        """
-        if self._closed.is_set():
-            return None
-        if self._pending is None:
-            self._pending = self._next_image()
-        if not self._pacer.wait(timeout):
-            return None
-        image, self._pending = self._pending, None
-        frame = Frame(index=self._index, ts=time.time(), image=image)
-        self._index += 1
-        self._pacer.advance()
-        return frame
 
     def close(self) -> None:
         """Forget the list. Safe to call twice."""

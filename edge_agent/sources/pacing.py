@@ -12,6 +12,10 @@ import math
 import threading
 import time
 
+import numpy as np
+
+from edge_agent.types import Frame
+
 
 class FramePacer:
     """Decides when the next frame of a paced source is due.
@@ -62,3 +66,50 @@ class FramePacer:
             self._due = now + self.interval
         else:
             self._due += self.interval
+
+
+class PacedFileSource:
+    """The ``read()`` of every paced file-like source (video files, image folders, scenes).
+
+    A subclass sets ``_pacer``, ``_closed``, ``_read_lock``, ``_index`` (0) and ``_pending``
+    (None) and implements :meth:`_next_image`. The next image is prepared first, so the wait
+    for its due time hides the decode or render cost; ``close()`` on another thread sets
+    ``_closed`` and takes ``_read_lock``, so an image is never released mid-decode.
+    """
+
+    _pacer: FramePacer
+    _closed: threading.Event
+    _read_lock: threading.Lock
+    _index: int
+    _pending: np.ndarray | None
+
+    def _next_image(self) -> np.ndarray:
+        """The image of frame ``_index``.
+
+        Raises:
+            SourceError: the source cannot be read, or was never opened.
+            EOFError: it ended (and ``loop`` is off).
+        """
+        raise NotImplementedError
+
+    def read(self, timeout: float) -> Frame | None:
+        """The next frame in order, once it is due; None if not due within ``timeout``.
+
+        Returns None at once after close().
+
+        Raises:
+            SourceError: the source cannot be read, or was never opened.
+            EOFError: a finite source ended (and ``loop`` is off).
+        """
+        with self._read_lock:
+            if self._closed.is_set():
+                return None
+            if self._pending is None:
+                self._pending = self._next_image()
+        if not self._pacer.wait(timeout):
+            return None
+        image, self._pending = self._pending, None
+        frame = Frame(index=self._index, ts=time.time(), image=image)
+        self._index += 1
+        self._pacer.advance()
+        return frame

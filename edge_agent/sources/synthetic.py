@@ -11,7 +11,6 @@ for the motion-gate and tracker tests and the benchmarks.
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,8 +20,8 @@ import numpy as np
 
 from edge_agent.config import SyntheticSourceConfig
 from edge_agent.errors import SourceError
-from edge_agent.sources.pacing import FramePacer
-from edge_agent.types import Box, Frame
+from edge_agent.sources.pacing import FramePacer, PacedFileSource
+from edge_agent.types import Box
 
 DEFAULT_SYNTHETIC_FPS = 10.0
 SCENARIOS = ("mixed", "shapes", "people")
@@ -103,7 +102,7 @@ def _bounce(p0: float, v: float, t: float, span: float) -> float:
     return p if p <= span else 2 * span - p
 
 
-class SyntheticSource:
+class SyntheticSource(PacedFileSource):
     """Moving coloured shapes (and person-like figures) on a textured background.
 
     Args:
@@ -148,6 +147,8 @@ class SyntheticSource:
         self._index = 0
         self._closed = threading.Event()
         self._pacer = FramePacer(0)
+        self._read_lock = threading.Lock()
+        self._pending: np.ndarray | None = None
         self._open = False
 
     def positions(self, n: int) -> list[tuple[Sprite, float, float]]:
@@ -176,19 +177,16 @@ class SyntheticSource:
         self._closed.clear()
         rate = DEFAULT_SYNTHETIC_FPS if self.cfg.fps is None else self.cfg.fps
         self._pacer = FramePacer(rate, self._closed)
+        self._pending = None
         self._open = True
 
-    def read(self, timeout: float) -> Frame | None:
-        """The next scene frame once it is due; None if not due within ``timeout``.
-
-        Returns None at once after close().
+    def _next_image(self) -> np.ndarray:
+        """Scene frame ``_index`` (modulo ``frames`` when looping).
 
         Raises:
             SourceError: the source was never opened.
             EOFError: ``frames`` were produced (and ``loop`` is off).
         """
-        if self._closed.is_set():
-            return None
         if not self._open:
             raise SourceError("synthetic source is not open")
         n = self._index
@@ -196,12 +194,7 @@ class SyntheticSource:
             if n >= self.cfg.frames and not self.cfg.loop:
                 raise EOFError(f"synthetic source: all {self.cfg.frames} frames produced")
             n %= self.cfg.frames
-        if not self._pacer.wait(timeout):
-            return None
-        frame = Frame(index=self._index, ts=time.time(), image=self.render(n))
-        self._index += 1
-        self._pacer.advance()
-        return frame
+        return self.render(n)
 
     def close(self) -> None:
         """Stop; safe to call twice."""
