@@ -91,7 +91,8 @@ class Agent:
 
     def _outbox_stats(self) -> dict[str, Any]:
         st = self.transport.stats()
-        return {"depth": st.get("outbox_depth", 0), "dropped": st.get("outbox_dropped", 0)}
+        return {"depth": st.get("outbox_depth", 0), "dropped": st.get("outbox_dropped", 0),
+                "store_failed": st.get("outbox_store_failed", 0)}
 
     def publish_status(self) -> None:
         """Publish the retained online status now."""

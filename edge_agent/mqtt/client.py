@@ -90,7 +90,8 @@ class MqttTransport:
         self._started = False
         self._ever_connected = False
         self._counters = {"reconnects": 0, "published": 0, "acked": 0, "dropped_nondurable": 0,
-                          "refused": 0, "replayed": 0, "connect_failures": 0}
+                          "refused": 0, "replayed": 0, "connect_failures": 0,
+                          "network_restarts": 0}
         self._backoff = JitteredBackoff(base=min(0.5, config.mqtt.reconnect_max_s),
                                         cap=config.mqtt.reconnect_max_s)
         self._bind(self._client)
@@ -216,6 +217,7 @@ class MqttTransport:
             self._wake.wait(0.25)
             self._wake.clear()
             try:
+                self._revive_network_thread()
                 self._flush_acks()
                 self._send_backlog()
                 if time.monotonic() >= next_checkpoint:
@@ -224,6 +226,27 @@ class MqttTransport:
             except Exception:
                 logger.exception("mqtt outbox pump failed; retrying")
                 self._halt.wait(1.0)
+
+    def _revive_network_thread(self) -> None:
+        """Restart paho's network thread if it died.
+
+        paho ends ``loop_forever`` on any exception its loop does not expect (an OSError from
+        a sleep, a bug in a socket wrapper), and nothing would ever reconnect: the device
+        would stay offline with its outbox filling. The chaos run found this (a failing
+        ``time.sleep`` under libfaketime); any such death is logged, counted and healed here.
+        """
+        # paho clears ``_thread`` when its loop ends; only stop() ends it on purpose, and
+        # stop() sets _halt first
+        if self._halt.is_set() or not hasattr(self._client, "_thread"):
+            return
+        thread: threading.Thread | None = self._client._thread
+        if thread is not None and thread.is_alive():
+            return
+        logger.error("mqtt network thread died; restarting it (see the traceback above)")
+        self._counters["network_restarts"] += 1
+        with self._lock:
+            self._connected = False
+        self._client.loop_start()
 
     def _flush_acks(self) -> None:
         rowids: list[int] = []
@@ -389,7 +412,8 @@ class MqttTransport:
     def stats(self) -> dict[str, Any]:
         """Counters for the stats message and /metrics.
 
-        Keys: connected, reconnects, outbox_depth, outbox_bytes, outbox_dropped, inflight,
+        Keys: connected, reconnects, outbox_depth, outbox_bytes, outbox_dropped,
+        outbox_store_failed (messages lost to a full disk or an I/O error), inflight,
         published, acked, replayed, refused, dropped_nondurable, connect_failures, boot_id.
         """
         with self._lock:
@@ -399,6 +423,7 @@ class MqttTransport:
             "outbox_depth": self._outbox.depth,
             "outbox_bytes": self._outbox.size_bytes,
             "outbox_dropped": self._outbox.dropped,
+            "outbox_store_failed": self._outbox.store_failed,
             "inflight": inflight,
             **self._counters,
             "boot_id": self.boot_id,

@@ -21,6 +21,7 @@ a persisted counter.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sqlite3
 import threading
@@ -30,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edge_agent.config import OutboxConfig
+from edge_agent.errors import PublishError
 
 logger = logging.getLogger(__name__)
 
@@ -120,6 +122,9 @@ class SqliteOutbox:
         self._count, self._bytes = (int(v) for v in row.fetchone())
         found = self._db.execute("SELECT value FROM counters WHERE name='dropped'").fetchone()
         self._dropped = int(found[0]) if found else 0
+        self.store_failed = 0
+        """Messages that could not be stored (disk full, I/O error) since open; each one a
+        seq gap."""
         found = self._db.execute("SELECT seq FROM sqlite_sequence WHERE name='messages'").fetchone()
         self.rowid_at_open = int(found[0]) if found else 0
         """Rows up to this one were stored by an earlier process."""
@@ -164,8 +169,18 @@ class SqliteOutbox:
                 rowid = int(cur.lastrowid or 0)
                 dropped = self._enforce_bounds(len(payload))
                 db.execute("COMMIT")
+            except sqlite3.Error as exc:
+                self._rollback()
+                # the message is lost: spend its seq anyway, so the next one stored shows the
+                # gap to subscribers (DELIVERY.md: a gap is a loss) instead of hiding it
+                self._seqs[pipeline] = seq
+                self.store_failed += 1
+                if self.store_failed == 1 or self.store_failed % 1000 == 0:
+                    logger.error("outbox cannot store a message (%s): %d lost so far; each is "
+                                 "a gap in seq", exc, self.store_failed)
+                raise PublishError(f"outbox cannot store the message: {exc}") from None
             except BaseException:
-                db.execute("ROLLBACK")
+                self._rollback()
                 raise
             self._seqs[pipeline] = seq
             self._last_rowid = max(self._last_rowid, rowid)
@@ -176,6 +191,11 @@ class SqliteOutbox:
             logger.warning("outbox full: dropped the %d oldest messages (%d dropped in total)",
                            dropped[0], self._dropped)
         return Appended(rowid, seq, msg_id)
+
+    def _rollback(self) -> None:
+        # SQLite may have rolled back already (disk full, I/O error)
+        with contextlib.suppress(sqlite3.Error):
+            self._db.execute("ROLLBACK")
 
     def _enforce_bounds(self, new_bytes: int) -> tuple[int, int]:
         """Delete the oldest rows while over a bound; inside the caller's transaction."""

@@ -42,6 +42,7 @@ class AuditLog:
         self._lock = threading.Lock()
         self._fh: Any = None
         self.write_errors = 0
+        self._failing = 0  # entries lost in the current run of failures
         if self.cfg.enabled:
             self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
 
@@ -62,9 +63,16 @@ class AuditLog:
                 if self._fh.tell() + len(line) > self.cfg.max_bytes:
                     self._rotate()
                 self._fh.write(line)
+                if self._failing:
+                    logger.warning("audit log %s writable again (%d entries were not written)",
+                                   self.path, self._failing)
+                    self._failing = 0
             except OSError as exc:
                 self.write_errors += 1
-                logger.warning("audit log %s: %s (entry not written)", self.path, exc)
+                if not self._failing:  # once per episode: a full disk fails every entry
+                    logger.warning("audit log %s: %s (entries are not written until it "
+                                   "works again; counted in write_errors)", self.path, exc)
+                self._failing += 1
 
     def _rotate(self) -> None:
         self._fh.close()

@@ -114,6 +114,7 @@ class EgressGuard:
         self._reasons: dict[str, int] = {}
         self._per_pipeline: dict[str, dict[str, int]] = {}
         self._last_result: dict[str, tuple[int, int]] = {}  # pipeline -> (frame index, seq)
+        self._queue_failing: set[str] = set()  # topics whose last durable queueing failed
 
     # ------------------------------------------------------------------ counters
 
@@ -293,8 +294,19 @@ class EgressGuard:
         try:
             seq = self._transport.publish_durable(pipeline, topic, render)
         except (PublishError, OSError) as exc:
-            logger.warning("queueing a %s message for %s failed: %s", kind, topic, exc)
+            with self._lock:  # once per run of failures per topic: a full disk fails them all
+                first = topic not in self._queue_failing
+                self._queue_failing.add(topic)
+            if first:
+                logger.warning("queueing a %s message for %s failed: %s (logged once until it "
+                               "works again; counted as publish_failed)", kind, topic, exc)
             return self._refuse(kind, "publish_failed", pipeline)
+        if self._queue_failing:
+            with self._lock:
+                recovered = topic in self._queue_failing
+                self._queue_failing.discard(topic)
+            if recovered:
+                logger.warning("queueing messages for %s works again", topic)
         if kind == "result":
             frame = base.get("frame") or {}
             with self._lock:

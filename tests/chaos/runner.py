@@ -61,8 +61,11 @@ SHORT = "face_detection_short_range"
 FULL = "face_detection_full_range_sparse"
 FAKE_CLOCK = Path(__file__).resolve().parent / "faketime"
 FAULTS = ("broker_restart", "network_cut", "network_stall", "stream_loss", "agent_kill",
-          "kill_during_update", "kill_during_reload", "disk_full", "clock_jump",
-          "cpu_starvation")
+          "kill_during_update", "kill_during_reload", "disk_full", "disk_full_offline",
+          "clock_jump", "cpu_starvation")
+LOSSY = {"disk_full_offline"}
+"""Faults that may lose results by design (DELIVERY.md): each loss must be a seq gap that the
+agent counted (``outbox.store_failed``), never a silent one."""
 RECOVERY_LIMIT_S = 60.0  # a fault not recovered from within this is a failure
 STREAMS = ("results/synth", "results/cam", "events/cam")
 
@@ -115,6 +118,7 @@ class ChaosRun:
         self.faketime_file = tmp / "clock.offset"
         self.agent: AgentProcess | None = None
         self.agents: list[AgentProcess] = []
+        self._accepted_gaps = 0  # seq gaps of LOSSY faults, counted by the agent
         self.baseline: ProcFigures | None = None  # of the current agent process
         self.figures: list[dict[str, Any]] = []
 
@@ -249,7 +253,8 @@ class ChaosRun:
         """Wait until every durable stream is gap-free; return how many were still missing
         after the limit (lost)."""
         def missing() -> int:
-            return sum(len(seq_report(s, self._payloads(s)).missing) for s in STREAMS)
+            gaps = sum(len(seq_report(s, self._payloads(s)).missing) for s in STREAMS)
+            return gaps - self._accepted_gaps
 
         try:
             self._wait(f"{what}: streams gap-free", lambda: missing() == 0, timeout=45)
@@ -258,6 +263,14 @@ class ChaosRun:
             if self.agent is not None and self.agent.proc.poll() is not None:
                 raise
             return missing()
+
+    def _store_failed(self) -> int:
+        """The current process's ``outbox.store_failed`` from its newest stats message."""
+        assert self.agent is not None
+        time.sleep(1.5)  # stats come every second
+        for stats in reversed(self._payloads("stats")):
+            return int((stats.get("outbox") or {}).get("store_failed", 0))
+        return 0
 
     def _check_models(self, what: str) -> None:
         """Each pipeline's retained model state names a known model as active, and the last
@@ -308,15 +321,22 @@ class ChaosRun:
 
     def silent_losses(self) -> list[str]:
         """Results missing without a seq gap: ``synth`` is a paced file-like source (every
-        frame in order, none dropped), so within one process its frame indices have no gaps."""
-        by_boot: dict[str, set[int]] = {}
+        frame in order, none dropped), so within one process each frame index with no result
+        must be matched by a missing seq (a loss the agent showed)."""
+        frames: dict[str, set[int]] = {}
+        seqs: dict[str, set[int]] = {}
         for p in self._payloads("results/synth"):
-            by_boot.setdefault(str(p.get("boot_id")), set()).add(int(p["frame"]["index"]))
+            boot = str(p.get("boot_id"))
+            frames.setdefault(boot, set()).add(int(p["frame"]["index"]))
+            seqs.setdefault(boot, set()).add(int(p["seq"]))
         out = []
-        for boot, idx in by_boot.items():
-            gaps = sorted(set(range(min(idx), max(idx) + 1)) - idx)
-            if gaps:
-                out.append(f"boot {boot[:8]}: frames {gaps[:20]} have no result")
+        for boot, idx in frames.items():
+            no_result = len(range(min(idx), max(idx) + 1)) - len(idx)
+            s = seqs[boot]
+            seq_gaps = len(range(min(s), max(s) + 1)) - len(s)
+            if no_result > seq_gaps:
+                out.append(f"boot {boot[:8]}: {no_result} frames have no result, only "
+                           f"{seq_gaps} seq gaps")
         return out
 
     def tracebacks(self) -> list[str]:
@@ -335,13 +355,23 @@ class ChaosRun:
         rec = self.records[fault]
         outage = self.rng.uniform(*self.outage_s)
         self.say(f"chaos: {fault} ({outage:.1f}s)")
+        failed_before = self._store_failed() if fault in LOSSY else 0
         ended = getattr(self, f"_fault_{fault}")(outage, rec)
         if ended is None:  # skipped
             return
         rec.injected += 1
         rec.recovery_s.append(self._wait_flowing(ended, fault))
         self._check_models(fault)
-        rec.lost += self._wait_drained(fault)
+        lost = self._wait_drained(fault)
+        if lost and fault not in LOSSY:
+            raise ChaosError(f"{fault}: {lost} messages lost")
+        if fault in LOSSY:
+            counted = self._store_failed() - failed_before
+            if lost != counted:
+                raise ChaosError(f"{fault}: {lost} seq gaps, but the agent counted {counted}")
+            rec.notes.append(f"{lost} lost, all counted in outbox.store_failed and seen as gaps")
+            self._accepted_gaps += lost
+        rec.lost += lost
         self._check_leaks(fault)
         self.say(f"chaos: {fault} recovered in {rec.recovery_s[-1]:.1f}s, lost {rec.lost}")
 
@@ -422,6 +452,14 @@ class ChaosRun:
         time.sleep(outage)
         filler.unlink()
         return time.monotonic()
+
+    def _fault_disk_full_offline(self, outage: float, rec: FaultRecord) -> float | None:
+        """The broker unreachable while the disk is full: results cannot be stored."""
+        self.proxy.cut()
+        try:
+            return self._fault_disk_full(outage, rec)
+        finally:
+            self.proxy.restore()
 
     def _fault_clock_jump(self, outage: float, rec: FaultRecord) -> float:
         jump = self.rng.choice(["3600", "-3600", "86400", "-600"])

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.broker import mosquitto_binary
-from tests.chaos.runner import FAULTS, ChaosRun
+from tests.chaos.runner import FAULTS, LOSSY, ChaosRun
 from tests.conftest import IN_CI
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
@@ -34,18 +34,19 @@ def test_every_fault_once_loses_nothing_and_recovers(tmp_path: Path) -> None:
     assert report["exit_code"] == 0, "the agent did not stop cleanly on SIGTERM"
     streams = report["streams"]
     assert isinstance(streams, dict)
+    records = {f["fault"]: f for f in report["faults"]}  # type: ignore[union-attr]
+    counted = sum(records[f]["lost"] for f in LOSSY)  # seq gaps the agent counted
     for name in ("results/synth", "results/cam"):
         assert streams[name]["distinct"] > 50, f"{name}: too few results to judge"
-        assert streams[name]["missing"] == 0, f"{name}: seq gaps {streams[name]}"
         assert streams[name]["boots"] == 4  # start + three kills
-    assert streams["events/cam"]["missing"] == 0
-    records = {f["fault"]: f for f in report["faults"]}  # type: ignore[union-attr]
+    assert sum(s["missing"] for s in streams.values()) == counted, streams
     for fault in FAULTS:
         rec = records[fault]
         if fault == "disk_full" and rec["skipped"] and not (IN_CI and os.geteuid() == 0):
             continue  # mounting a tmpfs needs root
         assert rec["injected"] == 1, f"{fault}: {rec}"
-        assert rec["lost"] == 0, f"{fault}: {rec}"
+        if fault not in LOSSY:
+            assert rec["lost"] == 0, f"{fault}: {rec}"
         assert rec["recovery_max_s"] is not None and rec["recovery_max_s"] < 60
     assert chaos.silent_losses() == []
     assert chaos.tracebacks() == []

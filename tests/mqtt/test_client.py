@@ -244,3 +244,39 @@ def test_mark_replayed() -> None:
     assert mark_replayed(b'{"a": 1}') == b'{"a":1,"replayed":true}'
     assert mark_replayed(b"\xff\xd8jpeg") == b"\xff\xd8jpeg"
     assert mark_replayed(b"[1]") == b"[1]"
+
+
+@pytest.mark.allow_threads
+def test_a_dead_network_thread_is_restarted_and_nothing_is_lost(
+        broker: Mosquitto, tmp_path: Path, subscriber_factory: Any) -> None:
+    """paho's loop thread ends on an unexpected exception (the chaos run saw an OSError from
+    ``time.sleep`` in its reconnect wait); the pump restarts it and the backlog drains."""
+    sub: Subscriber = subscriber_factory(broker, "edge-agent/test-device/results/#")
+    transport = MqttTransport(agent_config(broker, tmp_path), tmp_path)
+    client = transport._client  # paho's own client: the failure is inside paho
+    real_wait = client._reconnect_wait
+    failed = threading.Event()
+
+    def failing_wait() -> None:
+        if not failed.is_set():
+            failed.set()
+            raise OSError(22, "Invalid argument")
+        real_wait()
+
+    client._reconnect_wait = failing_wait  # type: ignore[method-assign]
+    connected = threading.Event()
+    transport.on_connected(connected.set)
+    transport.start()
+    try:
+        assert connected.wait(10)
+        broker.stop()  # the disconnect makes paho wait before reconnecting: it fails there
+        assert wait_until(lambda: failed.is_set(), 10)
+        render = result_renderer("cam", transport.boot_id)
+        seqs = [transport.publish_durable("cam", transport.topics.results("cam"), render)
+                for _ in range(5)]
+        broker.start()
+        assert wait_until(lambda: transport.stats()["network_restarts"] == 1, 10)
+        assert wait_until(lambda: len({p["seq"] for p in sub.payloads()}) >= 5, 20)
+    finally:
+        transport.stop(5)
+    assert seqs == [1, 2, 3, 4, 5]

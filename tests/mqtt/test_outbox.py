@@ -153,3 +153,31 @@ def test_ack_of_many_rows_deletes_them_all_and_keeps_the_counts(
     box = SqliteOutbox(tmp_path / "o.sqlite", OutboxConfig())
     assert box.last_rowid == rows[-1].rowid and box.depth == 3
     box.close()
+
+
+def test_a_full_disk_loses_the_message_but_shows_the_gap(tmp_path: Path, caplog) -> None:
+    """SQLite's max_page_count makes the database full exactly as a full disk does (SQLITE_FULL);
+    the chaos run's disk_full fault is the real thing."""
+    from edge_agent.errors import PublishError
+
+    box = SqliteOutbox(tmp_path / "outbox.sqlite", OutboxConfig())
+    assert box.append("a", "t/a", render, 1).seq == 1
+    pages = box._db.execute("PRAGMA page_count").fetchone()[0]
+    box._db.execute(f"PRAGMA max_page_count = {pages}")
+    big = b"x" * 200_000
+
+    def render_big(seq: int, msg_id: str) -> bytes:
+        return render(seq, msg_id) + big
+
+    lost = 0
+    with pytest.raises(PublishError, match="disk is full"):
+        for _ in range(100):
+            box.append("a", "t/a", render_big, 1)
+            lost += 1  # never reached when the first append fails
+    assert lost == 0 and box.store_failed == 1
+    box._db.execute("PRAGMA max_page_count = 1073741823")
+    assert box.append("a", "t/a", render, 1).seq == 3  # seq 2 was lost: subscribers see it
+    assert [m.seq for m in box.pending()] == [1, 3]
+    assert box.depth == 2
+    assert any("cannot store" in r.getMessage() for r in caplog.records)
+    box.close()

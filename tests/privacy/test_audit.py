@@ -69,3 +69,28 @@ def test_privacy_report(tmp_path: Path, capsys):
     assert cmd_privacy_report(argparse.Namespace(config=str(cfg), json=False)) == 0
     text = capsys.readouterr().out
     assert "p/dev/status" in text and "published: 3 messages, 620 bytes" in text
+
+
+def test_a_full_disk_warns_once_per_episode_and_counts(tmp_path: Path, caplog) -> None:
+    """The chaos run's disk_full fault: one warning per entry flooded the journal."""
+
+    class FullDisk:
+        def tell(self) -> int:
+            return 0
+
+        def write(self, data: bytes) -> int:
+            raise OSError(28, "No space left on device")
+
+    log = AuditLog(tmp_path, AuditConfig())
+    log.record(topic="t", kind="result", size=1)
+    real = log._fh
+    log._fh = FullDisk()
+    caplog.set_level("WARNING", logger="edge_agent.privacy.audit")
+    for _ in range(50):
+        log.record(topic="t", kind="result", size=1)
+    assert log.write_errors == 50
+    assert len(caplog.records) == 1 and "No space left" in caplog.records[0].getMessage()
+    log._fh = real
+    log.record(topic="t", kind="result", size=1)
+    assert len(caplog.records) == 2 and "50 entries" in caplog.records[1].getMessage()
+    assert len(list(read_entries(tmp_path))) == 2
