@@ -81,8 +81,10 @@ class _Unit:
         self.tap = tap
 
     def stop(self) -> None:
-        """Stop the pipeline, its live-view tap and its updater."""
+        """Stop the pipeline (and close its model: a delegate target's worker thread ends),
+        its live-view tap and its updater."""
         self.pipeline.stop()
+        self.pipeline.bundle.close()
         if self.tap is not None:
             self.tap.close()
         self.updater.stop()
@@ -171,6 +173,7 @@ class PipelineSet:
             self.dispatcher.stop(5.0)
         for unit in self.units.values():
             unit.pipeline.stop()
+            unit.pipeline.bundle.close()  # ends a delegate target's worker thread
         for unit in self.units.values():
             if unit.tap is not None:
                 unit.tap.close()
@@ -212,7 +215,7 @@ class PipelineSet:
         for u in self.units.values():
             st = u.pipeline.status()
             entry = {k: st[k] for k in ("name", "state", "source", "source_error", "model",
-                                        "runtime")}
+                                        "runtime", "target", "targets")}
             if "camera_health" in st:
                 entry["camera_health"] = st["camera_health"]
             out.append(entry)
@@ -221,7 +224,8 @@ class PipelineSet:
     def status_key(self) -> Any:
         """Changes when something worth a new retained status changes."""
         return tuple((u.pipeline.name, u.pipeline.state, u.pipeline.source_error,
-                      u.pipeline.bundle.ref.sha256, u.pipeline.health_state)
+                      u.pipeline.bundle.ref.sha256, u.pipeline.health_state,
+                      u.pipeline.status()["target"])
                      for u in self.units.values())
 
     def stats(self) -> dict[str, dict[str, Any]]:
@@ -231,8 +235,10 @@ class PipelineSet:
             st = u.pipeline.status()
             out[u.pipeline.name] = {k: st[k] for k in (
                 "state", "frames", "inferred", "published", "dropped", "gated", "errors", "fps",
-                "inference_ms_p50", "inference_ms_p95", "bad_lines")}
+                "inference_ms_p50", "inference_ms_p95", "bad_lines", "target",
+                "target_changes")}
             self.metrics.set_gauge("edge_agent_fps", st["fps"], pipeline=u.pipeline.name)
+            self.metrics.set_targets(u.pipeline.name, st["targets"], st["target_changes"])
             self.metrics.set_gauge("edge_agent_frames_dropped_total", st["dropped"],
                                    pipeline=u.pipeline.name)
         return out

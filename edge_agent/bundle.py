@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,8 +21,8 @@ from edge_agent.decoders.labels import Labels, load_labels
 from edge_agent.digest import sha256_file
 from edge_agent.errors import ModelError
 from edge_agent.runtime.base import Runtime
-from edge_agent.runtime.interpreter import load_runtime
 from edge_agent.runtime.preprocess import Preprocessor, prepare_window
+from edge_agent.runtime.targets import TargetRuntime, TargetSpec
 from edge_agent.types import IDENTITY, Frame, Inference, ModelRef, Transform
 
 logger = logging.getLogger(__name__)
@@ -77,6 +78,33 @@ def outputs_finite(outputs: list[np.ndarray]) -> bool:
     return True
 
 
+def target_specs(model: ModelConfig, *, path: Path | None = None,
+                 target_files: Mapping[str, Path] | None = None) -> list[TargetSpec]:
+    """The model's execution targets, each with the model file it runs.
+
+    Args:
+        model: the pipeline's model config.
+        path: the model file of an update (default: the configured ``model.path``). A target
+            with its own ``path`` in the config gets no file from an update unless
+            ``target_files`` names one for it (it then stays unavailable: an old file compiled
+            for the accelerator must not run beside a new model).
+        target_files: per-target files of an update, by target name.
+    """
+    specs: list[TargetSpec] = []
+    update = path is not None and Path(path) != Path(model.path)
+    for t in model.resolved_targets():
+        file: Path | None
+        if target_files is not None and t.label in target_files:
+            file = target_files[t.label]
+        elif update:
+            file = None if t.path is not None else path
+        else:
+            file = t.path or model.path
+        library = None if t.delegate == "cpu" else t.delegate
+        specs.append(TargetSpec(t.label, library, dict(t.options), file))
+    return specs
+
+
 def load_bundle(
     model: ModelConfig,
     score_threshold: float,
@@ -86,16 +114,20 @@ def load_bundle(
     version: int = 0,
     name: str | None = None,
     sha256: str | None = None,
+    target_files: Mapping[str, Path] | None = None,
 ) -> ModelBundle:
-    """Load a model as configured (or ``path`` instead of ``model.path``, for updates).
+    """Load a model as configured (or ``path`` instead of ``model.path``, for updates) on the
+    first of its execution targets that loads and passes a warm-up run.
 
     Raises:
-        ModelError: the model does not load, or does not fit the configured decoder.
+        ModelError: the model does not load on any target, or does not fit the decoder.
     """
     model_path = Path(path or model.path)
     lab_path = labels_path if labels_path is not None else model.labels
-    runtime = load_runtime(model_path, threads=model.threads, delegate=model.delegate,
-                           fallback_to_cpu=model.fallback_to_cpu)
+    runtime = TargetRuntime(
+        target_specs(model, path=path, target_files=target_files), threads=model.threads,
+        invoke_timeout_s=model.invoke_timeout_s, load_timeout_s=model.load_timeout_s,
+        reprobe_s=model.reprobe_s, reprobe_max_s=model.reprobe_max_s)
     try:
         labels = load_labels(lab_path)
         decoder = create_decoder(model.decoder, runtime.signature, labels,

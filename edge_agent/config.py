@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import socket
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
@@ -321,6 +322,72 @@ class DelegateLibraryConfig(_Model):
     options: dict[str, str | int | float | bool] = {}
 
 
+DelegateOption = str | int | float | bool
+
+
+class UsbRecoveryConfig(_Model):
+    """Reset a wedged USB accelerator before a target is probed again (off by default).
+
+    ``device`` is the USB device's sysfs name (``1-1.2``: bus 1, port 1.2; see
+    ``/sys/bus/usb/devices``). ``authorized`` writes 0 then 1 to its ``authorized`` file;
+    ``rebind`` unbinds and binds it to its driver. Both need write access to sysfs (see
+    SERVICE.md for what the unit must allow).
+    """
+
+    enabled: bool = False
+    device: str = Field(default="", pattern=r"^$|^[0-9]+-[0-9]+(\.[0-9]+)*$")
+    method: Literal["authorized", "rebind"] = "authorized"
+    settle_s: NonNegativeFloat = 2.0  # wait after the reset before the probe loads the delegate
+
+    @model_validator(mode="after")
+    def _device_when_enabled(self) -> UsbRecoveryConfig:
+        if self.enabled and not self.device:
+            raise ValueError("device is required when recovery is enabled (e.g. device: 1-1.2)")
+        return self
+
+
+class TargetConfig(_Model):
+    """One execution target of a pipeline's model: the CPU, the Edge TPU, or a delegate library.
+
+    Written in a ``targets`` list as ``cpu``, ``edgetpu``, or a mapping
+    ``{delegate: edgetpu | cpu | /path/libdelegate.so, options: {...}, path: FILE, name: N}``.
+    """
+
+    delegate: str = Field(default="cpu", min_length=1)  # cpu | edgetpu | a library path or name
+    options: dict[str, DelegateOption] = {}
+    path: Path | None = None  # this target's own model file (default: the model's path)
+    name: str | None = Field(default=None, pattern=NAME_PATTERN, max_length=64)
+    recovery: UsbRecoveryConfig = UsbRecoveryConfig()
+
+    @model_validator(mode="after")
+    def _cpu_has_no_options(self) -> TargetConfig:
+        if self.delegate == "cpu" and self.options:
+            raise ValueError("the cpu target takes no delegate options")
+        return self
+
+    @property
+    def label(self) -> str:
+        """The target's name in status, events and metrics: ``name``, else ``cpu``,
+        ``edgetpu``, or the library's file name without ``lib`` and extensions."""
+        if self.name:
+            return self.name
+        if self.delegate in {"cpu", "edgetpu"}:
+            return self.delegate
+        stem = Path(self.delegate).name.split(".")[0]
+        stem = stem.removeprefix("lib") or stem
+        return re.sub(r"[^a-z0-9_-]+", "_", stem.lower()) or "delegate"
+
+
+def _target_entry(value: Any) -> Any:
+    """``cpu`` and ``edgetpu`` in a targets list stand for ``{delegate: cpu}`` and so on."""
+    if isinstance(value, str):
+        if value not in {"cpu", "edgetpu"}:
+            raise ValueError(f"{value!r}: a target is cpu, edgetpu or "
+                             "{delegate: /path/libdelegate.so, options: {...}}")
+        return {"delegate": value}
+    return value
+
+
 DecoderName = Literal["auto", "ssd", "yolo", "classification", "anchors", "raw", "threshold"]
 
 
@@ -465,6 +532,13 @@ class ModelConfig(_Model):
     threads: int = Field(default=2, ge=1, le=64)
     delegate: Literal["edgetpu"] | DelegateLibraryConfig | None = None
     fallback_to_cpu: bool = True
+    # execution targets in order of preference (see README); delegate + fallback_to_cpu are
+    # the shorthand for [delegate, cpu] (or [delegate] without the fallback)
+    targets: tuple[TargetConfig, ...] | None = Field(default=None, min_length=1)
+    invoke_timeout_s: PositiveFloat = 2.0  # a delegate's invoke taking longer counts as hung
+    load_timeout_s: PositiveFloat = 30.0  # a delegate's load and warm-up, the same
+    reprobe_s: PositiveFloat = 5.0  # first re-probe of a better target after it failed
+    reprobe_max_s: PositiveFloat = 300.0  # the back-off doubles up to this
     color: Literal["rgb", "bgr"] = "rgb"
     letterbox: bool | None = None  # None: what the decoder needs (yolo, anchors: yes)
     # float inputs only: the range pixels are scaled to ("auto": -1..1, what most exports want)
@@ -489,6 +563,39 @@ class ModelConfig(_Model):
     def options(self) -> dict[str, Any]:
         """The decoder options the user set, as a plain mapping (without the tag)."""
         return self.decoder_options.model_dump(exclude_unset=True, exclude={"decoder"})
+
+    @field_validator("targets", mode="before")
+    @classmethod
+    def _target_shorthands(cls, value: Any) -> Any:
+        if isinstance(value, list | tuple):
+            return [_target_entry(v) for v in value]
+        return value
+
+    @model_validator(mode="after")
+    def _targets_or_delegate(self) -> ModelConfig:
+        if self.targets is not None and self.delegate is not None:
+            raise ValueError("set targets or delegate, not both (delegate: X is the shorthand "
+                             "for targets: [X, cpu])")
+        if self.targets is not None:
+            labels = [t.label for t in self.targets]
+            dupes = sorted({n for n in labels if labels.count(n) > 1})
+            if dupes:
+                raise ValueError(f"targets: the name {dupes[0]!r} is used twice (give each "
+                                 "target its own name:)")
+        return self
+
+    def resolved_targets(self) -> tuple[TargetConfig, ...]:
+        """The targets in order of preference, with the delegate shorthand spelled out."""
+        if self.targets is not None:
+            return self.targets
+        if self.delegate is None:
+            return (TargetConfig(),)
+        if isinstance(self.delegate, DelegateLibraryConfig):
+            first = TargetConfig(delegate=self.delegate.library,
+                                 options=dict(self.delegate.options))
+        else:
+            first = TargetConfig(delegate=self.delegate)
+        return (first, TargetConfig()) if self.fallback_to_cpu else (first,)
 
 
 # --------------------------------------------------------------------------- stages

@@ -62,6 +62,14 @@ class Metrics:
         self.model_info = r.gauge(
             "edge_agent_model_info", "The model each pipeline runs (value is always 1).",
             ("pipeline", "name", "version", "sha256", "delegate", "backend"))
+        self.target_active = r.gauge(
+            "edge_agent_target_active",
+            "1 for the execution target serving a pipeline now, 0 for its other targets.",
+            ("pipeline", "target", "state"))
+        self.target_changes = r.counter(
+            "edge_agent_target_changes_total",
+            "Times a pipeline moved to another execution target (failover or return).",
+            ("pipeline",))
         self.cpu_temperature = r.gauge("edge_agent_cpu_temperature_celsius",
                                        "CPU temperature (absent when the board has no sensor).")
         self.throttled = r.gauge(
@@ -71,6 +79,7 @@ class Metrics:
         self.up = r.gauge("edge_agent_up", "1 while the agent runs.")
         self.up.set(1)
         self._model_keys: dict[str, tuple[str, ...]] = {}
+        self._target_keys: dict[str, list[tuple[str, str, str]]] = {}
         self._stage_children: dict[tuple[str, str], HistogramChild] = {}
         self._state_dir = state_dir
         self._root = sysfs_root
@@ -134,12 +143,26 @@ class Metrics:
             raise KeyError(f"{name} is not a registered gauge or counter")
         metric.labels(*(labels[n] for n in metric.labelnames)).set(value)
 
+    def set_targets(self, pipeline: str, states: dict[str, str], changes: int) -> None:
+        """Export a pipeline's execution targets (name -> state) and its change count."""
+        old = self._target_keys.get(pipeline, [])
+        keys = [(pipeline, name, state) for name, state in states.items()]
+        for key in old:
+            if key not in keys:
+                self.target_active.remove(*key)
+        for key in keys:
+            self.target_active.labels(*key).set(1 if key[2] == "active" else 0)
+        self._target_keys[pipeline] = keys
+        self.target_changes.labels(pipeline).set(changes)
+
     def remove_pipeline(self, pipeline: str) -> None:
         """Forget a pipeline's model series (after a reload removed it)."""
         old = self._model_keys.pop(pipeline, None)
         if old is not None:
             self.model_info.remove(*old)
         self.fps.remove(pipeline)
+        for key in self._target_keys.pop(pipeline, []):
+            self.target_active.remove(*key)
 
     def add_collector(self, collect: Callable[[], None]) -> None:
         """Run ``collect()`` before every scrape, e.g. to copy ``transport.stats()``."""

@@ -37,7 +37,7 @@ import numpy as np
 from edge_agent.bundle import ModelBundle, outputs_finite
 from edge_agent.config import PipelineConfig
 from edge_agent.errors import SourceError
-from edge_agent.types import Frame, HealthEvent, Result, Transform
+from edge_agent.types import Frame, HealthEvent, Result, TargetChange, Transform
 
 if TYPE_CHECKING:  # the agent hands these in; the pipeline module does not import the stages
     from edge_agent.camera_health import CameraHealthMonitor
@@ -231,6 +231,9 @@ class Pipeline:
         self.stage_ms: dict[str, float] = {}  # per stage, a moving mean (the live view)
         self._last_key: tuple[Any, ...] | None = None
         self._last_publish = 0.0
+        self.target_changes = 0  # execution-target changes (failovers and returns)
+        self.on_target_change: Callable[[str, Any], None] | None = None  # (pipeline, change)
+        self._hook_targets(bundle)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -297,15 +300,39 @@ class Pipeline:
         if pending is None:
             return
         bundle, done = pending
+        self._hook_targets(bundle)
         old, self._bundle = self._bundle, bundle
+        self._hook_targets(old, hook=False)
         logger.info("pipeline %s: now serving %s v%d (%s)", self.name, bundle.ref.name,
                     bundle.ref.version, bundle.ref.sha256[:12])
         done.set()
         del old  # the post thread may still decode with it; the interpreter goes with it
 
+    def _hook_targets(self, bundle: ModelBundle, hook: bool = True) -> None:
+        """Have ``bundle``'s runtime report target changes here (runtimes with targets)."""
+        if hasattr(bundle.runtime, "on_change"):
+            bundle.runtime.on_change = self._target_changed if hook else None
+
+    def _target_changed(self, change: TargetChange) -> None:
+        """The runtime moved to another target (on the inference thread, between frames):
+        count it and publish a ``target_changed`` event through the privacy policy."""
+        with self.stats.lock:
+            self.target_changes += 1
+        if self.on_target_change is not None:
+            self.on_target_change(self.name, change)
+        msg = self._policy.target_event(change)
+        if msg is not None:
+            self._send(msg)
+
+    def targets(self) -> list[dict[str, Any]]:
+        """Each execution target's state, best first (empty for runtimes without targets)."""
+        getter = getattr(self._bundle.runtime, "targets", None)
+        return list(getter()) if getter is not None else []
+
     def status(self) -> dict[str, Any]:
         """The pipeline's part of the retained status message and stats."""
         info = self._bundle.runtime.info
+        targets = self.targets()
         out = {
             "name": self.name,
             "state": self.state,
@@ -316,6 +343,9 @@ class Pipeline:
             "runtime": {"backend": info.backend, "version": info.backend_version,
                         "delegate": info.delegate, "threads": info.threads,
                         "fallback": info.fallback_reason},
+            "target": getattr(self._bundle.runtime, "active", None),
+            "targets": {t["name"]: t["state"] for t in targets},
+            "target_changes": self.target_changes,
         }
         snap = self.stats.snapshot()
         snap["dropped"] += self.source_dropped

@@ -231,3 +231,20 @@ class HealthEvent:
     event: HealthEventKind
     figures: tuple[tuple[str, float], ...] = ()
 
+
+@dataclass(frozen=True, slots=True)
+class TargetChange:
+    """A model moved from one execution target to another (failover, or back after a probe).
+
+    Attributes:
+        previous: the target that served before (None: none was serving).
+        current: the target serving now.
+        reason: why (the failure of ``previous``, or the probe that passed).
+        ts: wall clock, seconds since the epoch.
+    """
+
+    previous: str | None
+    current: str
+    reason: str
+    ts: float
+

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.broker import Mosquitto, mosquitto_binary
+from tests.delegate import TestDelegate, compile_delegate
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED_MODELS = (REPO.parent / "shared" / "models").resolve()
@@ -50,6 +51,23 @@ def broker(tmp_path: Path) -> Iterator[Mosquitto]:
         yield b
     finally:
         b.stop()
+
+
+@pytest.fixture(scope="session")
+def delegate_library(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The test delegate compiled once per session (skip without gcc; fail under CI)."""
+    return compile_delegate(tmp_path_factory.mktemp("delegate") / "edge_test_delegate.so",
+                            ci=IN_CI)
+
+
+@pytest.fixture
+def test_delegate(delegate_library: Path, tmp_path: Path) -> Iterator[TestDelegate]:
+    """A fresh copy of the test delegate; released (mode ok) at the end so no call hangs on."""
+    d = TestDelegate(delegate_library, tmp_path / "delegate")
+    try:
+        yield d
+    finally:
+        d.set("ok")
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -39,6 +39,7 @@ from edge_agent.types import (
     HealthEvent,
     ModelRef,
     Result,
+    TargetChange,
     TrackEvent,
 )
 
@@ -359,6 +360,21 @@ class PrivacyPolicy:
                    if math.isfinite(float(v))}
         if figures:
             payload["camera"] = figures
+        self._count("events_published")
+        return self._seal.issue("event", self.pipeline, payload)
+
+    def target_event(self, change: TargetChange) -> OutgoingMessage:
+        """The sealed ``target_changed`` event: which execution target serves now, and why.
+
+        It carries target names and the reason text only (no image or detection data), so
+        every policy lets it out.
+        """
+        payload: dict[str, Any] = {
+            "schema": SCHEMA_IDS["event"], "device": self.device_id, "pipeline": self.pipeline,
+            "ts": iso_ts(change.ts), "event": "target_changed",
+            "from": None if change.previous is None else str(change.previous)[:64],
+            "to": str(change.current)[:64], "reason": str(change.reason)[:256],
+        }
         self._count("events_published")
         return self._seal.issue("event", self.pipeline, payload)
 
