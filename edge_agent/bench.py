@@ -178,23 +178,86 @@ class _Runs:
         return _rate(sink.times)
 
 
+def _target(value: str, options: list[str] | None) -> Any:
+    """A ``--target`` value as a targets entry: cpu, edgetpu, or a delegate library."""
+    if value in {"cpu", "edgetpu"}:
+        return value
+    return {"delegate": value, "options": dict(o.split("=", 1) for o in options or [])}
+
+
+def run_targets(model: str, targets: list[Any], **kw: Any) -> dict[str, Any]:
+    """:func:`run_bench` once per execution target (each alone: no fallback), in one process.
+
+    Returns ``{"targets": {name: figures or {"error": ...}}, "baseline": name,
+    "ratio_to_baseline": {name: {"bare": r, "pipeline": r}}}``; the baseline is ``cpu`` when it
+    was measured, else the first target that ran. Ratios are of the median fps of each run.
+    """
+    from edge_agent.config import TargetConfig
+
+    out: dict[str, Any] = {}
+    for entry in targets:
+        label = TargetConfig.model_validate(
+            {"delegate": entry} if isinstance(entry, str) else entry).label
+        try:
+            out[label] = run_bench(model, targets=[entry], **kw)
+        except EdgeAgentError as exc:
+            out[label] = {"error": str(exc)}
+    ran = [k for k, v in out.items() if "error" not in v]
+    base = "cpu" if "cpu" in ran else (ran[0] if ran else None)
+    ratios: dict[str, dict[str, float | None]] = {}
+    if base is not None:
+        for k in ran:
+            ratios[k] = {run: round(out[k][run]["fps"] / out[base][run]["fps"], 3)
+                         if out[base][run]["fps"] else None for run in ("bare", "pipeline")}
+    return {"targets": out, "baseline": base, "ratio_to_baseline": ratios}
+
+
+def format_targets(r: dict[str, Any]) -> str:
+    """One table per target, then the comparison against the baseline target."""
+    parts = []
+    for name, fig in r["targets"].items():
+        parts.append(f"== target {name}")
+        parts.append(f"cannot run: {fig['error']}" if "error" in fig else format_table(fig))
+        parts.append("")
+    if r["baseline"] is not None:
+        parts.append(f"{'target':<16}{'bare fps':>10}{'pipeline fps':>14}"
+                     f"{'bare / ' + r['baseline']:>16}{'pipeline / ' + r['baseline']:>20}")
+        for name, ratio in r["ratio_to_baseline"].items():
+            fig = r["targets"][name]
+            parts.append(f"{name:<16}{fig['bare']['fps']:>10.1f}{fig['pipeline']['fps']:>14.1f}"
+                         f"{ratio['bare'] or 0:>16.3f}{ratio['pipeline'] or 0:>20.3f}")
+    return "\n".join(parts)
+
+
 def run_bench(model: str, *, source: str | None = None, threads: int = 2,
               delegate: Any = None, decoder: str = "auto", labels: str | None = None,
-              frames: int = 200, rounds: int = 3) -> dict[str, Any]:
-    """Run the three measurements; return a dict of figures."""
+              frames: int = 200, rounds: int = 3,
+              targets: list[Any] | None = None) -> dict[str, Any]:
+    """Run the three measurements; return a dict of figures.
+
+    ``targets`` (a model config ``targets`` list) replaces ``delegate``.
+    """
     from edge_agent.pipeline import DEFAULT_TUNING, apply_process_tuning
-    from edge_agent.sources.factory import create_source
 
     apply_process_tuning(DEFAULT_TUNING)  # the same process settings for every run
     t_start = time.perf_counter()
     pcfg = PipelineConfig.model_validate({
         "name": "bench", "source": _source_cfg(source, frames),
         "model": {"path": model, "labels": labels, "decoder": decoder, "threads": threads,
-                  "delegate": delegate},
+                  **({"targets": targets} if targets else {"delegate": delegate})},
     })
     mcfg: ModelConfig = pcfg.model
     bundle = load_bundle(mcfg, pcfg.score_threshold)
     load_s = time.perf_counter() - t_start
+    try:
+        return _measure(pcfg, bundle, source, frames, rounds, model, load_s)
+    finally:
+        bundle.close()  # ends a delegate target's worker thread
+
+
+def _measure(pcfg: PipelineConfig, bundle: ModelBundle, source: str | None, frames: int,
+             rounds: int, model: str, load_s: float) -> dict[str, Any]:
+    from edge_agent.sources.factory import create_source
 
     # the same real frames for every run: preprocessed copies for bare, the source for the rest
     src = create_source(pcfg.source)
@@ -288,7 +351,16 @@ def format_table(r: dict[str, Any]) -> str:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    """``edge-agent bench MODEL [--source FILE] [--threads N] [--delegate D] [--json]``."""
+    """``edge-agent bench MODEL [--source FILE] [--threads N] [--delegate D | --target T ...]
+    [--json]``."""
+    wanted = getattr(args, "target", None)
+    if wanted:
+        both = run_targets(
+            args.model, [_target(t, getattr(args, "delegate_option", None)) for t in wanted],
+            source=args.source, threads=args.threads, decoder=args.decoder, labels=args.labels,
+            frames=args.frames, rounds=getattr(args, "rounds", 3))
+        print(json.dumps(both, indent=2) if args.json else format_targets(both))
+        return 0
     result = run_bench(
         args.model,
         source=args.source,

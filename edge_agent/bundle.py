@@ -22,7 +22,7 @@ from edge_agent.digest import sha256_file
 from edge_agent.errors import ModelError
 from edge_agent.runtime.base import Runtime
 from edge_agent.runtime.preprocess import Preprocessor, prepare_window
-from edge_agent.runtime.targets import TargetRuntime, TargetSpec
+from edge_agent.runtime.targets import TargetRuntime, target_specs
 from edge_agent.types import IDENTITY, Frame, Inference, ModelRef, Transform
 
 logger = logging.getLogger(__name__)
@@ -76,33 +76,6 @@ def outputs_finite(outputs: list[np.ndarray]) -> bool:
         if np.issubdtype(out.dtype, np.floating) and not np.isfinite(out).all():
             return False
     return True
-
-
-def target_specs(model: ModelConfig, *, path: Path | None = None,
-                 target_files: Mapping[str, Path] | None = None) -> list[TargetSpec]:
-    """The model's execution targets, each with the model file it runs.
-
-    Args:
-        model: the pipeline's model config.
-        path: the model file of an update (default: the configured ``model.path``). A target
-            with its own ``path`` in the config gets no file from an update unless
-            ``target_files`` names one for it (it then stays unavailable: an old file compiled
-            for the accelerator must not run beside a new model).
-        target_files: per-target files of an update, by target name.
-    """
-    specs: list[TargetSpec] = []
-    update = path is not None and Path(path) != Path(model.path)
-    for t in model.resolved_targets():
-        file: Path | None
-        if target_files is not None and t.label in target_files:
-            file = target_files[t.label]
-        elif update:
-            file = None if t.path is not None else path
-        else:
-            file = t.path or model.path
-        library = None if t.delegate == "cpu" else t.delegate
-        specs.append(TargetSpec(t.label, library, dict(t.options), file))
-    return specs
 
 
 def load_bundle(

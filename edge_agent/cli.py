@@ -86,7 +86,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rounds", type=int, default=3,
                    help="alternating blocks per run (fairness under changing load)")
     p.add_argument("--delegate-option", action="append", default=None, metavar="KEY=VALUE",
-                   help="option for a --delegate library (repeatable)")
+                   help="option for a --delegate or --target library (repeatable)")
+    p.add_argument("--target", action="append", default=None, metavar="T",
+                   help="measure on this execution target alone: cpu, edgetpu or a delegate "
+                        "library (repeatable: one run per target, with ratios to cpu)")
     p.add_argument("--json", action="store_true")
 
     p = add("snapshot", "edge_agent.view.oneshot:cmd_snapshot",

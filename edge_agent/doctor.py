@@ -26,7 +26,7 @@ from typing import Any
 
 from edge_agent import __version__, sysinfo
 from edge_agent.config import DEFAULT_CONFIG_PATH, AgentConfig, PipelineConfig, load_config
-from edge_agent.errors import ConfigError, EdgeAgentError
+from edge_agent.errors import ConfigError, EdgeAgentError, PluginUnavailableError
 
 OK, WARN, FAIL = "ok", "warn", "fail"
 # Coral USB: 1a6e:089a (Global Unichip) before its firmware is loaded, 18d1:9302 (Google) after
@@ -211,28 +211,56 @@ def check_state_dir(config: AgentConfig) -> list[Check]:
 
 
 def check_pipeline(p: PipelineConfig) -> list[Check]:
-    """The model loads, fits its decoder, and the source opens."""
-    checks: list[Check] = []
+    """The model loads on each of its execution targets, fits its decoder, and the source opens.
+
+    One ``<pipeline>: target <name>`` line per target (each loaded and warmed up on its own,
+    so a target behind a working one is checked too), then ``<pipeline>: model`` for the
+    target that would serve.
+    """
+    from edge_agent.runtime.targets import TargetRuntime, target_specs
+
+    m = p.model
     name = f"{p.name}: model"
-    try:
-        from edge_agent.runtime.interpreter import load_runtime
-        runtime = load_runtime(p.model.path, threads=p.model.threads, delegate=p.model.delegate,
-                               fallback_to_cpu=p.model.fallback_to_cpu)
-    except EdgeAgentError as exc:
-        return [Check(name, FAIL, str(exc), "fix model.path (or run `edge-agent models fetch` "
-                      "for the default models)")]
-    try:
-        info = runtime.info
-        detail = (f"{p.model.path.name} on {info.delegate or 'CPU'} ({info.backend} "
-                  f"{info.backend_version}, {info.threads} threads)")
-        if info.fallback_reason:
-            checks.append(Check(name, WARN, f"{detail}; {info.fallback_reason}",
-                                "install or attach the delegate's hardware, or drop `delegate`"))
-        else:
-            checks.append(Check(name, OK, detail))
-        checks.append(_check_decoder(p, runtime.signature))
-    finally:
-        runtime.close()
+    serving: tuple[str, str, Any] | None = None  # (target, detail, signature)
+    targets: list[Check] = []
+    specs = target_specs(m)
+    for spec in specs:
+        tname = f"{p.name}: target {spec.name}"
+        try:
+            runtime = TargetRuntime([spec], threads=m.threads, invoke_timeout_s=m.invoke_timeout_s,
+                                    load_timeout_s=m.load_timeout_s)
+        except PluginUnavailableError as exc:
+            return [Check(name, FAIL, str(exc), "pip install ai-edge-litert")]
+        except EdgeAgentError as exc:
+            file = spec.path.name if spec.path is not None else "no model file"
+            targets.append(Check(tname, WARN, f"{file}: {exc}",
+                                 "attach or install the accelerator and its delegate library, "
+                                 "or drop this target" if spec.library else
+                                 "fix model.path (or run `edge-agent models fetch`)"))
+            continue
+        try:
+            info = runtime.info
+            detail = (f"{runtime.path.name} on {spec.name} ({info.backend} "
+                      f"{info.backend_version}, {info.threads} threads)")
+            role = "would serve" if serving is None else "standby (a better target works)"
+            targets.append(Check(tname, OK, f"loads and passes warm-up; {role}"))
+            if serving is None:
+                serving = (spec.name, detail, runtime.signature)
+        finally:
+            runtime.close()
+    checks = targets if len(specs) > 1 else []
+    if serving is None:
+        reasons = "; ".join(c.detail for c in targets)
+        return [*checks, Check(name, FAIL, reasons,
+                               "fix model.path (or run `edge-agent models fetch` for the "
+                               "default models), or add a target that can run it")]
+    target, detail, signature = serving
+    if target != specs[0].name:
+        checks.append(Check(name, WARN, f"{detail}; {specs[0].name} cannot run it",
+                            "install or attach the delegate's hardware, or drop that target"))
+    else:
+        checks.append(Check(name, OK, detail))
+    checks.append(_check_decoder(p, signature))
     checks.append(_check_source(p))
     return checks
 

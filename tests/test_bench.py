@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from edge_agent.bench import cmd_bench, format_table, run_bench
+from edge_agent.bench import cmd_bench, format_table, format_targets, run_bench
 from edge_agent.default_models import default_models_dir
+from tests.delegate import TestDelegate
 
 
 @pytest.fixture
@@ -45,3 +46,25 @@ def test_cmd_bench_json_on_a_video_file(face_model: str, tmp_path: Path,
     assert cmd_bench(args) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["source"] == str(clip) and out["pipeline"]["fps"] > 0
+
+
+def test_bench_measures_each_target_alone(face_model: str, tmp_path: Path,
+                                          capsys: pytest.CaptureFixture[str],
+                                          test_delegate: TestDelegate) -> None:
+    short = str(Path(face_model).with_name("face_detection_short_range.tflite"))
+    args = argparse.Namespace(
+        model=short, source=None, threads=1, delegate=None, decoder="auto", labels=None,
+        frames=10, rounds=1, json=True,
+        target=["cpu", str(test_delegate.path), str(test_delegate.path.with_name("no.so"))],
+        delegate_option=[f"{k}={v}" for k, v in test_delegate.options().items()])
+    before = test_delegate.invocations()
+    assert cmd_bench(args) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert list(r["targets"]) == ["cpu", "edge_test_delegate", "no"]
+    assert r["targets"]["edge_test_delegate"]["delegate"] == "edge_test_delegate"
+    assert r["targets"]["cpu"]["delegate"] is None
+    assert "no such file" in r["targets"]["no"]["error"]
+    assert r["baseline"] == "cpu" and r["ratio_to_baseline"]["cpu"]["bare"] == 1.0
+    assert r["ratio_to_baseline"]["edge_test_delegate"]["bare"] > 0
+    assert test_delegate.invocations() - before >= 10 * 21  # it really ran the claimed nodes
+    assert "bare / cpu" in format_targets(r)

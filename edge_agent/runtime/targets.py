@@ -36,9 +36,11 @@ from typing import Any
 
 import numpy as np
 
+from edge_agent.config import ModelConfig
 from edge_agent.errors import EdgeAgentError, ModelError, PluginUnavailableError
 from edge_agent.runtime.base import ModelSignature, RuntimeInfo, TensorSpec
 from edge_agent.runtime.interpreter import TfliteRuntime
+from edge_agent.runtime.usb_recovery import UsbReset
 from edge_agent.types import TargetChange
 
 logger = logging.getLogger(__name__)
@@ -69,6 +71,40 @@ class TargetSpec:
     path: Path | None = None
     recover: Callable[[], str | None] | None = None
     recover_s: float = 0.0
+
+
+def target_specs(model: ModelConfig, *, path: Path | None = None,
+                 target_files: Mapping[str, Path] | None = None,
+                 sysfs_root: Path = Path("/sys")) -> list[TargetSpec]:
+    """The model's execution targets, each with the model file it runs.
+
+    Args:
+        model: the pipeline's model config.
+        path: the model file of an update (default: the configured ``model.path``). A target
+            with its own ``path`` in the config gets no file from an update unless
+            ``target_files`` names one for it (it then stays unavailable: an old file compiled
+            for the accelerator must not run beside a new model).
+        target_files: per-target files of an update, by target name.
+        sysfs_root: where USB recovery hooks write (tests use a fake tree).
+    """
+    specs: list[TargetSpec] = []
+    update = path is not None and Path(path) != Path(model.path)
+    for t in model.resolved_targets():
+        file: Path | None
+        if target_files is not None and t.label in target_files:
+            file = target_files[t.label]
+        elif update:
+            file = None if t.path is not None else path
+        else:
+            file = t.path or model.path
+        library = None if t.delegate == "cpu" else t.delegate
+        recover, budget = None, 0.0
+        if t.recovery.enabled:
+            reset = UsbReset(t.recovery.device, t.recovery.method, t.recovery.settle_s,
+                             sysfs_root=sysfs_root)
+            recover, budget = reset, reset.budget_s
+        specs.append(TargetSpec(t.label, library, dict(t.options), file, recover, budget))
+    return specs
 
 
 class _Hung(Exception):
