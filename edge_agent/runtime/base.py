@@ -29,8 +29,16 @@ class Runtime(Protocol):
     """A loaded model, used by one thread at a time."""
 
     signature: ModelSignature
-    info: RuntimeInfo
-    path: Path
+
+    @property
+    def info(self) -> RuntimeInfo:
+        """What runs the model now (a runtime with targets changes it on failover)."""
+        ...
+
+    @property
+    def path(self) -> Path:
+        """The model file serving now."""
+        ...
 
     def infer(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
         """Run the model on ``inputs`` (one array per input tensor) and return copies of outputs."""
