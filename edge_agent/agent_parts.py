@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -125,11 +125,13 @@ class PipelineSet:
 
         store = ModelStore(self.cfg.state_dir / "models" / p.name)
         active = store.resolve_active(p.model.path)
+        names = [t.label for t in p.model.resolved_targets()]
         bundle = load_bundle(p.model, p.score_threshold, path=active.path,
                              labels_path=active.labels_path or p.model.labels,
                              version=active.version,
                              name=active.name or p.model.name or Path(p.model.path).stem,
-                             sha256=active.sha256)
+                             sha256=active.sha256,
+                             target_files=store.target_files(active.manifest, names))
         policy = PrivacyPolicy(p.privacy, p.name, self.cfg.device_id, self.seal,
                                self.face_detector, salt=self.salt)
         gate = MotionGate(p.motion) if p.motion.enabled else None
@@ -141,10 +143,11 @@ class PipelineSet:
                             send=self.guard.send, gate=gate, tracker=tracker, zones=zones,
                             health=health,
                             observe=self.metrics.observe_stage)
-        wired = _UpdateHooks(self, p, pipeline)
+        wired = _UpdateHooks(self, p, pipeline, store)
         # the same interface the updater's tests hand in: the callables, not the object
         hooks = UpdateHooks(active=wired.active, validate=wired.validate, swap=wired.swap,
-                            publish_state=wired.publish_state, reply=wired.reply)
+                            publish_state=wired.publish_state, reply=wired.reply,
+                            targets=wired.targets)
         updater = ModelUpdater(p.name, self.cfg.updates, store, hooks)
         pipeline.on_inference = updater.record_inference
         self.metrics.set_model_info(p.name, bundle.ref, bundle.runtime.info)
@@ -360,44 +363,97 @@ class PipelineSet:
 class _UpdateHooks:
     """What a pipeline's updater may do to the running pipeline."""
 
-    def __init__(self, owner: PipelineSet, cfg: PipelineConfig, pipeline: Pipeline) -> None:
+    def __init__(self, owner: PipelineSet, cfg: PipelineConfig, pipeline: Pipeline,
+                 store: Any = None) -> None:
         self.owner = owner
         self.cfg = cfg
         self.pipeline = pipeline
+        self.store = store
         self._validated: tuple[Path, Path | None, ModelBundle] | None = None
 
     def active(self) -> tuple[str, int, str]:
         ref = self.pipeline.bundle.ref
         return ref.name, ref.version, ref.sha256
 
-    def _load(self, path: Path, labels_path: Path | None,
-              manifest: Manifest | None) -> ModelBundle:
+    def targets(self) -> list[str]:
+        """The pipeline's execution target names (a manifest's files for others are skipped)."""
+        return [t.label for t in self.cfg.model.resolved_targets()]
+
+    def _load(self, path: Path, labels_path: Path | None, manifest: Manifest | None,
+              target_files: Mapping[str, Path] | None = None) -> ModelBundle:
+        if target_files is None and self.store is not None and manifest is not None:
+            target_files = self.store.target_files(manifest, self.targets())
         return load_bundle(self.cfg.model, self.cfg.score_threshold, path=path,
                            labels_path=labels_path or self.cfg.model.labels,
                            version=int(getattr(manifest, "version", 0) or 0),
                            name=getattr(manifest, "name", None),
-                           sha256=getattr(manifest, "sha256", None))
+                           sha256=getattr(manifest, "sha256", None),
+                           target_files=target_files)
 
-    def validate(self, path: Path, labels_path: Path | None) -> None:
-        """Load in a separate interpreter, check it fits, warm up on a recent real frame.
+    def validate(self, path: Path, labels_path: Path | None,
+                 target_files: Mapping[str, Path] | None = None) -> None:
+        """Load in a separate interpreter, check it fits, warm up on a recent real frame; each
+        per-target file is also loaded and warmed up on its own target (a file that does not
+        run there rejects the update).
 
-        The validated bundle is kept for :meth:`swap`, so the model is not loaded twice.
+        The validated bundle is kept for :meth:`swap`, so the model is not loaded twice
+        (unless it has per-target files: those move into the store at install).
         """
         from edge_agent.bundle import warm_up
         from edge_agent.errors import UpdateError
+        from edge_agent.runtime.targets import same_tensors
 
         self._drop_validated()
+        signatures = {}
+        for name, file in (target_files or {}).items():
+            signatures[name] = self._validate_on_target(name, path, dict(target_files or {}))
+            logger.info("pipeline %s: %s passed warm-up on target %s", self.cfg.name,
+                        Path(file).name, name)
         try:
-            bundle = self._load(path, labels_path, None)
+            bundle = self._load(path, labels_path, None, target_files or {})
         except (ModelError, EdgeAgentError) as exc:
             raise UpdateError(str(exc)) from None
+        want = bundle.runtime.signature
+        if signatures:  # the reference is the top-level file, whatever target serves first
+            from edge_agent.runtime.interpreter import TfliteRuntime
+
+            main = TfliteRuntime(path, threads=1)
+            want = main.signature
+            main.close()
+        for name, sig in signatures.items():
+            if not (same_tensors(sig.inputs, want.inputs)
+                    and same_tensors(sig.outputs, want.outputs)):
+                bundle.close()
+                raise UpdateError(f"the file for target {name} has other input/output tensors "
+                                  "than the model")
         try:
             warm_up(bundle, self.pipeline.last_frame(),
                     self.owner.cfg.updates.max_latency_ms)
         except ModelError as exc:
             bundle.close()
             raise UpdateError(str(exc)) from None
+        if target_files:
+            bundle.close()
+            return
         self._validated = (Path(path), labels_path, bundle)
+
+    def _validate_on_target(self, name: str, path: Path, target_files: dict[str, Path]) -> Any:
+        """Load ``target_files[name]`` on target ``name`` alone and warm it up."""
+        from edge_agent.errors import UpdateError
+        from edge_agent.runtime.targets import TargetRuntime, target_specs
+
+        m = self.cfg.model
+        spec = next(s for s in target_specs(m, path=path, target_files=target_files)
+                    if s.name == name)
+        try:
+            runtime = TargetRuntime([spec], threads=m.threads,
+                                    invoke_timeout_s=m.invoke_timeout_s,
+                                    load_timeout_s=m.load_timeout_s)
+        except EdgeAgentError as exc:
+            raise UpdateError(f"the file for target {name} does not run on it: {exc}") from None
+        signature = runtime.signature
+        runtime.close()
+        return signature
 
     def _drop_validated(self) -> None:
         validated, self._validated = self._validated, None

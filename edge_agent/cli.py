@@ -140,6 +140,8 @@ def build_parser() -> argparse.ArgumentParser:
     mp.add_argument("--url", default=None)
     mp.add_argument("--labels", default=None)
     mp.add_argument("--allow-downgrade", action="store_true")
+    mp.add_argument("--target-file", action="append", default=None, metavar="NAME=FILE[@URL]",
+                    help="the model file for one execution target (repeatable)")
     mp.add_argument("--out", required=True)
 
     mp = madd("verify", "edge_agent.updater.operator:cmd_verify",

@@ -70,6 +70,13 @@ COMMANDS: tuple[CommandSpec, ...] = (
                     "manifest": {"type": "object"},
                     "url": {"type": "string", "minLength": 1, "maxLength": 2048},
                     "data": {"type": "string"},
+                    # per-target files of the manifest's targets: inline bytes (base64) or
+                    # URLs, by target name; a device takes only those of its own targets
+                    "target_data": {"type": "object", "maxProperties": 16,
+                                    "additionalProperties": {"type": "string"}},
+                    "target_urls": {"type": "object", "maxProperties": 16,
+                                    "additionalProperties": {"type": "string", "minLength": 1,
+                                                             "maxLength": 2048}},
                 }, signed=False),
     CommandSpec("rollback", "Go back to the previous model of a pipeline", ("pipeline",),
                 {"pipeline": _PIPELINE}, signed=True, aliases=("model/rollback",)),

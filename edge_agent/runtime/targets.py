@@ -207,7 +207,8 @@ def _finite(outputs: Sequence[np.ndarray]) -> bool:
     return True
 
 
-def _same_tensors(a: tuple[TensorSpec, ...], b: tuple[TensorSpec, ...]) -> bool:
+def same_tensors(a: tuple[TensorSpec, ...], b: tuple[TensorSpec, ...]) -> bool:
+    """Whether two tensor lists agree in shape, type and quantisation (names may differ)."""
     return len(a) == len(b) and all(
         (x.shape, x.dtype, x.scale, x.zero_point) == (y.shape, y.dtype, y.scale, y.zero_point)
         for x, y in zip(a, b, strict=True))
@@ -414,8 +415,8 @@ class TargetRuntime:
         try:
             ref = self._reference
             sig = runtime.signature
-            if ref is not None and not (_same_tensors(ref.inputs, sig.inputs)
-                                        and _same_tensors(ref.outputs, sig.outputs)):
+            if ref is not None and not (same_tensors(ref.inputs, sig.inputs)
+                                        and same_tensors(ref.outputs, sig.outputs)):
                 raise ModelError(f"{spec.path.name} has other input/output tensors than the "
                                  "model on the other targets")
             inputs = self._recent if self._recent is not None else self._warmup(sig)

@@ -8,6 +8,17 @@
  "key_id": "<16 hex>", "signature": "<base64 Ed25519>"}
 ```
 
+A manifest may also carry one file per execution target (additive; the top-level ``sha256``,
+``size`` and ``url`` stay the model every target without its own file runs, usually the CPU's):
+
+```json
+"targets": {"edgetpu": {"sha256": "<hex>", "size": 4210000, "url": "https://... (optional)"}}
+```
+
+Target names are the device's target names (``edgetpu``, ``cpu`` or a target's ``name``). A
+device downloads only the files of targets it has, verifies each against its sha256 and size
+and validates it on its own target; the signature covers the whole object.
+
 Labels travel inside the manifest as inline text (``labels``), so the signature covers them and
 no second download can fail or be swapped; ``labels_sha256`` is their sha256 and is checked.
 Label files are small (ImageNet's 1001 labels are 22 KB). Unknown fields are kept and covered
@@ -36,6 +47,19 @@ MAX_LABELS_CHARS = 1024 * 1024
 MAX_MANIFEST_BYTES = 2 * 1024 * 1024
 
 
+TARGET_NAME_RE = re.compile(r"[a-z0-9_-]{1,64}")
+MAX_TARGETS = 16
+
+
+@dataclass(frozen=True, slots=True)
+class TargetFile:
+    """The model file for one execution target, as the manifest names it."""
+
+    sha256: str
+    size: int
+    url: str | None = None
+
+
 @dataclass(frozen=True)
 class Manifest:
     """A parsed, validated manifest (its signature is checked by :func:`verify`).
@@ -55,7 +79,13 @@ class Manifest:
     labels: str | None = None
     labels_sha256: str | None = None
     allow_downgrade: bool = False
+    targets: Mapping[str, TargetFile] = field(default_factory=dict)
     raw: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def total_size(self) -> int:
+        """Bytes of the model and every per-target file."""
+        return self.size + sum(t.size for t in self.targets.values())
 
     def to_json(self) -> str:
         """The manifest as stored next to the model (the raw signed object)."""
@@ -84,6 +114,30 @@ def _sha(value: Any, key: str) -> str:
     if not isinstance(value, str) or not SHA256_RE.fullmatch(value):
         raise UpdateError(f"manifest {key} must be 64 lowercase hex characters")
     return value
+
+
+def _targets(value: Any) -> dict[str, TargetFile]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict) or len(value) > MAX_TARGETS:
+        raise UpdateError(f"manifest targets must be an object of at most {MAX_TARGETS} "
+                          "target names")
+    out: dict[str, TargetFile] = {}
+    for name, entry in value.items():
+        if not isinstance(name, str) or not TARGET_NAME_RE.fullmatch(name):
+            raise UpdateError(f"manifest targets: invalid target name {name!r} (use 1-64 of "
+                              "[a-z0-9_-])")
+        if not isinstance(entry, dict):
+            raise UpdateError(f"manifest targets.{name} must be an object with sha256 and size")
+        url = entry.get("url")
+        if url is not None and (not isinstance(url, str) or not url):
+            raise UpdateError(f"manifest targets.{name}.url must be a non-empty string")
+        size = entry.get("size")
+        if not isinstance(size, int) or isinstance(size, bool) or size < 1:
+            raise UpdateError(f"manifest targets.{name}.size must be an integer >= 1, "
+                              f"got {size!r}")
+        out[name] = TargetFile(_sha(entry.get("sha256"), f"targets.{name}.sha256"), size, url)
+    return out
 
 
 def parse_manifest(data: str | bytes | Mapping[str, Any]) -> Manifest:
@@ -135,9 +189,11 @@ def parse_manifest(data: str | bytes | Mapping[str, Any]) -> Manifest:
     for key, value in (("created", created), ("key_id", kid), ("signature", signature)):
         if not isinstance(value, str):
             raise UpdateError(f"manifest {key} must be a string")
+    targets = _targets(obj.get("targets"))
     return Manifest(name=name, version=version, sha256=sha, size=size, created=created,
                     key_id=kid, signature=signature, url=url, labels=labels,
-                    labels_sha256=labels_sha, allow_downgrade=allow_downgrade, raw=obj)
+                    labels_sha256=labels_sha, allow_downgrade=allow_downgrade,
+                    targets=targets, raw=obj)
 
 
 def verify_manifest(manifest: Manifest, keys: Mapping[str, Ed25519PublicKey]) -> str:
@@ -158,8 +214,10 @@ def verify_manifest(manifest: Manifest, keys: Mapping[str, Ed25519PublicKey]) ->
 def build_manifest(*, name: str, version: int, sha256: str, size: int, key: Ed25519PrivateKey,
                    url: str | None = None, labels: str | None = None,
                    allow_downgrade: bool = False, created: str | None = None,
-                   extra: Mapping[str, Any] | None = None) -> Manifest:
-    """A signed manifest (what ``edge-agent model sign`` writes)."""
+                   extra: Mapping[str, Any] | None = None,
+                   targets: Mapping[str, TargetFile] | None = None) -> Manifest:
+    """A signed manifest (what ``edge-agent model sign`` writes); ``targets``: one file per
+    execution target."""
     obj: dict[str, Any] = {
         "schema": SCHEMA, "name": name, "version": version, "sha256": sha256, "size": size,
         "created": created or datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
@@ -171,6 +229,10 @@ def build_manifest(*, name: str, version: int, sha256: str, size: int, key: Ed25
         obj["labels_sha256"] = hashlib.sha256(labels.encode()).hexdigest()
     if allow_downgrade:
         obj["allow_downgrade"] = True
+    if targets:
+        obj["targets"] = {n: {"sha256": t.sha256, "size": t.size,
+                              **({"url": t.url} if t.url else {})}
+                          for n, t in sorted(targets.items())}
     if extra:
         obj.update(extra)
     return parse_manifest(sign_object(obj, key))

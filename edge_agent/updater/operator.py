@@ -25,7 +25,12 @@ from edge_agent.signing import (
     load_public_keys,
     sign_command,
 )
-from edge_agent.updater.manifest import build_manifest, parse_manifest, verify_manifest
+from edge_agent.updater.manifest import (
+    TargetFile,
+    build_manifest,
+    parse_manifest,
+    verify_manifest,
+)
 
 
 def cmd_keygen(args: argparse.Namespace) -> int:
@@ -43,10 +48,20 @@ def cmd_sign(args: argparse.Namespace) -> int:
     if not model.is_file():
         raise UpdateError(f"{model}: no such file")
     labels = Path(args.labels).read_text(encoding="utf-8") if args.labels else None
+    targets: dict[str, TargetFile] = {}
+    for spec in getattr(args, "target_file", None) or []:
+        name, sep, rest = spec.partition("=")
+        file, _, url = rest.partition("@")
+        if not sep or not name or not file:
+            raise UpdateError(f"--target-file {spec!r}: expected NAME=FILE or NAME=FILE@URL")
+        path = Path(file)
+        if not path.is_file():
+            raise UpdateError(f"--target-file {name}: {path}: no such file")
+        targets[name] = TargetFile(sha256_file(path), path.stat().st_size, url or None)
     manifest = build_manifest(
         name=args.name, version=int(args.version), sha256=sha256_file(model),
         size=model.stat().st_size, key=load_private_key(args.key), url=args.url, labels=labels,
-        allow_downgrade=bool(getattr(args, "allow_downgrade", False)))
+        allow_downgrade=bool(getattr(args, "allow_downgrade", False)), targets=targets)
     out = Path(args.out)
     out.write_text(manifest.to_json() + "\n", encoding="utf-8")
     print(f"{out}: {manifest.name} v{manifest.version} sha256 {manifest.sha256} "

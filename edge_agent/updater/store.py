@@ -30,9 +30,11 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import logging
 import os
 import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -169,14 +171,22 @@ class ModelStore:
         write_atomic(path, f"{pointer.target}{' trial' if pointer.trial else ''}\n".encode())
 
     # -- install and activate ------------------------------------------------------------
-    def install(self, staged: Path, manifest: Manifest) -> Path:
-        """Move a verified staged model into the store with its labels and manifest.
+    def install(self, staged: Path, manifest: Manifest,
+                target_files: Mapping[str, Path] | None = None) -> Path:
+        """Move a verified staged model (and its verified per-target files, by target name)
+        into the store with its labels and manifest.
 
-        The model must already match ``manifest.sha256`` (the updater checks it first).
+        The files must already match the manifest's sha256s (the updater checks them first).
 
         Returns:
             the installed model's path.
         """
+        for name, staged_file in (target_files or {}).items():
+            dest = self.model_path(manifest.targets[name].sha256)
+            if staged_file != dest:
+                with open(staged_file, "rb") as fh:
+                    os.fsync(fh.fileno())
+                os.replace(staged_file, dest)
         sha = manifest.sha256
         if manifest.labels is not None:
             write_atomic(self.labels_path(sha), manifest.labels.encode())
@@ -338,6 +348,27 @@ class ModelStore:
             if keep is None or not p.name.startswith(keep):
                 p.unlink(missing_ok=True)
 
+    def _target_shas(self, sha: str) -> set[str]:
+        try:
+            raw = json.loads(self.manifest_path(sha).read_text())
+        except (OSError, ValueError):
+            return set()
+        targets = raw.get("targets") if isinstance(raw, dict) else None
+        if not isinstance(targets, dict):
+            return set()
+        return {str(t.get("sha256")) for t in targets.values() if isinstance(t, dict)}
+
+    def target_files(self, manifest: Manifest | None, names: Iterable[str]) -> dict[str, Path]:
+        """The installed per-target files of ``manifest`` for the targets in ``names``."""
+        if manifest is None:
+            return {}
+        out: dict[str, Path] = {}
+        for name in names:
+            tf = manifest.targets.get(name)
+            if tf is not None and self.model_path(tf.sha256).is_file():
+                out[name] = self.model_path(tf.sha256)
+        return out
+
     def prune(self) -> list[Path]:
         """Delete installed models that neither current nor previous names.
 
@@ -346,6 +377,8 @@ class ModelStore:
         """
         keep = {p.target for p in (self.read_pointer("current"), self.read_pointer("previous"))
                 if p is not None}
+        for sha in list(keep):  # and the per-target files their manifests name
+            keep.update(self._target_shas(sha))
         removed: list[Path] = []
         for p in self.dir.iterdir():
             if not p.is_file():

@@ -16,7 +16,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -50,15 +50,23 @@ class UpdateHooks:
         swap: ``(model_path, labels_path | None, manifest | None) -> None``: make the
             pipeline use this model from the next frame on (between two frames); manifest
             None means the configured model (version 0). Raise on failure.
+            With per-target files it is called with ``target_files={name: path}`` too, and
+            must validate each file on its own target.
+        swap: ``(model_path, labels_path | None, manifest | None) -> None``: make the
+            pipeline use this model from the next frame on (between two frames); manifest
+            None means the configured model (version 0). Raise on failure.
         publish_state: publish the retained state message (a dict).
         reply: ``(request_id, ok, error | None)``: the reply on ``P/D/cmd/reply``.
+        targets: ``() -> names`` of the pipeline's execution targets: only their files of a
+            manifest's ``targets`` are downloaded (default: none).
     """
 
     active: Callable[[], tuple[str, int, str]]
-    validate: Callable[[Path, Path | None], None]
+    validate: Callable[..., None]
     swap: Callable[[Path, Path | None, Manifest | None], None]
     publish_state: Callable[[dict[str, Any]], None]
     reply: Callable[[str, bool, str | None], None]
+    targets: Callable[[], Sequence[str]] | None = None
 
 
 class ModelUpdater:
@@ -269,15 +277,19 @@ class ModelUpdater:
             about = manifest.describe()
             staged = self._obtain(command, manifest)
             downloaded = True
+            targets = self._obtain_targets(command, manifest)
             self._publish("verifying", about, None)
-            self._verify_bytes(staged, manifest)
+            self._verify_bytes(staged, manifest.sha256, manifest.size, "the model")
+            for name, path in targets.items():
+                tf = manifest.targets[name]
+                self._verify_bytes(path, tf.sha256, tf.size, f"the file for target {name}")
             labels = None
             if manifest.labels is not None:
                 labels = self.store.staged_labels_path(manifest.sha256)
                 labels.write_text(manifest.labels)
             self._publish("validating", about, None)
-            self._validate(staged, labels)
-            self._install_and_swap(staged, manifest)
+            self._validate(staged, labels, targets)
+            self._install_and_swap(staged, manifest, targets)
             watch = ModelWatch(manifest.sha256, about, rid, self.config)
             with self._lock:
                 self._watch = watch  # the new model serves from here on
@@ -311,8 +323,10 @@ class ModelUpdater:
         if pipeline is not None and pipeline != self.pipeline:
             raise UpdateError(f"command is for pipeline {pipeline!r}, not {self.pipeline!r}")
         manifest = parse_manifest(command["manifest"])
-        if manifest.size > self.config.max_size_bytes:
-            raise UpdateError(f"model size {manifest.size} is over updates.max_size_bytes "
+        mine = self._my_targets(manifest)
+        size = manifest.size + sum(manifest.targets[n].size for n in mine)
+        if size > self.config.max_size_bytes:
+            raise UpdateError(f"model size {size} is over updates.max_size_bytes "
                               f"({self.config.max_size_bytes})")
         verify_manifest(manifest, self.keys)
         _name, version, sha = self.hooks.active()
@@ -359,30 +373,72 @@ class ModelUpdater:
                      progress=progress, cancel=self._stop,
                      deadline_s=self.config.fetch_timeout_s + total / MIN_DOWNLOAD_RATE)
 
-    def _verify_bytes(self, staged: Path, manifest: Manifest) -> None:
-        size = staged.stat().st_size
-        if size != manifest.size:
-            if staged.parent == self.store.staging:
-                staged.unlink(missing_ok=True)
-            raise UpdateError(f"size mismatch: got {size} bytes, the manifest says "
-                              f"{manifest.size}")
-        digest = sha256_file(staged)
-        if digest != manifest.sha256:
-            if staged.parent == self.store.staging:
-                staged.unlink(missing_ok=True)
-            raise UpdateError(f"sha256 mismatch: got {digest[:16]}..., the manifest says "
-                              f"{manifest.sha256[:16]}...")
+    def _my_targets(self, manifest: Manifest) -> list[str]:
+        """The manifest's per-target files this device has a target for (the rest are not
+        downloaded)."""
+        names = self.hooks.targets
+        have = list(names()) if names is not None else []
+        mine = [n for n in have if n in manifest.targets]
+        skipped = sorted(set(manifest.targets) - set(mine))
+        if skipped:
+            logger.info("pipeline %s: not downloading the files for targets %s (this device "
+                        "has none of them)", self.pipeline, ", ".join(skipped))
+        return mine
 
-    def _validate(self, staged: Path, labels: Path | None) -> None:
+    def _obtain_targets(self, command: Mapping[str, Any], manifest: Manifest) -> dict[str, Path]:
+        """Download (or take inline) the per-target files for this device's targets."""
+        out: dict[str, Path] = {}
+        inline = command.get("target_data") or {}
+        urls = command.get("target_urls") or {}
+        for name in self._my_targets(manifest):
+            tf = manifest.targets[name]
+            installed = self.store.model_path(tf.sha256)
+            if installed.exists() and sha256_file(installed) == tf.sha256:
+                out[name] = installed
+                continue
+            part = self.store.part_path(tf.sha256)
+            if isinstance(inline, Mapping) and inline.get(name) is not None:
+                part.unlink(missing_ok=True)
+                write_inline(inline[name], part, tf.size)
+            else:
+                url = (urls.get(name) if isinstance(urls, Mapping) else None) or tf.url
+                if not url:
+                    raise UpdateError(f"no url or inline data for the file of target {name}")
+                fetch(str(url), part, tf.size, timeout=self.config.fetch_timeout_s,
+                      cancel=self._stop,
+                      deadline_s=self.config.fetch_timeout_s + tf.size / MIN_DOWNLOAD_RATE)
+            out[name] = part
+        return out
+
+    def _verify_bytes(self, staged: Path, sha: str, size_wanted: int, what: str) -> None:
+        size = staged.stat().st_size
+        if size != size_wanted:
+            if staged.parent == self.store.staging:
+                staged.unlink(missing_ok=True)
+            raise UpdateError(f"size mismatch of {what}: got {size} bytes, the manifest says "
+                              f"{size_wanted}")
+        digest = sha256_file(staged)
+        if digest != sha:
+            if staged.parent == self.store.staging:
+                staged.unlink(missing_ok=True)
+            raise UpdateError(f"sha256 mismatch of {what}: got {digest[:16]}..., the manifest "
+                              f"says {sha[:16]}...")
+
+    def _validate(self, staged: Path, labels: Path | None,
+                  targets: Mapping[str, Path] | None = None) -> None:
         try:
-            self.hooks.validate(staged, labels)
+            if targets:
+                self.hooks.validate(staged, labels, target_files=dict(targets))
+            else:
+                self.hooks.validate(staged, labels)
         except EdgeAgentError as exc:
             raise UpdateError(f"validation failed: {exc}") from exc
         except Exception as exc:  # an untrusted model can make a runtime raise anything
             raise UpdateError(f"validation failed: {type(exc).__name__}: {exc}") from exc
 
-    def _install_and_swap(self, staged: Path, manifest: Manifest) -> Path:
-        path = self.store.install(staged, manifest)
+    def _install_and_swap(self, staged: Path, manifest: Manifest,
+                          targets: Mapping[str, Path] | None = None) -> Path:
+        path = self.store.install(staged, manifest, targets)
         watching = self.config.watch_inferences > 0 or self.config.watch_seconds > 0
         self.store.activate(manifest.sha256, trial=watching)
         labels = self.store.labels_path(manifest.sha256) if manifest.labels is not None else None
