@@ -4,11 +4,16 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 from edge_agent.consumer_cli import DEFAULT_PREFIX
 from edge_agent.errors import ConfigError
 from edge_agent.mqtt.inbound import BrokerOptions, parse_broker
+
+CREDENTIAL_NAME = "mqtt-password"
+"""With ``--username`` and no ``--password-file``: ``$CREDENTIALS_DIRECTORY/mqtt-password``
+(systemd ``LoadCredential=mqtt-password:...``), as the agent does."""
 
 __all__ = ["DEFAULT_PREFIX", "broker_from_args"]
 
@@ -35,6 +40,10 @@ def broker_from_args(args: argparse.Namespace) -> BrokerOptions:
     if (tls_cert or tls_key) and tls_ca is None:
         raise ConfigError("--tls-cert/--tls-key need --tls-ca")
     password = None
+    creds = os.environ.get("CREDENTIALS_DIRECTORY")
+    if args.password_file is None and args.username and creds and (
+            Path(creds) / CREDENTIAL_NAME).is_file():
+        args.password_file = str(Path(creds) / CREDENTIAL_NAME)  # systemd LoadCredential=
     if args.password_file is not None:
         if args.username is None:
             raise ConfigError("--password-file needs --username")

@@ -37,6 +37,11 @@ class StoreUnavailableError(EdgeAgentError):
     """The database cannot be reached or refused the write (retry later; nothing was kept)."""
 
 
+def _one_line(exc: BaseException) -> str:
+    """A driver's (often multi-line) error message on one line."""
+    return " ".join(str(exc).split())
+
+
 def iso_now() -> str:
     """The current time as ISO 8601 UTC with milliseconds (the contract's ``ts`` format)."""
     now = datetime.now(timezone.utc)
@@ -155,6 +160,10 @@ class SqlStore:
             conn = self._connect()
             try:
                 cur = conn.cursor()
+                if self.dialect == "postgresql":
+                    # collectors starting together: CREATE TABLE IF NOT EXISTS is not safe
+                    # against a concurrent one in PostgreSQL (duplicate pg_type key)
+                    cur.execute("SELECT pg_advisory_xact_lock(7262070)")
                 for stmt in ddl(self.dialect):
                     cur.execute(stmt)
                 cur.execute(self._sql("INSERT INTO collector_meta (key, value) VALUES (?, ?) "
@@ -176,7 +185,7 @@ class SqlStore:
         try:
             self._open()
         except self._errors as exc:
-            raise StoreUnavailableError(f"{self.url}: {exc}") from None
+            raise StoreUnavailableError(f"{self.url}: {_one_line(exc)}") from None
 
     def close(self) -> None:
         """Close the connection (the next write opens a new one)."""
@@ -207,7 +216,7 @@ class SqlStore:
                 with contextlib.suppress(*self._errors):
                     self._conn.rollback()
             self.close()
-            raise StoreUnavailableError(f"{self.url}: {exc}") from None
+            raise StoreUnavailableError(f"{self.url}: {_one_line(exc)}") from None
 
     def _write(self, cur: Any, items: Sequence[Stored],
                rejected: Sequence[Rejected]) -> WriteOutcome:
