@@ -13,6 +13,7 @@ import argparse
 import json
 import logging
 import os
+import re
 import subprocess
 import sys
 import time
@@ -180,7 +181,15 @@ def main() -> int:
         Path(args.json).write_text(json.dumps(fig, indent=2, default=str))
     from benchmarks.report import render
 
-    Path(args.out).write_text(render(fig))
+    out = Path(args.out)
+    text = render(fig)
+    # sections other commands write (python -m benchmarks.collector --write) are kept
+    old = out.read_text() if out.exists() else ""
+    for kept in re.findall(r"<!-- (\w+):begin -->.*?<!-- \1:end -->", old, re.S):
+        block = re.search(rf"<!-- {kept}:begin -->.*?<!-- {kept}:end -->", old, re.S)
+        if block and block.group(0) not in text:
+            text = text.rstrip("\n") + "\n\n" + block.group(0) + "\n"
+    out.write_text(text)
     _log(f"wrote {args.out}")
     return 0
 
