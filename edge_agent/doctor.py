@@ -17,22 +17,19 @@ import json
 import os
 import platform
 import sys
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 
-from edge_agent import __version__, sysinfo
-from edge_agent.config import DEFAULT_CONFIG_PATH, AgentConfig, PipelineConfig, load_config
-from edge_agent.errors import ConfigError, EdgeAgentError, PluginUnavailableError
+from edge_agent import __version__, preflight, sysinfo
+from edge_agent.config import DEFAULT_CONFIG_PATH, AgentConfig, load_config
+from edge_agent.errors import ConfigError
+from edge_agent.preflight import FAIL, OK, WARN, Finding
 
-OK, WARN, FAIL = "ok", "warn", "fail"
 # Coral USB: 1a6e:089a (Global Unichip) before its firmware is loaded, 18d1:9302 (Google) after
 CORAL_USB_IDS = {("1a6e", "089a"), ("18d1", "9302")}
 EDGETPU_LIBRARY = "libedgetpu.so.1"
-SOURCE_OPEN_TIMEOUT_S = 10.0
 NET_TIMEOUT_S = 5.0
 MIN_FREE_BYTES = 200 * 1024 * 1024
 
@@ -183,19 +180,16 @@ def check_clock(root: Path = Path("/"), now: float | None = None) -> list[Check]
 # --------------------------------------------------------------------------- config
 
 
+def _rows(found: list[Finding]) -> list[Check]:
+    return [Check(f.name, f.status, f.detail, f.fix) for f in found]
+
+
 def check_state_dir(config: AgentConfig) -> list[Check]:
-    """state_dir writable, and its free space."""
+    """state_dir writable (the preflight's check), and its free space."""
+    checks = _rows(preflight.check_state_dir(config))
+    if checks[0].status != OK:
+        return checks
     d = config.state_dir
-    try:
-        d.mkdir(parents=True, exist_ok=True)
-        probe = d / f".doctor-{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as exc:
-        return [Check("state_dir", FAIL, f"cannot write to {d}: {exc.strerror or exc}",
-                      "create it, owned by the service user (install.sh does), or point "
-                      "state_dir elsewhere")]
-    checks = [Check("state_dir", OK, f"{d} is writable")]
     space = sysinfo.disk_space(d)
     if space is not None:
         free_mb = space.free / 1e6
@@ -210,115 +204,11 @@ def check_state_dir(config: AgentConfig) -> list[Check]:
     return checks
 
 
-def check_pipeline(p: PipelineConfig) -> list[Check]:
-    """The model loads on each of its execution targets, fits its decoder, and the source opens.
-
-    One ``<pipeline>: target <name>`` line per target (each loaded and warmed up on its own,
-    so a target behind a working one is checked too), then ``<pipeline>: model`` for the
-    target that would serve.
-    """
-    from edge_agent.runtime.targets import TargetRuntime, target_specs
-
-    m = p.model
-    name = f"{p.name}: model"
-    serving: tuple[str, str, Any] | None = None  # (target, detail, signature)
-    targets: list[Check] = []
-    specs = target_specs(m)
-    for spec in specs:
-        tname = f"{p.name}: target {spec.name}"
-        try:
-            runtime = TargetRuntime([spec], threads=m.threads, invoke_timeout_s=m.invoke_timeout_s,
-                                    load_timeout_s=m.load_timeout_s)
-        except PluginUnavailableError as exc:
-            return [Check(name, FAIL, str(exc), "pip install ai-edge-litert")]
-        except EdgeAgentError as exc:
-            file = spec.path.name if spec.path is not None else "no model file"
-            targets.append(Check(tname, WARN, f"{file}: {exc}",
-                                 "attach or install the accelerator and its delegate library, "
-                                 "or drop this target" if spec.library else
-                                 "fix model.path (or run `edge-agent models fetch`)"))
-            continue
-        try:
-            info = runtime.info
-            detail = (f"{runtime.path.name} on {spec.name} ({info.backend} "
-                      f"{info.backend_version}, {info.threads} threads)")
-            role = "would serve" if serving is None else "standby (a better target works)"
-            targets.append(Check(tname, OK, f"loads and passes warm-up; {role}"))
-            if serving is None:
-                serving = (spec.name, detail, runtime.signature)
-        finally:
-            runtime.close()
-    checks = targets if len(specs) > 1 else []
-    if serving is None:
-        reasons = "; ".join(c.detail for c in targets)
-        return [*checks, Check(name, FAIL, reasons,
-                               "fix model.path (or run `edge-agent models fetch` for the "
-                               "default models), or add a target that can run it")]
-    target, detail, signature = serving
-    if target != specs[0].name:
-        checks.append(Check(name, WARN, f"{detail}; {specs[0].name} cannot run it",
-                            "install or attach the delegate's hardware, or drop that target"))
-    else:
-        checks.append(Check(name, OK, detail))
-    checks.append(_check_decoder(p, signature))
-    checks.append(_check_source(p))
-    return checks
-
-
-def _check_decoder(p: PipelineConfig, signature: Any) -> Check:
-    name = f"{p.name}: decoder"
-    try:
-        from edge_agent.decoders.factory import create_decoder
-        from edge_agent.decoders.labels import load_labels
-    except ImportError as exc:
-        return Check(name, WARN, f"decoders are not available in this build ({exc})")
-    try:
-        labels = load_labels(p.model.labels)
-        decoder = create_decoder(p.model.decoder, signature, labels,
-                                 p.model.options, p.score_threshold)
-    except (EdgeAgentError, OSError, ValueError, TypeError, KeyError) as exc:
-        text = "; ".join(exc.problems) if isinstance(exc, ConfigError) else str(exc)
-        return Check(name, FAIL, text, "set model.decoder (and decoder_options) to fit the "
-                     "model's outputs: `edge-agent model inspect FILE` shows them")
-    return Check(name, OK, f"{getattr(decoder, 'kind', p.model.decoder)} fits the model's outputs")
-
-
-def _check_source(p: PipelineConfig) -> Check:
-    """Open and close the source, on a thread: opening a FIFO or a dead stream can block."""
-    name = f"{p.name}: source"
-    uri = getattr(p.source, "uri", None)
-    what = f"{p.source.type} {uri}" if uri is not None else p.source.type
-    result: list[Check] = []
-
-    def attempt() -> None:
-        try:
-            from edge_agent.sources.factory import create_source
-        except ImportError as exc:
-            result.append(Check(name, WARN, f"sources are not available in this build ({exc})"))
-            return
-        source = None
-        try:
-            source = create_source(p.source)
-            source.open()
-            result.append(Check(name, OK, f"{what} opens"))
-        except (EdgeAgentError, OSError, ValueError) as exc:
-            result.append(Check(name, FAIL, f"{what}: {exc}",
-                                "check the source uri, the device's permissions (group video) "
-                                "and that nothing else holds it"))
-        finally:
-            if source is not None:
-                try:
-                    source.close()
-                except Exception as exc:  # a close error is not the finding
-                    result.append(Check(name, WARN, f"{what}: close failed: {exc}"))
-
-    t = threading.Thread(target=attempt, name="doctor-source", daemon=True)
-    t.start()
-    t.join(SOURCE_OPEN_TIMEOUT_S)
-    if t.is_alive():
-        return Check(name, FAIL, f"{what} did not open within {SOURCE_OPEN_TIMEOUT_S:.0f} s",
-                     "check the camera or stream is reachable (a FIFO needs a writer)")
-    return result[0]
+def check_pipeline(config: AgentConfig, index: int) -> list[Check]:
+    """The model loads (each execution target on its own too), fits its decoder, and the
+    source opens: the preflight's own checks."""
+    return _rows(preflight.check_pipeline_model(config, index, each_target=True)
+                 + preflight.check_source(config, index))
 
 
 _BROKER_FIXES = {
@@ -385,7 +275,9 @@ def run_checks(config_arg: str | None) -> list[Check]:
     if config is not None:
         cfg = config
         steps.append(lambda: check_state_dir(cfg))
-        steps.extend(functools.partial(check_pipeline, p) for p in cfg.pipelines)
+        steps.append(lambda: _rows(preflight.check_files(cfg) + preflight.check_view(cfg)))
+        steps.extend(functools.partial(check_pipeline, cfg, i)
+                     for i in range(len(cfg.pipelines)))
         steps.append(lambda: check_broker(cfg))
     for step in steps:
         checks.extend(step())

@@ -258,8 +258,9 @@ def test_off_loopback_without_token_is_a_config_error(tmp_path: Path) -> None:
         ViewServer(ViewConfig(enabled=True, bind="0.0.0.0", port=0), None,
                    dict, dict)
     cfg = make_config(view={"enabled": True, "bind": "0.0.0.0"})
-    problems = check_view(cfg, lambda loc: ".".join(map(str, loc)))
-    assert problems and problems[0].startswith("view.bind: 0.0.0.0 is not a loopback")
+    problems = [f for f in check_view(cfg) if f.status == "fail"]
+    assert problems and problems[0].key == ("view", "bind")
+    assert problems[0].detail.startswith("0.0.0.0 is not a loopback")
 
 
 NETNS_CHILD = r"""
