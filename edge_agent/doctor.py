@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from edge_agent import __version__, preflight, sysinfo
-from edge_agent.config import DEFAULT_CONFIG_PATH, AgentConfig, load_config
+from edge_agent.config import DEFAULT_CONFIG_PATH, AgentConfig, PipelineConfig, load_config
 from edge_agent.errors import ConfigError
 from edge_agent.preflight import FAIL, OK, WARN, Finding
 
@@ -204,11 +204,11 @@ def check_state_dir(config: AgentConfig) -> list[Check]:
     return checks
 
 
-def check_pipeline(config: AgentConfig, index: int) -> list[Check]:
+def check_pipeline(p: PipelineConfig, index: int = 0) -> list[Check]:
     """The model loads (each execution target on its own too), fits its decoder, and the
     source opens: the preflight's own checks."""
-    return _rows(preflight.check_pipeline_model(config, index, each_target=True)
-                 + preflight.check_source(config, index))
+    return _rows(preflight.check_pipeline_model(p, index, each_target=True)
+                 + preflight.check_source(p, index))
 
 
 _BROKER_FIXES = {
@@ -276,8 +276,8 @@ def run_checks(config_arg: str | None) -> list[Check]:
         cfg = config
         steps.append(lambda: check_state_dir(cfg))
         steps.append(lambda: _rows(preflight.check_files(cfg) + preflight.check_view(cfg)))
-        steps.extend(functools.partial(check_pipeline, cfg, i)
-                     for i in range(len(cfg.pipelines)))
+        steps.extend(functools.partial(check_pipeline, p, i)
+                     for i, p in enumerate(cfg.pipelines))
         steps.append(lambda: check_broker(cfg))
     for step in steps:
         checks.extend(step())

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, Literal
 
-from edge_agent.config import AgentConfig, load_config, locate
+from edge_agent.config import AgentConfig, PipelineConfig, load_config, locate
 from edge_agent.errors import ConfigError, EdgeAgentError, ModelError, PluginUnavailableError
 
 logger = logging.getLogger(__name__)
@@ -61,14 +61,14 @@ def _readable(path: Path) -> str | None:
     return None
 
 
-def check_pipeline_model(config: AgentConfig, index: int, *,
+def check_pipeline_model(p: PipelineConfig, index: int = 0, *,
                          each_target: bool = False) -> list[Finding]:
     """One pipeline's model, labels and decoder: the model loads as the agent loads it (the
     first of its execution targets that loads and passes a warm-up) and the decoder fits it.
 
     Args:
-        config: the config.
-        index: the pipeline's index.
+        p: the pipeline's config.
+        index: its index in ``pipelines`` (for the key path).
         each_target: also load each execution target on its own (doctor: one
             ``<pipeline>: target <name>`` row per target, so a target behind a working one is
             checked too); only when the model has more than one.
@@ -77,7 +77,6 @@ def check_pipeline_model(config: AgentConfig, index: int, *,
     from edge_agent.decoders.labels import load_labels
     from edge_agent.runtime.targets import TargetRuntime, target_specs
 
-    p = config.pipelines[index]
     m = p.model
     base = ("pipelines", index, "model")
     model, decoder = f"{p.name}: model", f"{p.name}: decoder"
@@ -131,7 +130,7 @@ def check_pipeline_model(config: AgentConfig, index: int, *,
         return [*found, Finding(model, (*base, "path"), FAIL, str(exc), fix_model)]
     try:
         info = runtime.info
-        detail = (f"{runtime.path.name} on {info.delegate or 'CPU'} ({info.backend} "
+        detail = (f"{runtime.path.name} on {info.delegate or 'cpu'} ({info.backend} "
                   f"{info.backend_version}, {info.threads} threads)")
         if info.fallback_reason:
             found.append(Finding(model, (*base, "delegate"), WARN,
@@ -157,12 +156,11 @@ def check_pipeline_model(config: AgentConfig, index: int, *,
     return found
 
 
-def check_source(config: AgentConfig, index: int,
+def check_source(p: PipelineConfig, index: int = 0,
                  timeout: float = SOURCE_OPEN_TIMEOUT_S) -> list[Finding]:
     """Open and close one pipeline's source, on a thread: a FIFO or a dead stream can block."""
     from edge_agent.sources.factory import create_source
 
-    p = config.pipelines[index]
     name, key = f"{p.name}: source", ("pipelines", index, "source")
     what = f"{p.source.type} source {getattr(p.source, 'uri', '') or ''}".strip()
     fix = ("check the source uri, the device's permissions (group video) and that nothing "
@@ -258,10 +256,10 @@ def findings(config: AgentConfig, *, open_sources: bool = True,
         found += check_state_dir(config)
     found += check_files(config)
     found += check_view(config)
-    for i in range(len(config.pipelines)):
-        found += check_pipeline_model(config, i)
+    for i, p in enumerate(config.pipelines):
+        found += check_pipeline_model(p, i)
         if open_sources:
-            found += check_source(config, i)
+            found += check_source(p, i)
     return found
 
 
