@@ -5,8 +5,9 @@ face model on the sample video, ``fps: 0``: as fast as the pipeline takes frames
 view on, and alternates phases of ``--seconds`` each, in the same run:
 
 - ``quiet``: nobody connected;
-- ``hostile``: 50 idle connections (reopened when the server closes them) and one client
-  streaming MJPEG that reads one byte a second (reconnected when dropped);
+- ``idle50``: 50 idle connections (reopened whenever the server closes them);
+- ``hostile``: those, plus one client streaming MJPEG that reads one byte a second
+  (reconnected when dropped; while connected it is a viewer, so frames are rendered);
 - ``watched``: one normal viewer reading the stream as fast as it comes (the cost of looking).
 
 Pipeline fps per phase is the number of model invocations over the phase, from the agent's
@@ -58,12 +59,13 @@ def _invokes(metrics_port: int) -> float:
 class Hostile:
     """50 idle connections and one slow MJPEG reader, kept up until stopped."""
 
-    def __init__(self, port: int, idle: int = 50) -> None:
+    def __init__(self, port: int, idle: int = 50, slow: bool = True) -> None:
         self.port = port
         self.idle = idle
         self.stop = threading.Event()
-        self.threads = [threading.Thread(target=self._idle_loop, daemon=True),
-                        threading.Thread(target=self._slow_loop, daemon=True)]
+        self.threads = [threading.Thread(target=self._idle_loop, daemon=True)]
+        if slow:
+            self.threads.append(threading.Thread(target=self._slow_loop, daemon=True))
         self.reconnects = 0
 
     def _connect(self) -> socket.socket | None:
@@ -203,9 +205,13 @@ def main(argv: list[str] | None = None) -> int:
                         return 1
                     time.sleep(0.5)
             time.sleep(5)  # warm-up
-            fps: dict[str, list[float]] = {"quiet": [], "hostile": [], "watched": []}
+            fps: dict[str, list[float]] = {"quiet": [], "idle50": [], "hostile": [],
+                                           "watched": []}
             for _ in range(args.rounds):
                 fps["quiet"].append(_phase(metrics_port, args.seconds))
+                with Hostile(port, slow=False):
+                    time.sleep(2)
+                    fps["idle50"].append(_phase(metrics_port, args.seconds))
                 with Hostile(port):
                     time.sleep(2)  # let the connections pile up
                     fps["hostile"].append(_phase(metrics_port, args.seconds))

@@ -65,10 +65,10 @@ def _policy(seal: Any, faces: list[Any] | None = None, **privacy: Any) -> Privac
 
 
 def _result(*dets: Detection, classes: Any = None, values: Any = None,
-            image: np.ndarray | None = None) -> Result:
+            image: np.ndarray | None = None, zone_names: tuple[str, ...] = ()) -> Result:
     h, w = image.shape[:2] if image is not None else (720, 1280)
     return Result("door", 7, TS, w, h, MODEL, 11.8123456, Inference(tuple(dets), classes, values),
-                  image)
+                  image, zone_names)
 
 
 def _record() -> dict[str, list[dict[str, Any]]]:
@@ -141,6 +141,17 @@ def _record() -> dict[str, list[dict[str, Any]]]:
     ev = TrackEvent("door", TS + 0.5, "enter", 4, "person", 0, 1.23456, (0.1, 0.2, 0.3, 0.4))
     run("event", lambda s, g: [_policy(s).event(ev),
                                _policy(s, aggregate="counts").event(ev)])
+    zoned = (Detection(0, "person", 0.9, (0.1, 0.5, 0.2, 0.9), track_id=4,
+                       zones=("driveway", "porch")),
+             Detection(2, "car", 0.8, (0.5, 0.5, 0.9, 0.9), track_id=5, zones=("driveway",)),
+             Detection(1, "dog", 0.7, (0.3, 0.1, 0.4, 0.2), track_id=6))
+    names = ("driveway", "porch", "gate")
+    run("result_zones", lambda s, g: [
+        _policy(s).result(_result(*zoned, zone_names=names)),
+        _policy(s, aggregate="counts").result(_result(*zoned, zone_names=names))])
+    run("event_zone", lambda s, g: [_policy(s).event(TrackEvent(
+        "door", TS + 1, kind, 4, "person", 0, dwell, (0.1, 0.5, 0.2, 0.9), zone="driveway"))
+        for kind, dwell in (("zone_enter", 0.2), ("loitering", 30.0), ("zone_leave", 42.5))])
     image = np.zeros((64, 96, 3), np.uint8)
     image[16:48, 24:72] = (40, 200, 90)
     run("snapshot", lambda s, g: [

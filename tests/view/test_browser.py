@@ -184,6 +184,18 @@ def test_live_view_in_chromium(tmp_path: Path, broker: Mosquitto, browser: Any) 
         (face,) = before["face_detection_short_range"]
         assert not [b for b in after["face_detection_short_range"] if _overlap(b, face)], after
 
+        # a phone-sized window: the page fits its width, the stream shows
+        browser.set_window_size(390, 844)
+        browser.get(f"{base}/?token={TOKEN}")
+        _wait(lambda: browser.execute_script(
+            "const i = document.getElementById('stream-door'); return i && i.naturalWidth"),
+            60, "the stream on a phone-sized window", agent.log)
+        assert browser.execute_script(
+            "return document.documentElement.scrollWidth <= window.innerWidth + 1")
+        width = browser.execute_script(
+            "return document.getElementById('stream-door').getBoundingClientRect().width")
+        assert width > 300
+
         # a second view with a wrong token: 401, no image bytes
         browser.get(f"{base}/?token=wrong-{TOKEN}")
         assert "unauthorized" in browser.find_element("tag name", "body").text
