@@ -47,6 +47,7 @@ from edge_agent.consumer.sequence import (
     Rewind,
     SeqTracker,
 )
+from edge_agent.contract.messages import SPECS
 from edge_agent.mqtt.inbound import (
     BrokerOptions,
     InboundClient,
@@ -100,8 +101,9 @@ def topic_filters(prefix: str, devices: Sequence[str] | None, pipelines: Sequenc
     """The topic filters for devices x kinds x pipelines (``+`` where not narrowed)."""
     devs = list(devices) if devices else ["+"]
     pipes = list(pipelines) if pipelines else ["+"]
-    out = [f"{prefix}/{d}/status" for d in devs] if status else []
-    out += [f"{prefix}/{d}/{k}/{p}" for d in devs for k in kinds for p in pipes]
+    specs = {"results": SPECS["result"], "events": SPECS["event"]}
+    out = [SPECS["status"].topic_for(f"{prefix}/{d}", None) for d in devs] if status else []
+    out += [specs[k].topic_for(f"{prefix}/{d}", p) for d in devs for k in kinds for p in pipes]
     return out
 
 
@@ -211,7 +213,7 @@ class Consumer:
 
     def _status(self, device: str, kind: str, payload: bytes) -> None:
         try:
-            st = parse_status(payload, device)
+            st = parse_status(payload, device, kind)
         except MessageFormatError as exc:
             with self._lock:
                 self._stats.malformed += 1

@@ -1,7 +1,10 @@
 """Typed, read-only views of what a device publishes: results, events and status.
 
-These are light views over the JSON payloads of the contract (``edge_agent/schemas``): the
-fields a consumer needs are typed attributes, everything else stays in ``raw``. They parse
+These are light views over the JSON payloads of the contract: the topic patterns and schema ids
+come from :mod:`edge_agent.contract.messages` (the device's own declaration of each kind);
+the fields a consumer needs are typed attributes, everything else stays in ``raw``. (The
+contract's classes themselves are the *outgoing* messages, which only the device's privacy
+policy may build; a consumer gets these read-only views instead.) They parse
 leniently (an unknown extra field is kept, not refused) and strictly where identity is at stake
 (``id``, ``seq``, ``device``, ``pipeline`` must be present and well-typed), because dedupe and
 gap detection depend on them.
@@ -14,6 +17,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, ClassVar, Literal
+
+from edge_agent.contract.messages import SPECS, MessageSpec
 
 Kind = Literal["results", "events"]
 
@@ -170,6 +175,15 @@ def _decode(payload: bytes, where: str) -> dict[str, Any]:
     return obj
 
 
+def _check_schema(d: dict[str, Any], spec: MessageSpec, where: str) -> None:
+    """A ``schema`` field, when present, must be the contract's (another major version is
+    another format)."""
+    schema = d.get("schema")
+    if schema is not None and schema != spec.schema_id:
+        raise MessageFormatError(f"{where}: schema {schema!r} is not {spec.schema_id!r} "
+                                 "(is this edge-agent too old for the device?)")
+
+
 def _common(d: dict[str, Any], where: str) -> dict[str, Any]:
     ts = _str(d, "ts", where)
     boot = d.get("boot_id")
@@ -186,6 +200,7 @@ def parse_result(payload: bytes, where: str = "result") -> Result:
         MessageFormatError: not JSON, or ``id``/``seq``/``device``/``pipeline``/``ts`` missing.
     """
     d = _decode(payload, where)
+    _check_schema(d, SPECS["result"], where)
     dets = d.get("detections") or []
     if not isinstance(dets, list):
         raise MessageFormatError(f"{where}: detections must be a list")
@@ -205,6 +220,7 @@ def parse_event(payload: bytes, where: str = "event") -> Event:
         MessageFormatError: not JSON, or an identity field or ``event`` missing.
     """
     d = _decode(payload, where)
+    _check_schema(d, SPECS["event"], where)
     dwell = d.get("dwell_s")
     track = d.get("track_id")
     return Event(**_common(d, where), event=_str(d, "event", where),
@@ -215,15 +231,18 @@ def parse_event(payload: bytes, where: str = "event") -> Event:
                  zone=d.get("zone") if isinstance(d.get("zone"), str) else None)
 
 
-def parse_status(payload: bytes, device: str) -> Status | None:
-    """Decode a status (or inventory) payload; None for an empty one (a cleared retain).
+def parse_status(payload: bytes, device: str, kind: str = "status") -> Status | None:
+    """Decode a status (or, with ``kind="inventory"``, an inventory) payload; None for an
+    empty one (a cleared retain).
 
     Raises:
         MessageFormatError: not a JSON object.
     """
     if not payload:
         return None
-    d = _decode(payload, f"{device}/status")
+    d = _decode(payload, f"{device}/{kind}")
+    if kind == "status":
+        _check_schema(d, SPECS["status"], f"{device}/status")
     groups = d.get("groups") or []
     boot = d.get("boot_id")
     return Status(device=str(d.get("device") or device), state=str(d.get("state", "")),

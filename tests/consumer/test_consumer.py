@@ -124,3 +124,14 @@ def test_parse_broker(text: str, expected: tuple[str, int]) -> None:
 def test_parse_broker_refuses(text: str) -> None:
     with pytest.raises(ConfigError, match="--broker"):
         parse_broker(text)
+
+
+def test_another_schema_version_is_refused_clearly() -> None:
+    from edge_agent.consumer import MessageFormatError, parse_result
+
+    data = result("d", 1, "b")
+    assert parse_result(json.dumps(data).encode()).seq == 1
+    data["schema"] = "edge-agent/result@2"
+    with pytest.raises(MessageFormatError, match="'edge-agent/result@2' is not "
+                       "'edge-agent/result@1'"):
+        parse_result(json.dumps(data).encode())
