@@ -117,15 +117,21 @@ class PipelineSet:
         from edge_agent.camera_health import CameraHealthMonitor
         from edge_agent.motion import MotionGate
         from edge_agent.privacy.policy import PrivacyPolicy
+        from edge_agent.signing import load_public_keys
         from edge_agent.sources.factory import create_source
         from edge_agent.tracking import IouTracker
+        from edge_agent.updater.manifest import Destination
         from edge_agent.updater.store import ModelStore
         from edge_agent.updater.updater import ModelUpdater, UpdateHooks
         from edge_agent.zones import ZoneTracker
 
-        store = ModelStore(self.cfg.state_dir / "models" / p.name)
+        keys = load_public_keys(self.cfg.updates.public_keys)
+        store = ModelStore(self.cfg.state_dir / "models" / p.name, keys=keys)
         active = store.resolve_active(p.model.path)
         names = [t.label for t in p.model.resolved_targets()]
+        if active.reason:
+            logger.error("pipeline %s: not serving the stored model: %s; serving %s v%d",
+                         p.name, active.reason, active.name, active.version)
         bundle = load_bundle(p.model, p.score_threshold, path=active.path,
                              labels_path=active.labels_path or p.model.labels,
                              version=active.version,
@@ -144,11 +150,17 @@ class PipelineSet:
                             health=health,
                             observe=self.metrics.observe_stage)
         wired = _UpdateHooks(self, p, pipeline, store)
+        # updates keep the decoder kind the pipeline runs: ``auto`` is resolved once, for the
+        # configured model, and never re-inferred (a classifier cannot replace a detector)
+        kind = getattr(bundle.decoder, "kind", None) or p.model.decoder
+        wired.decoder = kind if kind != "auto" else None
+        target = Destination(p.name, self.cfg.device_id, tuple(self.cfg.mqtt.groups),
+                        name=p.model.name, decoder=wired.decoder)
         # the same interface the updater's tests hand in: the callables, not the object
         hooks = UpdateHooks(active=wired.active, validate=wired.validate, swap=wired.swap,
                             publish_state=wired.publish_state, reply=wired.reply,
                             targets=wired.targets)
-        updater = ModelUpdater(p.name, self.cfg.updates, store, hooks)
+        updater = ModelUpdater(p.name, self.cfg.updates, store, keys, hooks, target=target)
         pipeline.on_inference = updater.record_inference
         self.metrics.set_model_info(p.name, bundle.ref, bundle.runtime.info)
         tap = None
@@ -354,10 +366,12 @@ class PipelineSet:
         return unit
 
     def _cmd_update(self, command: Any) -> Any:
-        return self._unit_for(command).updater.handle_update(dict(command.payload))
+        return self._unit_for(command).updater.handle_update(dict(command.payload),
+                                                             command.group)
 
     def _cmd_rollback(self, command: Any) -> Any:
-        return self._unit_for(command).updater.rollback(command.payload.get("request_id"))
+        return self._unit_for(command).updater.rollback(command.payload.get("request_id"),
+                                                        command.payload.get("sha256"))
 
 
 class _UpdateHooks:
@@ -370,6 +384,7 @@ class _UpdateHooks:
         self.pipeline = pipeline
         self.store = store
         self._validated: tuple[Path, Path | None, ModelBundle] | None = None
+        self.decoder: str | None = None  # the pipeline's decoder kind, fixed for updates
 
     def active(self) -> tuple[str, int, str]:
         ref = self.pipeline.bundle.ref
@@ -383,7 +398,10 @@ class _UpdateHooks:
               target_files: Mapping[str, Path] | None = None) -> ModelBundle:
         if target_files is None and self.store is not None and manifest is not None:
             target_files = self.store.target_files(manifest, self.targets())
-        return load_bundle(self.cfg.model, self.cfg.score_threshold, path=path,
+        model = self.cfg.model
+        if self.decoder is not None and model.decoder != self.decoder:
+            model = model.model_copy(update={"decoder": self.decoder})
+        return load_bundle(model, self.cfg.score_threshold, path=path,
                            labels_path=labels_path or self.cfg.model.labels,
                            version=int(getattr(manifest, "version", 0) or 0),
                            name=getattr(manifest, "name", None),

@@ -142,6 +142,11 @@ def build_parser() -> argparse.ArgumentParser:
     mp.add_argument("--allow-downgrade", action="store_true")
     mp.add_argument("--target-file", action="append", default=None, metavar="NAME=FILE[@URL]",
                     help="the model file for one execution target (repeatable)")
+    for bound in ("pipeline", "device", "group"):
+        mp.add_argument(f"--for-{bound}", action="append", default=None, metavar="NAME",
+                        dest=f"for_{bound}",
+                        help=f"bind the manifest to this {bound} (repeatable, signed)")
+    mp.add_argument("--decoder", default=None, help="bind the manifest to this decoder kind")
     mp.add_argument("--out", required=True)
 
     mp = madd("verify", "edge_agent.updater.operator:cmd_verify",

@@ -727,6 +727,14 @@ class PipelineConfig(_Model):
 
 # --------------------------------------------------------------------------- device-wide
 
+class UrlOverrideConfig(_Model):
+    """Where a model update command's own ``url`` may point (default: nowhere; the url comes
+    only from the signed manifest). ``file`` is never allowed from a command."""
+
+    schemes: tuple[Literal["http", "https"], ...] = ()
+    hosts: tuple[str, ...] = ()
+
+
 class UpdatesConfig(_Model):
     """Signed model updates from the cloud."""
 
@@ -739,6 +747,8 @@ class UpdatesConfig(_Model):
     watch_seconds: NonNegativeFloat = 30.0
     max_failure_ratio: float = Field(default=0.2, ge=0, le=1)
     fetch_timeout_s: PositiveFloat = 30.0
+    download_deadline_s: PositiveFloat = 900.0  # a whole download, however slow the server
+    url_override: UrlOverrideConfig = UrlOverrideConfig()
 
 
 class CommandsConfig(_Model):
@@ -747,7 +757,9 @@ class CommandsConfig(_Model):
     require_signature: bool = True  # for commands that change the device (not model updates)
     public_keys: tuple[Path, ...] = ()  # default: updates.public_keys
     max_skew_s: PositiveFloat = 300.0
-    max_payload_bytes: PositiveInt = 64 * 1024 * 1024
+    max_payload_bytes: PositiveInt = 64 * 1024 * 1024  # model/update (inline model bytes)
+    max_config_bytes: PositiveInt = 256 * 1024  # the config command (a whole config.yaml)
+    max_command_bytes: PositiveInt = 16 * 1024  # every other command (rollback, restart)
 
 
 class HomeAssistantConfig(_Model):

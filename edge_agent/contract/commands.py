@@ -38,7 +38,9 @@ class CommandSpec:
         properties: the payload's own keys and their JSON Schemas.
         signed: a signature is required (when ``commands.require_signature`` is on); a model
             update is authenticated by its signed manifest instead.
-        max_bytes: the largest payload; None means ``commands.max_payload_bytes``.
+        max_bytes: a contract limit on the payload, below the config's (None: the config's
+            alone: ``commands.max_payload_bytes`` for a model update, ``max_config_bytes``
+            for config, ``max_command_bytes`` for every other command).
         aliases: further names the same command answers to.
     """
 
@@ -79,7 +81,10 @@ COMMANDS: tuple[CommandSpec, ...] = (
                                                              "maxLength": 2048}},
                 }, signed=False),
     CommandSpec("rollback", "Go back to the previous model of a pipeline", ("pipeline",),
-                {"pipeline": _PIPELINE}, signed=True, aliases=("model/rollback",)),
+                {"pipeline": _PIPELINE,
+                 # optional: the model meant; refused when previous is another one
+                 "sha256": {"type": "string", "pattern": "^[0-9a-f]{64}$"}},
+                signed=True, aliases=("model/rollback",)),
     CommandSpec("config", "Replace the whole config file (validated and preflighted first)",
                 ("config",), {"config": {"type": "string", "minLength": 1}}, signed=True),
     CommandSpec("restart", "Stop cleanly and exit 75 so systemd restarts the agent", (),

@@ -123,8 +123,12 @@ class MqttTransport:
             return
         self._started = True
         cfg = self.mqtt
+        from edge_agent.mqtt.commands import max_packet_size
+
         self._client.connect_async(cfg.host, cfg.port, keepalive=cfg.keepalive,
-                                   clean_start=False, properties=connect_properties(cfg))
+                                   clean_start=False,
+                                   properties=connect_properties(
+                                       cfg, max_packet_size(self.config.commands)))
         self._client.loop_start()
         self._pump = threading.Thread(target=self._run_pump, name="mqtt-outbox", daemon=True)
         self._pump.start()

@@ -11,8 +11,12 @@ Optional fields bind a signed command to its target: ``command`` (must equal the
 command), ``device`` (must equal this device) and ``group`` (must equal the topic's group).
 
 :class:`CommandDispatcher` never raises into paho's network thread: the subscription handler
-checks the size and queues; a worker thread parses, verifies, calls the handler and replies.
-Every message whose ``request_id`` can be read gets exactly one reply.
+checks the size against the command's own limit (:func:`command_limit`: kilobytes for every
+command but an inline model update) before anything is parsed, and queues; the payload is
+parsed once, top-level field types and lengths are checked before JSON Schema runs (so no
+error message ever carries a huge value), then the schema. A worker thread parses,
+verifies, calls the handler and replies. Every message whose ``request_id`` can be read gets
+exactly one reply.
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ import jsonschema
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from edge_agent.config import AgentConfig
+from edge_agent.config import AgentConfig, CommandsConfig
 from edge_agent.contract.commands import BY_NAME
 from edge_agent.contract.topics import Topics
 from edge_agent.mqtt.signed import (
@@ -69,9 +73,74 @@ _VALIDATORS = {name: jsonschema.Draft202012Validator(schema) for name, schema in
 
 SIGNED_COMMANDS = frozenset(name for name, spec in BY_NAME.items() if spec.signed)
 
+PACKET_OVERHEAD = 64 * 1024
+"""Room for the topic and properties of a command packet, above its payload."""
+
+
+def command_limit(name: str, cfg: CommandsConfig) -> int:
+    """The largest payload accepted for command ``name`` (the part of the topic after cmd/).
+
+    An inline model update may be large (``max_payload_bytes``); a config command is a whole
+    config.yaml (``max_config_bytes``); every other command, known or not, is kilobytes
+    (``max_command_bytes``). ``max_payload_bytes`` caps them all, and a contract limit
+    (``CommandSpec.max_bytes``) lowers one further.
+    """
+    if name == "model/update":
+        limit = cfg.max_payload_bytes
+    elif name == "config":
+        limit = min(cfg.max_config_bytes, cfg.max_payload_bytes)
+    else:
+        limit = min(cfg.max_command_bytes, cfg.max_payload_bytes)
+    spec = BY_NAME.get(name)
+    if spec is not None and spec.max_bytes is not None:
+        limit = min(limit, spec.max_bytes)
+    return limit
+
+
+def max_packet_size(cfg: CommandsConfig) -> int:
+    """The MQTT 5 Maximum Packet Size the agent announces at CONNECT."""
+    return max(cfg.max_payload_bytes, cfg.max_config_bytes, cfg.max_command_bytes) \
+        + PACKET_OVERHEAD
+
+
+_JSON_TYPES: dict[str, tuple[type, ...]] = {
+    "string": (str,), "object": (dict,), "number": (int, float), "integer": (int,),
+    "array": (list,), "boolean": (bool,),
+}
+
+
+def _precheck(obj: Any, schema: Mapping[str, Any]) -> None:
+    """Top-level shape, types and string lengths, with messages that never quote a value.
+
+    jsonschema formats the offending value into its messages (``repr`` of a 60 MB array);
+    this runs first, so only values already of the right type and size reach it.
+    """
+    if not isinstance(obj, dict):
+        raise CommandError(f"invalid: (payload): a JSON object is required, got "
+                           f"{type(obj).__name__}")
+    props = schema["properties"]
+    for key, value in obj.items():
+        spec = props.get(key)
+        if spec is None:
+            raise CommandError(f"invalid: (payload): unexpected field {str(key)[:64]!r}")
+        want = _JSON_TYPES.get(spec.get("type", ""), (object,))
+        if not isinstance(value, want) or (isinstance(value, bool) and bool not in want):
+            raise CommandError(f"invalid: {key}: must be of type {spec['type']}, got "
+                               f"{type(value).__name__}")
+        if isinstance(value, str) and len(value) > spec.get("maxLength", len(value)):
+            raise CommandError(f"invalid: {key}: longer than {spec['maxLength']} characters")
+
 
 class CommandError(Exception):
-    """A command was refused; the message goes into the error reply."""
+    """A command was refused; the message goes into the error reply.
+
+    Attributes:
+        request_id: the command's request_id when it could be read (for the reply).
+    """
+
+    def __init__(self, message: str, request_id: str | None = None) -> None:
+        super().__init__(message)
+        self.request_id = request_id
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,9 +257,11 @@ class CommandDispatcher:
             if self.topics.parse_command(topic) is None:
                 return  # our own replies on P/D/cmd/reply
             self.counters.received += 1
-            if len(payload) > self.cfg.max_payload_bytes:
-                self._refuse(None, f"payload of {len(payload)} bytes is over the limit of "
-                             f"{self.cfg.max_payload_bytes}", "oversized")
+            where = self.topics.parse_command(topic)
+            limit = command_limit(where.name if where is not None else "", self.cfg)
+            if len(payload) > limit:
+                self._refuse(None, f"oversized: payload of {len(payload)} bytes is over the "
+                             f"limit of {limit} for this command", "oversized")
                 return
             try:
                 self._queue.put_nowait((topic, payload))
@@ -230,55 +301,72 @@ class CommandDispatcher:
         """Process one command synchronously (the worker calls this; tests may too)."""
         if self.topics.parse_command(topic) is None:
             return
-        request_id = _peek_request_id(payload)
         try:
             command = self.parse(topic, payload)
-            request_id = command.request_id
             handler = self.handlers.get(command.name)
             if handler is None:
                 raise CommandError(f"unavailable: command {command.name!r} is not handled "
-                                   "on this device")
-            result = handler(command)
+                                   "on this device", command.request_id)
+            try:
+                result = handler(command)
+            except CommandError as exc:
+                exc.request_id = exc.request_id or command.request_id
+                raise
+            except Exception as exc:
+                logger.warning("command handler for %s failed: %s", topic, type(exc).__name__)
+                self._refuse(command.request_id, f"failed: {exc}", "handler")
+                return
         except CommandError as exc:
-            self._refuse(request_id, str(exc), str(exc).split(":")[0][:20])
+            self._refuse(exc.request_id, str(exc), str(exc).split(":")[0][:20])
             return
-        except Exception as exc:
-            logger.warning("command handler for %s failed: %s", topic, type(exc).__name__)
-            self._refuse(request_id, f"failed: {exc}", "handler")
+        except Exception as exc:  # a payload no check foresaw: a reply, not a dead worker
+            logger.warning("command on %s could not be processed: %s", topic,
+                           type(exc).__name__)
+            self._refuse(_peek_request_id(payload), f"invalid: {type(exc).__name__}",
+                         "invalid")
             return
         self.counters.accepted += 1
         if result is None:
-            self._send_reply(request_id, True, None)
+            self._send_reply(command.request_id, True, None)
 
     def parse(self, topic: str, payload: bytes) -> Command:
-        """Validate and authenticate a command.
+        """Validate and authenticate a command (the payload is parsed once).
 
         Raises:
-            CommandError: why it is refused (goes into the reply).
+            CommandError: why it is refused (goes into the reply), with the request_id when
+                it could be read.
         """
         where = self.topics.parse_command(topic)
         if where is None:
             raise CommandError(f"not a command topic: {topic}")
-        if len(payload) > self.cfg.max_payload_bytes:
-            raise CommandError("oversized: payload is over commands.max_payload_bytes")
-        validator = _VALIDATORS.get(where.name)
-        if validator is None:
-            raise CommandError(f"unknown command: {where.name!r} (known: "
-                               f"{', '.join(sorted(SCHEMAS))})")
-        limit = BY_NAME[where.name].max_bytes
-        if limit is not None and len(payload) > limit:
-            raise CommandError(f"oversized: a {where.name} command is at most {limit} bytes")
+        limit = command_limit(where.name, self.cfg)
+        if len(payload) > limit:
+            raise CommandError(f"oversized: payload of {len(payload)} bytes is over the limit "
+                               f"of {limit} for this command")
         try:
             obj = json.loads(payload)
         except (ValueError, UnicodeDecodeError, RecursionError):
             raise CommandError("malformed: payload is not JSON") from None
-        error = jsonschema.exceptions.best_match(validator.iter_errors(obj))
-        if error is not None:
-            path = ".".join(str(p) for p in error.absolute_path) or "(payload)"
-            raise CommandError(f"invalid: {path}: {error.message[:200]}")
-        key_id = None
-        if where.name in SIGNED_COMMANDS and self.cfg.require_signature:
-            key_id = self._authenticate(obj, where.name, where.group)
+        rid = _request_id_of(obj)
+        validator = _VALIDATORS.get(where.name)
+        if validator is None:
+            raise CommandError(f"unknown command: {where.name[:64]!r} (known: "
+                               f"{', '.join(sorted(SCHEMAS))})", rid)
+        try:
+            if isinstance(obj, dict) and "request_id" in obj and rid is None:
+                raise CommandError("invalid: request_id: 1-128 printable characters (no "
+                                   "newlines or control characters)")
+            _precheck(obj, SCHEMAS[where.name])
+            error = jsonschema.exceptions.best_match(validator.iter_errors(obj))
+            if error is not None:
+                path = ".".join(str(p) for p in error.absolute_path) or "(payload)"
+                raise CommandError(f"invalid: {path}: {error.message[:200]}")
+            key_id = None
+            if where.name in SIGNED_COMMANDS and self.cfg.require_signature:
+                key_id = self._authenticate(obj, where.name, where.group)
+        except CommandError as exc:
+            exc.request_id = rid
+            raise
         return Command(where.name, obj["request_id"], obj, topic, where.group, key_id)
 
     def _authenticate(self, obj: dict[str, Any], name: str, group: str | None) -> str:
@@ -291,6 +379,9 @@ class CommandDispatcher:
         try:
             signature = base64.b64decode(obj["signature"], validate=True)
             key.verify(signature, canonical_json(obj))
+        except UnicodeEncodeError:
+            raise CommandError("invalid: the command has text that is not valid UTF-8 (a lone "
+                               "surrogate)") from None
         except (binascii.Error, ValueError, InvalidSignature):
             raise CommandError("bad signature: the signature does not verify") from None
         if obj.get("command", name) != name:
@@ -321,14 +412,19 @@ class CommandDispatcher:
             logger.exception("command reply failed")
 
 
-def _peek_request_id(payload: bytes) -> str | None:
-    """The request_id of a payload if it is a JSON object with a string one, else None."""
-    try:
-        obj = json.loads(payload)
-    except (ValueError, UnicodeDecodeError, RecursionError):
-        return None
+def _request_id_of(obj: Any) -> str | None:
+    """The request_id of a decoded payload when it is one that is safe to log and echo: a
+    string of 1-128 printable characters (a newline in it would forge log lines)."""
     if isinstance(obj, dict):
         value = obj.get("request_id")
-        if isinstance(value, str) and 0 < len(value) <= 128:
+        if isinstance(value, str) and 0 < len(value) <= 128 and value.isprintable():
             return value
     return None
+
+
+def _peek_request_id(payload: bytes) -> str | None:
+    """The request_id of a payload if it is a JSON object with a safe one, else None."""
+    try:
+        return _request_id_of(json.loads(payload))
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        return None

@@ -104,12 +104,16 @@ def build_client(config: AgentConfig, window: int, *, client_id: str | None = No
     return client
 
 
-def connect_properties(cfg: MqttConfig) -> Properties | None:
-    """MQTT 5 CONNECT properties (session expiry, so the session outlives a disconnect)."""
+def connect_properties(cfg: MqttConfig, max_packet: int | None = None) -> Properties | None:
+    """MQTT 5 CONNECT properties: session expiry (so the session outlives a disconnect) and,
+    when given, Maximum Packet Size: the broker drops (and never queues for us) any packet
+    larger, so an oversized command costs the device nothing, not even its receipt."""
     if cfg.protocol != "5":
         return None
     props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
     props.SessionExpiryInterval = SESSION_EXPIRY_S
+    if max_packet is not None:
+        props.MaximumPacketSize = max_packet
     return props
 
 

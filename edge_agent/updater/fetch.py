@@ -6,6 +6,12 @@ operation has a timeout, so a server that accepts and never answers ends in "tim
 ``.part`` file left by an interrupted download is resumed with a Range request; a server that
 ignores Range (200 instead of 206) restarts it from zero. Nothing here activates anything:
 the caller checks size and sha256 of the finished file.
+
+Containment: a redirect is followed only to http or https (never from https to http, never to
+``file:`` or ``ftp:``); ``deadline_s`` bounds the whole download, and each read returns what
+one receive gave (a trickling server cannot hold a read open past the deadline); a ``file:``
+source must be a regular file (a FIFO or a device would block or never end) and is refused
+altogether when ``allow_file`` is false (a url taken from a command).
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ import base64
 import binascii
 import os
 import shutil
+import stat
 import threading
 import time
 import urllib.error
@@ -21,7 +28,7 @@ import urllib.parse
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from edge_agent.errors import UpdateError
 
@@ -39,13 +46,14 @@ def _check_disk(dest: Path, needed: int) -> None:
 
 def _copy(src: IO[bytes], out: IO[bytes], done: int, total: int, progress: Progress | None,
           cancel: threading.Event | None, deadline: float | None = None) -> int:
+    read = getattr(src, "read1", src.read)  # one receive at most: the deadline stays in force
     while True:
         if cancel is not None and cancel.is_set():
             raise UpdateError("download cancelled (the agent is stopping)")
         if deadline is not None and time.monotonic() > deadline:
             raise UpdateError(f"download too slow: {done} of {total} bytes before the deadline; "
                               "the partial file is kept and resumed next time")
-        chunk = src.read(CHUNK)
+        chunk = read(CHUNK)
         if not chunk:
             return done
         done += len(chunk)
@@ -63,7 +71,8 @@ def _finish(out: IO[bytes]) -> None:
 
 def fetch(url: str, dest: str | Path, expected_size: int, *, timeout: float = 30.0,
           progress: Progress | None = None, cancel: threading.Event | None = None,
-          deadline_s: float | None = None) -> Path:
+          deadline_s: float | None = None, allow_file: bool = True,
+          allow_redirect: Callable[[str], str | None] | None = None) -> Path:
     """Download ``url`` into ``dest`` (a ``.part`` file), resuming what is already there.
 
     Args:
@@ -75,6 +84,9 @@ def fetch(url: str, dest: str | Path, expected_size: int, *, timeout: float = 30
         cancel: set to abort between chunks.
         deadline_s: the whole download must finish within this many seconds (a server that
             trickles bytes just fast enough to beat ``timeout`` is cut off).
+        allow_file: whether a ``file:`` url is acceptable (not for a url from a command).
+        allow_redirect: ``(url) -> why not | None``, asked about every redirect target in
+            addition to the scheme rules.
 
     Returns:
         ``dest``, holding at most ``expected_size`` bytes (the caller checks size and sha256).
@@ -93,22 +105,34 @@ def fetch(url: str, dest: str | Path, expected_size: int, *, timeout: float = 30
         return dest
     parsed = urllib.parse.urlparse(url)
     if parsed.scheme == "file":
+        if not allow_file:
+            raise UpdateError("file: urls are not accepted from a command")
         return _fetch_file(Path(urllib.request.url2pathname(parsed.path)), dest, have,
                            expected_size, progress, cancel)
     if parsed.scheme not in ("http", "https"):
         raise UpdateError(f"unsupported URL scheme {parsed.scheme!r}: use http, https or file")
     deadline = time.monotonic() + deadline_s if deadline_s else None
-    return _fetch_http(url, dest, have, expected_size, timeout, progress, cancel, deadline)
+    return _fetch_http(url, dest, have, expected_size, timeout, progress, cancel, deadline,
+                       allow_redirect)
 
 
 def _fetch_file(src: Path, dest: Path, have: int, total: int, progress: Progress | None,
                 cancel: threading.Event | None) -> Path:
     try:
-        size = src.stat().st_size
+        # O_NONBLOCK: opening a FIFO must not wait for a writer; fstat the opened file so the
+        # check and the read are about the same file
+        fd = os.open(src, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            os.close(fd)
+            raise UpdateError(f"{src} is not a regular file: refused")
+        os.set_blocking(fd, True)
+        size = info.st_size
         if size > total:
+            os.close(fd)
             raise UpdateError(f"{src} is {size} bytes, over the manifest size of {total}: "
                               "refused")
-        with src.open("rb") as fh, dest.open("ab") as out:
+        with os.fdopen(fd, "rb") as fh, dest.open("ab") as out:
             fh.seek(have)
             _copy(fh, out, have, total, progress, cancel)
             _finish(out)
@@ -119,15 +143,43 @@ def _fetch_file(src: Path, dest: Path, have: int, total: int, progress: Progress
     return dest
 
 
+class _RedirectGuard(urllib.request.HTTPRedirectHandler):
+    """Follow a redirect only to http(s), never from https down to http, and only where
+    ``allow`` (when given) says yes."""
+
+    def __init__(self, allow: Callable[[str], str | None] | None) -> None:
+        self.allow = allow
+
+    def redirect_request(self, req: urllib.request.Request, fp: IO[bytes], code: int, msg: str,
+                         headers: Any, newurl: str) -> urllib.request.Request | None:
+        old = urllib.parse.urlparse(req.full_url).scheme
+        new = urllib.parse.urlparse(newurl).scheme
+        why: str | None = None
+        if new not in ("http", "https"):
+            why = f"to scheme {new!r}"
+        elif old == "https" and new == "http":
+            why = "from https down to http"
+        elif self.allow is not None:
+            why = self.allow(newurl)
+        if why is not None:
+            raise UpdateError(f"redirect refused ({why}): {_safe(req.full_url)} -> "
+                              f"{_safe(newurl)}")
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
 def _fetch_http(url: str, dest: Path, have: int, total: int, timeout: float,
                 progress: Progress | None, cancel: threading.Event | None,
-                deadline: float | None) -> Path:
+                deadline: float | None,
+                allow_redirect: Callable[[str], str | None] | None = None) -> Path:
     headers = {"User-Agent": "edge-agent-updater"}
     if have:
         headers["Range"] = f"bytes={have}-"
     request = urllib.request.Request(url, headers=headers)  # noqa: S310 (scheme checked)
+    opener = urllib.request.build_opener(_RedirectGuard(allow_redirect))
+    if deadline is not None:
+        timeout = max(0.1, min(timeout, deadline - time.monotonic()))
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as resp:  # noqa: S310
+        with opener.open(request, timeout=timeout) as resp:
             status = resp.status
             if status == 206:
                 start = have

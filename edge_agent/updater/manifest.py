@@ -23,6 +23,11 @@ Labels travel inside the manifest as inline text (``labels``), so the signature 
 no second download can fail or be swapped; ``labels_sha256`` is their sha256 and is checked.
 Label files are small (ImageNet's 1001 labels are 22 KB). Unknown fields are kept and covered
 by the signature (newer signers may add fields); they are otherwise ignored.
+
+Optional target fields bind a manifest to where it may be installed, inside the signature:
+``pipeline``, ``device`` and ``group`` (each a name or a list of names; the update is refused
+on a pipeline, device or fleet group not listed) and ``decoder`` (the decoder kind the model
+is made for; refused on a pipeline whose decoder is another kind). See :func:`check_destination`.
 """
 
 from __future__ import annotations
@@ -80,6 +85,10 @@ class Manifest:
     labels_sha256: str | None = None
     allow_downgrade: bool = False
     targets: Mapping[str, TargetFile] = field(default_factory=dict)
+    pipelines: tuple[str, ...] | None = None
+    devices: tuple[str, ...] | None = None
+    groups: tuple[str, ...] | None = None
+    decoder: str | None = None
     raw: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @property
@@ -140,6 +149,17 @@ def _targets(value: Any) -> dict[str, TargetFile]:
     return out
 
 
+def _names(obj: Mapping[str, Any], key: str) -> tuple[str, ...] | None:
+    value = obj.get(key)
+    if value is None:
+        return None
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list) or not items or len(items) > 1024 or not all(
+            isinstance(v, str) and 0 < len(v) <= 128 for v in items):
+        raise UpdateError(f"manifest {key} must be a name or a non-empty list of names")
+    return tuple(items)
+
+
 def parse_manifest(data: str | bytes | Mapping[str, Any]) -> Manifest:
     """A :class:`Manifest` from JSON text or a decoded object, strictly validated.
 
@@ -158,6 +178,12 @@ def parse_manifest(data: str | bytes | Mapping[str, Any]) -> Manifest:
         obj = dict(data)
     if not isinstance(obj, dict):
         raise UpdateError("manifest must be a JSON object")
+    try:
+        json.dumps(obj, ensure_ascii=False).encode("utf-8")
+    except (UnicodeEncodeError, ValueError, TypeError, RecursionError) as exc:
+        # e.g. a lone surrogate ("\ud800"): valid JSON, but no UTF-8 to sign or verify
+        raise UpdateError(f"manifest is not valid UTF-8 JSON text: {type(exc).__name__}") \
+            from None
     if obj.get("schema") != SCHEMA:
         raise UpdateError(f"manifest schema must be {SCHEMA!r}, got {obj.get('schema')!r}")
     name = _check_name(obj.get("name"))
@@ -190,10 +216,60 @@ def parse_manifest(data: str | bytes | Mapping[str, Any]) -> Manifest:
         if not isinstance(value, str):
             raise UpdateError(f"manifest {key} must be a string")
     targets = _targets(obj.get("targets"))
+    decoder = obj.get("decoder")
+    if decoder is not None and (not isinstance(decoder, str) or not NAME_RE.fullmatch(decoder)):
+        raise UpdateError("manifest decoder must be a decoder kind such as 'ssd'")
     return Manifest(name=name, version=version, sha256=sha, size=size, created=created,
                     key_id=kid, signature=signature, url=url, labels=labels,
                     labels_sha256=labels_sha, allow_downgrade=allow_downgrade,
-                    targets=targets, raw=obj)
+                    targets=targets, pipelines=_names(obj, "pipeline"),
+                    devices=_names(obj, "device"), groups=_names(obj, "group"),
+                    decoder=decoder, raw=obj)
+
+
+@dataclass(frozen=True)
+class Destination:
+    """Where an update is being installed, for :func:`check_destination`.
+
+    Attributes:
+        pipeline: the pipeline's name.
+        device: this device's id.
+        groups: the fleet groups this device belongs to (``mqtt.groups``).
+        via_group: the group whose topic the command arrived on (None: the device's own).
+        name: the model name the pipeline accepts (``model.name`` in its config), or None.
+        decoder: the decoder kind the pipeline runs (never ``auto``), or None.
+    """
+
+    pipeline: str
+    device: str
+    groups: tuple[str, ...] = ()
+    via_group: str | None = None
+    name: str | None = None
+    decoder: str | None = None
+
+
+def check_destination(manifest: Manifest, target: Destination) -> None:
+    """Refuse a manifest signed for another pipeline, device, group, model name or decoder.
+
+    Raises:
+        UpdateError: ``wrong target: ...`` naming the field that does not match.
+    """
+    if manifest.pipelines is not None and target.pipeline not in manifest.pipelines:
+        raise UpdateError(f"wrong target: the manifest is signed for pipeline "
+                          f"{', '.join(manifest.pipelines)}, not {target.pipeline}")
+    if manifest.devices is not None and target.device not in manifest.devices:
+        raise UpdateError("wrong target: the manifest is signed for another device")
+    if manifest.groups is not None:
+        mine = set(target.groups) if target.via_group is None else {target.via_group}
+        if not mine & set(manifest.groups):
+            raise UpdateError("wrong target: the manifest is signed for another group")
+    if target.name is not None and manifest.name != target.name:
+        raise UpdateError(f"wrong target: model {manifest.name!r} is not {target.name!r}, the "
+                          "model.name this pipeline accepts")
+    if manifest.decoder is not None and target.decoder is not None \
+            and manifest.decoder != target.decoder:
+        raise UpdateError(f"wrong decoder: the manifest is for decoder {manifest.decoder!r}, "
+                          f"this pipeline decodes with {target.decoder!r}")
 
 
 def verify_manifest(manifest: Manifest, keys: Mapping[str, Ed25519PublicKey]) -> str:

@@ -43,11 +43,19 @@ def cmd_keygen(args: argparse.Namespace) -> int:
 
 
 def cmd_sign(args: argparse.Namespace) -> int:
-    """``model sign FILE --key KEY --name N --version V [--url] [--labels] --out MANIFEST``."""
+    """``model sign FILE --key KEY --name N --version V [--url] [--labels] [--for-pipeline P]
+    [--for-device D] [--for-group G] [--decoder KIND] --out MANIFEST``."""
     model = Path(args.file)
     if not model.is_file():
         raise UpdateError(f"{model}: no such file")
     labels = Path(args.labels).read_text(encoding="utf-8") if args.labels else None
+    extra: dict[str, Any] = {}
+    for bound in ("pipeline", "device", "group"):
+        names = getattr(args, f"for_{bound}", None)
+        if names:
+            extra[bound] = names[0] if len(names) == 1 else list(names)
+    if getattr(args, "decoder", None):
+        extra["decoder"] = args.decoder
     targets: dict[str, TargetFile] = {}
     for spec in getattr(args, "target_file", None) or []:
         name, sep, rest = spec.partition("=")
@@ -61,7 +69,8 @@ def cmd_sign(args: argparse.Namespace) -> int:
     manifest = build_manifest(
         name=args.name, version=int(args.version), sha256=sha256_file(model),
         size=model.stat().st_size, key=load_private_key(args.key), url=args.url, labels=labels,
-        allow_downgrade=bool(getattr(args, "allow_downgrade", False)), targets=targets)
+        allow_downgrade=bool(getattr(args, "allow_downgrade", False)), targets=targets,
+        extra=extra or None)
     out = Path(args.out)
     out.write_text(manifest.to_json() + "\n", encoding="utf-8")
     print(f"{out}: {manifest.name} v{manifest.version} sha256 {manifest.sha256} "

@@ -22,8 +22,10 @@ that crashes the device cannot keep it in a crash loop.
 Crash safety: every file is complete before a pointer names it (written to a temporary name,
 fsynced, renamed, directory fsynced). Pointer updates happen one ``os.replace`` at a time and
 every intermediate state names valid models. At start :meth:`resolve_active` re-hashes the
-current model against its stored manifest and falls back to previous, then to the configured
-file.
+current model against its stored manifest, re-verifies the manifest's signature against the
+configured keys (a model planted in the store, or signed by a key since removed from the
+config, is not trusted) and falls back to previous, then to the configured file, loudly.
+``floor.json`` is the anti-rollback floor (:mod:`edge_agent.updater.floor`).
 """
 
 from __future__ import annotations
@@ -38,11 +40,14 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
 from edge_agent.digest import (
     sha256_file as sha256_file,  # re-exported: tests and tools import it here
 )
 from edge_agent.errors import UpdateError
-from edge_agent.updater.manifest import Manifest, parse_manifest
+from edge_agent.updater.floor import FLOOR_FILE, RollbackFloor
+from edge_agent.updater.manifest import Manifest, parse_manifest, verify_manifest
 
 logger = logging.getLogger(__name__)
 
@@ -116,11 +121,16 @@ class ModelStore:
         directory: ``state_dir/models/<pipeline>``.
         configured_path: the model named in the config (version 0).
         configured_labels: its labels file from the config.
+        keys: the trusted public keys; every stored manifest's signature is re-verified
+            against them before its model is served (None: not checked, for tools that only
+            look at a store).
     """
 
     def __init__(self, directory: str | Path, configured_path: str | Path | None = None,
-                 configured_labels: str | Path | None = None) -> None:
+                 configured_labels: str | Path | None = None,
+                 keys: Mapping[str, Ed25519PublicKey] | None = None) -> None:
         self.dir = Path(directory)
+        self.keys = dict(keys) if keys is not None else None
         self.staging = self.dir / "staging"
         self.staging.mkdir(parents=True, exist_ok=True)
         self.configured_path = Path(configured_path) if configured_path else None
@@ -240,6 +250,12 @@ class ModelStore:
             raise UpdateError(f"model {sha[:12]} has no stored manifest") from exc
         if manifest.sha256 != sha:
             raise UpdateError(f"stored manifest of {sha[:12]} names another model")
+        if self.keys is not None:
+            try:
+                verify_manifest(manifest, self.keys)
+            except UpdateError as exc:
+                raise UpdateError(f"stored manifest of {sha[:12]} is not trusted: {exc}") \
+                    from None
         path = self.model_path(sha)
         try:
             size = path.stat().st_size
@@ -334,6 +350,17 @@ class ModelStore:
         except (OSError, UpdateError):
             return {"name": "unknown", "version": 0, "sha256": ptr.target}
         return m.describe()
+
+    def floor(self) -> RollbackFloor:
+        """The anti-rollback floor, starting (when its file is missing) at the highest version
+        among the trusted models that current and previous name."""
+        initial = 0
+        for which in ("current", "previous"):
+            ptr = self.read_pointer(which)
+            if ptr is not None and ptr.target != CONFIGURED:
+                with contextlib.suppress(UpdateError):
+                    initial = max(initial, self.check(ptr.target).version)
+        return RollbackFloor(self.dir / FLOOR_FILE, initial)
 
     # -- housekeeping --------------------------------------------------------------------
     def cleanup(self) -> None:

@@ -8,14 +8,23 @@ touches a runtime, a decoder or MQTT itself.
 
 One update runs at a time, on the updater's own worker thread; a second command while one
 is running (or while a new model is being watched) is answered "busy".
+
+Refused before anything is fetched: updates disabled in the config (``updates.enabled:
+false``); a manifest that does not verify, is signed for another target (pipeline, device,
+group, model name or decoder kind: :func:`~edge_agent.updater.manifest.check_destination`), or is
+not above the anti-rollback floor (:mod:`edge_agent.updater.floor`); a ``url`` in the command
+that the device's own config does not allow (``updates.url_override``): by default the url
+comes only from the signed manifest.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import queue
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +37,13 @@ from edge_agent.digest import sha256_file
 from edge_agent.errors import EdgeAgentError, UpdateError
 from edge_agent.signing import load_public_keys
 from edge_agent.updater.fetch import fetch, write_inline
-from edge_agent.updater.manifest import Manifest, parse_manifest, verify_manifest
+from edge_agent.updater.manifest import (
+    Manifest,
+    Destination,
+    check_destination,
+    parse_manifest,
+    verify_manifest,
+)
 from edge_agent.updater.store import ActiveModel, ModelStore
 from edge_agent.updater.watch import ModelWatch
 
@@ -78,11 +93,12 @@ class ModelUpdater:
         store: this pipeline's :class:`ModelStore`.
         keys: trusted public keys by key_id (``signing.load_public_keys``).
         hooks: the agent's callables.
+        target: what a manifest must be signed for (default: just this pipeline's name).
     """
 
     def __init__(self, pipeline: str, config: UpdatesConfig, store: ModelStore,
                  keys: Mapping[str, Ed25519PublicKey] | UpdateHooks | None = None,
-                 hooks: UpdateHooks | None = None) -> None:
+                 hooks: UpdateHooks | None = None, target: Destination | None = None) -> None:
         if hooks is None and isinstance(keys, UpdateHooks):
             keys, hooks = None, keys  # ModelUpdater(pipeline, config, store, hooks)
         if hooks is None or isinstance(keys, UpdateHooks):
@@ -92,6 +108,8 @@ class ModelUpdater:
         self.store = store
         self.keys = dict(keys) if keys is not None else load_public_keys(config.public_keys)
         self.hooks = hooks
+        self.target = target or Destination(pipeline, "")
+        self.floor = store.floor()
         self._last_state: dict[str, Any] | None = None
         self._queue: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=1)
         self._lock = threading.Lock()
@@ -140,8 +158,12 @@ class ModelUpdater:
             return self._busy
 
     # -- entry points (any thread) -------------------------------------------------------
-    def handle_update(self, command: Mapping[str, Any]) -> bool:
+    def handle_update(self, command: Mapping[str, Any], via_group: str | None = None) -> bool:
         """Queue an update command ``{request_id, pipeline, manifest, url?, data?}``.
+
+        Args:
+            command: the command's payload.
+            via_group: the fleet group whose topic it arrived on (None: the device's own).
 
         Returns:
             True when accepted; False when busy (then "busy" has been replied).
@@ -149,11 +171,30 @@ class ModelUpdater:
         rid = str(command.get("request_id", ""))
         if not self._claim(rid):
             return False
-        self._queue.put(("update", dict(command)))
+        self._queue.put(("update", (dict(command), via_group)))
         return True
 
-    def rollback(self, request_id: str) -> bool:
-        """Roll back to the previous model (manual). During a watch it ends the watch."""
+    def rollback(self, request_id: str, sha256: str | None = None) -> bool:
+        """Roll back to the previous model (manual). During a watch it ends the watch.
+
+        A rollback goes to exactly one older model, ``previous``, once (previous is cleared
+        by it); the anti-rollback floor stays, so no older manifest becomes installable.
+
+        Args:
+            request_id: the signed command's id.
+            sha256: when given, the model the operator means to go back to: refused when
+                ``previous`` is another one.
+        """
+        if sha256 is not None:
+            prev = self.store.read_pointer("previous")
+            target = None if prev is None else (
+                self.store.configured().sha256 if prev.target == "configured" else prev.target)
+            if target != sha256:
+                why = (f"rollback refused: the previous model is "
+                       f"{(target or 'none')[:12]}, not {sha256[:12]}")
+                logger.warning("pipeline %s: %s", self.pipeline, why)
+                self.hooks.reply(request_id, False, why)
+                return False
         with self._lock:
             if self._watch is not None:
                 self._watch.manual = request_id
@@ -201,7 +242,7 @@ class ModelUpdater:
                 self._released = False  # this job's claim is still held
             try:
                 if kind == "update":
-                    self._update(arg)
+                    self._update(*arg)
                 else:
                     self._manual_rollback(arg)
             except Exception:  # worker boundary: keep the updater alive
@@ -267,13 +308,13 @@ class ModelUpdater:
             logger.warning("pipeline %s: re-publishing model state failed: %s", self.pipeline,
                            exc)
 
-    def _update(self, command: dict[str, Any]) -> None:
+    def _update(self, command: dict[str, Any], via_group: str | None = None) -> None:
         rid = str(command.get("request_id", ""))
         about: dict[str, Any] | None = None
         t0 = time.monotonic()
         downloaded = False
         try:
-            manifest = self._check_manifest(command)
+            manifest, downgrade = self._check_manifest(command, via_group)
             about = manifest.describe()
             staged = self._obtain(command, manifest)
             downloaded = True
@@ -289,7 +330,7 @@ class ModelUpdater:
                 labels.write_text(manifest.labels)
             self._publish("validating", about, None)
             self._validate(staged, labels, targets)
-            self._install_and_swap(staged, manifest, targets)
+            self._install_and_swap(staged, manifest, targets, downgrade)
             watch = ModelWatch(manifest.sha256, about, rid, self.config)
             with self._lock:
                 self._watch = watch  # the new model serves from here on
@@ -316,7 +357,11 @@ class ModelUpdater:
         self.store.prune()
         self._watch_model(watch)
 
-    def _check_manifest(self, command: Mapping[str, Any]) -> Manifest:
+    def _check_manifest(self, command: Mapping[str, Any], via_group: str | None = None
+                        ) -> tuple[Manifest, bool]:
+        """The verified manifest and whether it is a signed downgrade (below the floor)."""
+        if not self.config.enabled:
+            raise UpdateError("updates are disabled on this device (updates.enabled: false)")
         if "manifest" not in command:
             raise UpdateError("command has no manifest")
         pipeline = command.get("pipeline")
@@ -329,18 +374,23 @@ class ModelUpdater:
             raise UpdateError(f"model size {size} is over updates.max_size_bytes "
                               f"({self.config.max_size_bytes})")
         verify_manifest(manifest, self.keys)
+        check_destination(manifest, dataclasses.replace(self.target, via_group=via_group))
         _name, version, sha = self.hooks.active()
         if manifest.sha256 == sha:
             raise UpdateError(f"model {sha[:12]} is already active")
-        if manifest.version <= version:
-            if not (self.config.allow_downgrade and manifest.allow_downgrade):
-                raise UpdateError(
-                    f"version {manifest.version} is not above the active version {version}; a "
-                    "downgrade needs updates.allow_downgrade on the device and a manifest "
-                    "signed with --allow-downgrade")
-            logger.info("pipeline %s: downgrade %d -> %d allowed by config and manifest",
-                        self.pipeline, version, manifest.version)
-        return manifest
+        downgrade = self.floor.check(manifest, self.config.allow_downgrade)
+        if downgrade:
+            logger.info("pipeline %s: downgrade %d -> %d allowed by config and manifest "
+                        "(floor %d)", self.pipeline, version, manifest.version,
+                        self.floor.version)
+        url = command.get("url")
+        if url is not None and command.get("data") is None:
+            check_url_override(str(url), self.config)
+        urls = command.get("target_urls")
+        if isinstance(urls, Mapping):
+            for target_url in urls.values():
+                check_url_override(str(target_url), self.config)
+        return manifest, downgrade
 
     def _obtain(self, command: Mapping[str, Any], manifest: Manifest) -> Path:
         sha, total = manifest.sha256, manifest.size
@@ -369,9 +419,14 @@ class ModelUpdater:
         url = command.get("url") or manifest.url
         if not url:
             raise UpdateError("no url in the command or the manifest, and no inline data")
+        overridden = command.get("url") is not None
+        deadline = min(self.config.download_deadline_s,
+                       self.config.fetch_timeout_s + total / MIN_DOWNLOAD_RATE)
         return fetch(str(url), part, total, timeout=self.config.fetch_timeout_s,
-                     progress=progress, cancel=self._stop,
-                     deadline_s=self.config.fetch_timeout_s + total / MIN_DOWNLOAD_RATE)
+                     progress=progress, cancel=self._stop, deadline_s=deadline,
+                     allow_file=not overridden,
+                     allow_redirect=(lambda u: _override_allows(u, self.config))
+                     if overridden else None)
 
     def _my_targets(self, manifest: Manifest) -> list[str]:
         """The manifest's per-target files this device has a target for (the rest are not
@@ -401,12 +456,17 @@ class ModelUpdater:
                 part.unlink(missing_ok=True)
                 write_inline(inline[name], part, tf.size)
             else:
-                url = (urls.get(name) if isinstance(urls, Mapping) else None) or tf.url
+                given = urls.get(name) if isinstance(urls, Mapping) else None
+                url = given or tf.url
                 if not url:
                     raise UpdateError(f"no url or inline data for the file of target {name}")
                 fetch(str(url), part, tf.size, timeout=self.config.fetch_timeout_s,
                       cancel=self._stop,
-                      deadline_s=self.config.fetch_timeout_s + tf.size / MIN_DOWNLOAD_RATE)
+                      deadline_s=min(self.config.download_deadline_s,
+                                     self.config.fetch_timeout_s + tf.size / MIN_DOWNLOAD_RATE),
+                      allow_file=given is None,
+                      allow_redirect=(lambda u: _override_allows(u, self.config))
+                      if given is not None else None)
             out[name] = part
         return out
 
@@ -437,8 +497,10 @@ class ModelUpdater:
             raise UpdateError(f"validation failed: {type(exc).__name__}: {exc}") from exc
 
     def _install_and_swap(self, staged: Path, manifest: Manifest,
-                          targets: Mapping[str, Path] | None = None) -> Path:
+                          targets: Mapping[str, Path] | None = None,
+                          downgrade: bool = False) -> Path:
         path = self.store.install(staged, manifest, targets)
+        self.floor.record(manifest, downgrade)  # before current names it: never lowered
         watching = self.config.watch_inferences > 0 or self.config.watch_seconds > 0
         self.store.activate(manifest.sha256, trial=watching)
         labels = self.store.labels_path(manifest.sha256) if manifest.labels is not None else None
@@ -511,3 +573,34 @@ class ModelUpdater:
         self._publish("rolled_back", about, reason)
         if request_id is not None:
             self.hooks.reply(request_id, True, None)
+
+
+def _override_allows(url: str, config: UpdatesConfig) -> str | None:
+    """Why ``url`` may not come from a command (None: allowed by ``updates.url_override``)."""
+    allowed = config.url_override
+    try:
+        parsed = urllib.parse.urlsplit(url)
+        host = (parsed.hostname or "").lower()
+    except ValueError:
+        return "the url does not parse"
+    if parsed.scheme == "file":
+        return "file: urls are never taken from a command"
+    if not allowed.schemes or not allowed.hosts:
+        return ("the device takes the url only from the signed manifest (its own config can "
+                "allow others with updates.url_override.schemes and .hosts)")
+    if parsed.scheme not in allowed.schemes:
+        return f"scheme {parsed.scheme!r} is not in updates.url_override.schemes"
+    if host not in {h.lower() for h in allowed.hosts}:
+        return f"host {host!r} is not in updates.url_override.hosts"
+    return None
+
+
+def check_url_override(url: str, config: UpdatesConfig) -> None:
+    """Refuse a command's ``url`` that the device's config does not allow.
+
+    Raises:
+        UpdateError: ``url override refused: <why>``.
+    """
+    why = _override_allows(url, config)
+    if why is not None:
+        raise UpdateError(f"url override refused: {why}")

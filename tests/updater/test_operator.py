@@ -153,9 +153,18 @@ def test_push_status_rollback(device: Device, broker: Mosquitto, tmp_path: Path)
     assert "rolled_back" in r.stdout
     assert device.agent.active_model[1] == 0
 
+    # the v1 manifest again after the rollback: a replay, under the anti-rollback floor
+    r = cli("push", str(m1), "--pipeline", "door", "--device", "dev1", "--broker", addr,
+            "--file", str(model), "--timeout", "30")
+    assert r.returncode == 1 and "anti-rollback floor" in r.stdout, r.stdout
+    assert device.agent.active_model[1] == 0
+
     # to a group, inline: waits the whole timeout, then sums up the devices that answered
-    r = cli("push", str(m1), "--pipeline", "door", "--group", "lobby", "--broker", addr,
+    m2 = tmp_path / "m2.json"
+    assert cli("sign", str(model), "--key", key, "--name", "det", "--version", "2",
+               "--out", str(m2)).returncode == 0
+    r = cli("push", str(m2), "--pipeline", "door", "--group", "lobby", "--broker", addr,
             "--file", str(model), "--timeout", "4")
     assert r.returncode == 0, r.stdout + r.stderr
-    assert "dev1: active det v1" in r.stdout and "dev1: done" in r.stdout
-    assert device.agent.active_model[1] == 1
+    assert "dev1: active det v2" in r.stdout and "dev1: done" in r.stdout
+    assert device.agent.active_model[1] == 2
