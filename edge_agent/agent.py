@@ -45,6 +45,7 @@ class Agent:
         self.started_at = time.time()
         self._last_status_key: Any = None
         self.exit_code = 0
+        self._stats_failures = 0
 
     # ------------------------------------------------------------------ wiring
 
@@ -68,7 +69,8 @@ class Agent:
         self.metrics_server: Any = None
         if cfg.metrics.prometheus.enabled:
             self.metrics_server = MetricsServer(self.metrics, cfg.metrics.prometheus.bind,
-                                                cfg.metrics.prometheus.port)
+                                                cfg.metrics.prometheus.port,
+                                                cfg.metrics.prometheus.max_connections)
         face_detector = build_face_detector(cfg)
         self.pipelines = PipelineSet(cfg, self.seal, self.guard, self.metrics, face_detector,
                                      on_state=self.publish_model_state)
@@ -170,7 +172,13 @@ class Agent:
                 now = time.monotonic()
                 if now >= next_stats:
                     next_stats = now + self.config.mqtt.stats_interval_s
-                    self.publish_stats()
+                    try:
+                        self.publish_stats()
+                    except Exception as exc:  # loop boundary: e.g. EMFILE; never exit for it
+                        self._stats_failures += 1
+                        if self._stats_failures in (1, 10) or self._stats_failures % 100 == 0:
+                            logger.error("publishing stats failed (%d times so far): %s: %s",
+                                         self._stats_failures, type(exc).__name__, exc)
                 key = self.pipelines.status_key()
                 if key != self._last_status_key:
                     self._last_status_key = key

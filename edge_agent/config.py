@@ -776,6 +776,7 @@ class PrometheusConfig(_Model):
     enabled: bool = True
     bind: str = "127.0.0.1"
     port: int = Field(default=9108, ge=0, le=65535)  # 0: any free port
+    max_connections: int = Field(default=16, ge=1, le=1024)  # served at once; more: closed
 
 
 class MetricsConfig(_Model):

@@ -176,7 +176,7 @@ class Metrics:
         """Start the HTTP endpoint when enabled; the caller stops it."""
         if not config.enabled:
             return None
-        server = MetricsServer(self, config.bind, config.port)
+        server = MetricsServer(self, config.bind, config.port, config.max_connections)
         server.start()
         return server
 
@@ -200,6 +200,7 @@ class Metrics:
 class MetricsServer(PrometheusServer):
     """The /metrics endpoint of a :class:`Metrics` (bound at construction, served on start)."""
 
-    def __init__(self, metrics: Metrics, bind: str = "127.0.0.1", port: int = 9108) -> None:
+    def __init__(self, metrics: Metrics, bind: str = "127.0.0.1", port: int = 9108,
+                 max_connections: int = 16) -> None:
         """Bind ``bind:port`` (0: a free port; see ``.port``) for ``metrics``."""
-        super().__init__(metrics.render, bind, port)
+        super().__init__(metrics.render, bind, port, max_connections)

@@ -43,8 +43,12 @@ def _read(path: Path) -> str | None:
 
 
 def cpu_temperature(root: Path = Path("/")) -> float | None:
-    """The CPU temperature in degrees Celsius, or None when no thermal zone is readable."""
-    zones = sorted((root / "sys/class/thermal").glob("thermal_zone*"))
+    """The CPU temperature in degrees Celsius, or None when no thermal zone is readable
+    (also when the folder cannot be listed, e.g. out of file descriptors: EMFILE)."""
+    try:
+        zones = sorted((root / "sys/class/thermal").glob("thermal_zone*"))
+    except OSError:
+        return None
     fallback: float | None = None
     for zone in zones:
         raw = _read(zone / "temp")

@@ -133,11 +133,13 @@ class ModelUpdater:
         initial = initial or self.store.last_resolved
         self._thread = threading.Thread(target=self._run, name=f"updater-{self.pipeline}",
                                         daemon=True)
-        self._thread.start()
+        # the start-up state goes out before the worker may take a queued command (one the
+        # broker redelivered at connect), so no "downloading" precedes it
         if initial is not None and initial.reason:
             self._publish("rolled_back", initial.fell_back_from, initial.reason)
         else:
             self._publish("active", None, None)
+        self._thread.start()
 
     def stop(self, timeout: float = 5.0) -> None:
         """Stop the worker (a download is cancelled between chunks) and join it."""
