@@ -1,0 +1,178 @@
+"""Attacks on the running daemon from the broker and the LAN (issue 12), against ``edge-agent
+run`` as a process and a real mosquitto:
+
+* a flood of held connections on ``/metrics`` under a low file-descriptor limit: the agent
+  keeps publishing, scrapes work again afterwards, and the log says connections were refused;
+* junk commands: an oversized rollback is refused before parsing with the limit in the reply;
+  a packet above the MQTT 5 Maximum Packet Size announced at CONNECT never reaches the agent;
+  a ``request_id`` with a newline cannot forge a log line; a lone surrogate in a manifest or a
+  signed command gets a reply, not a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import socket
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from edge_agent.default_models import DEFAULT_MODEL, ensure_default_models
+from edge_agent.signing import generate_key_pair
+from tests.broker import Mosquitto, free_port
+from tests.e2e.agentproc import AgentProcess, Inbox, subscribe, write_config
+
+pytestmark = pytest.mark.slow
+
+DEVICE = "sec-1"
+PREFIX = f"edge-agent/{DEVICE}"
+
+
+@contextmanager
+def _nofile(limit: int) -> Iterator[None]:
+    """Children started inside inherit a soft RLIMIT_NOFILE of ``limit``."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(limit, hard), hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def _config(tmp: Path, broker: Mosquitto, **extra: Any) -> Path:
+    _, pub, _ = generate_key_pair(tmp / "keys")
+    return write_config(tmp / "config.yaml", {
+        "device_id": DEVICE,
+        "state_dir": str(tmp / "state"),
+        "mqtt": {"host": broker.host, "port": broker.port, "stats_interval_s": 1},
+        "updates": {"public_keys": [str(pub)]},
+        "pipelines": [{"name": "door", "source": {"type": "synthetic", "fps": 20},
+                       "model": {"path": str(ensure_default_models()[DEFAULT_MODEL])}}],
+        **extra,
+    })
+
+
+def _n(messages: list[tuple[str, bytes, bool]], suffix: str) -> int:
+    """Messages on topics ending with ``suffix`` (inside ``Inbox.wait_for``: lock held)."""
+    return sum(1 for t, _, _ in messages if t.endswith(suffix))
+
+
+def _replies(messages: list[tuple[str, bytes, bool]]) -> list[dict[str, Any]]:
+    return [json.loads(p) for t, p, _ in messages if t.endswith("/cmd/reply") and p]
+
+
+def test_metrics_connection_flood_is_contained(tmp_path: Path, broker: Mosquitto) -> None:
+    port = free_port()
+    cfg = _config(tmp_path, broker,
+                  metrics={"prometheus": {"bind": "127.0.0.1", "port": port}})
+    inbox = Inbox()
+    sub = subscribe(broker.host, broker.port, [f"{PREFIX}/#"], inbox)
+    with _nofile(256):
+        agent = AgentProcess(cfg)
+    held: list[socket.socket] = []
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < 2048 and hard >= 2048:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (2048, hard))
+    try:
+        assert inbox.wait_for(lambda m: any("/results/" in t for t, _, _ in m), 60), agent.log()
+        before = inbox.count("/results/door")
+        stats_before = inbox.count("/stats")
+        for _ in range(600):  # more than the agent's 256 descriptors
+            s = socket.create_connection(("127.0.0.1", port), timeout=5)
+            held.append(s)
+        time.sleep(4)  # held: the agent must go on publishing results and stats meanwhile
+        assert agent.proc.poll() is None, agent.log()
+        assert inbox.wait_for(lambda m: _n(m, "/results/door") > before + 20, 20), \
+            agent.log()
+        assert inbox.wait_for(lambda m: _n(m, "/stats") > stats_before + 1, 20), \
+            agent.log()
+        for s in held:
+            s.close()
+        held.clear()
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as resp:
+            assert resp.status == 200 and b"edge_agent_" in resp.read()
+        assert agent.proc.poll() is None, agent.log()
+    finally:
+        for s in held:
+            s.close()
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        code = agent.terminate()
+        sub.stop()
+    log = agent.log()
+    assert code == 0, log
+    assert "connections refused so far (over the cap of 16 at once)" in log
+    assert "Traceback" not in log and "Too many open files" not in log, log
+
+
+def _reply(inbox: Inbox, rid: str, timeout: float = 20) -> dict[str, Any]:
+    def found(m: list[tuple[str, bytes, bool]]) -> bool:
+        return any(r.get("request_id") == rid for r in _replies(m))
+    assert inbox.wait_for(found, timeout), f"no reply to {rid!r}"
+    return next(r for r in inbox.json("/cmd/reply") if r.get("request_id") == rid)
+
+
+def test_junk_commands_are_refused_cheaply_and_safely(tmp_path: Path, broker: Mosquitto) -> None:
+    cfg = _config(tmp_path, broker, metrics={"prometheus": {"enabled": False}},
+                  commands={"max_payload_bytes": 1024 * 1024})
+    inbox = Inbox()
+    sub = subscribe(broker.host, broker.port, [f"{PREFIX}/cmd/reply", f"{PREFIX}/results/door"],
+                    inbox)
+    agent = AgentProcess(cfg)
+    try:
+        assert inbox.wait_for(lambda m: any("/results/" in t for t, _, _ in m), 60), agent.log()
+
+        # 200 KB of JSON array on a rollback: refused by size at intake, before parsing
+        junk = json.dumps(list(range(40_000))).encode()
+        assert len(junk) > 100_000
+        sub.publish(f"{PREFIX}/cmd/rollback", junk)
+        assert inbox.wait_for(lambda m: any(
+            "oversized" in str(r.get("error")) and "limit of 16384" in str(r.get("error"))
+            for r in _replies(m)), 20), agent.log()
+
+        # above the Maximum Packet Size announced at CONNECT: the broker never delivers it
+        huge = b'{"request_id": "huge", "pipeline": "door", "manifest": {}, "data": "' + \
+            b"A" * (2 * 1024 * 1024) + b'"}'
+        sub.publish(f"{PREFIX}/cmd/model/update", huge)
+        # a newline in request_id would forge a log line: not echoed, not logged raw
+        forged = "r1\nWARNING edge_agent.updater: model FORGED swapped in"
+        sub.publish(f"{PREFIX}/cmd/rollback",
+                    json.dumps({"request_id": forged, "pipeline": "door"}).encode())
+        # a lone surrogate inside a manifest: a reply, not a traceback
+        manifest = ('{"schema": "edge-agent/model-manifest@1", "name": "m", "version": 1, '
+                    '"sha256": "' + "0" * 64 + '", "size": 1, "created": "\\ud800", '
+                    '"key_id": "k", "signature": "s"}')
+        sub.publish(f"{PREFIX}/cmd/model/update",
+                    ('{"request_id": "surrogate", "pipeline": "door", "manifest": ' + manifest
+                     + ', "data": "AA=="}').encode())
+        # ... and inside a signed command's fields
+        sub.publish(f"{PREFIX}/cmd/restart",
+                    b'{"request_id": "surrogate-2", "reason": "\\udc00", "ts": 1, '
+                    b'"nonce": "nnnnnnnnnn", "key_id": "0000000000000000", "signature": "AA=="}')
+        sub.publish(f"{PREFIX}/cmd/rollback", b'{"request_id": "last", "pipeline": "door"}')
+
+        assert _reply(inbox, "last")["ok"] is False  # unsigned: refused; proves order
+        sur = _reply(inbox, "surrogate")
+        assert sur["ok"] is False and "not valid UTF-8" in sur["error"], sur
+        sur2 = _reply(inbox, "surrogate-2")
+        assert sur2["ok"] is False, sur2
+        assert not any(r.get("request_id") == "huge" for r in inbox.json("/cmd/reply"))
+        assert not any("FORGED" in str(r.get("request_id")) for r in inbox.json("/cmd/reply"))
+        assert any("request_id: 1-128 printable" in str(r.get("error"))
+                   for r in inbox.json("/cmd/reply"))
+        assert agent.proc.poll() is None, agent.log()
+    finally:
+        code = agent.terminate()
+        sub.stop()
+    log = agent.log()
+    assert code == 0, log
+    assert "Traceback" not in log, log
+    assert not any(line.startswith("WARNING edge_agent.updater: model FORGED")
+                   for line in log.splitlines()), log
+    assert "FORGED" not in log, log
+    assert "command None refused: oversized" in log, log
