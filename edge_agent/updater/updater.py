@@ -38,8 +38,8 @@ from edge_agent.errors import EdgeAgentError, UpdateError
 from edge_agent.signing import load_public_keys
 from edge_agent.updater.fetch import fetch, write_inline
 from edge_agent.updater.manifest import (
-    Manifest,
     Destination,
+    Manifest,
     check_destination,
     parse_manifest,
     verify_manifest,
