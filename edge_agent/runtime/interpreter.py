@@ -29,6 +29,7 @@ import numpy as np
 
 from edge_agent.errors import ModelError, PluginUnavailableError
 from edge_agent.runtime.base import ModelSignature, RuntimeInfo, TensorSpec
+from edge_agent.runtime.flatbuffer_check import FlatbufferDamaged, check_model_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -302,6 +303,14 @@ class TfliteRuntime:
             raise ModelError(f"model file not found: {self.path}")
         if self.path.stat().st_size == 0:
             raise ModelError(f"cannot load model {self.path}: the file is empty")
+        try:
+            check_model_bytes(self.path.read_bytes())
+        except FlatbufferDamaged as exc:
+            # LiteRT would refuse it too; tflite-runtime would crash the process (SIGSEGV)
+            raise ModelError(f"cannot load model {self.path}: not a valid Flatbuffer "
+                             f"(corrupt or truncated: {exc})") from None
+        except OSError as exc:
+            raise ModelError(f"cannot read model {self.path}: {exc.strerror or exc}") from None
         be = get_backend(backend)
         if be.name not in _logged_backends:
             _logged_backends.add(be.name)
