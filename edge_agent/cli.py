@@ -198,6 +198,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _error_prefix() -> str:
+    """``<3>`` (syslog err) when stderr is the journal, so a refused config is logged at err
+    priority (journald reads a leading ``<N>``; without it every line would be info)."""
+    from edge_agent.logsetup import under_journald
+
+    return "<3>" if under_journald(sys.stderr) else ""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI and return the exit code."""
     parser = build_parser()
@@ -205,11 +213,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args))
     except ConfigError as exc:
+        err = _error_prefix()
         for line in exc.problems:
-            print(line, file=sys.stderr)
+            print(err + line, file=sys.stderr)
         return EX_CONFIG
     except EdgeAgentError as exc:
-        print(f"edge-agent: {exc}", file=sys.stderr)
+        print(f"{_error_prefix()}edge-agent: {exc}", file=sys.stderr)
         return EX_FAILURE
     except KeyboardInterrupt:
         return EX_OK

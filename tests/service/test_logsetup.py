@@ -91,3 +91,26 @@ def test_auto_picks_journald_only_for_the_real_journal_stream(tmp_path: Path) ->
         assert not under_journald(f, {"JOURNAL_STREAM": "1:2"})
         assert resolve_format(LoggingConfig(), f, {}) == "text"
         assert resolve_format(LoggingConfig(format="json"), f, env) == "json"
+
+
+def test_refused_config_lines_carry_err_priority_under_journald(tmp_path: Path) -> None:
+    # found under a real systemd: without a prefix journald files stderr lines as info
+    import subprocess
+    import sys
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("pipelines:\n  - name: Bad Name!\n")
+    err = tmp_path / "stderr"
+    with open(err, "wb") as f:
+        st = os.fstat(f.fileno())
+        env = dict(os.environ, JOURNAL_STREAM=f"{st.st_dev}:{st.st_ino}")
+        code = subprocess.run([sys.executable, "-m", "edge_agent", "check-config", "-c",
+                               str(bad), "--no-preflight"], stderr=f, env=env,
+                              check=False).returncode
+    assert code == 78
+    lines = err.read_text().splitlines()
+    assert lines and all(line.startswith("<3>") for line in lines), lines
+    plain = subprocess.run([sys.executable, "-m", "edge_agent", "check-config", "-c", str(bad),
+                            "--no-preflight"], capture_output=True, text=True, check=False,
+                           env={k: v for k, v in os.environ.items() if k != "JOURNAL_STREAM"})
+    assert plain.returncode == 78 and not plain.stderr.startswith("<")
