@@ -21,6 +21,14 @@ SHARED_MODELS = (REPO.parent / "shared" / "models").resolve()
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 
 
+def active_backend() -> str:
+    """The TFLite backend this test run uses: ``tflite_runtime`` in the tflite-runtime pass
+    (``./dev test-tflite`` sets ``EDGE_AGENT_BACKEND``), else LiteRT."""
+    wanted = os.environ.get("EDGE_AGENT_BACKEND", "")
+    return "tflite_runtime" if wanted in {"tflite_runtime", "tflite-runtime"} else \
+        "ai_edge_litert"
+
+
 def shared_model(name: str) -> Path:
     """A file from ../shared/models, or skip the test when it is absent."""
     path = SHARED_MODELS / name

@@ -1,0 +1,294 @@
+"""``./dev arm64``: the arm64 build in an emulated Cortex-A72 (the Pi 4's core), against x86.
+
+1. a Debian bookworm arm64 root with Debian's arm64 kernel (tests/system/rootfs.sh, cached);
+2. wheels for aarch64 fetched on the host (``pip download --platform manylinux..._aarch64``)
+   and this checkout's wheel, the COCO SSD model and the test images, copied into the image;
+3. ``qemu-system-aarch64 -M virt -cpu cortex-a72`` boots it (TCG: no KVM for aarch64 here);
+   the guest's only network is qemu's user-mode stack with ``restrict=on`` and one guestfwd
+   (10.0.2.100:1883 -> the host broker on 127.0.0.1), so it reaches nothing else;
+4. inside, a one-shot unit runs deploy/install.sh (offline, from the wheels), then
+   ``edge-agent run`` on the images (results to the host broker), then the unit under the VM's
+   systemd (active (running), results), and powers off;
+5. the same ``edge-agent run`` on this x86 host; detections must match per image (same labels,
+   IoU >= 0.9). The emulated inference time is printed as a curiosity, not a Pi figure.
+
+Run as root: ``./dev arm64`` (about an hour on 2 cores the first time, the root is cached).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tests.broker import Mosquitto
+from tests.conftest import REPO, SHARED_MODELS
+from tests.decoders.signatures import iou
+from tests.e2e.agentproc import Inbox, subscribe
+from tests.system.machine import ROOTFS_SH, build_wheels
+
+MODEL = "coco_ssd_mobilenet_v1_1.0_quant.tflite"
+IMAGES = ("grace_hopper.bmp", "zidane.jpg", "cat.bmp", "face.jpg", "squat.bmp")
+AARCH64 = ["manylinux2014_aarch64", "manylinux_2_17_aarch64", "manylinux_2_27_aarch64",
+           "manylinux_2_28_aarch64", "manylinux_2_31_aarch64", "manylinux_2_34_aarch64",
+           "manylinux_2_35_aarch64"]
+GUEST_BROKER = "10.0.2.100"
+MIN_IOU = 0.9
+
+GUEST_SCRIPT = r"""#!/bin/sh
+# runs once at boot in the arm64 VM (edge-agent-vmtest.service); output goes to the console
+set -x
+echo "VMTEST uname: $(uname -m) $(tr -d '\0' < /proc/device-tree/model 2>/dev/null)"
+grep -m1 -i "cpu part" /proc/cpuinfo
+cd /root/edge-agent
+deploy/install.sh --from /root/wheels/WHEEL --pip-args "--no-index --find-links /root/wheels"
+echo "VMTEST install rc=$?"
+V=/opt/edge-agent/venv/bin
+$V/python -c "import ai_edge_litert, numpy, cv2; print('VMTEST versions', numpy.__version__,
+  cv2.__version__)"
+$V/edge-agent check-config -c /root/run.yaml; echo "VMTEST check-config rc=$?"
+timeout 1800 $V/edge-agent run -c /root/run.yaml > /root/run.log 2>&1 &
+RUN=$!
+# the images source finishes after the last image; the agent runs on, so stop it once the
+# host broker has had time to get everything (results go out as they are made)
+for i in $(seq 1 360); do
+  grep -q "finished" /root/run.log && break
+  sleep 5
+done
+sleep 10
+kill -TERM $RUN; wait $RUN; echo "VMTEST run rc=$?"
+tail -n 30 /root/run.log
+# the unit under this VM's systemd
+cp /root/unit.yaml /etc/edge-agent/config.yaml
+chown root:edge-agent /etc/edge-agent/config.yaml; chmod 0640 /etc/edge-agent/config.yaml
+systemctl start edge-agent.service; echo "VMTEST unit start rc=$?"
+sleep 60
+systemctl status edge-agent.service --no-pager
+systemctl show edge-agent.service -p ActiveState -p SubState -p NRestarts -p Result
+echo "VMTEST unit state: $(systemctl is-active edge-agent.service)"
+journalctl -u edge-agent --no-pager -n 40
+echo "VMTEST sigsys lines: $(journalctl -u edge-agent --no-pager | grep -c -e SIGSYS -e status=31)"
+systemctl stop edge-agent.service
+echo "VMTEST done"
+systemctl poweroff
+"""
+
+GUEST_UNIT = """[Unit]
+Description=edge-agent arm64 system test (runs once, then powers off)
+After=network-online.target
+Wants=network-online.target systemd-networkd-wait-online.service
+
+[Service]
+Type=oneshot
+ExecStart=/root/vmtest.sh
+StandardOutput=journal+console
+StandardError=journal+console
+TimeoutStartSec=3h
+
+[Install]
+WantedBy=multi-user.target
+"""
+
+
+def _config(device: str, broker: tuple[str, int], model: Path, labels: Path, images: Path,
+            state: Path, fps: float | None = 0) -> dict[str, Any]:
+    return {
+        "device_id": device,
+        "state_dir": str(state),
+        "mqtt": {"host": broker[0], "port": broker[1]},
+        "metrics": {"prometheus": {"enabled": False}},
+        "updates": {"enabled": False},
+        "pipelines": [{
+            "name": "coco",
+            "source": {"type": "images", "uri": str(images), "fps": fps},
+            "model": {"path": str(model), "labels": str(labels), "decoder": "ssd",
+                      "threads": 2},
+            "score_threshold": 0.5,
+            "privacy": {"redact_faces": False},
+        }],
+    }
+
+
+def _by_frame(inbox: Inbox, device: str) -> dict[int, dict[str, Any]]:
+    out: dict[int, dict[str, Any]] = {}
+    for r in inbox.json("/results/coco"):
+        if r.get("device") == device:
+            out.setdefault(r["frame"]["index"], r)
+    return out
+
+
+def _x86_run(work: Path, broker: Mosquitto, inbox: Inbox, images: Path) -> None:
+    cfg = work / "x86.yaml"
+    cfg.write_text(yaml.safe_dump(_config("x86", (broker.host, broker.port),
+                                          SHARED_MODELS / MODEL, SHARED_MODELS / "coco_labels.txt",
+                                          images, work / "x86-state")))
+    proc = subprocess.Popen([sys.executable, "-m", "edge_agent", "run", "-c", str(cfg)],
+                            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and len(_by_frame(inbox, "x86")) < len(IMAGES):
+        time.sleep(0.5)
+    proc.terminate()
+    proc.wait(30)
+
+
+def _compare(x86: dict[int, dict[str, Any]], arm: dict[int, dict[str, Any]]) -> list[str]:
+    problems = []
+    for idx in range(len(IMAGES)):
+        a, b = x86.get(idx), arm.get(idx)
+        if a is None or b is None:
+            problems.append(f"{IMAGES[idx]}: missing result (x86 {a is not None}, "
+                            f"arm64 {b is not None})")
+            continue
+        da, db = a["detections"], b["detections"]
+        if sorted(d["label"] for d in da) != sorted(d["label"] for d in db):
+            problems.append(f"{IMAGES[idx]}: labels {[d['label'] for d in da]} vs "
+                            f"{[d['label'] for d in db]}")
+            continue
+        for d in da:
+            best = max((iou(tuple(d["box"]), tuple(o["box"])) for o in db
+                        if o["label"] == d["label"]), default=0.0)
+            if best < MIN_IOU:
+                problems.append(f"{IMAGES[idx]}: {d['label']} {d['box']} best IoU {best:.3f}")
+    return problems
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--work", type=Path, default=None, help="keep the work folder here")
+    ap.add_argument("--smp", type=int, default=2)
+    ap.add_argument("--timeout", type=float, default=3 * 3600)
+    args = ap.parse_args()
+    if os.geteuid() != 0:
+        print("arm64: needs root (debootstrap, mkfs.ext4 -d of a root-owned tree)")
+        return 2
+    for tool in ("qemu-system-aarch64", "mkfs.ext4", "debootstrap"):
+        if shutil.which(tool) is None:
+            print(f"arm64: {tool} is missing (./dev arm64 installs qemu-system-arm, "
+                  "qemu-user-static, binfmt-support, debootstrap, e2fsprogs)")
+            return 2
+    if not (SHARED_MODELS / MODEL).exists():
+        print(f"arm64: ../shared/models/{MODEL} is not available")
+        return 2
+    work = args.work or Path(tempfile.mkdtemp(prefix="edge-agent-arm64-"))
+    work.mkdir(parents=True, exist_ok=True)
+    root = work / "root"
+    t0 = time.monotonic()
+    if root.exists():
+        shutil.rmtree(root)
+    subprocess.run([str(ROOTFS_SH), "arm64", str(root)], check=True)
+    print(f"arm64: root ready after {time.monotonic() - t0:.0f} s")
+
+    wheel = build_wheels(root / "root" / "wheels", platform=AARCH64)
+    src = root / "root" / "edge-agent"
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO,
+                           capture_output=True, text=True, check=True).stdout.split()
+    for f in files:
+        if (REPO / f).is_file():
+            (src / f).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / f, src / f)
+    images = root / "root" / "images"
+    images.mkdir(parents=True)
+    host_images = work / "images"
+    host_images.mkdir(exist_ok=True)
+    for i, name in enumerate(IMAGES):
+        # numbered so both runs see the same order
+        for d in (images, host_images):
+            shutil.copy2(SHARED_MODELS / "images" / name, d / f"{i:02d}-{name}")
+    for f in (MODEL, "coco_labels.txt"):
+        shutil.copy2(SHARED_MODELS / f, root / "root" / f)
+
+    broker = Mosquitto(work / "broker")
+    broker.start()
+    inbox = Inbox()
+    sub = subscribe(broker.host, broker.port, ["edge-agent/#"], inbox)
+    try:
+        guest = (GUEST_BROKER, 1883)
+        (root / "root" / "run.yaml").write_text(yaml.safe_dump(_config(
+            "arm64", guest, Path("/root") / MODEL, Path("/root/coco_labels.txt"),
+            Path("/root/images"), Path("/root/run-state"))))
+        unit_cfg = _config("arm64-unit", guest, Path("/root") / MODEL,
+                           Path("/root/coco_labels.txt"), Path("/root/images"),
+                           Path("/var/lib/edge-agent"), fps=1)
+        unit_cfg["pipelines"][0]["source"]["loop"] = True
+        (root / "root" / "unit.yaml").write_text(yaml.safe_dump(unit_cfg))
+        script = root / "root" / "vmtest.sh"
+        script.write_text(GUEST_SCRIPT.replace("WHEEL", wheel.name))
+        script.chmod(0o755)
+        unit = root / "etc/systemd/system/edge-agent-vmtest.service"
+        unit.write_text(GUEST_UNIT)
+        (root / "etc/systemd/system/multi-user.target.wants").mkdir(parents=True, exist_ok=True)
+        link = root / "etc/systemd/system/multi-user.target.wants/edge-agent-vmtest.service"
+        if not link.is_symlink():
+            link.symlink_to("/etc/systemd/system/edge-agent-vmtest.service")
+        kernel = sorted((root / "boot").glob("vmlinuz-*"))[-1]
+        initrd = sorted((root / "boot").glob("initrd.img-*"))[-1]
+        shutil.copy2(kernel, work / "vmlinuz")
+        shutil.copy2(initrd, work / "initrd.img")
+        image = work / "disk.ext4"
+        image.unlink(missing_ok=True)
+        subprocess.run(["mkfs.ext4", "-q", "-F", "-L", "root", "-d", str(root), str(image),
+                        "6G"], check=True)
+        console = work / "console.log"
+        cmd = ["nice", "-n", "10", "qemu-system-aarch64", "-M", "virt", "-cpu", "cortex-a72",
+               "-smp", str(args.smp), "-m", "2048", "-nographic", "-no-reboot",
+               "-kernel", str(work / "vmlinuz"), "-initrd", str(work / "initrd.img"),
+               "-append", "root=/dev/vda rw console=ttyAMA0 panic=-1",
+               "-drive", f"file={image},if=virtio,format=raw",
+               "-netdev", f"user,id=n0,restrict=on,guestfwd=tcp:{GUEST_BROKER}:1883-"
+                          f"tcp:127.0.0.1:{broker.port}",
+               "-device", "virtio-net-pci,netdev=n0,romfile=",
+               "-serial", f"file:{console}", "-monitor", "none", "-display", "none"]
+        print("arm64: booting:", " ".join(cmd))
+        t_boot = time.monotonic()
+        vm = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                              stderr=open(work / "qemu.err", "wb"))  # noqa: SIM115
+        try:
+            vm.wait(args.timeout)
+        except subprocess.TimeoutExpired:
+            vm.terminate()
+            vm.wait(30)
+            print(f"arm64: the VM did not finish in {args.timeout} s; see {console}")
+        print(f"arm64: VM ran {time.monotonic() - t_boot:.0f} s (exit {vm.returncode})")
+
+        _x86_run(work, broker, inbox, host_images)
+        x86, arm = _by_frame(inbox, "x86"), _by_frame(inbox, "arm64")
+        unit_results = len(inbox.json("/results/coco")) - len(x86) - len(arm)
+        text = console.read_text(errors="replace")
+        vm_lines = [line for line in text.splitlines() if "VMTEST" in line]
+        report: dict[str, Any] = {
+            "images": list(IMAGES),
+            "x86": {i: [(d["label"], d["score"], d["box"]) for d in r["detections"]]
+                    for i, r in x86.items()},
+            "arm64": {i: [(d["label"], d["score"], d["box"]) for d in r["detections"]]
+                      for i, r in arm.items()},
+            "inference_ms_x86": [r["inference_ms"] for r in x86.values()],
+            "inference_ms_arm64_emulated": [r["inference_ms"] for r in arm.values()],
+            "unit_results": unit_results,
+            "vm": vm_lines,
+        }
+        problems = _compare(x86, arm)
+        if unit_results <= 0:
+            problems.append("the unit under the VM's systemd published no results")
+        if not any("VMTEST unit state: active" in line for line in vm_lines):
+            problems.append("the unit was not active (running) in the VM")
+        report["problems"] = problems
+        (work / "report.json").write_text(json.dumps(report, indent=1))
+        print(json.dumps(report, indent=1))
+        print(f"arm64: {'PASS' if not problems else 'FAIL'}; work folder {work}")
+        return 0 if not problems else 1
+    finally:
+        sub.stop()
+        broker.stop()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
