@@ -2,10 +2,10 @@
 
 A batch is written in one transaction:
 
-1. lock the rows of the streams it touches in ``streams`` (sorted, so two writers never
-   deadlock; SQLite takes its single write lock with ``BEGIN IMMEDIATE``);
-2. insert results and events, ``ON CONFLICT (id) DO NOTHING``: a copy stored before is a
-   no-op, which keeps several collectors exactly-once together;
+1. insert results and events in id order, ``ON CONFLICT (id) DO NOTHING``: a copy stored
+   before is a no-op, which keeps several collectors exactly-once together;
+2. lock the rows of the streams it touches in ``streams`` (sorted, so two writers never
+   deadlock; SQLite takes its single write lock with ``BEGIN IMMEDIATE`` at the start);
 3. for what was new: extend ``sessions``, and bring ``gaps`` up to date by looking at which
    seqs the table now holds in the ranges that changed (new highs, new lows, open gaps the
    batch may have filled);
@@ -225,13 +225,19 @@ class SqlStore:
         unique = list({s.message.id: s for s in items}.values())
         keys: list[StreamKey] = sorted(
             {(s.message.device, str(s.message.kind), s.message.pipeline) for s in unique})
-        bounds = {k: self._lock_stream(cur, k) for k in keys}
         new: list[Result | Event] = []
         for kind, cols in (("results", _RESULT_COLS), ("events", _EVENT_COLS)):
-            rows = [_row(s, stored_at) for s in unique if s.message.kind == kind]
+            # in id order: two writers inserting copies of the same ids wait for each other
+            # in one order, never in a cycle
+            rows = sorted(_row(s, stored_at) for s in unique if s.message.kind == kind)
             if rows:
                 fresh = self._insert(cur, kind, cols, rows)
                 new += [s.message for s in unique if s.message.id in fresh]
+        # Lock the streams only now, so concurrent writers insert in parallel and take turns
+        # just for the bookkeeping. Whoever holds a stream's lock sees every row committed by
+        # earlier holders; rows of a writer still inserting are seen by that writer's own
+        # bookkeeping later (it fills the gaps this one records for them).
+        bounds = {k: self._lock_stream(cur, k) for k in keys}
         by_stream: dict[StreamKey, list[int]] = collections.defaultdict(list)
         for m in new:
             by_stream[(m.device, m.kind, m.pipeline)].append(m.seq)

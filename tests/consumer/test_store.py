@@ -132,3 +132,42 @@ def test_unreachable_postgres_is_unavailable_not_a_crash() -> None:
     s = open_store(f"postgresql://postgres@127.0.0.1:{free_port()}/x")
     with pytest.raises(StoreUnavailableError):
         s.write([stored(1)])
+
+
+def test_concurrent_writers_keep_gaps_exact(request: pytest.FixtureRequest, tmp_path: Path,
+                                            ) -> None:
+    """Two stores (two collectors) write interleaved batches of the same streams at once,
+    with some copies in both: every seq once, no gap left but the one really missing."""
+    import threading
+
+    for url in (f"sqlite:///{tmp_path}/c.sqlite", request.getfixturevalue("pg_url")):
+        rng = random.Random(3)
+        msgs = {(d, s): stored(s, device=d) for d in ("d1", "d2", "d3")
+                for s in range(1, 401) if (d, s) != ("d2", 250)}
+        items = list(msgs.values())
+        rng.shuffle(items)
+        halves = [items[0::2], items[1::2]]
+        halves[1] += items[:40]  # copies both write
+        rng.shuffle(halves[1])
+        stores = [open_store(url), open_store(url)]
+        errors: list[BaseException] = []
+
+        def work(store: SqlStore, part: list[Stored], errors: list[BaseException]) -> None:
+            try:
+                for i in range(0, len(part), 25):
+                    store.write(part[i:i + 25])
+            except BaseException as exc:  # reported below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=work, args=(s, h, errors))
+                   for s, h in zip(stores, halves, strict=True)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        assert not errors, errors
+        assert query(stores[0], "SELECT count(*), count(DISTINCT id) FROM results") == [
+            (len(items), len(items))]
+        assert gaps(stores[0]) == [("d2", "results", "cam", 250, 250)]
+        for s in stores:
+            s.close()
