@@ -249,7 +249,8 @@ class PipelineSet:
         for u in self.units.values():
             st = u.pipeline.status()
             out[u.pipeline.name] = {k: st[k] for k in (
-                "state", "frames", "inferred", "published", "dropped", "gated", "errors", "fps",
+                "state", "frames", "inferred", "published", "dropped", "gated", "errors",
+                "bad_frames", "fps",
                 "inference_ms_p50", "inference_ms_p95", "bad_lines", "target",
                 "target_changes")}
             self.metrics.set_gauge("edge_agent_fps", st["fps"], pipeline=u.pipeline.name)

@@ -554,7 +554,8 @@ class ModelConfig(_Model):
                 options = {}
             if isinstance(options, dict) and "decoder" not in options:
                 decoder = data.get("decoder", "auto")
-                if decoder not in DECODER_OPTIONS:  # auto, or a bad name reported on its own
+                # auto, or a bad name (or a list, a mapping: the fuzzer's) reported on its own
+                if not isinstance(decoder, str) or decoder not in DECODER_OPTIONS:
                     decoder = "auto"
                 data = {**data, "decoder_options": {**options, "decoder": decoder}}
         return data

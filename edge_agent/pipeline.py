@@ -37,6 +37,7 @@ import numpy as np
 from edge_agent.bundle import ModelBundle, outputs_finite
 from edge_agent.config import PipelineConfig
 from edge_agent.errors import SourceError
+from edge_agent.sources.conform import conform_image
 from edge_agent.types import Frame, HealthEvent, Result, TargetChange, Transform
 
 if TYPE_CHECKING:  # the agent hands these in; the pipeline module does not import the stages
@@ -134,6 +135,7 @@ class _Stats:
         self.published = 0
         self.dropped = 0  # frames the pipeline dropped (live sources, busy)
         self.gated = 0  # frames the motion gate skipped
+        self.bad_frames = 0  # frames skipped as unusable (empty, too large, odd pixel type)
         self.errors = 0
         self.inference_ms: deque[float] = deque(maxlen=256)
         self.done_times: deque[float] = deque(maxlen=64)
@@ -150,6 +152,7 @@ class _Stats:
             return {
                 "frames": self.frames, "inferred": self.inferred, "published": self.published,
                 "dropped": self.dropped, "gated": self.gated, "errors": self.errors,
+                "bad_frames": self.bad_frames,
                 "fps": round(fps, 2),
                 "inference_ms_p50": round(ms[len(ms) // 2], 2) if ms else None,
                 "inference_ms_p95": round(ms[min(len(ms) - 1, int(len(ms) * 0.95))], 2)
@@ -227,6 +230,7 @@ class Pipeline:
         self.source_dropped = 0
         self.source_bad_lines = 0  # malformed sensor lines the source skipped
         self._last_frame: Frame | None = None
+        self._last_bad_frame: str | None = None
         self._heartbeats: dict[str, float] = {}
         self.stage_ms: dict[str, float] = {}  # per stage, a moving mean (the live view)
         self._last_key: tuple[Any, ...] | None = None
@@ -466,6 +470,17 @@ class Pipeline:
     def _handle_frame(self, frame: Frame, live: bool, t_capture: float) -> None:
         with self.stats.lock:
             self.stats.frames += 1
+        if frame.image is not None:
+            image, problem = conform_image(frame.image)
+            if image is None:
+                with self.stats.lock:
+                    self.stats.bad_frames += 1
+                if problem != self._last_bad_frame:  # once per kind of problem in a row
+                    logger.warning("pipeline %s: skipping a frame: %s", self.name, problem)
+                    self._last_bad_frame = problem
+                return
+            if image is not frame.image:
+                frame = replace(frame, image=image)
         gate = self._gate
         moving = True
         if gate is not None and frame.image is not None:

@@ -12,6 +12,7 @@ import numpy as np
 
 from edge_agent.config import ImagesSourceConfig
 from edge_agent.errors import SourceError
+from edge_agent.sources.conform import MAX_FRAME_PIXELS, image_file_pixels
 from edge_agent.sources.pacing import FramePacer, PacedFileSource
 
 logger = logging.getLogger(__name__)
@@ -119,11 +120,20 @@ class ImageFolderSource(PacedFileSource):
             self._pos += 1
             if path in self._bad:
                 continue
-            image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-            if image is None:
+            pixels = image_file_pixels(path)
+            image = None
+            why = "not a readable image"
+            if pixels is not None and pixels > MAX_FRAME_PIXELS:
+                why = f"{pixels / 1e6:.0f} megapixels, over the {MAX_FRAME_PIXELS // 10**6} limit"
+            else:
+                try:
+                    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+                except cv2.error as exc:  # e.g. over OpenCV's own size limit
+                    why = f"OpenCV cannot decode it: {str(exc).strip().splitlines()[-1][:120]}"
+            if image is None or image.size == 0:
                 self._bad.add(path)
                 self.skipped += 1
-                logger.warning("images: skipping %s (not a readable image)", path)
+                logger.warning("images: skipping %s (%s)", path, why)
                 continue
             self._readable_in_pass += 1
             return image
