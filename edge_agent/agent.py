@@ -19,9 +19,10 @@ from pathlib import Path
 from typing import Any
 
 from edge_agent import __version__
-from edge_agent.agent_parts import PipelineSet, build_face_detector
 from edge_agent.config import AgentConfig, load_config
 from edge_agent.errors import ConfigError, EdgeAgentError
+from edge_agent.face_detector import build_face_detector
+from edge_agent.pipeline_set import PipelineSet
 from edge_agent.preflight import preflight
 
 logger = logging.getLogger(__name__)

@@ -31,8 +31,8 @@ def take_snapshot(config: AgentConfig, pipeline_name: str, timeout: float = 30.0
         ConfigError: no such pipeline.
         EdgeAgentError: no frame could be shown within ``timeout`` seconds.
     """
-    from edge_agent.agent_parts import build_face_detector
     from edge_agent.bundle import load_bundle
+    from edge_agent.face_detector import build_face_detector
     from edge_agent.pipeline import Pipeline
     from edge_agent.privacy.policy import PrivacyPolicy
     from edge_agent.privacy.seal import new_seal

@@ -1,73 +1,36 @@
-"""The agent's per-pipeline wiring: model bundle, policy, gate, tracker, pipeline, updater.
+"""The running pipelines: how each is wired (model bundle, policy, gate, tracker, zones,
+health, pipeline, updater), started, stopped and rebuilt on reload, and what they report.
 
-Split from ``agent.py`` (daemon lifecycle) to keep both readable; like ``agent.py`` this is the
-wiring layer, the only place besides ``pipeline.py`` that connects stages.
+The wiring layer, like ``agent.py`` (daemon lifecycle) and ``pipeline.py``: the only places
+that connect stages. The updater's side of the wiring is in :mod:`edge_agent.update_wiring`,
+the face detector for redaction in :mod:`edge_agent.face_detector`.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from edge_agent.bundle import ModelBundle, load_bundle, outputs_finite
+from edge_agent.bundle import load_bundle
 from edge_agent.config import AgentConfig, PipelineConfig
-from edge_agent.errors import EdgeAgentError, ModelError
+from edge_agent.errors import EdgeAgentError
 from edge_agent.pipeline import Pipeline
-from edge_agent.types import Box, Frame
+from edge_agent.types import Box
 
 if TYPE_CHECKING:
     from edge_agent.metrics import Metrics
     from edge_agent.privacy.egress import EgressGuard
     from edge_agent.privacy.policy import PrivacyPolicy
     from edge_agent.privacy.seal import Seal
-    from edge_agent.updater.manifest import Manifest
     from edge_agent.updater.updater import ModelUpdater
     from edge_agent.view.tap import ViewTap
 
 logger = logging.getLogger(__name__)
-
-FACE_MODEL = "face_detection_full_range_sparse.tflite"
-
-
-def build_face_detector(cfg: AgentConfig,
-                        force: bool = False) -> Callable[[np.ndarray], list[Box]] | None:
-    """The on-device face detector for snapshot and live-view redaction, when one is needed.
-
-    BlazeFace full range from the default models, on the same runtime. Returns None when no
-    pipeline publishes images and the live view is off, or when the model is not there
-    (snapshots and the view then fail closed). ``force``: build it anyway (the snapshot
-    command).
-    """
-    images = cfg.view.enabled or any(p.privacy.publish_images for p in cfg.pipelines)
-    if not force and (not images or not any(p.privacy.redact_faces for p in cfg.pipelines)):
-        return None
-    from edge_agent.default_models import default_models_dir
-    from edge_agent.privacy.redact import TiledFaceFinder
-
-    path = default_models_dir() / FACE_MODEL
-    if not path.exists():
-        logger.warning("face model %s is missing (run: edge-agent models fetch); snapshots "
-                       "will not be published (fail closed)", path)
-        return None
-    from edge_agent.config import ModelConfig
-
-    bundle = load_bundle(ModelConfig(path=path, decoder="anchors", threads=1), 0.5)
-    lock = threading.Lock()
-
-    def detect(image: np.ndarray) -> list[Box]:
-        with lock:  # one interpreter, used by one thread at a time
-            frame = Frame(0, 0.0, image=image)
-            inputs, transform = bundle.prepare(frame)
-            outputs = bundle.runtime.infer(inputs)
-            return [d.box for d in bundle.decode(outputs, transform).detections]
-
-    return TiledFaceFinder(detect)
-
 
 class _Unit:
     """Everything one pipeline owns."""
@@ -120,6 +83,7 @@ class PipelineSet:
         from edge_agent.signing import load_public_keys
         from edge_agent.sources.factory import create_source
         from edge_agent.tracking import IouTracker
+        from edge_agent.update_wiring import UpdateWiring
         from edge_agent.updater.manifest import Destination
         from edge_agent.updater.store import ModelStore
         from edge_agent.updater.updater import ModelUpdater, UpdateHooks
@@ -149,7 +113,7 @@ class PipelineSet:
                             send=self.guard.send, gate=gate, tracker=tracker, zones=zones,
                             health=health,
                             observe=self.metrics.observe_stage)
-        wired = _UpdateHooks(self, p, pipeline, store)
+        wired = UpdateWiring(self, p, pipeline, store)
         # updates keep the decoder kind the pipeline runs: ``auto`` is resolved once, for the
         # configured model, and never re-inferred (a classifier cannot replace a detector)
         kind = getattr(bundle.decoder, "kind", None) or p.model.decoder
@@ -375,146 +339,4 @@ class PipelineSet:
                                                         command.payload.get("sha256"))
 
 
-class _UpdateHooks:
-    """What a pipeline's updater may do to the running pipeline."""
-
-    def __init__(self, owner: PipelineSet, cfg: PipelineConfig, pipeline: Pipeline,
-                 store: Any = None) -> None:
-        self.owner = owner
-        self.cfg = cfg
-        self.pipeline = pipeline
-        self.store = store
-        self._validated: tuple[Path, Path | None, ModelBundle] | None = None
-        self.decoder: str | None = None  # the pipeline's decoder kind, fixed for updates
-
-    def active(self) -> tuple[str, int, str]:
-        ref = self.pipeline.bundle.ref
-        return ref.name, ref.version, ref.sha256
-
-    def targets(self) -> list[str]:
-        """The pipeline's execution target names (a manifest's files for others are skipped)."""
-        return [t.label for t in self.cfg.model.resolved_targets()]
-
-    def _load(self, path: Path, labels_path: Path | None, manifest: Manifest | None,
-              target_files: Mapping[str, Path] | None = None) -> ModelBundle:
-        if target_files is None and self.store is not None and manifest is not None:
-            target_files = self.store.target_files(manifest, self.targets())
-        model = self.cfg.model
-        if self.decoder is not None and model.decoder != self.decoder:
-            model = model.model_copy(update={"decoder": self.decoder})
-        return load_bundle(model, self.cfg.score_threshold, path=path,
-                           labels_path=labels_path or self.cfg.model.labels,
-                           version=int(getattr(manifest, "version", 0) or 0),
-                           name=getattr(manifest, "name", None),
-                           sha256=getattr(manifest, "sha256", None),
-                           target_files=target_files)
-
-    def validate(self, path: Path, labels_path: Path | None,
-                 target_files: Mapping[str, Path] | None = None) -> None:
-        """Load in a separate interpreter, check it fits, warm up on a recent real frame; each
-        per-target file is also loaded and warmed up on its own target (a file that does not
-        run there rejects the update).
-
-        The validated bundle is kept for :meth:`swap`, so the model is not loaded twice
-        (unless it has per-target files: those move into the store at install).
-        """
-        from edge_agent.bundle import warm_up
-        from edge_agent.errors import UpdateError
-        from edge_agent.runtime.targets import same_tensors
-
-        self._drop_validated()
-        signatures = {}
-        for name, file in (target_files or {}).items():
-            signatures[name] = self._validate_on_target(name, path, dict(target_files or {}))
-            logger.info("pipeline %s: %s passed warm-up on target %s", self.cfg.name,
-                        Path(file).name, name)
-        try:
-            bundle = self._load(path, labels_path, None, target_files or {})
-        except (ModelError, EdgeAgentError) as exc:
-            raise UpdateError(str(exc)) from None
-        want = bundle.runtime.signature
-        if signatures:  # the reference is the top-level file, whatever target serves first
-            from edge_agent.runtime.interpreter import TfliteRuntime
-
-            main = TfliteRuntime(path, threads=1)
-            want = main.signature
-            main.close()
-        for name, sig in signatures.items():
-            if not (same_tensors(sig.inputs, want.inputs)
-                    and same_tensors(sig.outputs, want.outputs)):
-                bundle.close()
-                raise UpdateError(f"the file for target {name} has other input/output tensors "
-                                  "than the model")
-        try:
-            warm_up(bundle, self.pipeline.last_frame(),
-                    self.owner.cfg.updates.max_latency_ms)
-        except ModelError as exc:
-            bundle.close()
-            raise UpdateError(str(exc)) from None
-        if target_files:
-            bundle.close()
-            return
-        self._validated = (Path(path), labels_path, bundle)
-
-    def _validate_on_target(self, name: str, path: Path, target_files: dict[str, Path]) -> Any:
-        """Load ``target_files[name]`` on target ``name`` alone and warm it up."""
-        from edge_agent.errors import UpdateError
-        from edge_agent.runtime.targets import TargetRuntime, target_specs
-
-        m = self.cfg.model
-        spec = next(s for s in target_specs(m, path=path, target_files=target_files)
-                    if s.name == name)
-        try:
-            runtime = TargetRuntime([spec], threads=m.threads,
-                                    invoke_timeout_s=m.invoke_timeout_s,
-                                    load_timeout_s=m.load_timeout_s)
-        except EdgeAgentError as exc:
-            raise UpdateError(f"the file for target {name} does not run on it: {exc}") from None
-        signature = runtime.signature
-        runtime.close()
-        return signature
-
-    def _drop_validated(self) -> None:
-        validated, self._validated = self._validated, None
-        if validated is not None:
-            validated[2].close()
-
-    def swap(self, path: Path, labels_path: Path | None, manifest: Manifest | None) -> None:
-        """Swap the new model in between two frames."""
-        from dataclasses import replace
-
-        from edge_agent.errors import UpdateError
-        from edge_agent.types import ModelRef
-
-        validated, self._validated = self._validated, None
-        try:
-            # the updater validates the staged file and swaps in the installed copy of the
-            # same bytes (sha256 checked by the updater): reuse the validated interpreter
-            same = validated is not None and (
-                validated[0] == Path(path)
-                or validated[2].ref.sha256 == getattr(manifest, "sha256", None))
-            if validated is not None and same:
-                bundle = validated[2]
-                ref = ModelRef(getattr(manifest, "name", None) or bundle.ref.name,
-                               int(getattr(manifest, "version", 0) or 0),
-                               getattr(manifest, "sha256", None) or bundle.ref.sha256)
-                bundle = replace(bundle, ref=ref, path=Path(path), labels_path=labels_path)
-            else:
-                if validated is not None:
-                    validated[2].close()
-                bundle = self._load(path, labels_path, manifest)
-        except EdgeAgentError as exc:
-            raise UpdateError(str(exc)) from None
-        if not self.pipeline.swap(bundle):
-            raise UpdateError("the pipeline did not take the new model within 30 s")
-        self.owner.metrics.set_model_info(self.cfg.name, bundle.ref, bundle.runtime.info)
-
-    def publish_state(self, payload: dict[str, Any]) -> None:
-        self.owner.on_state(payload)
-
-    def reply(self, request_id: str | None, ok: bool, error: str | None) -> None:
-        if self.owner.dispatcher is not None:
-            self.owner.dispatcher.reply(request_id, ok, error)
-
-
-__all__ = ["PipelineSet", "build_face_detector", "outputs_finite"]
+__all__ = ["PipelineSet"]

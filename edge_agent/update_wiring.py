@@ -1,0 +1,168 @@
+"""What a pipeline's updater may do to the running pipeline: validate a candidate model in a
+separate interpreter (on each execution target), swap it in between two frames, publish the
+model state and reply. Handed to :class:`~edge_agent.updater.updater.ModelUpdater` as its
+:class:`~edge_agent.updater.updater.UpdateHooks`, the same interface the updater's tests use.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from edge_agent.bundle import ModelBundle, load_bundle
+from edge_agent.config import PipelineConfig
+from edge_agent.errors import EdgeAgentError, ModelError
+from edge_agent.pipeline import Pipeline
+
+if TYPE_CHECKING:
+    from edge_agent.pipeline_set import PipelineSet
+    from edge_agent.updater.manifest import Manifest
+
+logger = logging.getLogger(__name__)
+
+
+class UpdateWiring:
+    """What a pipeline's updater may do to the running pipeline."""
+
+    def __init__(self, owner: PipelineSet, cfg: PipelineConfig, pipeline: Pipeline,
+                 store: Any = None) -> None:
+        self.owner = owner
+        self.cfg = cfg
+        self.pipeline = pipeline
+        self.store = store
+        self._validated: tuple[Path, Path | None, ModelBundle] | None = None
+        self.decoder: str | None = None  # the pipeline's decoder kind, fixed for updates
+
+    def active(self) -> tuple[str, int, str]:
+        ref = self.pipeline.bundle.ref
+        return ref.name, ref.version, ref.sha256
+
+    def targets(self) -> list[str]:
+        """The pipeline's execution target names (a manifest's files for others are skipped)."""
+        return [t.label for t in self.cfg.model.resolved_targets()]
+
+    def _load(self, path: Path, labels_path: Path | None, manifest: Manifest | None,
+              target_files: Mapping[str, Path] | None = None) -> ModelBundle:
+        if target_files is None and self.store is not None and manifest is not None:
+            target_files = self.store.target_files(manifest, self.targets())
+        model = self.cfg.model
+        if self.decoder is not None and model.decoder != self.decoder:
+            model = model.model_copy(update={"decoder": self.decoder})
+        return load_bundle(model, self.cfg.score_threshold, path=path,
+                           labels_path=labels_path or self.cfg.model.labels,
+                           version=int(getattr(manifest, "version", 0) or 0),
+                           name=getattr(manifest, "name", None),
+                           sha256=getattr(manifest, "sha256", None),
+                           target_files=target_files)
+
+    def validate(self, path: Path, labels_path: Path | None,
+                 target_files: Mapping[str, Path] | None = None) -> None:
+        """Load in a separate interpreter, check it fits, warm up on a recent real frame; each
+        per-target file is also loaded and warmed up on its own target (a file that does not
+        run there rejects the update).
+
+        The validated bundle is kept for :meth:`swap`, so the model is not loaded twice
+        (unless it has per-target files: those move into the store at install).
+        """
+        from edge_agent.bundle import warm_up
+        from edge_agent.errors import UpdateError
+        from edge_agent.runtime.targets import same_tensors
+
+        self._drop_validated()
+        signatures = {}
+        for name, file in (target_files or {}).items():
+            signatures[name] = self._validate_on_target(name, path, dict(target_files or {}))
+            logger.info("pipeline %s: %s passed warm-up on target %s", self.cfg.name,
+                        Path(file).name, name)
+        try:
+            bundle = self._load(path, labels_path, None, target_files or {})
+        except (ModelError, EdgeAgentError) as exc:
+            raise UpdateError(str(exc)) from None
+        want = bundle.runtime.signature
+        if signatures:  # the reference is the top-level file, whatever target serves first
+            from edge_agent.runtime.interpreter import TfliteRuntime
+
+            main = TfliteRuntime(path, threads=1)
+            want = main.signature
+            main.close()
+        for name, sig in signatures.items():
+            if not (same_tensors(sig.inputs, want.inputs)
+                    and same_tensors(sig.outputs, want.outputs)):
+                bundle.close()
+                raise UpdateError(f"the file for target {name} has other input/output tensors "
+                                  "than the model")
+        try:
+            warm_up(bundle, self.pipeline.last_frame(),
+                    self.owner.cfg.updates.max_latency_ms)
+        except ModelError as exc:
+            bundle.close()
+            raise UpdateError(str(exc)) from None
+        if target_files:
+            bundle.close()
+            return
+        self._validated = (Path(path), labels_path, bundle)
+
+    def _validate_on_target(self, name: str, path: Path, target_files: dict[str, Path]) -> Any:
+        """Load ``target_files[name]`` on target ``name`` alone and warm it up."""
+        from edge_agent.errors import UpdateError
+        from edge_agent.runtime.targets import TargetRuntime, target_specs
+
+        m = self.cfg.model
+        spec = next(s for s in target_specs(m, path=path, target_files=target_files)
+                    if s.name == name)
+        try:
+            runtime = TargetRuntime([spec], threads=m.threads,
+                                    invoke_timeout_s=m.invoke_timeout_s,
+                                    load_timeout_s=m.load_timeout_s)
+        except EdgeAgentError as exc:
+            raise UpdateError(f"the file for target {name} does not run on it: {exc}") from None
+        signature = runtime.signature
+        runtime.close()
+        return signature
+
+    def _drop_validated(self) -> None:
+        validated, self._validated = self._validated, None
+        if validated is not None:
+            validated[2].close()
+
+    def swap(self, path: Path, labels_path: Path | None, manifest: Manifest | None) -> None:
+        """Swap the new model in between two frames."""
+        from dataclasses import replace
+
+        from edge_agent.errors import UpdateError
+        from edge_agent.types import ModelRef
+
+        validated, self._validated = self._validated, None
+        try:
+            # the updater validates the staged file and swaps in the installed copy of the
+            # same bytes (sha256 checked by the updater): reuse the validated interpreter
+            same = validated is not None and (
+                validated[0] == Path(path)
+                or validated[2].ref.sha256 == getattr(manifest, "sha256", None))
+            if validated is not None and same:
+                bundle = validated[2]
+                ref = ModelRef(getattr(manifest, "name", None) or bundle.ref.name,
+                               int(getattr(manifest, "version", 0) or 0),
+                               getattr(manifest, "sha256", None) or bundle.ref.sha256)
+                bundle = replace(bundle, ref=ref, path=Path(path), labels_path=labels_path)
+            else:
+                if validated is not None:
+                    validated[2].close()
+                bundle = self._load(path, labels_path, manifest)
+        except EdgeAgentError as exc:
+            raise UpdateError(str(exc)) from None
+        if not self.pipeline.swap(bundle):
+            raise UpdateError("the pipeline did not take the new model within 30 s")
+        self.owner.metrics.set_model_info(self.cfg.name, bundle.ref, bundle.runtime.info)
+
+    def publish_state(self, payload: dict[str, Any]) -> None:
+        self.owner.on_state(payload)
+
+    def reply(self, request_id: str | None, ok: bool, error: str | None) -> None:
+        if self.owner.dispatcher is not None:
+            self.owner.dispatcher.reply(request_id, ok, error)
+
+
+__all__ = ["UpdateWiring"]
