@@ -912,6 +912,14 @@ def _clean_loc(loc: tuple[Any, ...], data: Any) -> tuple[Any, ...]:
     return tuple(out)
 
 
+def _one_line(text: str) -> str:
+    """A problem as one line: control characters in keys or values (a key named ``"\r"``, as
+    the fuzzer found) are escaped, so each problem stays one line of the error."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 def _dotted(loc: tuple[Any, ...]) -> str:
     text = ""
     for part in loc:
@@ -974,7 +982,7 @@ def parse_config(text: str, filename: str = "<config>") -> AgentConfig:
             loc = _clean_loc(tuple(err["loc"]), data)
             key_line = _line_for(loc, lines)
             where = f"{filename}:{key_line}" if key_line is not None else filename
-            problems.append(f"{where} {_dotted(loc)}: {_describe(dict(err))}")
+            problems.append(_one_line(f"{where} {_dotted(loc)}: {_describe(dict(err))}"))
         raise ConfigError(list(dict.fromkeys(problems))) from None
 
 

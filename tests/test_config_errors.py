@@ -148,3 +148,19 @@ def test_run_exits_78_without_traceback(tmp_path: Path) -> None:
     assert proc.returncode == 78, proc.stderr
     assert "Traceback" not in proc.stderr
     assert "pipelines[0].model.path: model file not found" in proc.stderr
+
+
+def test_a_key_with_control_characters_stays_on_one_line() -> None:
+    """Found by tests/fuzz: an unknown key named "\\r\\r" split its problem over lines."""
+    from edge_agent.config import parse_config
+    from edge_agent.errors import ConfigError
+
+    try:
+        parse_config('"\\r\\r": null\n', "f.yaml")
+    except ConfigError as exc:
+        lines = str(exc).splitlines()
+    else:
+        raise AssertionError("no error")
+    assert lines == ["f.yaml:1 pipelines: required key is missing",
+                     "f.yaml:1 \\r\\r: unknown key (check the spelling; see README's config "
+                     "reference)"]
