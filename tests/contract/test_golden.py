@@ -23,7 +23,16 @@ from edge_agent.config import PrivacyConfig
 from edge_agent.privacy import messages, new_seal
 from edge_agent.privacy.egress import EgressGuard
 from edge_agent.privacy.policy import PrivacyPolicy
-from edge_agent.types import ClassScore, Detection, Inference, ModelRef, Result, TrackEvent
+from edge_agent.types import (
+    ClassScore,
+    Detection,
+    HealthEvent,
+    Inference,
+    ModelRef,
+    Result,
+    TargetChange,
+    TrackEvent,
+)
 
 GOLDEN = Path(__file__).with_name("golden.json")
 MODEL = ModelRef("detector", 3, "A" * 64)
@@ -152,6 +161,13 @@ def _record() -> dict[str, list[dict[str, Any]]]:
     run("event_zone", lambda s, g: [_policy(s).event(TrackEvent(
         "door", TS + 1, kind, 4, "person", 0, dwell, (0.1, 0.5, 0.2, 0.9), zone="driveway"))
         for kind, dwell in (("zone_enter", 0.2), ("loitering", 30.0), ("zone_leave", 42.5))])
+    # camera-health and execution-target events, recorded from their code paths when added
+    run("event_health", lambda s, g: [
+        _policy(s).health_event(HealthEvent("door", TS, "camera_dark",
+                                            (("brightness", 3.14159), ("contrast", 0.5)))),
+        _policy(s).health_event(HealthEvent("door", TS, "source_down"))])
+    run("event_target", lambda s, g: [_policy(s).target_event(
+        TargetChange("edgetpu", "cpu", "invoke timed out", TS))])
     image = np.zeros((64, 96, 3), np.uint8)
     image[16:48, 24:72] = (40, 200, 90)
     run("snapshot", lambda s, g: [
