@@ -89,6 +89,22 @@ def test_claimed_nodes_run_in_the_delegate_with_the_options_it_was_given(
     assert "destroyed" in lines
 
 
+def test_a_delegate_that_claims_nothing_still_serves_everything_on_its_cpu_kernels(
+        delegate_library: Path, tmp_path: Path, model: Path) -> None:
+    d = TestDelegate(delegate_library, tmp_path / "none", claim="none")
+    rt = _targets(d, model)
+    try:
+        assert rt.active == "vendor"  # it loaded and passed warm-up: nothing was delegated
+        inputs = _frame(2)
+        out = rt.infer(inputs)
+        assert d.invocations() == 0
+        for got, want in zip(out, _cpu_outputs(model, inputs), strict=True):
+            np.testing.assert_array_equal(got, want)
+    finally:
+        rt.close()
+    assert "prepare claimed=0" in d.log_lines()
+
+
 def test_a_delegate_that_fails_at_prepare_leaves_the_model_on_the_cpu(
         test_delegate: TestDelegate, model: Path) -> None:
     test_delegate.set("fail_prepare")

@@ -5,7 +5,9 @@ it moves back. Real mosquitto, the real test delegate (tests/delegate), a fake s
 
 from __future__ import annotations
 
+import re
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,6 +22,22 @@ from tests.service.test_agent_notify import READY_TIMEOUT_S, FakeSystemd, _log, 
 pytestmark = [pytest.mark.slow]
 
 STALL_S = 3.0  # the pipeline's stall_timeout_s: the watchdog is fed only while stages are fresh
+
+
+def _wait_metrics(tmp_path: Path, lines: list[str]) -> None:
+    """Wait until the agent's /metrics shows every line (its URL is in the log)."""
+    m = re.search(r"Prometheus metrics on (http://\S+/metrics)",
+                  (tmp_path / "agent.log").read_text(errors="replace"))
+    assert m, "no metrics URL logged"
+    deadline = time.monotonic() + 30
+    text = ""
+    while time.monotonic() < deadline:
+        with urllib.request.urlopen(m.group(1), timeout=10) as resp:
+            text = resp.read().decode()
+        if all(line in text for line in lines):
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"metrics never showed {lines}:\n{text[-2000:]}")
 
 
 @pytest.fixture
@@ -42,7 +60,7 @@ def test_a_hung_delegate_neither_stalls_the_daemon_nor_trips_the_watchdog(
     cfg.write_text(f"""
 device_id: target-test
 state_dir: {tmp_path / "state"}
-mqtt: {{host: {broker.host}, port: {broker.port}}}
+mqtt: {{host: {broker.host}, port: {broker.port}, stats_interval_s: 1}}
 metrics: {{prometheus: {{bind: 127.0.0.1, port: 0}}}}
 logging: {{level: info, format: text}}
 updates: {{enabled: false}}
@@ -77,6 +95,9 @@ pipelines:
                 assert gap < STALL_S, f"no watchdog ping for {gap:.1f}s"
         assert proc.poll() is None
         assert inbox.wait_for(lambda m: any(b'"target_changed"' in p for _, p, _ in m), 30)
+        _wait_metrics(tmp_path, ['edge_agent_target_active{pipeline="door",target="cpu",'
+                                 'state="active"} 1',
+                                 'edge_agent_target_changes_total{pipeline="door"} 1'])
         n = inbox.count("/results/door")
         assert inbox.wait_for(lambda m: sum("/results/" in t for t, _, _ in m) >= n + 10, 30)
         test_delegate.set("ok")  # the wedge clears; the next probe passes
