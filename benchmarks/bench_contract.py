@@ -21,10 +21,7 @@ validated, compact UTF-8 JSON bytes, as the egress guard must:
 from __future__ import annotations
 
 import json
-import statistics
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -33,6 +30,7 @@ sys.path.insert(0, str(REPO))
 
 from pydantic import BaseModel, ConfigDict, Field  # noqa: E402
 
+from benchmarks.common import median_cpu_us  # noqa: E402
 from edge_agent.config import PrivacyConfig  # noqa: E402
 from edge_agent.privacy import new_seal  # noqa: E402
 from edge_agent.privacy.egress import dumps  # noqa: E402
@@ -81,15 +79,6 @@ class PResult(_P):
     counts: dict[str, int]
 
 
-def _median(fn: Callable[[], Any], n: int = 2000) -> float:
-    for _ in range(50):
-        fn()
-    times = []
-    for _ in range(n):
-        t = time.process_time_ns()
-        fn()
-        times.append(time.process_time_ns() - t)
-    return statistics.median(times) / 1e3
 
 
 def _payload() -> dict[str, Any]:
@@ -114,7 +103,7 @@ def run() -> dict[str, Any]:
         validate("result", frozen)
         return dumps(frozen)
 
-    out["current_us"] = _median(current)
+    out["current_us"] = median_cpu_us(current, 2000)
 
     def p_build() -> bytes:
         m = PResult(schema=payload["schema"], id=payload["id"], seq=payload["seq"],
@@ -130,8 +119,8 @@ def run() -> dict[str, Any]:
         m = PResult.model_validate(payload)
         return m.model_dump_json(by_alias=True, exclude_none=True).encode()
 
-    out["pydantic_build_us"] = _median(p_build)
-    out["pydantic_validate_us"] = _median(p_validate)
+    out["pydantic_build_us"] = median_cpu_us(p_build, 2000)
+    out["pydantic_validate_us"] = median_cpu_us(p_validate, 2000)
     out["pydantic_same_bytes"] = p_build() == want
     out["pydantic_version"] = __import__("pydantic").VERSION
     if msgspec is None:
@@ -198,8 +187,8 @@ def _msgspec(payload: dict[str, Any], want: bytes) -> dict[str, Any]:
         out: bytes = enc.encode(msgspec.convert(payload, MResult))
         return out
 
-    return {"msgspec_build_unchecked_us": _median(m_build),
-            "msgspec_convert_us": _median(m_convert),
+    return {"msgspec_build_unchecked_us": median_cpu_us(m_build, 2000),
+            "msgspec_convert_us": median_cpu_us(m_convert, 2000),
             "msgspec_same_bytes": m_convert() == want, "msgspec_version": msgspec.__version__}
 
 

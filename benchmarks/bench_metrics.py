@@ -25,6 +25,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from benchmarks.common import median_cpu_us  # noqa: E402
 from edge_agent.prometheus import LATENCY_BUCKETS, Registry  # noqa: E402
 
 PIPELINES = ("a", "b", "c", "d")
@@ -41,13 +42,6 @@ def _per_call_ns(fn: Callable[[], Any], n: int = 200_000) -> float:
     return statistics.median(runs)
 
 
-def _median_us(fn: Callable[[], Any], n: int = 200) -> float:
-    times = []
-    for _ in range(n):
-        t = time.process_time_ns()
-        fn()
-        times.append(time.process_time_ns() - t)
-    return statistics.median(times) / 1e3
 
 
 def _import_ms(module: str) -> float:
@@ -68,7 +62,7 @@ def ours() -> dict[str, float]:
     child, counter = h.labels("a", "invoke"), c.labels("a")
     return {"observe_ns": _per_call_ns(lambda: child.observe(0.0118)),
             "inc_ns": _per_call_ns(lambda: counter.inc()),
-            "render_us": _median_us(r.render),
+            "render_us": median_cpu_us(r.render),
             "import_ms": _import_ms("edge_agent.prometheus")}
 
 
@@ -86,7 +80,7 @@ def client() -> dict[str, float]:
     child, counter = h.labels("a", "invoke"), c.labels("a")
     return {"observe_ns": _per_call_ns(lambda: child.observe(0.0118)),
             "inc_ns": _per_call_ns(lambda: counter.inc()),
-            "render_us": _median_us(lambda: pc.generate_latest(r)),
+            "render_us": median_cpu_us(lambda: pc.generate_latest(r)),
             "import_ms": _import_ms("prometheus_client"),
             "version": pc.__version__ if hasattr(pc, "__version__") else "?"}
 

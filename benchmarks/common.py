@@ -69,6 +69,18 @@ def machine() -> dict[str, Any]:
             "load_at_start": [round(x, 2) for x in os.getloadavg()]}
 
 
+def median_cpu_us(fn: Callable[[], Any], n: int = 200, warm: int = 50) -> float:
+    """Median CPU time of one ``fn()`` call in microseconds (process time, after ``warm``)."""
+    for _ in range(warm):
+        fn()
+    times = []
+    for _ in range(n):
+        t = time.process_time_ns()
+        fn()
+        times.append(time.process_time_ns() - t)
+    return statistics.median(times) / 1e3
+
+
 def pct(values: list[float], q: float) -> float:
     """The ``q`` quantile (nearest rank) of ``values``."""
     s = sorted(values)
