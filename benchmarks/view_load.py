@@ -223,11 +223,15 @@ def main(argv: list[str] | None = None) -> int:
             agent.terminate()
             broker.stop()
     quiet = statistics.median(fps["quiet"])
-    print(f"{'phase':<10} {'fps per round':<28} {'median':>8} {'vs quiet':>9}")
+    width = 7 * args.rounds
+    print(f"{'phase':<10} {'fps per round':<{width}} {'median':>8} {'vs quiet':>9} "
+          f"{'paired':>7}")
     for name, values in fps.items():
         med = statistics.median(values)
         rounds = " ".join(f"{v:6.1f}" for v in values)
-        print(f"{name:<10} {rounds:<28} {med:8.1f} {med / quiet:9.2f}")
+        # each phase against the quiet phase of its own round (the load drifts between rounds)
+        paired = statistics.median(v / q for v, q in zip(values, fps["quiet"], strict=True))
+        print(f"{name:<10} {rounds:<{width}} {med:8.1f} {med / quiet:9.2f} {paired:7.2f}")
     return 0
 
 
