@@ -249,16 +249,16 @@ class ChaosRun:
         self._wait(f"{what}: results of both pipelines and online", done)
         return max(times) - since_mono
 
-    def _wait_drained(self, what: str) -> int:
-        """Wait until every durable stream is gap-free; return how many were still missing
-        after the limit (lost)."""
+    def _wait_drained(self, what: str, expected: int = 0) -> int:
+        """Wait until the durable streams show exactly ``expected`` new gaps (0: gap-free);
+        return how many are missing then, or after the limit."""
         def missing() -> int:
             gaps = sum(len(seq_report(s, self._payloads(s)).missing) for s in STREAMS)
             return gaps - self._accepted_gaps
 
         try:
-            self._wait(f"{what}: streams gap-free", lambda: missing() == 0, timeout=45)
-            return 0
+            self._wait(f"{what}: streams gap-free", lambda: missing() == expected, timeout=45)
+            return expected
         except ChaosError:
             if self.agent is not None and self.agent.proc.poll() is not None:
                 raise
@@ -362,11 +362,13 @@ class ChaosRun:
         rec.injected += 1
         rec.recovery_s.append(self._wait_flowing(ended, fault))
         self._check_models(fault)
-        lost = self._wait_drained(fault)
+        # a lossy fault's gaps show once messages stored after it arrive: wait for as many as
+        # the agent counted (and no more); any other fault must drain to no gap at all
+        counted = self._store_failed() - failed_before if fault in LOSSY else 0
+        lost = self._wait_drained(fault, expected=counted)
         if lost and fault not in LOSSY:
             raise ChaosError(f"{fault}: {lost} messages lost")
         if fault in LOSSY:
-            counted = self._store_failed() - failed_before
             if lost != counted:
                 raise ChaosError(f"{fault}: {lost} seq gaps, but the agent counted {counted}")
             rec.notes.append(f"{lost} lost, all counted in outbox.store_failed and seen as gaps")
