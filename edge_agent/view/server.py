@@ -184,7 +184,7 @@ class _Handler(BaseHTTPRequestHandler):
         url = urlsplit(self.path)
         query = parse_qs(url.query)
         if not self._authorized(query):
-            view.unauthorized += 1
+            view.count_unauthorized()
             self._text(401, "unauthorized: this view needs its token\n",
                        {"WWW-Authenticate": 'Bearer realm="edge-agent view"'})
             return
@@ -226,7 +226,7 @@ class _Handler(BaseHTTPRequestHandler):
         self._headers(200, f"multipart/x-mixed-replace; boundary={BOUNDARY}")
         seq = 0
         with tap.watch():
-            view.streaming += 1
+            view.count_stream(+1)
             try:
                 while not view.stopping.is_set():
                     got = tap.wait_new(seq, 1.0)
@@ -240,7 +240,7 @@ class _Handler(BaseHTTPRequestHandler):
             except (OSError, TimeoutError):
                 pass  # the viewer went away or was too slow: drop it
             finally:
-                view.streaming -= 1
+                view.count_stream(-1)
 
 
 class ViewServer:
@@ -270,10 +270,21 @@ class ViewServer:
         self.stopping = threading.Event()
         self.busy = 0  # connections refused with 503 (over max_clients)
         self.unauthorized = 0
-        self.streaming = 0
+        self.streaming = 0  # open streams (see count_stream)
+        self._count_lock = threading.Lock()
         self._httpd = _Server((cfg.bind, cfg.port), self)
         self.port: int = self._httpd.server_address[1]
         self._thread: threading.Thread | None = None
+
+    def count_stream(self, delta: int) -> None:
+        """A stream opened (+1) or ended (-1); handler threads do this concurrently."""
+        with self._count_lock:
+            self.streaming += delta
+
+    def count_unauthorized(self) -> None:
+        """A request was refused with 401."""
+        with self._count_lock:
+            self.unauthorized += 1
 
     @property
     def url(self) -> str:
