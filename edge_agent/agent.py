@@ -90,7 +90,19 @@ class Agent:
         return self.messages.status(
             self.seal, device=self.config.device_id, state=state, agent_version=__version__,
             started_at=self.started_at, pipelines=pipelines, boot_id=self.transport.boot_id,
-            outbox=self._outbox_stats())
+            outbox=self._outbox_stats(), mqtt=self._mqtt_stats())
+
+    def _mqtt_stats(self) -> dict[str, Any]:
+        """The broker connection for status and stats: connected, reconnects, connect
+        failures, the last error and since when the broker is unreachable (None: it is not)."""
+        from edge_agent.privacy.policy import iso_ts
+
+        st = self.transport.stats()
+        down = st.get("down_since")
+        return {"connected": bool(st.get("connected")), "reconnects": st.get("reconnects", 0),
+                "connect_failures": st.get("connect_failures", 0),
+                "last_error": st.get("last_error"),
+                "down_since": None if down is None else iso_ts(float(down))}
 
     def _outbox_stats(self) -> dict[str, Any]:
         st = self.transport.stats()
@@ -118,7 +130,7 @@ class Agent:
         self.guard.send(self.messages.stats(
             self.seal, device=self.config.device_id, pipelines=pipes,
             uptime_s=time.time() - self.started_at, outbox=self._outbox_stats(),
-            mqtt={"connected": bool(st.get("connected")), "reconnects": st.get("reconnects", 0)},
+            mqtt=self._mqtt_stats(),
             egress=self.guard.counters(), cpu_temp_c=cpu_temperature()))
         self.metrics.set_gauge("edge_agent_outbox_depth", st.get("outbox_depth", 0))
         self.metrics.set_gauge("edge_agent_outbox_dropped_total", st.get("outbox_dropped", 0))

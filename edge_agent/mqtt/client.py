@@ -11,6 +11,12 @@ paho still holds (``drop_out_messages``: paho would otherwise resend it behind o
 rewinds the pump to the oldest unacknowledged outbox row, re-subscribes every filter and calls
 the ``on_connected`` callbacks (which re-publish status and discovery). Messages that may have
 reached the broker before are resent with ``"replayed": true`` and the same ``id``.
+
+Outages are reported, not just counted: the first failed connect is logged at once with the
+broker's address and the reason (connection refused, DNS, timeout, TLS, not authorised), then
+again at a falling rate while it lasts (after 10 s, 20 s, 40 s, ... at most every 10 min, and
+at once when the reason changes), and one line when the broker is back, saying how long it was
+down and how deep the outbox is. ``stats()`` carries ``last_error`` and ``down_since``.
 """
 
 from __future__ import annotations
@@ -18,6 +24,9 @@ from __future__ import annotations
 import collections
 import json
 import logging
+import socket
+import ssl
+import sys
 import threading
 import time
 import uuid
@@ -41,6 +50,46 @@ Handler = Callable[[str, bytes], None]
 Render = Callable[[int, str], bytes]
 
 _OK = MQTTErrorCode.MQTT_ERR_SUCCESS
+
+
+REPORT_FIRST_S = 10.0  # the first "still down" line after this long
+REPORT_MAX_S = 600.0  # then doubling intervals, at most this long
+
+
+def describe_connect_error(exc: BaseException | None, host: str) -> str:
+    """Why a connection attempt failed, in words a user can act on.
+
+    Args:
+        exc: what the attempt raised (None: paho gave no reason).
+        host: the configured broker host (named in DNS failures).
+    """
+    if exc is None:
+        return "connection failed (no reason given)"
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return f"TLS: the broker's certificate was not accepted ({exc.verify_message})"
+    if isinstance(exc, ssl.SSLError):
+        return f"TLS: {getattr(exc, 'reason', None) or exc.strerror or exc}"
+    if isinstance(exc, socket.gaierror):
+        return f"DNS: cannot resolve {host!r} ({exc.strerror})"
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused (nothing listens on that port?)"
+    if isinstance(exc, TimeoutError):
+        return "timeout (no answer from the broker)"
+    if isinstance(exc, ConnectionResetError):
+        return "connection reset by the broker"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc) or type(exc).__name__
+
+
+def describe_connack(reason_code: Any) -> str:
+    """A refused CONNACK in words (bad credentials, not authorised, ...)."""
+    text = str(reason_code)
+    value = getattr(reason_code, "value", None)
+    # MQTT 5: 0x86 bad user name or password, 0x87 not authorized; 3.1.1: 4 and 5
+    if value in (0x86, 0x87, 4, 5) or "authori" in text.lower() or "password" in text.lower():
+        return f"not authorised by the broker ({text})"
+    return f"refused by the broker ({text})"
 
 
 def mark_replayed(payload: bytes) -> bytes:
@@ -89,6 +138,13 @@ class MqttTransport:
         self._pump: threading.Thread | None = None
         self._started = False
         self._ever_connected = False
+        self._last_error: str | None = None  # the reason of the last failed connect/disconnect
+        self._down_since: float | None = None  # epoch s: when the current outage started
+        self._down_mono = 0.0  # the same, monotonic
+        self._reported_error: str | None = None  # the reason last written to the log
+        self._next_report = 0.0  # monotonic: when a persisting outage is logged again
+        self._report_every = REPORT_FIRST_S
+        self._failures_since_report = 0
         self._counters = {"reconnects": 0, "published": 0, "acked": 0, "dropped_nondurable": 0,
                           "refused": 0, "replayed": 0, "connect_failures": 0,
                           "network_restarts": 0}
@@ -338,8 +394,7 @@ class MqttTransport:
             self._counters["connect_failures"] += 1
             with self._lock:
                 self._connected = False
-            logger.warning("broker %s:%d refused the connection: %s", self.mqtt.host,
-                           self.mqtt.port, reason_code)
+            self._report_failure(describe_connack(reason_code))
             self._set_delay()
             return
         with self._lock:
@@ -361,8 +416,7 @@ class MqttTransport:
             filters = list(self._handlers)
             callbacks = list(self._on_connected)
         self._backoff.reset()
-        logger.info("connected to %s:%d (session present: %s, outbox depth %d)", self.mqtt.host,
-                    self.mqtt.port, flags.session_present, self._outbox.depth)
+        self._report_connected(bool(flags.session_present))
         for topic_filter in filters:
             self._subscribe(topic_filter)
         for callback in callbacks:
@@ -374,7 +428,70 @@ class MqttTransport:
 
     def _handle_connect_fail(self, client: paho.Client, userdata: Any) -> None:
         self._counters["connect_failures"] += 1
+        # paho calls this from inside its ``except OSError`` around the connect attempt and
+        # passes no reason: the exception being handled is the reason
+        self._report_failure(describe_connect_error(sys.exc_info()[1], self.mqtt.host))
         self._set_delay()
+
+    # ------------------------------------------------------------------ outage reports
+
+    def _address(self) -> str:
+        tls = " (TLS)" if self.mqtt.tls.enabled else ""
+        return f"{self.mqtt.host}:{self.mqtt.port}{tls}"
+
+    def _mark_down(self, reason: str) -> bool:
+        """Record an outage's reason; True when this starts a new outage."""
+        self._last_error = reason
+        if self._down_since is not None:
+            return False
+        self._down_since = time.time()
+        self._down_mono = time.monotonic()
+        return True
+
+    def _report_failure(self, reason: str) -> None:
+        """Log a failed connect: at once when the outage starts or the reason changes, then
+        after 10 s, 20 s, 40 s, ... (at most every REPORT_MAX_S) while it persists."""
+        if self._halt.is_set():
+            return
+        new = self._mark_down(reason)
+        now = time.monotonic()
+        self._failures_since_report += 1
+        if new or self._reported_error is None or reason != self._reported_error:
+            if self._ever_connected and not new:
+                logger.warning("cannot reconnect to broker %s: %s; retrying, results are kept "
+                               "in the outbox (depth %d)", self._address(), reason,
+                               self._outbox.depth)
+            else:
+                logger.warning("cannot connect to broker %s: %s; retrying, results are kept "
+                               "in the outbox (depth %d)", self._address(), reason,
+                               self._outbox.depth)
+            self._report_every = REPORT_FIRST_S
+        elif now >= self._next_report:
+            logger.warning("broker %s still unreachable after %.0f s (%d attempts since the "
+                           "last report): %s; outbox depth %d", self._address(),
+                           now - self._down_mono, self._failures_since_report, reason,
+                           self._outbox.depth)
+            self._report_every = min(REPORT_MAX_S, self._report_every * 2)
+        else:
+            return
+        self._reported_error = reason
+        self._failures_since_report = 0
+        self._next_report = now + self._report_every
+
+    def _report_connected(self, session_present: bool) -> None:
+        if self._down_since is None:
+            logger.info("connected to %s (session present: %s, outbox depth %d)",
+                        self._address(), session_present, self._outbox.depth)
+            return
+        down = time.monotonic() - self._down_mono
+        logger.warning("%s broker %s after %.1f s down (last error: %s); outbox depth %d, "
+                       "session present: %s",
+                       "reconnected to" if self._counters["reconnects"] else "connected to",
+                       self._address(), down, self._last_error, self._outbox.depth,
+                       session_present)
+        self._down_since = None
+        self._reported_error = None
+        self._failures_since_report = 0
 
     def _handle_disconnect(self, client: paho.Client, userdata: Any,
                            flags: paho.DisconnectFlags, reason_code: Any,
@@ -382,8 +499,12 @@ class MqttTransport:
         # No lock here: paho may call this with its own locks held.
         was, self._connected = self._connected, False
         if was and not self._halt.is_set():
-            logger.warning("disconnected from %s:%d (%s); outbox keeps results", self.mqtt.host,
-                           self.mqtt.port, reason_code)
+            self._mark_down(f"disconnected ({reason_code})")
+            self._reported_error = self._last_error
+            self._next_report = time.monotonic() + REPORT_FIRST_S
+            self._report_every = REPORT_FIRST_S
+            logger.warning("disconnected from broker %s (%s); retrying, results are kept in "
+                           "the outbox", self._address(), reason_code)
         self._set_delay()
 
     def _set_delay(self) -> None:
@@ -418,7 +539,9 @@ class MqttTransport:
 
         Keys: connected, reconnects, outbox_depth, outbox_bytes, outbox_dropped,
         outbox_store_failed (messages lost to a full disk or an I/O error), inflight,
-        published, acked, replayed, refused, dropped_nondurable, connect_failures, boot_id.
+        published, acked, replayed, refused, dropped_nondurable, connect_failures, boot_id,
+        last_error (the reason of the last failed connect or disconnect, None before any),
+        down_since (epoch seconds when the current outage started; None while connected).
         """
         with self._lock:
             inflight = len(self._inflight)
@@ -431,4 +554,6 @@ class MqttTransport:
             "inflight": inflight,
             **self._counters,
             "boot_id": self.boot_id,
+            "last_error": self._last_error,
+            "down_since": self._down_since,
         }

@@ -60,7 +60,8 @@ def _now(ts: float | None) -> str:
 def status(seal: Seal, *, device: str, state: str, agent_version: str,
            started_at: float | None, pipelines: Sequence[Mapping[str, Any]] = (),
            runtime: Mapping[str, Any] | None = None, boot_id: str | None = None,
-           outbox: Mapping[str, Any] | None = None, ts: float | None = None) -> OutgoingMessage:
+           outbox: Mapping[str, Any] | None = None, mqtt: Mapping[str, Any] | None = None,
+           ts: float | None = None) -> OutgoingMessage:
     """The retained ``P/D/status`` message (``state`` online, or offline for the last will).
 
     Args:
@@ -74,6 +75,8 @@ def status(seal: Seal, *, device: str, state: str, agent_version: str,
         runtime: flat dict about the runtime (backend, version, delegate, threads).
         boot_id: the transport's boot id (a restart changes it).
         outbox: flat dict of outbox stats (depth, dropped).
+        mqtt: flat dict of the broker connection (connected, reconnects, last_error,
+            down_since).
         ts: the message time; default now.
     """
     payload: dict[str, Any] = {
@@ -86,6 +89,8 @@ def status(seal: Seal, *, device: str, state: str, agent_version: str,
         payload["runtime"] = plain(runtime)
     if outbox is not None:
         payload["outbox"] = plain(outbox)
+    if mqtt is not None:
+        payload["mqtt"] = plain(mqtt)
     return seal.issue("status", None, payload)
 
 
