@@ -354,6 +354,9 @@ class Pipeline:
         snap = self.stats.snapshot()
         snap["dropped"] += self.source_dropped
         snap["bad_lines"] = self.source_bad_lines
+        # class ids the label file does not name (published as the id; see decoders.labels)
+        snap["unlabeled"] = int(getattr(getattr(self._bundle.decoder, "name", None),
+                                        "unlabeled", 0))
         out.update(snap)
         if self._health is not None:
             out["camera_health"] = self._health.status()

@@ -216,7 +216,7 @@ class PipelineSet:
                 "state", "frames", "inferred", "published", "dropped", "gated", "errors",
                 "bad_frames", "fps",
                 "inference_ms_p50", "inference_ms_p95", "bad_lines", "target",
-                "target_changes")}
+                "target_changes", "unlabeled")}
             self.metrics.set_gauge("edge_agent_fps", st["fps"], pipeline=u.pipeline.name)
             self.metrics.set_targets(u.pipeline.name, st["targets"], st["target_changes"])
             self.metrics.set_gauge("edge_agent_frames_dropped_total", st["dropped"],

@@ -74,7 +74,7 @@ def check_pipeline_model(p: PipelineConfig, index: int = 0, *,
             checked too); only when the model has more than one.
     """
     from edge_agent.decoders.factory import create_decoder
-    from edge_agent.decoders.labels import load_labels
+    from edge_agent.decoders.labels import LabelsMismatchError, load_labels
     from edge_agent.runtime.targets import TargetRuntime, target_specs
 
     m = p.model
@@ -143,6 +143,9 @@ def check_pipeline_model(p: PipelineConfig, index: int = 0, *,
         try:
             made = create_decoder(m.decoder, runtime.signature, labels, m.options,
                                   p.score_threshold)
+        except LabelsMismatchError as exc:
+            found.append(Finding(model, (*base, "labels"), FAIL, str(exc),
+                                 "use the model's own label file (one name per class)"))
         except (ModelError, PluginUnavailableError) as exc:
             found.append(Finding(decoder, (*base, "decoder"), FAIL, str(exc), fix_decoder))
         except (ValueError, TypeError, KeyError) as exc:

@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 
 from edge_agent.decoders.base import Options, input_size, misfit, sigmoid, squeeze_batch
-from edge_agent.decoders.labels import Labels
+from edge_agent.decoders.labels import Labels, LabelsMismatchError
 from edge_agent.decoders.nms import nms, weighted_nms
 from edge_agent.types import Detection, Inference, ModelSignature, Transform
 
@@ -173,6 +173,24 @@ def _anchor_options(opts: Options, base: AnchorOptions | None, in_w: int,
     return replace(base, **fields)
 
 
+def _one_name(labels: Labels, preset: Preset | None) -> str:
+    """The label file's name for the one class an anchors model detects.
+
+    Raises:
+        LabelsMismatchError: the file names more or fewer than one class (e.g. COCO labels on
+            a face detector would publish every face as ``person``).
+    """
+    names = labels.compact()
+    if len(names) == 1:
+        return names.get(0)
+    what = f"{preset.label} " if preset else ""
+    few = "too few" if len(names) < 1 else "too many"
+    raise LabelsMismatchError(
+        f"label file {labels.source} does not fit the model: {len(names)} names, but an "
+        f"anchors model detects one class ({what}only; {few}: use a file with one name, or "
+        "decoder_options label)")
+
+
 class AnchorsDecoder:
     """BlazeFace / BlazePose detector heads: boxes, keypoints and scores per anchor."""
 
@@ -205,9 +223,9 @@ class AnchorsDecoder:
                                       [*PRESETS, "none"])
         preset = PRESETS.get(preset_name)
         anchor_opts = _anchor_options(opts, preset.anchors if preset else None, in_w, in_h)
-        # the class name: the option, else the label file's first name, else the preset's
+        # the class name: the option, else the label file's one name, else the preset's
         label = opts.raw("label") if opts.has("label") else (
-            labels.get(0) if len(labels) else preset.label if preset else "object")
+            _one_name(labels, preset) if len(labels) else preset.label if preset else "object")
         self.scale = opts.get_float("scale", float(anchor_opts.input_w if anchor_opts else in_w),
                                     lo=1e-6)
         self.box = opts.get_choice("box", preset.box if preset else "detector",

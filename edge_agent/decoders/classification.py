@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from edge_agent.decoders.base import Options, misfit, squeeze_batch
-from edge_agent.decoders.labels import Labels
+from edge_agent.decoders.labels import Labels, Namer
 from edge_agent.types import ClassScore, Inference, ModelSignature, Transform
 
 EXPECTED = "1 output of class scores [1,K] with K >= 2"
@@ -61,6 +61,7 @@ class ClassificationDecoder:
         self.spec = outs[0]
         self.num_classes = shape[0]
         self.labels = labels.fit(self.num_classes, offset=offset)
+        self.name = Namer(self.labels)
         if background == "auto":
             background = self.num_classes == 1001 or (
                 len(self.labels) == self.num_classes and self.labels.has_background)
@@ -84,7 +85,7 @@ class ClassificationDecoder:
         top = np.argpartition(-p, k - 1)[:k]
         top = top[np.argsort(-p[top], kind="stable")]
         classes = tuple(
-            ClassScore(class_id=int(i), label=self.labels.get(int(i)), score=float(p[i]))
+            ClassScore(class_id=int(i), label=self.name(int(i)), score=float(p[i]))
             for i in top.tolist() if p[i] >= self.score_threshold
         )
         return Inference(classes=classes)

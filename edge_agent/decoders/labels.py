@@ -9,7 +9,10 @@ Accepted formats (detected per file):
   label list, as in the PASCAL VOC file, are not labels).
 
 A first entry ``background`` / ``???`` / ``__background__`` is remembered as a background line,
-so decoders can align the file with their outputs (:meth:`Labels.fit`).
+so decoders can align the file with their outputs (:meth:`Labels.fit`). A file that cannot be
+aligned with a model that says how many classes it has raises :class:`LabelsMismatchError`
+(``check-config`` and start-up report it under ``model.labels``). At run time a class id the
+file does not name is published as the id, counted and warned about once (:class:`Namer`).
 """
 
 from __future__ import annotations
@@ -27,6 +30,10 @@ logger = logging.getLogger(__name__)
 GAP_NAMES = frozenset({"n/a", "???", "-", ""})
 BACKGROUND_NAMES = frozenset({"background", "???", "__background__", "bg"})
 _ID_LINE = re.compile(r"^\s*(\d+)\s*[:\s,]\s*(.*?)\s*$")
+
+
+class LabelsMismatchError(ModelError):
+    """The label file does not fit the model (a different number of classes)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,13 +113,44 @@ class Labels:
         compacted = self.compact()
         if len(compacted) == num_classes:
             return compacted
-        logger.warning("label file %s has %d entries but the model has %d classes; "
-                       "names may be off (set decoder_options label_offset or labels_skip_na)",
-                       self.source, n, num_classes)
-        return self
+        few = "too few" if len(compacted) < num_classes else "too many"
+        raise LabelsMismatchError(
+            f"label file {self.source} does not fit the model: {n} entries ({len(compacted)} "
+            f"names) for {num_classes} classes ({few}; use the model's own label file, or "
+            "set decoder_options label_offset / labels_skip_na)")
 
 
 NO_LABELS = Labels()
+
+
+class Namer:
+    """Class id -> the name a decoder publishes.
+
+    With a label file, an id the file does not name (past its end, or a gap) is published as
+    the id (``"17"``), never as a neighbour's name; each such id is warned about once and
+    every occurrence is counted in :attr:`unlabeled`. Without a label file every id is its own
+    name, silently (that is the documented behaviour).
+    """
+
+    def __init__(self, labels: Labels) -> None:
+        self.labels = labels
+        self.unlabeled = 0
+        self._warned: set[int] = set()
+
+    def __call__(self, class_id: int) -> str:
+        names = self.labels.names
+        if 0 <= class_id < len(names):
+            name = names[class_id]
+            if name is not None:
+                return name
+        if names:
+            self.unlabeled += 1
+            if class_id not in self._warned and len(self._warned) < 64:
+                self._warned.add(class_id)
+                logger.warning("the model emitted class %d, which label file %s does not name; "
+                               "published as %r (counted in stats as unlabeled)", class_id,
+                               self.labels.source, str(class_id))
+        return str(class_id)
 
 
 def parse_labels(lines: Sequence[str], source: str = "labels") -> Labels:

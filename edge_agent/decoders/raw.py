@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from edge_agent.decoders.base import Options, misfit, squeeze_batch
-from edge_agent.decoders.labels import Labels
+from edge_agent.decoders.labels import Labels, Namer
 from edge_agent.types import ClassScore, Inference, ModelSignature, Transform
 
 MAX_HISTOGRAM_CLASSES = 256
@@ -51,6 +51,7 @@ class RawDecoder:
             raise misfit(self.kind, "at least 1 output", signature)
         self.spec = signature.outputs[0]
         self.labels = labels
+        self.name = Namer(labels)
         self.score_threshold = float(score_threshold)
         shape = squeeze_batch(self.spec.shape)
         size = math.prod(shape)
@@ -83,7 +84,7 @@ class RawDecoder:
             share = counts.astype(np.float64) / max(flat.size, 1)
             present = np.nonzero(share > 0)[0]
             present = present[np.argsort(-share[present], kind="stable")]
-            classes = tuple(ClassScore(int(i), self.labels.get(int(i)), float(share[i]))
+            classes = tuple(ClassScore(int(i), self.name(int(i)), float(share[i]))
                             for i in present.tolist())
             return Inference(classes=classes, values=tuple(float(v) for v in share))
         x = self.spec.dequantize(arr).reshape(self.shape)

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from edge_agent.decoders.base import Options, dequantize, misfit, squeeze_batch
-from edge_agent.decoders.labels import Labels
+from edge_agent.decoders.labels import Labels, Namer
 from edge_agent.types import Detection, Inference, ModelSignature, Transform
 
 logger = logging.getLogger(__name__)
@@ -56,6 +56,7 @@ class SsdDecoder:
         self.max_detections = opts.get_int("max_detections", 100, lo=1)
         opts.finish()
         self.labels = labels.shifted(offset) if offset else labels
+        self.name = Namer(self.labels)
         self.score_threshold = float(score_threshold)
         outs = signature.outputs
         if len(outs) != 4:
@@ -112,7 +113,7 @@ class SsdDecoder:
         dets = []
         for row, i in enumerate(keep.tolist()):
             cid = int(classes[i])
-            dets.append(Detection(class_id=cid, label=self.labels.get(cid),
+            dets.append(Detection(class_id=cid, label=self.name(cid),
                                   score=float(scores[i]),
                                   box=(float(framed[row, 0]), float(framed[row, 1]),
                                        float(framed[row, 2]), float(framed[row, 3]))))

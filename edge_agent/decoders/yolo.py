@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from edge_agent.decoders.base import Options, input_size, misfit, squeeze_batch
-from edge_agent.decoders.labels import Labels
+from edge_agent.decoders.labels import Labels, Namer
 from edge_agent.decoders.nms import nms
 from edge_agent.types import Detection, Inference, ModelSignature, Transform
 
@@ -83,6 +83,7 @@ class YoloDecoder:
             raise misfit(self.kind, EXPECTED, signature)
         self.labels = labels.fit(self.num_classes, offset=offset,
                                  compact=None if skip == "auto" else bool(skip))
+        self.name = Namer(self.labels)
         self.spec = outs[0]
         self.score_threshold = float(score_threshold)
         self.input_w, self.input_h = input_size(signature)
@@ -138,7 +139,7 @@ class YoloDecoder:
                    max_detections=self.max_detections)
         framed = transform.to_frame(xyxy[kept])
         dets = tuple(
-            Detection(class_id=int(c), label=self.labels.get(int(c)), score=float(s),
+            Detection(class_id=int(c), label=self.name(int(c)), score=float(s),
                       box=(float(b[0]), float(b[1]), float(b[2]), float(b[3])))
             for c, s, b in zip(cls[kept].tolist(), conf[kept].tolist(), framed, strict=True)
         )
