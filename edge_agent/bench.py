@@ -13,6 +13,9 @@ frames:
 Fairness: everything is warmed up first; the runs alternate in ``rounds`` blocks of
 ``frames / rounds`` frames each (so a change in machine load hits all of them alike), and a
 pipeline block is timed from its 3rd result to its last (its start-up is reported apart).
+``rounds`` is odd (an even request runs one more), and every fps figure and every ratio comes
+from the same round: the median round by bare fps, so the printed ratios are the printed fps
+divided by each other. All rounds' rates are in the JSON (``rounds_fps``) to show the spread.
 Reported: rates and their ratios to bare, per-stage p50/p95, CPU seconds per frame, peak RSS,
 model load time and the time from pipeline start to its first result.
 """
@@ -279,7 +282,9 @@ def _measure(pcfg: PipelineConfig, bundle: ModelBundle, source: str | None, fram
         bundle.runtime.infer(inputs[k % len(inputs)])
 
     rounds = max(1, rounds)
-    runs = _Runs(pcfg, bundle, inputs, max(5, frames // rounds))
+    rounds += 1 - rounds % 2  # odd: the median is a round that was measured
+    per_run = max(5, frames // rounds)
+    runs = _Runs(pcfg, bundle, inputs, per_run)
     rates: dict[str, list[float]] = defaultdict(list)
     order = [("bare", runs.bare), ("sequential", runs.sequential), ("pipeline", runs.pipeline)]
     for r in range(rounds):
@@ -287,18 +292,22 @@ def _measure(pcfg: PipelineConfig, bundle: ModelBundle, source: str | None, fram
             rates[name].append(fn())
     info = bundle.runtime.info
 
+    # one round for every figure: the median by bare fps (the baseline tracks machine load)
+    mid = sorted(range(rounds), key=lambda i: rates["bare"][i])[rounds // 2]
+    fps = {k: round(v[mid], 2) for k, v in rates.items()}
+
     def ratio(a: str, b: str) -> float | None:
-        rs = sorted(x / y for x, y in zip(rates[a], rates[b], strict=True) if y > 0)
-        return round(rs[len(rs) // 2], 3) if rs else None
+        return round(fps[a] / fps[b], 3) if fps[b] > 0 else None
 
     def cpu(name: str) -> float:
         return round(sum(runs.cpu[name]) / max(1, runs.frames[name]), 4)
 
-    fps = {k: round(sorted(v)[len(v) // 2], 2) for k, v in rates.items()}
     return {
         "model": str(model), "backend": f"{info.backend} {info.backend_version}",
         "delegate": info.delegate, "fallback": info.fallback_reason, "threads": info.threads,
         "source": source or "synthetic 640x480", "frames": frames, "rounds": rounds,
+        "frames_per_run": per_run, "median_round": mid + 1,
+        "rounds_fps": {k: [round(x, 2) for x in v] for k, v in rates.items()},
         "load_s": round(load_s, 3),
         "bare": {"fps": fps["bare"], "cpu_s_per_frame": cpu("bare"),
                  "invoke_ms_p50": round(_pct(runs.invoke_ms, 0.5) or 0, 2),
@@ -323,8 +332,9 @@ def format_table(r: dict[str, Any]) -> str:
     lines = [
         f"model    {r['model']}",
         f"runtime  {r['backend']}, delegate {r['delegate'] or 'none (CPU/XNNPACK)'}{fb}, "
-        f"{r['threads']} threads; source {r['source']}; {r['frames']} frames per run in "
-        f"{r['rounds']} alternating rounds",
+        f"{r['threads']} threads; source {r['source']}",
+        f"rounds   {r['rounds']} alternating rounds of {r['frames_per_run']} frames per run; "
+        f"every figure below is from round {r['median_round']} (the median by bare fps)",
         "",
         f"{'run':<12}{'fps':>9}{'/ bare':>9}{'CPU s/frame':>13}",
         f"{'bare':<12}{r['bare']['fps']:>9.1f}{1.0:>9.3f}{r['bare']['cpu_s_per_frame']:>13.4f}",

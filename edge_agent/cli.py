@@ -84,7 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--labels", default=None)
     p.add_argument("--frames", type=int, default=200)
     p.add_argument("--rounds", type=int, default=3,
-                   help="alternating blocks per run (fairness under changing load)")
+                   help="alternating blocks per run (fairness under changing load); odd: an "
+                        "even number runs one more, so the median round exists")
     p.add_argument("--delegate-option", action="append", default=None, metavar="KEY=VALUE",
                    help="option for a --delegate or --target library (repeatable)")
     p.add_argument("--target", action="append", default=None, metavar="T",

@@ -9,16 +9,13 @@ from pathlib import Path
 import pytest
 
 from edge_agent.bench import cmd_bench, format_table, format_targets, run_bench
-from edge_agent.default_models import default_models_dir
+from edge_agent.default_models import ensure_default_models
 from tests.delegate import TestDelegate
 
 
 @pytest.fixture
 def face_model() -> str:
-    path = default_models_dir() / "face_detection_full_range_sparse.tflite"
-    if not path.exists():
-        pytest.skip("default model missing (edge-agent models fetch)")
-    return str(path)
+    return str(ensure_default_models()["face_detection_full_range_sparse"])
 
 
 def test_run_bench_reports_every_figure(face_model: str) -> None:
@@ -32,6 +29,26 @@ def test_run_bench_reports_every_figure(face_model: str) -> None:
     assert r["pipeline"]["first_result_ms"] > 0
     assert r["peak_rss_mb"] > 0 and r["threads"] == 1
     assert "pipeline" in format_table(r)
+
+
+def test_figures_and_ratios_come_from_the_same_round(face_model: str) -> None:
+    """The printed ratios are the printed fps divided by each other (one median round), an
+    even number of rounds runs one more, and the header names the frames each run got."""
+    r = run_bench(face_model, threads=1, frames=20, rounds=2)
+    assert r["rounds"] == 3 and r["frames_per_run"] == 20 // 3
+    assert all(len(v) == 3 for v in r["rounds_fps"].values())
+    mid = r["median_round"] - 1
+    bare = r["rounds_fps"]["bare"]
+    assert sorted(bare)[1] == bare[mid]
+    for run in ("bare", "sequential", "pipeline"):
+        assert r[run]["fps"] == r["rounds_fps"][run][mid]
+    assert r["sequential"]["ratio_to_bare"] == round(r["sequential"]["fps"] / r["bare"]["fps"], 3)
+    assert r["pipeline"]["ratio_to_bare"] == round(r["pipeline"]["fps"] / r["bare"]["fps"], 3)
+    assert r["pipeline"]["ratio_to_sequential"] == round(
+        r["pipeline"]["fps"] / r["sequential"]["fps"], 3)
+    header = format_table(r).splitlines()[2]
+    assert f"3 alternating rounds of {20 // 3} frames per run" in header
+    assert f"round {r['median_round']}" in header
 
 
 def test_cmd_bench_json_on_a_video_file(face_model: str, tmp_path: Path,
