@@ -4,12 +4,14 @@ exception."""
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -29,19 +31,56 @@ def active_backend() -> str:
         "ai_edge_litert"
 
 
+def missing(what: str) -> None:
+    """Skip because ``what`` (a tool the repo's ./dev installs) is absent; fail under CI."""
+    if IN_CI:
+        pytest.fail(f"{what} is missing under CI (./dev test installs it)")
+    pytest.skip(f"{what} is not installed")
+
+
+def need_module(name: str) -> Any:
+    """Import a third-party module the ``dev`` extra installs; skip without it (fail under CI).
+    Never for edge_agent's own modules: those are imported plainly, so a broken one fails."""
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        missing(f"python module {name} (pip install -e '.[dev]')")
+        raise
+
+
+def _missing_shared(what: str) -> None:
+    """Skip on a clone without ../shared; under CI (where ../shared is a read-only copy of the
+    team's models) a missing file is a failure, never a silent skip."""
+    if IN_CI:
+        pytest.fail(f"{what} is missing under CI (CI provides ../shared/models read-only)")
+    pytest.skip(f"{what} is not available (see README: Contributing: tests and ../shared)")
+
+
 def shared_model(name: str) -> Path:
-    """A file from ../shared/models, or skip the test when it is absent."""
+    """A model or data file the tests use.
+
+    The three default models (and their label files) come from models/, which
+    ``edge-agent models fetch`` fills on every clone; everything else comes from
+    ../shared/models and skips cleanly when that folder is absent (fails under CI).
+    """
+    from edge_agent.default_models import DEFAULT_MODELS, default_models_dir, ensure_default_models
+
+    stem = name[:-len(".tflite")] if name.endswith(".tflite") else None
+    if stem in DEFAULT_MODELS:
+        return ensure_default_models()[stem]
+    if name in {m.labels for m in DEFAULT_MODELS.values()}:
+        return default_models_dir() / name
     path = SHARED_MODELS / name
     if not path.exists():
-        pytest.skip(f"../shared/models/{name} is not available")
+        _missing_shared(f"../shared/models/{name}")
     return path
 
 
 @pytest.fixture
 def shared() -> Path:
-    """The ../shared/models folder, or skip."""
+    """The ../shared/models folder, or skip (a failure under CI)."""
     if not SHARED_MODELS.is_dir():
-        pytest.skip("../shared/models is not available")
+        _missing_shared("../shared/models")
     return SHARED_MODELS
 
 

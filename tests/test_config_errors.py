@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from edge_agent.cli import main
-from tests.conftest import REPO, shared_model
+from edge_agent.default_models import DEFAULT_MODEL, ensure_default_models
+from tests.conftest import REPO
 
 GOOD_PIPELINE = """\
 pipelines:
@@ -30,7 +31,9 @@ def _run(tmp_path: Path, text: str, capsys: pytest.CaptureFixture[str]) -> tuple
 
 @pytest.fixture
 def model() -> Path:
-    return shared_model("mobilenet_v1_0.25_128_quant.tflite")
+    """The default model (models/, fetched on every clone): a face detector with the anchors
+    decoder, so ``decoder: ssd`` does not fit it."""
+    return ensure_default_models()[DEFAULT_MODEL]
 
 
 CASES: list[tuple[str, str, str]] = [

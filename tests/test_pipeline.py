@@ -15,8 +15,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from edge_agent.config import PipelineConfig
 from edge_agent.errors import SourceError
 from edge_agent.pipeline import Pipeline
@@ -230,13 +228,11 @@ def test_swap_before_start_applies_at_once() -> None:
 
 def test_default_model_on_a_real_video_file_every_frame_in_order(tmp_path: Path) -> None:
     from edge_agent.bundle import load_bundle
-    from edge_agent.default_models import default_models_dir
+    from edge_agent.default_models import DEFAULT_MODEL, ensure_default_models
     from edge_agent.sources.factory import create_source
     from edge_agent.sources.synthetic import write_clip
 
-    model = default_models_dir() / "face_detection_full_range_sparse.tflite"
-    if not model.exists():
-        pytest.skip("default model missing (edge-agent models fetch)")
+    model = ensure_default_models()[DEFAULT_MODEL]
     clip = tmp_path / "clip.avi"
     write_clip(clip, seconds=2.0, fps=10, episodes=[(0.5, 1.5)])
     cfg = PipelineConfig.model_validate({

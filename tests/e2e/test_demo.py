@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from tests.broker import mosquitto_binary
-from tests.conftest import IN_CI, REPO
+from tests.conftest import IN_CI, REPO, need_module
 
 pytestmark = pytest.mark.slow
 
@@ -22,7 +22,7 @@ def test_demo_runs_and_stops_cleanly(broker: str) -> None:
             pytest.fail("mosquitto is not installed")
         pytest.skip("mosquitto is not installed")
     if broker == "amqtt":
-        pytest.importorskip("amqtt")
+        need_module("amqtt")
     env = dict(os.environ, PYTHONPATH=str(REPO))
     if broker == "amqtt":
         env["EDGE_AGENT_DEMO_BROKER"] = "amqtt"

@@ -264,7 +264,7 @@ def test_dispatcher_worker_thread_replies(tmp_path: Path, key: Ed25519PrivateKey
 
 
 def test_commands_signed_by_the_operator_cli_verify(tmp_path: Path) -> None:
-    signing = pytest.importorskip("edge_agent.signing")
+    from edge_agent import signing
     signing.generate_key_pair(tmp_path / "keys")
     key = signing.load_private_key(tmp_path / "keys" / "signing.key")
     rec = Recorder()

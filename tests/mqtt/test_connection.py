@@ -24,9 +24,16 @@ from edge_agent.errors import ConfigError
 from edge_agent.mqtt.client import MqttTransport
 from edge_agent.mqtt.connection import read_password
 from tests.broker import Mosquitto, mosquitto_binary
+from tests.conftest import missing
 from tests.mqtt.conftest import agent_config, wait_until
 
-pytestmark = pytest.mark.skipif(mosquitto_binary() is None, reason="mosquitto not installed")
+
+@pytest.fixture(autouse=True)
+def _needs_mosquitto() -> None:
+    """Every test here starts its own mosquitto (TLS, auth): like the broker fixture, a
+    missing mosquitto skips on a dev machine and fails under CI."""
+    if mosquitto_binary() is None:
+        missing("mosquitto (apt-get install mosquitto)")
 
 
 def _name(cn: str) -> x509.Name:
@@ -131,8 +138,9 @@ def test_missing_certificate_file_is_a_config_error(tmp_path: Path) -> None:
         MqttTransport(cfg, tmp_path)
 
 
-@pytest.mark.skipif(shutil.which("mosquitto_passwd") is None, reason="mosquitto_passwd missing")
 def test_password_file_auth(tmp_path: Path) -> None:
+    if shutil.which("mosquitto_passwd") is None:
+        missing("mosquitto_passwd (Debian's mosquitto package)")
     passwd = tmp_path / "broker.passwd"
     subprocess.run(["mosquitto_passwd", "-c", "-b", str(passwd), "device", "s3cret"], check=True)
     conf = f"allow_anonymous false\npassword_file {passwd}\n"

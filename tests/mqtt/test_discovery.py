@@ -6,8 +6,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from edge_agent.config import AgentConfig, make_config
 from edge_agent.mqtt.discovery import (
     AnnouncedTopics,
@@ -15,6 +13,7 @@ from edge_agent.mqtt.discovery import (
     ha_came_online,
     ha_status_topic,
 )
+from tests.conftest import need_module
 
 PIPE = {"source": {"type": "synthetic"}, "model": {"path": "m.tflite"}}
 
@@ -68,7 +67,7 @@ def test_ha_status_topic() -> None:
 
 
 def test_templates_render_against_real_payloads() -> None:
-    jinja2 = pytest.importorskip("jinja2")
+    jinja2 = need_module("jinja2")
     env = jinja2.Environment(autoescape=False)
     by_what = {t.split("/")[3]: b for t, b in discovery_configs(config()) if b}
 

@@ -169,8 +169,8 @@ def test_bad_pipeline_names_never_make_topics(guard, seal, transport, pipeline):
 
 def test_home_assistant_discovery_configs_pass_the_guard(guard, transport, seal):
     """The mqtt area's discovery builders produce payloads our schema accepts."""
-    mqtt_discovery = pytest.importorskip("edge_agent.mqtt.discovery")
     from edge_agent.config import make_config
+    from edge_agent.mqtt import discovery as mqtt_discovery
 
     cfg = make_config(device_id="dev-1",
                       homeassistant={"enabled": True, "labels": ["person", "car"]})

@@ -9,7 +9,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 from edge_agent.config import make_config
 from edge_agent.privacy import messages, new_seal
@@ -31,8 +30,7 @@ def _wait(predicate, timeout: float = 10.0) -> bool:
 
 
 def test_everything_on_the_wire_validates(broker, tmp_path: Path):
-    client = pytest.importorskip("edge_agent.mqtt.client")
-    subscriber = pytest.importorskip("edge_agent.mqtt.subscriber")
+    from edge_agent.mqtt import client, subscriber
     cfg = make_config(device_id="dev-1", state_dir=str(tmp_path / "state"),
                       mqtt={"host": broker.host, "port": broker.port})
     seen: list[tuple[str, bytes]] = []

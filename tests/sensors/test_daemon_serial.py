@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 
 from tests.broker import Mosquitto
-from tests.conftest import shared_model
+from tests.conftest import need_module, shared_model
+from tests.e2e import agentproc
 
-pytest.importorskip("serial")
-agentproc = pytest.importorskip("tests.e2e.agentproc")
+need_module("serial")
 
 
 @pytest.mark.slow

@@ -17,8 +17,9 @@ from edge_agent.config import SensorSourceConfig
 from edge_agent.errors import SourceError
 from edge_agent.sources.sensor import SensorSource
 from edge_agent.types import Frame
+from tests.conftest import need_module
 
-pytest.importorskip("serial")
+need_module("serial")
 
 
 def cfg(uri: str, **kw: object) -> SensorSourceConfig:

@@ -4,7 +4,6 @@ pipeline stalls (a camera source on a FIFO nobody writes to: opening it blocks, 
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import os
 import re
 import signal
@@ -21,11 +20,7 @@ import pytest
 from tests.broker import Mosquitto
 from tests.conftest import REPO, shared_model
 
-pytestmark = [
-    pytest.mark.skipif(importlib.util.find_spec("edge_agent.agent") is None,
-                       reason="edge_agent.agent is not written yet"),
-    pytest.mark.slow,
-]
+pytestmark = pytest.mark.slow
 
 READY_TIMEOUT_S = 90.0  # model load + broker connect on a slow CI machine
 
