@@ -9,7 +9,6 @@ model sees the picture and finds faces, so the masked run cannot pass by acciden
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
 import numpy as np
