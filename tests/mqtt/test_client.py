@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import threading
 import time
 from collections import defaultdict
@@ -280,3 +282,54 @@ def test_a_dead_network_thread_is_restarted_and_nothing_is_lost(
     finally:
         transport.stop(5)
     assert seqs == [1, 2, 3, 4, 5]
+
+
+def test_frozen_broker_forces_a_reconnect_and_the_resent_copies_are_marked(
+        broker: Mosquitto, tmp_path: Path, subscriber_factory: Any) -> None:
+    """A reconnect in the same process: results handed to a broker that froze (SIGSTOP) are
+    never acknowledged; after the keepalive gives up and the broker thaws (SIGCONT), the
+    transport resends them with the same id and ``"replayed": true``."""
+    assert broker.proc is not None
+    sub: Subscriber = subscriber_factory(broker, "edge-agent/test-device/results/#")
+    transport = MqttTransport(agent_config(broker, tmp_path, keepalive=5), tmp_path)
+    connected = threading.Event()
+    transport.on_connected(connected.set)
+    transport.start()
+    topic = transport.topics.results("cam")
+    render = result_renderer("cam", transport.boot_id)
+    frozen = False
+    try:
+        assert connected.wait(10)
+        before = [transport.publish_durable("cam", topic, render) for _ in range(5)]
+        assert wait_until(lambda: transport.stats()["acked"] == 5)
+        os.kill(broker.proc.pid, signal.SIGSTOP)
+        frozen = True
+        during = [transport.publish_durable("cam", topic, render) for _ in range(5)]
+        # handed to paho (written to the frozen broker's socket), never acknowledged
+        assert wait_until(lambda: transport.stats()["published"] >= 10, 5)
+        assert transport.stats()["acked"] == 5
+        # paho's keepalive (5 s) notices the silence and drops the connection
+        assert wait_until(lambda: not transport.stats()["connected"], 30)
+        os.kill(broker.proc.pid, signal.SIGCONT)
+        frozen = False
+        assert wait_until(lambda: transport.stats()["reconnects"] >= 1, 40)
+        assert wait_until(lambda: transport.stats()["outbox_depth"] == 0, 20)
+        assert wait_until(lambda: {p["seq"] for p in sub.payloads()} >= set(before + during),
+                          20)
+    finally:
+        if frozen:
+            os.kill(broker.proc.pid, signal.SIGCONT)
+        transport.stop(5)
+    st = transport.stats()
+    assert st["replayed"] >= len(during), st  # the resends happened (not a vacuous check)
+    got = sub.payloads()
+    first = {p["seq"]: p for p in got if p["seq"] in before}
+    assert not any(p.get("replayed") for p in first.values())
+    copies: dict[int, list[dict[str, Any]]] = defaultdict(list)
+    for p in got:
+        copies[p["seq"]].append(p)
+    for seq in during:
+        assert len({p["id"] for p in copies[seq]}) == 1, copies[seq]  # the same id every time
+        # the resend is marked; a copy the broker read from the old connection after thawing
+        # may arrive too, unmarked (the first send never is)
+        assert any(p.get("replayed") is True for p in copies[seq]), copies[seq]

@@ -82,7 +82,7 @@ def pki(tmp_path: Path) -> dict[str, Path]:
     folder.mkdir()
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca = _cert("test-ca", ca_key, "test-ca", ca_key, ca=True)
-    ca_crt, _ = _write(folder, "ca", ca, ca_key)
+    ca_crt, ca_pem = _write(folder, "ca", ca, ca_key)
     server_key = ec.generate_private_key(ec.SECP256R1())
     server_crt, server_pem = _write(
         folder, "server", _cert("localhost", server_key, "test-ca", ca_key, server=True),
@@ -90,7 +90,7 @@ def pki(tmp_path: Path) -> dict[str, Path]:
     client_key = ec.generate_private_key(ec.SECP256R1())
     client_crt, client_pem = _write(
         folder, "client", _cert("edge-device", client_key, "test-ca", ca_key), client_key)
-    return {"ca": ca_crt, "server_crt": server_crt, "server_key": server_pem,
+    return {"ca": ca_crt, "ca_key": ca_pem, "server_crt": server_crt, "server_key": server_pem,
             "client_crt": client_crt, "client_key": client_pem}
 
 
@@ -175,3 +175,80 @@ def test_password_from_systemd_credentials(tmp_path: Path,
     assert read_password(make_config().mqtt) is None
     with pytest.raises(ConfigError, match="password_file"):
         read_password(make_config(mqtt={"password_file": str(tmp_path / "missing")}).mqtt)
+
+
+def _other_pki(folder: Path, pki: dict[str, Path]) -> dict[str, Path]:
+    """Two wrong server certificates: one from another CA (for the right host), one from our
+    CA for another host (no localhost / 127.0.0.1 in it)."""
+    folder.mkdir()
+    other_key = ec.generate_private_key(ec.SECP256R1())
+    other_ca = _cert("other-ca", other_key, "other-ca", other_key, ca=True)
+    _write(folder, "other-ca", other_ca, other_key)
+    key1 = ec.generate_private_key(ec.SECP256R1())
+    foreign_crt, foreign_key = _write(
+        folder, "foreign", _cert("localhost", key1, "other-ca", other_key, server=True), key1)
+    ca_key = serialization.load_pem_private_key(pki["ca_key"].read_bytes(), password=None)
+    key2 = ec.generate_private_key(ec.SECP256R1())
+    elsewhere = (x509.CertificateBuilder().subject_name(_name("broker.elsewhere.example"))
+                 .issuer_name(_name("test-ca")).public_key(key2.public_key())
+                 .serial_number(x509.random_serial_number())
+                 .not_valid_before(dt.datetime.now(dt.timezone.utc) - dt.timedelta(minutes=5))
+                 .not_valid_after(dt.datetime.now(dt.timezone.utc) + dt.timedelta(days=1))
+                 .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+                 .add_extension(x509.SubjectAlternativeName(
+                     [x509.DNSName("broker.elsewhere.example")]), critical=False)
+                 .sign(ca_key, hashes.SHA256()))  # type: ignore[arg-type]
+    other_host_crt, other_host_key = _write(folder, "other-host", elsewhere, key2)
+    return {"foreign_crt": foreign_crt, "foreign_key": foreign_key,
+            "other_host_crt": other_host_crt, "other_host_key": other_host_key}
+
+
+def _tls_broker(tmp_path: Path, name: str, crt: Path, key: Path) -> Mosquitto:
+    return Mosquitto(tmp_path / name, extra_config=f"certfile {crt}\nkeyfile {key}\n").start()
+
+
+def _try(tmp_path: Path, broker: Mosquitto, name: str, ca: Path,
+         insecure: bool) -> dict[str, Any]:
+    """Run a transport against ``broker`` for a few attempts; return its stats."""
+    state = tmp_path / name
+    transport = MqttTransport(agent_config(broker, state, reconnect_max_s=0.3,
+                                           tls={"ca_certs": str(ca), "insecure": insecure}),
+                              state)
+    transport.start()
+    try:
+        wait_until(lambda: transport.stats()["connected"]
+                   or transport.stats()["connect_failures"] >= 3, 15)
+        return transport.stats()
+    finally:
+        transport.stop(1)
+
+
+def test_broker_certificate_from_another_ca_never_connects(tmp_path: Path,
+                                                           pki: dict[str, Path]) -> None:
+    """Verification is on: a certificate our CA did not sign is refused, insecure or not
+    (``tls.insecure`` skips only the host name check)."""
+    other = _other_pki(tmp_path / "other", pki)
+    broker = _tls_broker(tmp_path, "b1", other["foreign_crt"], other["foreign_key"])
+    try:
+        for insecure in (False, True):
+            st = _try(tmp_path, broker, f"a-{insecure}", pki["ca"], insecure)
+            assert st["connected"] is False and st["connect_failures"] >= 3, st
+            assert st["last_error"].startswith("TLS: the broker's certificate was not "
+                                               "accepted"), st
+    finally:
+        broker.stop()
+
+
+def test_broker_certificate_for_another_host_connects_only_when_insecure(
+        tmp_path: Path, pki: dict[str, Path]) -> None:
+    other = _other_pki(tmp_path / "other", pki)
+    broker = _tls_broker(tmp_path, "b2", other["other_host_crt"], other["other_host_key"])
+    try:
+        st = _try(tmp_path, broker, "strict", pki["ca"], False)
+        assert st["connected"] is False and st["connect_failures"] >= 3, st
+        assert "TLS" in st["last_error"] and "127.0.0.1" in st["last_error"], st
+        # the same certificate is fine once host name checking is off: only the host was wrong
+        st = _try(tmp_path, broker, "insecure", pki["ca"], True)
+        assert st["connected"] is True, st
+    finally:
+        broker.stop()
