@@ -71,8 +71,8 @@ def fake_systemd(tmp_path: Path) -> Iterator[FakeSystemd]:
 
 
 def _config(tmp_path: Path, broker: Mosquitto, pipelines: str) -> Path:
-    model = shared_model("coco_ssd_mobilenet_v1_1.0_quant.tflite")
-    labels = shared_model("coco_labels.txt")
+    model = shared_model("face_detection_full_range_sparse.tflite")  # default models
+    labels = shared_model("face.txt")
     cfg = tmp_path / "config.yaml"
     cfg.write_text(f"""
 device_id: notify-test
@@ -90,7 +90,7 @@ pipelines:
 
 SYNTHETIC = """  - name: ok
     source: {type: synthetic, fps: 10, width: 320, height: 240}
-    model: {path: MODEL, labels: LABELS, decoder: ssd, threads: 1}
+    model: {path: MODEL, labels: LABELS, decoder: anchors, threads: 1}
 """
 
 
@@ -181,7 +181,7 @@ def test_watchdog_pings_stop_when_a_pipeline_stalls(tmp_path: Path, broker: Mosq
     os.mkfifo(fifo)
     stalled = f"""  - name: stalled
     source: {{type: camera, uri: {fifo}}}
-    model: {{path: MODEL, labels: LABELS, decoder: ssd, threads: 1}}
+    model: {{path: MODEL, labels: LABELS, decoder: anchors, threads: 1}}
     stall_timeout_s: 2
 """
     cfg = _config(tmp_path, broker, SYNTHETIC + stalled)

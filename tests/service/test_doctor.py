@@ -29,7 +29,8 @@ from tests.broker import Mosquitto, free_port
 from tests.conftest import IN_CI, shared_model
 
 
-def _config(tmp_path: Path, model: Path, port: int, labels: Path | None = None) -> Path:
+def _config(tmp_path: Path, model: Path, port: int, labels: Path | None = None,
+            decoder: str = "anchors") -> Path:
     cfg = tmp_path / "config.yaml"
     lab = f", labels: {labels}" if labels else ""
     cfg.write_text(f"""
@@ -39,7 +40,7 @@ mqtt: {{host: 127.0.0.1, port: {port}}}
 pipelines:
   - name: cam
     source: {{type: synthetic, fps: 0, frames: 5}}
-    model: {{path: {model}{lab}, decoder: ssd}}
+    model: {{path: {model}{lab}, decoder: {decoder}}}
 """)
     return cfg
 
@@ -55,8 +56,8 @@ def _by_name(report: dict) -> dict[str, dict]:
 
 def test_good_config_passes(tmp_path: Path, broker: Mosquitto,
                             capsys: pytest.CaptureFixture[str]) -> None:
-    model = shared_model("coco_ssd_mobilenet_v1_1.0_quant.tflite")
-    labels = shared_model("coco_labels.txt")
+    model = shared_model("face_detection_full_range_sparse.tflite")  # default models
+    labels = shared_model("face.txt")
     code, report = _doctor(capsys, _config(tmp_path, model, broker.port, labels))
     checks = _by_name(report)
     assert code == 0, report
@@ -83,14 +84,14 @@ def test_missing_model_fails(tmp_path: Path, broker: Mosquitto,
 
 def test_model_that_does_not_fit_its_decoder_fails(tmp_path: Path, broker: Mosquitto,
                                                    capsys: pytest.CaptureFixture[str]) -> None:
-    model = shared_model("mobilenet_v1_0.25_128_quant.tflite")  # a classifier, not SSD
-    code, report = _doctor(capsys, _config(tmp_path, model, broker.port))
+    model = shared_model("face_detection_full_range_sparse.tflite")  # anchors, not SSD
+    code, report = _doctor(capsys, _config(tmp_path, model, broker.port, decoder="ssd"))
     assert code == 1
     assert _by_name(report)["cam: decoder"]["status"] == FAIL
 
 
 def test_unreachable_broker_fails(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    model = shared_model("coco_ssd_mobilenet_v1_1.0_quant.tflite")
+    model = shared_model("face_detection_full_range_sparse.tflite")
     code, report = _doctor(capsys, _config(tmp_path, model, free_port()))
     assert code == 1
     broker = _by_name(report)["broker"]

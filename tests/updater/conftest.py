@@ -203,11 +203,13 @@ class Rig:
     configured: Path
 
 
-def make_rig(tmp_path: Path, keys: Keys, *, decoder: str = "ssd",
+def make_rig(tmp_path: Path, keys: Keys, *, decoder: str = "anchors",
              configured: Path | None = None, **cfg: Any) -> Rig:
-    configured = configured or shared_model("coco_ssd_mobilenet_v1_1.0_quant.tflite")
+    # default models (models/, on every clone): short-range face detector configured, the
+    # full-range one sent as the update (both the anchors decoder, different files)
+    configured = configured or shared_model("face_detection_short_range.tflite")
     store = ModelStore(tmp_path / "state" / "models" / "door")
-    active = store.resolve_active(configured, shared_model("coco_labels.txt"))
+    active = store.resolve_active(configured, shared_model("face.txt"))
     agent = AgentDouble(("configured", 0, active.sha256), real_validate(decoder))
     config = UpdatesConfig(**{"fetch_timeout_s": 1.0, "watch_seconds": 0.0,
                               "watch_inferences": 0, **cfg})

@@ -31,8 +31,8 @@ def cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
 
 
 def test_keygen_sign_verify_round_trip(tmp_path: Path) -> None:
-    model = shared_model("tf2_ssd_mobilenet_v2_320_coco_float.tflite")
-    labels = shared_model("coco_labels.txt")
+    model = shared_model("face_detection_full_range_sparse.tflite")  # default models
+    labels = shared_model("face.txt")
     r = cli("keygen", "--out", str(tmp_path / "k"))
     assert r.returncode == 0, r.stderr
     assert "key_id" in r.stdout
@@ -81,8 +81,8 @@ def device(broker: Mosquitto, tmp_path: Path) -> Iterator[Device]:
     topics = Topics(config.mqtt.topic_prefix, config.device_id)
     transport = MqttTransport(config, tmp_path / "state")
     store = ModelStore(tmp_path / "state" / "models" / "door")
-    active = store.resolve_active(shared_model("coco_ssd_mobilenet_v1_1.0_quant.tflite"))
-    agent = AgentDouble(("configured", 0, active.sha256), real_validate("ssd"))
+    active = store.resolve_active(shared_model("face_detection_short_range.tflite"))
+    agent = AgentDouble(("configured", 0, active.sha256), real_validate("anchors"))
 
     def publish_state(state: dict[str, Any]) -> None:
         agent.states.append(state)
@@ -124,7 +124,7 @@ def device(broker: Mosquitto, tmp_path: Path) -> Iterator[Device]:
 
 @pytest.mark.slow
 def test_push_status_rollback(device: Device, broker: Mosquitto, tmp_path: Path) -> None:
-    model = shared_model("tf2_ssd_mobilenet_v2_320_coco_float.tflite")
+    model = shared_model("face_detection_full_range_sparse.tflite")
     key = str(device.keys_dir / "signing.key")
     addr = f"{broker.host}:{broker.port}"
     m1 = tmp_path / "m1.json"
@@ -141,7 +141,7 @@ def test_push_status_rollback(device: Device, broker: Mosquitto, tmp_path: Path)
 
     # an older version over the inline path ends rejected, exit 1
     m0 = tmp_path / "m0.json"
-    other = shared_model("mobilenet_v1_0.25_128_quant.tflite")
+    other = shared_model("pose_detection.tflite")
     cli("sign", str(other), "--key", key, "--name", "cls", "--version", "1", "--out", str(m0))
     r = cli("push", str(m0), "--pipeline", "door", "--device", "dev1", "--broker", addr,
             "--file", str(other), "--timeout", "30")

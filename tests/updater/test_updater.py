@@ -17,7 +17,7 @@ from tests.conftest import shared_model
 from tests.updater.conftest import Keys, Rig, make_rig
 from tests.updater.tiny_models import write_nan_model
 
-NEW_SSD = "tf2_ssd_mobilenet_v2_320_coco_float.tflite"
+NEW_SSD = "face_detection_full_range_sparse.tflite"  # a default model (models/)
 
 
 def _send(rig: Rig, manifest: dict[str, Any] | str, rid: str, **extra: Any) -> tuple[bool, str]:
@@ -33,7 +33,7 @@ def _file_url(path: Path) -> str:
 
 def test_good_update_goes_active_and_is_stored(rig: Rig, keys: Keys, tmp_path: Path) -> None:
     model = shared_model(NEW_SSD)
-    labels = shared_model("coco_labels.txt").read_text()
+    labels = shared_model("face.txt").read_text()
     m = keys.manifest(model, version=3, url=_file_url(model), labels=labels)
     ok, error = _send(rig, dict(m.raw), "r1")
     assert ok, error
@@ -167,7 +167,7 @@ CASES = ["truncated", "flipped", "wrong_sha", "wrong_size", "unsigned", "unknown
 @pytest.mark.parametrize("case", CASES)
 def test_bad_update_is_rejected_and_previous_keeps_serving(
         case: str, tmp_path: Path, keys: Keys, http_server: Any, hanging_url: str) -> None:
-    cap = {"max_size_bytes": 1_000_000} if case == "over_cap" else {}
+    cap = {"max_size_bytes": 500_000} if case == "over_cap" else {}  # the update: 677 kB
     rig = make_rig(tmp_path, keys, **cap)
     try:
         before = rig.agent.active_model
@@ -256,7 +256,7 @@ def test_watch_passes_then_manual_rollback(tmp_path: Path, keys: Keys) -> None:
 
 def test_downgrade_needs_config_and_signed_manifest(tmp_path: Path, keys: Keys) -> None:
     model = shared_model(NEW_SSD)
-    other = shared_model("coco_ssd_mobilenet_v1_1.0_quant.tflite")
+    other = shared_model("pose_detection.tflite")
     copy = tmp_path / "copy.tflite"
     shutil.copy(other, copy)
     copy.write_bytes(copy.read_bytes() + b"\0" * 16)  # a different file that still loads
@@ -307,7 +307,7 @@ def test_restart_during_the_watch_starts_on_the_previous_model(tmp_path: Path,
         store = ModelStore(rig.store.dir)
         active = store.resolve_active(rig.configured)
         assert active.path == rig.configured and "trial" in (active.reason or "")
-        agent = AgentDouble(("configured", 0, active.sha256), real_validate("ssd"))
+        agent = AgentDouble(("configured", 0, active.sha256), real_validate("anchors"))
         updater = ModelUpdater("door", UpdatesConfig(), store, keys.public, agent.hooks())
         updater.start()
         updater.stop()
