@@ -39,7 +39,9 @@ NO_VENV=0
 NO_START=0
 DRY_RUN=0
 
-usage() { sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; cat <<'EOF'
+usage() {
+  # the header comment (line 2 up to the first line that is not a comment), without "# "
+  awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; cat <<'EOF'
 
 Options:
   --root DIR         install under DIR (no systemctl; the user is made with systemd-sysusers

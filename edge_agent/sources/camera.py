@@ -12,6 +12,7 @@ file's own fps by default (``fps: 0`` as fast as the pipeline takes them, ``fps:
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from pathlib import Path
@@ -70,6 +71,23 @@ def capture_target(uri: str | int) -> tuple[str | int, int]:
     return text, cv2.CAP_ANY
 
 
+_opencv_note = threading.Lock()
+_opencv_noted = False
+
+
+def _note_quiet_opencv() -> None:
+    """Say once per process that OpenCV's own warnings are quieted (edge_agent/__init__.py)."""
+    global _opencv_noted
+    with _opencv_note:
+        if _opencv_noted:
+            return
+        _opencv_noted = True
+    level = os.environ.get("OPENCV_LOG_LEVEL", "")
+    if level.upper() in {"ERROR", "FATAL", "SILENT", "DISABLED", "0", "1", "2"}:
+        logger.info("OpenCV's own warnings are quieted (OPENCV_LOG_LEVEL=%s); set "
+                    "OPENCV_LOG_LEVEL=WARNING to see why it cannot open a camera", level)
+
+
 class OpencvCameraSource:
     """A live camera or stream: a reader thread keeps only the newest frame.
 
@@ -120,6 +138,7 @@ class OpencvCameraSource:
         cap = cv2.VideoCapture(target, api, params)
         if not cap.isOpened():
             cap.release()
+            _note_quiet_opencv()
             hint = ("check that the device exists and is not used by another program"
                     if api == cv2.CAP_V4L2 else "check the URL, the network and the credentials")
             raise SourceError(f"camera {self.name!r} cannot be opened ({hint})")

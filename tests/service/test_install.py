@@ -91,6 +91,15 @@ def test_dry_run_changes_nothing(tmp_path: Path) -> None:
     assert not (root / "etc").exists()
 
 
+def test_help_prints_the_header_and_options_only(tmp_path: Path) -> None:
+    proc = _run("--help", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    assert out.startswith("Install edge-agent as a systemd service")
+    assert "--uninstall" in out and "Options:" in out
+    assert "set -euo" not in out and "#" not in out.split("Options:")[0]
+
+
 def test_unknown_option_fails(tmp_path: Path) -> None:
     proc = _run("--frobnicate", cwd=tmp_path)
     assert proc.returncode == 2
