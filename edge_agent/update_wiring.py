@@ -58,13 +58,16 @@ class UpdateWiring:
                            target_files=target_files)
 
     def validate(self, path: Path, labels_path: Path | None,
-                 target_files: Mapping[str, Path] | None = None) -> None:
+                 target_files: Mapping[str, Path] | None = None,
+                 manifest: Manifest | None = None) -> None:
         """Load in a separate interpreter, check it fits, warm up on a recent real frame; each
         per-target file is also loaded and warmed up on its own target (a file that does not
         run there rejects the update).
 
         The validated bundle is kept for :meth:`swap`, so the model is not loaded twice
-        (unless it has per-target files: those move into the store at install).
+        (unless it has per-target files: those move into the store at install). ``manifest``
+        names the candidate in the log (its name and version, not the staged
+        ``<sha256>.part`` file at "v0").
         """
         from edge_agent.bundle import warm_up
         from edge_agent.errors import UpdateError
@@ -77,7 +80,7 @@ class UpdateWiring:
             logger.info("pipeline %s: %s passed warm-up on target %s", self.cfg.name,
                         Path(file).name, name)
         try:
-            bundle = self._load(path, labels_path, None, target_files or {})
+            bundle = self._load(path, labels_path, manifest, target_files or {})
         except (ModelError, EdgeAgentError) as exc:
             raise UpdateError(str(exc)) from None
         want = bundle.runtime.signature

@@ -58,15 +58,13 @@ class UpdateHooks:
 
     Attributes:
         active: ``() -> (name, version, sha256)`` of the model serving now.
-        validate: ``(model_path, labels_path | None) -> None``: load the model in a separate
-            interpreter, check it fits the pipeline's decoder, warm it up on a recent real
-            frame (finite outputs), check ``max_latency_ms``; raise UpdateError (or
-            ModelError) with the reason.
-        swap: ``(model_path, labels_path | None, manifest | None) -> None``: make the
-            pipeline use this model from the next frame on (between two frames); manifest
-            None means the configured model (version 0). Raise on failure.
-            With per-target files it is called with ``target_files={name: path}`` too, and
-            must validate each file on its own target.
+        validate: ``(model_path, labels_path | None, *, manifest, target_files=...) ->
+            None``: load the model (the staged ``<sha256>.part`` file; ``manifest`` names it
+            in the log) in a separate interpreter, check it fits the pipeline's decoder, warm
+            it up on a recent real frame (finite outputs), check ``max_latency_ms``; raise
+            UpdateError (or ModelError) with the reason. With per-target files it is called
+            with ``target_files={name: path}`` too, and must validate each file on its own
+            target.
         swap: ``(model_path, labels_path | None, manifest | None) -> None``: make the
             pipeline use this model from the next frame on (between two frames); manifest
             None means the configured model (version 0). Raise on failure.
@@ -331,7 +329,7 @@ class ModelUpdater:
                 labels = self.store.staged_labels_path(manifest.sha256)
                 labels.write_text(manifest.labels)
             self._publish("validating", about, None)
-            self._validate(staged, labels, targets)
+            self._validate(staged, labels, targets, manifest)
             self._install_and_swap(staged, manifest, targets, downgrade)
             watch = ModelWatch(manifest.sha256, about, rid, self.config)
             with self._lock:
@@ -487,12 +485,14 @@ class ModelUpdater:
                               f"says {sha[:16]}...")
 
     def _validate(self, staged: Path, labels: Path | None,
-                  targets: Mapping[str, Path] | None = None) -> None:
+                  targets: Mapping[str, Path] | None = None,
+                  manifest: Manifest | None = None) -> None:
+        # the manifest names the candidate in the agent's log (not the staged <sha256>.part)
+        kw: dict[str, Any] = {"manifest": manifest}
+        if targets:
+            kw["target_files"] = dict(targets)
         try:
-            if targets:
-                self.hooks.validate(staged, labels, target_files=dict(targets))
-            else:
-                self.hooks.validate(staged, labels)
+            self.hooks.validate(staged, labels, **kw)
         except EdgeAgentError as exc:
             raise UpdateError(f"validation failed: {exc}") from exc
         except Exception as exc:  # an untrusted model can make a runtime raise anything
