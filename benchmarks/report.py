@@ -21,13 +21,24 @@ def _r(d: dict[str, Any]) -> str:
 def render(fig: dict[str, Any]) -> str:
     """The whole BENCHMARKS.md."""
     m = fig["machine"]
+    mem = fig.get("memory", {})
+    if mem.get("source"):
+        mem_note = (f"The memory section is **not** from this run: it was copied from "
+                    f"{mem['source']} (`--rss-from`).")
+    elif mem and "growth_mb" in mem:
+        mem_note = ("The memory section is absolute (MB over time), measured by this run in a "
+                    "separate daemon process it started (`benchmarks.memory`).")
+    else:
+        mem_note = "There is no memory section in this run."
     out = [
         "# Benchmarks",
         "",
-        "Written by `./dev bench` (`python -m benchmarks`); every figure is a ratio of runs "
-        "measured in the same process run, in alternating short blocks (A B A B ...), as the "
-        "median of the per-round ratios with the lowest and highest round in brackets. Do not "
-        "edit by hand: re-run.",
+        "Written by `./dev bench` (`python -m benchmarks`). How each figure was made: every "
+        "ratio (throughput, motion, latency, int8 vs float) compares runs measured in this "
+        "one process run, in alternating short blocks (A B A B ...), and is the median of the "
+        "per-round ratios with the lowest and highest round in brackets. The fps and CPU ms "
+        "next to them are absolute figures of this machine under the load stated below, shown "
+        f"only to scale the ratios. {mem_note} Do not edit by hand: re-run.",
         "",
         f"- command: `{fig['command']}`; to reproduce: `./dev bench` (every section, the "
         "memory run 120 s) or `python -m benchmarks --rss-seconds 600` (the 10-minute memory "
@@ -36,7 +47,8 @@ def render(fig: dict[str, Any]) -> str:
         f"- machine: {m['cpu']}, {m['cores']} cores, {m['system']}; Python {m['python']}, "
         f"LiteRT {m['litert']}, numpy {m['numpy']}, OpenCV {m['opencv']}",
         f"- load average at start {m['load_at_start']}, at end {fig['load_at_end']} "
-        "(other work on the machine makes the ratios noisier; compare the round spread)",
+        f"on {m['cores']} cores{_shared(m, fig)} (other work on the machine makes the ratios "
+        "noisier; compare the round spread)",
         "",
     ]
     out += _summary(fig)
@@ -49,6 +61,16 @@ def render(fig: dict[str, Any]) -> str:
     out += ["<details><summary>All figures (JSON)</summary>", "", "```json", dump(fig), "```",
             "", "</details>", ""]
     return "\n".join(out)
+
+
+def _shared(m: dict[str, Any], fig: dict[str, Any]) -> str:
+    """``: the machine was shared`` when the load average says other work was running."""
+    try:
+        loads = [*m["load_at_start"], *fig["load_at_end"]]
+        busy = max(float(x) for x in loads) > 0.5 * float(m["cores"])
+    except (KeyError, TypeError, ValueError):
+        return ""
+    return ": **the machine was shared with other work during this run**" if busy else ""
 
 
 def _summary(fig: dict[str, Any]) -> list[str]:
