@@ -134,7 +134,7 @@ def real_validate(decoder: str) -> Any:
     from edge_agent.decoders.labels import load_labels
     from edge_agent.runtime.interpreter import load_runtime
 
-    def validate(path: Path, labels: Path | None, manifest: Any = None) -> None:
+    def validate(path: Path, labels: Path | None, **_: Any) -> None:
         runtime = load_runtime(path, threads=1)
         try:
             create_decoder(decoder, runtime.signature, load_labels(labels), {}, 0.5)

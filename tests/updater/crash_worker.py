@@ -32,7 +32,7 @@ def main(argv: list[str]) -> None:
         version = getattr(manifest, "version", 0)
         current[0] = (getattr(manifest, "name", "configured"), version, sha)
 
-    hooks = UpdateHooks(active=lambda: current[0], validate=lambda p, lp, m: None, swap=swap,
+    hooks = UpdateHooks(active=lambda: current[0], validate=lambda p, lp, **kw: None, swap=swap,
                         publish_state=lambda s: None, reply=lambda r, ok, e: None)
     config = UpdatesConfig(watch_inferences=4, watch_seconds=5.0, max_failure_ratio=0.25,
                            public_keys=())
