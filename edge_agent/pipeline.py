@@ -316,6 +316,12 @@ class Pipeline:
         """Have ``bundle``'s runtime report target changes here (runtimes with targets)."""
         if hasattr(bundle.runtime, "on_change"):
             bundle.runtime.on_change = self._target_changed if hook else None
+        if hasattr(bundle.runtime, "on_wait"):
+            bundle.runtime.on_wait = self._infer_waiting if hook else None
+
+    def _infer_waiting(self) -> None:
+        """The runtime waits on a delegate within its deadline: the inference stage is alive."""
+        self._heartbeats["infer"] = time.monotonic()
 
     def _target_changed(self, change: TargetChange) -> None:
         """The runtime moved to another target (on the inference thread, between frames):

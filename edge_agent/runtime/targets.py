@@ -45,6 +45,8 @@ from edge_agent.types import TargetChange
 
 logger = logging.getLogger(__name__)
 
+TICK_S = 0.5  # how often a caller waiting on a worker is told it is still alive
+
 # a target's states, as status and doctor show them
 ACTIVE, STANDBY, FAILED, PROBING, UNAVAILABLE = "active", "standby", "failed", "probing", \
     "unavailable"
@@ -154,11 +156,20 @@ class _Worker:
         self._calls.put(call)
         return call
 
-    def run(self, fn: Callable[[], Any], timeout: float) -> Any:
-        """``fn()`` on the worker; raises what it raised, or _Hung after ``timeout`` s."""
+    def run(self, fn: Callable[[], Any], timeout: float,
+            tick: Callable[[], None] | None = None) -> Any:
+        """``fn()`` on the worker; raises what it raised, or _Hung after ``timeout`` s.
+
+        ``tick`` is called every half second while waiting (the caller's heartbeat: a bounded
+        wait is progress, not a stall).
+        """
         call = self.submit(fn)
-        if not call.done.wait(timeout):
-            raise _Hung
+        deadline = time.monotonic() + timeout
+        while not call.done.wait(min(TICK_S, max(0.0, deadline - time.monotonic()))):
+            if time.monotonic() >= deadline:
+                raise _Hung
+            if tick is not None:
+                tick()
         if call.error is not None:
             raise call.error
         return call.result
@@ -266,6 +277,9 @@ class TargetRuntime:
         self._closed = False
         self.changes = 0  # target changes since load
         self.on_change: Callable[[TargetChange], None] | None = None
+        # called every TICK_S while the caller waits on a delegate (invoke, or a failover's
+        # load and warm-up): the pipeline refreshes its heartbeat, since the wait is bounded
+        self.on_wait: Callable[[], None] | None = None
         for i in range(len(self._states)):
             loaded = self._load_now(i)
             if loaded is not None:
@@ -392,7 +406,7 @@ class TargetRuntime:
             return loaded.runtime.infer(inputs)
         runtime = loaded.runtime
         result: list[np.ndarray] = loaded.worker.run(lambda: runtime.infer(inputs),
-                                                     self.invoke_timeout_s)
+                                                     self.invoke_timeout_s, self.on_wait)
         return result
 
     def _build(self, spec: TargetSpec, recover: bool) -> TfliteRuntime:
@@ -447,7 +461,8 @@ class TargetRuntime:
             return _Loaded(runtime, None)
         worker = _Worker(f"target-{spec.name}")
         try:
-            runtime = worker.run(lambda: self._build(spec, recover=False), self.load_timeout_s)
+            runtime = worker.run(lambda: self._build(spec, recover=False), self.load_timeout_s,
+                                 self.on_wait)
         except _Hung:
             worker.close()
             self._mark_failed(index, f"load and warm-up hung (more than "

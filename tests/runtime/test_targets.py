@@ -263,3 +263,32 @@ def test_no_model_file_for_a_target_leaves_it_unavailable(model: Path) -> None:
         assert states["edgetpu"]["reason"] == "no model file for this target"
     finally:
         rt.close()
+
+
+def test_a_failover_through_a_delegate_that_hangs_in_its_load_keeps_the_caller_alive(
+        delegate_library: Path, tmp_path: Path, model: Path) -> None:
+    first = TestDelegate(delegate_library, tmp_path / "a")
+    second = TestDelegate(delegate_library, tmp_path / "b")
+    specs = [TargetSpec("a", str(first.path), first.options(), model),
+             TargetSpec("b", str(second.path), second.options(), model),
+             TargetSpec("cpu", None, {}, model)]
+    rt = TargetRuntime(specs, threads=1, load_timeout_s=1.5, reprobe_s=60.0,
+                       reprobe_max_s=60.0)
+    ticks: list[float] = []
+    rt.on_wait = lambda: ticks.append(0.0)
+    changes: list[TargetChange] = []
+    rt.on_change = changes.append
+    try:
+        assert rt.active == "a"
+        first.set("fail_invoke")
+        second.set("hang")  # b's warm-up hangs: its load outlives load_timeout_s
+        rt.infer(_frame(1))
+        assert rt.active == "cpu"
+        assert [(c.previous, c.current) for c in changes] == [("a", "cpu")]
+        states = {t["name"]: t for t in rt.targets()}
+        assert "load and warm-up hung" in states["b"]["reason"]
+        assert ticks, "the caller was not told it is alive while it waited"
+    finally:
+        first.set("ok")
+        second.set("ok")
+        rt.close()
