@@ -143,13 +143,17 @@ class Result(Message):
 
 @dataclass(frozen=True, slots=True)
 class Event(Message):
-    """An event (``P/D/events/<pipeline>``): ``enter``, ``leave``, zone and camera events."""
+    """An event (``P/D/events/<pipeline>``): ``enter``, ``leave``, zone and camera events, and
+    ``target_changed`` (``target_from`` -> ``target_to``, with its ``reason``)."""
 
     event: str = ""
     label: str | None = None
     track_id: int | None = None
     dwell_s: float | None = None
     zone: str | None = None
+    target_from: str | None = None
+    target_to: str | None = None
+    reason: str | None = None
     kind: ClassVar[Kind] = "events"
 
 
@@ -228,7 +232,10 @@ def parse_event(payload: bytes, where: str = "event") -> Event:
                  track_id=track if isinstance(track, int) and not isinstance(track, bool)
                  else None,
                  dwell_s=float(dwell) if isinstance(dwell, int | float) else None,
-                 zone=d.get("zone") if isinstance(d.get("zone"), str) else None)
+                 zone=d.get("zone") if isinstance(d.get("zone"), str) else None,
+                 target_from=d.get("from") if isinstance(d.get("from"), str) else None,
+                 target_to=d.get("to") if isinstance(d.get("to"), str) else None,
+                 reason=d.get("reason") if isinstance(d.get("reason"), str) else None)
 
 
 def parse_status(payload: bytes, device: str, kind: str = "status") -> Status | None:
