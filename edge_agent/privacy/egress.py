@@ -114,6 +114,7 @@ class EgressGuard:
         self._reasons: dict[str, int] = {}
         self._per_pipeline: dict[str, dict[str, int]] = {}
         self._last_result: dict[str, tuple[int, int]] = {}  # pipeline -> (frame index, seq)
+        self._topics: dict[tuple[str, str | None], str] = {}  # (kind, pipeline) -> topic
         self._queue_failing: set[str] = set()  # topics whose last durable queueing failed
 
     # ------------------------------------------------------------------ counters
@@ -168,9 +169,16 @@ class EgressGuard:
                 raise Refused("bad_topic")
             return t
         p = msg.pipeline
+        key = (spec.kind, p)
+        topic = self._topics.get(key)  # hot path: one lookup per message after the first
+        if topic is not None:
+            return topic
         if spec.per_pipeline and (not isinstance(p, str) or not _SEGMENT.match(p)):
             raise Refused("bad_pipeline")
-        return spec.topic_for(self.base, p)
+        topic = spec.topic_for(self.base, p)
+        if len(self._topics) < 4096:  # valid names only, bounded: pipelines x kinds in practice
+            self._topics[key] = topic
+        return topic
 
     # ------------------------------------------------------------------ sending
 
