@@ -13,7 +13,7 @@ import os
 import re
 import socket
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, ClassVar, Literal, Union
 
 import yaml
 from pydantic import (
@@ -143,30 +143,29 @@ class CameraSourceConfig(_SourceBase):
         return value
 
 
-class VideoSourceConfig(_SourceBase):
+class _FileSourceBase(_SourceBase):
+    uri: str
+    loop: bool = False
+    what: ClassVar[str] = "a file"  # for the error message
+
+    @field_validator("uri")
+    @classmethod
+    def _file_uri(cls, value: str) -> str:
+        return _local_uri(value, cls.what)
+
+
+class VideoSourceConfig(_FileSourceBase):
     """A video file; paced at the file's fps unless ``fps`` says otherwise."""
 
     type: Literal["video"]
-    uri: str
-    loop: bool = False
-
-    @field_validator("uri")
-    @classmethod
-    def _file_uri(cls, value: str) -> str:
-        return _local_uri(value, "a video file")
+    what: ClassVar[str] = "a video file"
 
 
-class ImagesSourceConfig(_SourceBase):
+class ImagesSourceConfig(_FileSourceBase):
     """A folder or glob of images, in sorted order."""
 
     type: Literal["images"]
-    uri: str
-    loop: bool = False
-
-    @field_validator("uri")
-    @classmethod
-    def _file_uri(cls, value: str) -> str:
-        return _local_uri(value, "a folder or glob of images")
+    what: ClassVar[str] = "a folder or glob of images"
 
 
 def _local_uri(value: str, what: str) -> str:

@@ -260,13 +260,9 @@ class OpencvVideoSource(PacedFileSource):
         self.loops = 0
         self.native_fps = 0.0
         self._cap: cv2.VideoCapture | None = None
-        self._index = 0
         self._in_pass = 0  # frames read in the current pass over the file
-        self._closed = threading.Event()
         self._lock = threading.Lock()
-        self._read_lock = self._lock  # read() prefetches under it; close() takes it too
-        self._pacer = FramePacer(0)
-        self._pending: np.ndarray | None = None
+        self._init_pacing(self._lock)  # read() prefetches under it; close() takes it too
 
     def __repr__(self) -> str:
         return f"OpencvVideoSource({self.name!r})"

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import glob
 import logging
-import threading
 from pathlib import Path
 
 import cv2
@@ -77,11 +76,7 @@ class ImageFolderSource(PacedFileSource):
         self._bad: set[Path] = set()
         self._pos = 0
         self._readable_in_pass = 0
-        self._index = 0
-        self._closed = threading.Event()
-        self._pacer = FramePacer(0)
-        self._read_lock = threading.Lock()
-        self._pending: np.ndarray | None = None
+        self._init_pacing()
         self._open = False
 
     def __repr__(self) -> str:

@@ -83,6 +83,15 @@ class PacedFileSource:
     _index: int
     _pending: np.ndarray | None
 
+    def _init_pacing(self, lock: threading.Lock | None = None) -> None:
+        """Set the pacing state up (unpaced until open() sets the rate); ``lock``: the
+        source's own lock when close() already takes one."""
+        self._index = 0
+        self._closed = threading.Event()
+        self._pacer = FramePacer(0)
+        self._read_lock = lock or threading.Lock()
+        self._pending = None
+
     def _next_image(self) -> np.ndarray:
         """The image of frame ``_index``.
 

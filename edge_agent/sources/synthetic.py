@@ -10,7 +10,6 @@ for the motion-gate and tracker tests and the benchmarks.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -144,11 +143,7 @@ class SyntheticSource(PacedFileSource):
             speed = rng.uniform(2.0, 8.0)  # pixels per frame
             angle = rng.uniform(0, 2 * np.pi)
             self.sprites.append((sprite, x0, y0, speed * np.cos(angle), speed * np.sin(angle)))
-        self._index = 0
-        self._closed = threading.Event()
-        self._pacer = FramePacer(0)
-        self._read_lock = threading.Lock()
-        self._pending: np.ndarray | None = None
+        self._init_pacing()
         self._open = False
 
     def positions(self, n: int) -> list[tuple[Sprite, float, float]]:
