@@ -36,6 +36,7 @@ import numpy as np
 
 from edge_agent.bundle import ModelBundle, outputs_finite
 from edge_agent.config import PipelineConfig
+from edge_agent.credentials import scrub_text
 from edge_agent.errors import SourceError
 from edge_agent.sources.conform import conform_image
 from edge_agent.types import Frame, HealthEvent, Result, TargetChange, Transform
@@ -441,6 +442,7 @@ class Pipeline:
                     return
 
     def _source_failed(self, message: str, backoff: float) -> None:
+        message = scrub_text(message)  # retained status and logs: no credentials from a URL
         if self._gate is not None:
             self._gate.reset()  # the next frame after a reopen starts a new background
         if self.source_error != message:

@@ -21,6 +21,7 @@ import cv2
 import numpy as np
 
 from edge_agent.config import CameraSourceConfig, VideoSourceConfig
+from edge_agent.credentials import display_uri
 from edge_agent.errors import SourceError
 from edge_agent.sources.pacing import FramePacer, PacedFileSource
 from edge_agent.types import Frame
@@ -37,15 +38,6 @@ JOIN_TIMEOUT_S = 6.0  # longer than READ_TIMEOUT_MS: a blocked read ends first
 
 def _file_path(uri: str) -> str:
     return uri[len("file://"):] if uri.startswith("file://") else uri
-
-
-def display_uri(uri: str | int) -> str:
-    """``uri`` for logs and errors: credentials in a stream URL replaced by ``***``."""
-    text = str(uri)
-    scheme, sep, rest = text.partition("://")
-    if sep and "@" in rest.split("/", 1)[0]:
-        return f"{scheme}://***@{rest.split('@', 1)[1]}"
-    return text
 
 
 def capture_target(uri: str | int) -> tuple[str | int, int]:

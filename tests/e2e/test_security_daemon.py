@@ -3,6 +3,8 @@ run`` as a process and a real mosquitto:
 
 * a flood of held connections on ``/metrics`` under a low file-descriptor limit: the agent
   keeps publishing, scrapes work again afterwards, and the log says connections were refused;
+* stream credentials in a camera URL (query parameters, userinfo with ``@`` in the password)
+  never reach the retained status or the log;
 * junk commands: an oversized rollback is refused before parsing with the limit in the reply;
   a packet above the MQTT 5 Maximum Packet Size announced at CONNECT never reaches the agent;
   a ``request_id`` with a newline cannot forge a log line; a lone surrogate in a manifest or a
@@ -22,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from edge_agent.default_models import DEFAULT_MODEL, ensure_default_models
 from edge_agent.signing import generate_key_pair
@@ -176,3 +179,41 @@ def test_junk_commands_are_refused_cheaply_and_safely(tmp_path: Path, broker: Mo
                    for line in log.splitlines()), log
     assert "FORGED" not in log, log
     assert "command None refused: oversized" in log, log
+
+
+def test_stream_credentials_never_reach_status_or_log(tmp_path: Path, broker: Mosquitto) -> None:
+    closed = free_port()  # nothing listens: the sources fail and say so in the status
+    model = str(ensure_default_models()[DEFAULT_MODEL])
+    cfg = _config(tmp_path, broker, metrics={"prometheus": {"enabled": False}})
+    config = yaml.safe_load(cfg.read_text())
+    config["pipelines"] = [
+        {"name": "query", "model": {"path": model},
+         "source": {"type": "camera",
+                    "uri": f"http://127.0.0.1:{closed}/snap.cgi?user=admin&pwd=Qx7SECRETpw"}},
+        {"name": "userinfo", "model": {"path": model},
+         "source": {"type": "camera", "uri": f"rtsp://admin:pa@ss9SECRET@127.0.0.1:{closed}/s"}},
+    ]
+    write_config(cfg, config)
+    inbox = Inbox()
+    sub = subscribe(broker.host, broker.port, [f"{PREFIX}/status"], inbox)
+    agent = AgentProcess(cfg)
+    try:
+        def failing(m: list[tuple[str, bytes, bool]]) -> bool:
+            for t, p, _ in m:
+                if t.endswith("/status") and p:
+                    errors = [x.get("source_error") for x in json.loads(p).get("pipelines", [])]
+                    if len(errors) == 2 and all(errors):
+                        return True
+            return False
+        assert inbox.wait_for(failing, 60), agent.log()
+    finally:
+        code = agent.terminate()
+        sub.stop()
+    log = agent.log()
+    assert code == 0, log
+    status = [p.decode() for t, p, _ in inbox.messages if t.endswith("/status") and p]
+    text = "\n".join(status) + log
+    assert "snap.cgi?user=***&pwd=***" in text, text[-3000:]
+    assert "rtsp://***@127.0.0.1" in text, text[-3000:]
+    for secret in ("Qx7SECRETpw", "ss9SECRET", "admin"):
+        assert secret not in text, (secret, text[-3000:])
