@@ -155,6 +155,13 @@ class Agent:
         if problems:
             raise ConfigError(problems)
         self._build()
+        from edge_agent.remote_config import local_weakenings
+
+        for line in local_weakenings(self.config):  # the device's own opt-ins, on record
+            logger.warning("privacy/security opt-in in the local config: %s", line)
+            if self.audit is not None:
+                self.audit.record(topic="", kind="config", size=0, outcome="opt_in",
+                                  reason=f"local config: {line}")
         notifier = SystemdNotifier()
         self._install_signals()
         self.guard.set_will(self.status_message("offline"))
@@ -226,14 +233,19 @@ class Agent:
         self.exit_code = EX_RESTART
         self.stop_event.set()
 
-    def replace_config(self, text: str) -> None:
+    def replace_config(self, text: str, key_id: str | None = None) -> None:
         """Apply a whole new config file sent by the signed ``config`` command.
 
-        The text is validated and preflighted exactly like a local edit; only then is the file
-        replaced (atomically, the old one kept as ``<file>.previous``) and reloaded as on
-        SIGHUP. Raises ConfigError (one line per problem, sent back in the reply) otherwise.
+        The text is validated and preflighted exactly like a local edit, and refused when it
+        changes a setting only the device's own config may change
+        (:func:`edge_agent.remote_config.weakenings`: privacy, audit, signatures, keys, url
+        override, broker); only then is the file replaced (atomically, the old one kept as
+        ``<file>.previous``), the change audited with the signing key's id, and reloaded as
+        on SIGHUP. Raises ConfigError (one line per problem, sent back in the reply) otherwise.
         """
         import os
+
+        from edge_agent.remote_config import weakenings
 
         folder = self.config_file.parent
         candidate = folder / f".{self.config_file.name}.incoming"
@@ -245,6 +257,14 @@ class Agent:
                               "ReadWritePaths=/etc/edge-agent)") from None
         try:
             new, _ = load_config(candidate)
+            refused = weakenings(self.config, new)
+            if refused:
+                logger.warning("config command (key %s) refused: it changes %s", key_id,
+                               "; ".join(refused))
+                self._audit_config("refused", key_id, refused)
+                raise ConfigError([f"refused: a remote config command may not change "
+                                   f"{line} (only the device's own config may)"
+                                   for line in refused])
             problems = preflight(new, candidate, open_sources=False)
             if problems:
                 raise ConfigError(problems)
@@ -254,8 +274,18 @@ class Agent:
             os.replace(candidate, self.config_file)
         finally:
             candidate.unlink(missing_ok=True)
-        logger.warning("config replaced by a signed config command; reloading")
+        logger.warning("config replaced by a config command signed by key %s; reloading", key_id)
+        self._audit_config("applied", key_id, [])
         self.reload_event.set()
+
+    def _audit_config(self, outcome: str, key_id: str | None, changes: list[str]) -> None:
+        """An audit line for a config change (who signed it, what it tried to change)."""
+        if self.audit is None:
+            return
+        reason = f"config command signed by key {key_id}"
+        if changes:
+            reason += ": " + "; ".join(changes)[:1000]
+        self.audit.record(topic="", kind="config", size=0, outcome=outcome, reason=reason)
 
     def _install_signals(self) -> None:
         def on_stop(signum: int, frame: Any) -> None:

@@ -665,6 +665,18 @@ class PrivacyConfig(_Model):
     box_precision: int = Field(default=3, ge=0, le=6)
     drop_scores: bool = False
     identifying_fields: Literal["drop", "hash", "keep"] = "drop"
+    # explicit opt-ins for what weakens privacy; set only in the device's own config (a remote
+    # config command cannot change them, see SECURITY.md)
+    allow_unredacted_images: bool = False  # publish_images with redact_faces: false
+    allow_raw_image_outputs: bool = False  # decoder raw on a model whose input is an image
+
+    @model_validator(mode="after")
+    def _unredacted_needs_opt_in(self) -> PrivacyConfig:
+        if self.publish_images and not self.redact_faces and not self.allow_unredacted_images:
+            raise ValueError("publish_images with redact_faces: false publishes faces; it "
+                             "needs privacy.allow_unredacted_images: true (an explicit opt-in "
+                             "in the device's own config)")
+        return self
 
 
 class ZoneConfig(_Model):
@@ -745,6 +757,10 @@ class UpdatesConfig(_Model):
     max_latency_ms: PositiveFloat | None = None
     watch_inferences: int = Field(default=50, ge=0)
     watch_seconds: NonNegativeFloat = 30.0
+    # a watch passes only after this many inferences of the new model: at watch_seconds with
+    # fewer it goes on, and fails at watch_max_seconds (a quiet, motion-gated scene)
+    watch_min_inferences: int = Field(default=1, ge=0)
+    watch_max_seconds: PositiveFloat = 600.0
     max_failure_ratio: float = Field(default=0.2, ge=0, le=1)
     fetch_timeout_s: PositiveFloat = 30.0
     download_deadline_s: PositiveFloat = 900.0  # a whole download, however slow the server
@@ -813,6 +829,10 @@ class AuditConfig(_Model):
     enabled: bool = True
     max_bytes: PositiveInt = 5 * 1024 * 1024
     backups: int = Field(default=3, ge=0, le=100)
+    # entries that remote input can cause (command replies, refusals): at most this many per
+    # minute for each (kind, outcome, reason), the rest counted in one "suppressed" line, so
+    # junk sent to the device cannot rotate the real history out
+    max_per_reason_per_minute: PositiveInt = 60
 
 
 class AgentConfig(_Model):

@@ -18,7 +18,7 @@ import numpy as np
 
 from edge_agent.bundle import load_bundle
 from edge_agent.config import AgentConfig, PipelineConfig
-from edge_agent.errors import EdgeAgentError
+from edge_agent.errors import ConfigError, EdgeAgentError
 from edge_agent.pipeline import Pipeline
 from edge_agent.types import Box
 
@@ -83,7 +83,7 @@ class PipelineSet:
         from edge_agent.signing import load_public_keys
         from edge_agent.sources.factory import create_source
         from edge_agent.tracking import IouTracker
-        from edge_agent.update_wiring import UpdateWiring
+        from edge_agent.update_wiring import UpdateWiring, raw_image_problem
         from edge_agent.updater.manifest import Destination
         from edge_agent.updater.store import ModelStore
         from edge_agent.updater.updater import ModelUpdater, UpdateHooks
@@ -102,6 +102,10 @@ class PipelineSet:
                              name=active.name or p.model.name or Path(p.model.path).stem,
                              sha256=active.sha256,
                              target_files=store.target_files(active.manifest, names))
+        problem = raw_image_problem(bundle, p)
+        if problem is not None:
+            bundle.close()
+            raise ConfigError(f"pipelines.{p.name}.model.decoder: {problem}")
         policy = PrivacyPolicy(p.privacy, p.name, self.cfg.device_id, self.seal,
                                self.face_detector, salt=self.salt)
         gate = MotionGate(p.motion) if p.motion.enabled else None
@@ -291,7 +295,7 @@ class PipelineSet:
 
     def attach_commands(self, transport: Any, guard: Any,
                         on_restart: Callable[[str], None] | None = None,
-                        on_config: Callable[[str], None] | None = None) -> None:
+                        on_config: Callable[[str, str | None], None] | None = None) -> None:
         """Subscribe to the command topics and dispatch to the updaters (and the agent)."""
         from edge_agent.mqtt.commands import CommandDispatcher
 
@@ -316,7 +320,7 @@ class PipelineSet:
             replace_config = on_config
 
             def cmd_config(command: Any) -> None:
-                replace_config(str(command.payload["config"]))
+                replace_config(str(command.payload["config"]), command.key_id)
 
             handlers["config"] = cmd_config
         self.dispatcher = CommandDispatcher(self.cfg, handlers, reply)

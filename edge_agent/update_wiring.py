@@ -23,6 +23,23 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
+def raw_image_problem(bundle: ModelBundle, p: PipelineConfig) -> str | None:
+    """Why this pipeline may not publish the raw outputs of this model, or None.
+
+    A ``raw`` decoder publishes the model's first output as numbers. For a model whose input
+    is an image, that output can be the picture itself (a pass-through model makes every
+    result a thumbnail), so it needs ``privacy.allow_raw_image_outputs`` in the device's own
+    config.
+    """
+    kind = getattr(bundle.decoder, "kind", None)
+    if kind == "raw" and bundle.preprocessor is not None \
+            and not p.privacy.allow_raw_image_outputs:
+        return ("decoder raw on a model whose input is an image publishes its raw outputs, "
+                "which can show the picture; it needs privacy.allow_raw_image_outputs: true "
+                "(an explicit opt-in in the device's own config)")
+    return None
+
+
 class UpdateWiring:
     """What a pipeline's updater may do to the running pipeline."""
 
@@ -83,6 +100,10 @@ class UpdateWiring:
             bundle = self._load(path, labels_path, manifest, target_files or {})
         except (ModelError, EdgeAgentError) as exc:
             raise UpdateError(str(exc)) from None
+        problem = raw_image_problem(bundle, self.cfg)
+        if problem is not None:
+            bundle.close()
+            raise UpdateError(problem)
         want = bundle.runtime.signature
         if signatures:  # the reference is the top-level file, whatever target serves first
             from edge_agent.runtime.interpreter import TfliteRuntime

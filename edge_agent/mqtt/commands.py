@@ -402,7 +402,10 @@ class CommandDispatcher:
     def _refuse(self, request_id: str | None, error: str, kind: str) -> None:
         self.counters.rejected += 1
         self.counters.by_error[kind] = self.counters.by_error.get(kind, 0) + 1
-        logger.info("command %s refused: %s", request_id, error[:200])
+        n = self.counters.by_error[kind]
+        if n <= 10 or n & (n - 1) == 0:  # the first ten per reason, then at powers of two
+            logger.info("command %s refused: %s (%d refused for this reason so far)",
+                        request_id, error[:200], n)
         self._send_reply(request_id, False, error)
 
     def _send_reply(self, request_id: str | None, ok: bool, error: str | None) -> None:

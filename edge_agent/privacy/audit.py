@@ -4,6 +4,11 @@ One JSON line per outgoing (or refused) message: ``{"t", "topic", "kind", "pipel
 "size", "outcome"}`` (plus ``reason`` for refusals) under ``state_dir/audit/audit.log``,
 rotated by size to ``audit.log.1`` .. ``audit.log.N``. ``edge-agent privacy-report``
 summarises it.
+
+Entries that remote input can cause (replies to commands, refused messages) are rate-limited
+per ``(kind, outcome, reason)``: at most ``audit.max_per_reason_per_minute`` a minute; the rest
+of that minute is written as one line with ``"outcome": "suppressed"`` and a ``count``. A
+flood of junk commands so costs a line per minute, and cannot rotate the history out.
 """
 
 from __future__ import annotations
@@ -25,6 +30,8 @@ from edge_agent.config import AuditConfig
 logger = logging.getLogger(__name__)
 
 AUDIT_FILE = "audit.log"
+RATE_LIMITED_KINDS = frozenset({"cmd_reply"})
+WINDOW_S = 60.0
 
 
 class AuditLog:
@@ -43,6 +50,8 @@ class AuditLog:
         self._fh: Any = None
         self.write_errors = 0
         self._failing = 0  # entries lost in the current run of failures
+        self._windows: dict[tuple[str, str, str | None], list[float]] = {}  # [start, n]
+        self.suppressed = 0
         if self.cfg.enabled:
             self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
 
@@ -51,11 +60,40 @@ class AuditLog:
         """Append one line; an I/O error is counted and logged, never raised to the sender."""
         if not self.cfg.enabled:
             return
-        entry: dict[str, Any] = {"t": round(time.time(), 3), "topic": topic, "kind": kind,
+        now = time.time()
+        entry: dict[str, Any] = {"t": round(now, 3), "topic": topic, "kind": kind,
                                  "pipeline": pipeline, "size": int(size), "outcome": outcome}
         if reason is not None:
             entry["reason"] = reason
-        line = (json.dumps(entry, separators=(",", ":")) + "\n").encode()
+        lines: list[dict[str, Any]] = [entry]
+        if kind in RATE_LIMITED_KINDS or outcome != "published":
+            lines = self._limit((kind, outcome, reason), entry, time.monotonic())
+        for item in lines:
+            self._write((json.dumps(item, separators=(",", ":")) + "\n").encode())
+
+    def _limit(self, key: tuple[str, str, str | None], entry: dict[str, Any],
+               now: float) -> list[dict[str, Any]]:
+        """The lines to write for ``entry`` under the per-reason rate limit."""
+        with self._lock:
+            window = self._windows.get(key)
+            out: list[dict[str, Any]] = []
+            if window is None or now - window[0] >= WINDOW_S:
+                if window is not None and window[1] > self.cfg.max_per_reason_per_minute:
+                    out.append({"t": entry["t"], "topic": "", "kind": key[0],
+                                "pipeline": None, "size": 0, "outcome": "suppressed",
+                                "reason": key[2], "of": key[1],
+                                "count": int(window[1] - self.cfg.max_per_reason_per_minute)})
+                if len(self._windows) > 1024:  # reasons are few; junk ones are bounded too
+                    self._windows.clear()
+                window = self._windows[key] = [now, 0.0]
+            window[1] += 1
+            if window[1] <= self.cfg.max_per_reason_per_minute:
+                out.append(entry)
+            else:
+                self.suppressed += 1
+            return out
+
+    def _write(self, line: bytes) -> None:
         with self._lock:
             try:
                 if self._fh is None:

@@ -427,7 +427,10 @@ class PrivacyPolicy:
             "pipeline": self.pipeline, "ts": iso_ts(result.ts),
             "frame": {"index": max(0, int(result.frame_index)), "width": w, "height": h},
             "size": len(data), "sha256": hashlib.sha256(data).hexdigest(),
-            "faces_redacted": faces, "redact_mode": self.cfg.redact_mode,
+            # "none found" (0) and "redaction off" (null, face_redaction "off") differ
+            "faces_redacted": faces if self.cfg.redact_faces else None,
+            "face_redaction": "on" if self.cfg.redact_faces else "off",
+            "redact_mode": self.cfg.redact_mode,
             "masks": len(self.masks), "width": w, "height": h,
         }
         return self._seal.issue("snapshot", self.pipeline, meta, data=data)

@@ -4,7 +4,10 @@ A watch ends after ``watch_inferences`` inferences or ``watch_seconds``, whichev
 first (0 disables that limit). It fails as soon as more than ``max_failure_ratio`` of the
 watched inferences have failed (an error, or non-finite outputs): early, once the failures
 alone exceed the ratio of ``watch_inferences``; else at the end, over the inferences seen.
-A watch that saw no inference at all (e.g. a motion-gated pipeline on a quiet scene) passes.
+A watch passes only after ``watch_min_inferences`` inferences of the new model: one that
+reaches its end with fewer (e.g. a motion-gated pipeline on a quiet scene) goes on until it
+has them, and fails at ``watch_max_seconds`` (the model is rolled back: nothing showed it
+works).
 """
 
 from __future__ import annotations
@@ -53,8 +56,13 @@ class ModelWatch:
 
     @property
     def deadline(self) -> float | None:
-        """When the watch ends by time (monotonic), or None."""
-        return self.started + self.config.watch_seconds if self.config.watch_seconds else None
+        """When the watch is next due a decision by time (monotonic), or None."""
+        if not self.config.watch_seconds:
+            return None
+        end = self.started + self.config.watch_seconds
+        if self.n < self.config.watch_min_inferences and time.monotonic() >= end:
+            return self.started + self.config.watch_max_seconds
+        return end
 
     def record(self, ok: bool, finite: bool) -> None:
         """Count one inference of the watched model."""
@@ -78,6 +86,10 @@ class ModelWatch:
         ended = bool(limit and self.n >= limit) or (deadline is not None and now >= deadline)
         if not ended:
             return None
+        if self.n < cfg.watch_min_inferences:
+            if now - self.started >= cfg.watch_max_seconds:
+                return "fail"
+            return None
         if self.n and self.failures / self.n > cfg.max_failure_ratio:
             return "fail"
         return "pass"
@@ -88,6 +100,10 @@ class ModelWatch:
 
     def reason(self) -> str:
         """Why the watch failed, for the rolled_back state message."""
+        if self.n < self.config.watch_min_inferences:
+            return (f"only {self.n} inferences in {self.config.watch_max_seconds:g} s of watch "
+                    f"(watch_min_inferences {self.config.watch_min_inferences}): nothing "
+                    "showed the model works")
         return (f"{self.failures} of {self.n} inferences failed during the watch "
                 f"({self.errors} errors, {self.non_finite} non-finite outputs; "
                 f"max_failure_ratio {self.config.max_failure_ratio:g})")

@@ -217,3 +217,111 @@ def test_stream_credentials_never_reach_status_or_log(tmp_path: Path, broker: Mo
     assert "rtsp://***@127.0.0.1" in text, text[-3000:]
     for secret in ("Qx7SECRETpw", "ss9SECRET", "admin"):
         assert secret not in text, (secret, text[-3000:])
+
+
+def test_remote_config_cannot_weaken_privacy_or_defences(tmp_path: Path,
+                                                         broker: Mosquitto) -> None:
+    from edge_agent.signing import load_private_key, sign_command
+
+    cfg = _config(tmp_path, broker, metrics={"prometheus": {"enabled": False}})
+    base = yaml.safe_load(cfg.read_text())
+    base["commands"] = {"public_keys": base["updates"]["public_keys"]}
+    write_config(cfg, base)
+    key = load_private_key(tmp_path / "keys" / "signing.key")
+    inbox = Inbox()
+    sub = subscribe(broker.host, broker.port, [f"{PREFIX}/cmd/reply", f"{PREFIX}/results/#",
+                                               f"{PREFIX}/snapshots/#"], inbox)
+    agent = AgentProcess(cfg)
+
+    def send(rid: str, config: dict[str, Any]) -> dict[str, Any]:
+        body = sign_command({"request_id": rid, "command": "config", "device": DEVICE,
+                             "config": yaml.safe_dump(config)}, key)
+        sub.publish(f"{PREFIX}/cmd/config", json.dumps(body).encode())
+        return _reply(inbox, rid, 30)
+
+    def pipeline(**privacy: Any) -> list[dict[str, Any]]:
+        return [dict(base["pipelines"][0], privacy=privacy)]
+
+    try:
+        assert inbox.wait_for(lambda m: any("/results/" in t for t, _, _ in m), 60), agent.log()
+        attacks = {
+            "faces": dict(base, pipelines=pipeline(publish_images=True, redact_faces=False,
+                                                   allow_unredacted_images=True)),
+            "signatures": dict(base, commands=dict(base["commands"], require_signature=False)),
+            "audit": dict(base, audit={"enabled": False}),
+            "broker": dict(base, mqtt=dict(base["mqtt"], host="127.0.0.2")),
+            "keys": dict(base, updates={"public_keys": []}),
+        }
+        words = {"faces": "pipelines.door.privacy.publish_images",
+                 "signatures": "commands.require_signature", "audit": "audit.enabled",
+                 "broker": "mqtt.host", "keys": "updates.public_keys"}
+        for rid, config in attacks.items():
+            reply = send(rid, config)
+            assert reply["ok"] is False, reply
+            assert "a remote config command may not change" in reply["error"], reply
+            assert words[rid] in reply["error"], reply
+        assert yaml.safe_load(cfg.read_text()) == base, "the file is unchanged"
+        # an ordinary change still applies, and is audited with the key that signed it
+        calm = dict(base, pipelines=[dict(base["pipelines"][0],
+                                          source={"type": "synthetic", "fps": 10})])
+        assert send("calm", calm)["ok"] is True
+        time.sleep(1)
+        assert not any("/snapshots/" in t for t, _, _ in inbox.messages)
+    finally:
+        code = agent.terminate()
+        sub.stop()
+    log = agent.log()
+    assert code == 0, log
+    assert "config command (key " in log and "refused: it changes" in log, log
+    audit = [json.loads(line) for line in
+             (tmp_path / "state" / "audit" / "audit.log").read_text().splitlines()]
+    configs = [a for a in audit if a["kind"] == "config"]
+    kid = key_id_of_pub(tmp_path / "keys" / "signing.pub")
+    assert sum(a["outcome"] == "refused" for a in configs) == 5, configs
+    assert any(a["outcome"] == "applied" and kid in a["reason"] for a in configs), configs
+
+
+def key_id_of_pub(path: Path) -> str:
+    from edge_agent.signing import key_id, parse_public_key
+
+    return key_id(parse_public_key(path.read_text()))
+
+
+def test_local_opt_ins_are_explicit_and_reported(tmp_path: Path, broker: Mosquitto) -> None:
+    model = str(ensure_default_models()[DEFAULT_MODEL])
+    cfg = _config(tmp_path, broker, metrics={"prometheus": {"enabled": False}})
+    base = yaml.safe_load(cfg.read_text())
+    # raw outputs of an image model without the opt-in: the daemon refuses to start (78)
+    write_config(cfg, dict(base, pipelines=[{"name": "door", "source": {"type": "synthetic"},
+                                             "model": {"path": model, "decoder": "raw"}}]))
+    agent = AgentProcess(cfg)
+    assert agent.proc.wait(60) == 78, agent.log()
+    assert "allow_raw_image_outputs" in agent.log()
+    # unredacted snapshots without the opt-in: a config error naming the opt-in
+    write_config(cfg, dict(base, pipelines=[dict(base["pipelines"][0], privacy={
+        "publish_images": True, "redact_faces": False})]))
+    agent = AgentProcess(cfg)
+    assert agent.proc.wait(60) == 78, agent.log()
+    assert "allow_unredacted_images" in agent.log()
+    # with the opt-in: snapshots say redaction is off (not "0 faces found"), the log and the
+    # audit record the opt-in
+    write_config(cfg, dict(base, pipelines=[dict(base["pipelines"][0], privacy={
+        "publish_images": True, "redact_faces": False, "allow_unredacted_images": True,
+        "snapshots_per_minute": 600})]))
+    inbox = Inbox()
+    sub = subscribe(broker.host, broker.port, [f"{PREFIX}/snapshots/#"], inbox)
+    agent = AgentProcess(cfg)
+    try:
+        def meta(m: list[tuple[str, bytes, bool]]) -> bool:
+            return any(t.endswith("/meta") for t, _, _ in m)
+        assert inbox.wait_for(meta, 60), agent.log()
+    finally:
+        code = agent.terminate()
+        sub.stop()
+    assert code == 0, agent.log()
+    metas = [json.loads(p) for t, p, _ in inbox.messages if t.endswith("/meta")]
+    assert metas and all(m["face_redaction"] == "off" and m["faces_redacted"] is None
+                         for m in metas), metas
+    assert "opt-in in the local config: pipelines.door.privacy: unredacted images" in agent.log()
+    audit = (tmp_path / "state" / "audit" / "audit.log").read_text()
+    assert '"outcome":"opt_in"' in audit and "unredacted images" in audit

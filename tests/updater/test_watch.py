@@ -26,7 +26,13 @@ def test_passes_at_the_limit_or_the_deadline() -> None:
         w.record(i != 0, True)
     assert w.verdict(now=101) == "pass"
     w = _watch(watch_inferences=50, watch_seconds=30, max_failure_ratio=0.2)
-    assert w.verdict(now=129) is None and w.verdict(now=130) == "pass"  # nothing ran
+    # nothing ran: the watch does not pass on no evidence (issue 12); it goes on past
+    # watch_seconds and fails at watch_max_seconds
+    assert w.verdict(now=129) is None and w.verdict(now=130) is None
+    assert w.verdict(now=699) is None and w.verdict(now=700) == "fail"
+    assert "only 0 inferences" in w.reason()
+    w.record(True, True)  # one good inference after the nominal end: it passes
+    assert w.verdict(now=131) == "pass"
     w.record(False, True)
     w.record(True, True)
     assert w.failing_so_far() and w.verdict(now=131) == "fail"
