@@ -19,7 +19,8 @@ STATE_DIR=/var/lib/edge-agent
 UNIT_DIR=/etc/systemd/system
 SYSUSERS_DIR=/usr/lib/sysusers.d
 SERVICE_USER=edge-agent
-# groups that own the devices the agent may use, joined when they exist:
+# groups that own the devices the agent may use; the user joins those the config needs (its
+# sources and delegate: see needed_groups) and that exist:
 # video (cameras, Coral PCIe on some kernels), plugdev (Coral USB), apex (Coral PCIe),
 # gpio (/dev/gpiomem, gpiochips), i2c (/dev/i2c-*), dialout (serial sensors), render (GPU)
 DEVICE_GROUPS="video plugdev apex gpio i2c dialout render"
@@ -38,6 +39,7 @@ PURGE=0
 NO_VENV=0
 NO_START=0
 DRY_RUN=0
+DEVICE_GROUPS_OVERRIDE=""
 
 usage() {
   # the header comment (line 2 up to the first line that is not a comment), without "# "
@@ -58,6 +60,8 @@ Options:
   --uninstall        stop and remove the service and the venv; keep config and state
   --purge            with --uninstall: also remove config, state and the user
   --dry-run          print the commands instead of running them
+  --device-groups G  the device groups to join, space-separated (default: those the config's
+                     sources and delegate need, e.g. video for a V4L2 camera)
 EOF
 }
 
@@ -75,6 +79,7 @@ while [ $# -gt 0 ]; do
     --uninstall) UNINSTALL=1 ;;
     --purge) PURGE=1 ;;
     --dry-run) DRY_RUN=1 ;;
+    --device-groups) DEVICE_GROUPS_OVERRIDE=${2-}; shift ;;
     -h|--help) usage; exit 0 ;;
     *) echo "install.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
@@ -175,9 +180,32 @@ install_venv() {
 }
 
 # ------------------------------------------------------------------ user
+needed_groups() {
+  # the device groups the configured sources and delegates need (the config in place, else the
+  # example being installed); --device-groups overrides. Read by pattern, not by a YAML parser
+  # (install.sh runs before the venv exists): a commented-out line does not count.
+  if [ -n "$DEVICE_GROUPS_OVERRIDE" ]; then echo "$DEVICE_GROUPS_OVERRIDE"; return; fi
+  local cfg=$ROOT$CONF_DIR/config.yaml text out=""
+  [ -f "$cfg" ] || cfg=$REPO/deploy/config.example.yaml
+  text=$(sed 's/#.*$//' "$cfg" 2>/dev/null)
+  # cameras: /dev/videoN or a bare index (V4L2); libcamera's /dev/media*, Pi /dev/vchiq
+  if echo "$text" | grep -Eq 'uri: *"?(/dev/video|/dev/media|[0-9]+ *[,}]|[0-9]+ *$)'; then
+    out="$out video"
+  fi
+  # Coral: plugdev (USB), apex (PCIe); GPU delegates: render
+  echo "$text" | grep -Eq 'delegate: *"?edgetpu|edgetpu' && out="$out plugdev apex"
+  echo "$text" | grep -Eq 'libvx_delegate|gpu_delegate|/dev/dri' && out="$out render"
+  # serial sensors, I2C buses, GPIO chips
+  echo "$text" | grep -Eq '/dev/tty(USB|ACM|AMA|S)' && out="$out dialout"
+  echo "$text" | grep -Eq '/dev/i2c' && out="$out i2c"
+  echo "$text" | grep -Eq '/dev/gpio' && out="$out gpio"
+  echo "$out"
+}
+
 existing_groups() {
   local g out=""
-  for g in $DEVICE_GROUPS; do
+  for g in $(needed_groups); do
+    case " $DEVICE_GROUPS " in *" $g "*) ;; *) continue ;; esac
     if [ -n "$ROOT" ]; then
       grep -q "^$g:" "$ROOT/etc/group" 2>/dev/null && out="$out $g"
     else

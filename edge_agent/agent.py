@@ -253,8 +253,8 @@ class Agent:
             candidate.write_text(text, encoding="utf-8")
         except OSError as exc:
             raise ConfigError(f"{self.config_file}: cannot write the new config next to it: "
-                              f"{exc.strerror or exc} (under systemd, allow it with "
-                              "ReadWritePaths=/etc/edge-agent)") from None
+                              f"{exc.strerror or exc} (under systemd: give the config a "
+                              "folder of its own, see README: remote config)") from None
         try:
             new, _ = load_config(candidate)
             refused = weakenings(self.config, new)

@@ -54,12 +54,16 @@ def test_install_into_root_without_venv(tmp_path: Path) -> None:
     sysusers = (root / "usr/lib/sysusers.d/edge-agent.conf").read_text()
     assert "u edge-agent" in sysusers and "m edge-agent video" in sysusers
     assert "m edge-agent gpio" not in sysusers  # no gpio group in this root: not created
+    assert "m edge-agent i2c" not in sysusers  # the example config uses no I2C device
     if shutil.which("systemd-sysusers"):
         passwd = (root / "etc/passwd").read_text()
         assert "edge-agent:" in passwd and ":/var/lib/edge-agent:/usr/sbin/nologin" in passwd
         groups = {line.split(":")[0]: line.split(":")[3]
                   for line in (root / "etc/group").read_text().splitlines()}
-        assert "edge-agent" in groups["video"] and "edge-agent" in groups["i2c"]
+        assert "edge-agent" in groups["video"]
+        # only the groups the config's sources need: the example's V4L2 camera needs video,
+        # not i2c (which this root has) nor plugdev (no Coral configured)
+        assert "edge-agent" not in groups["i2c"] and "edge-agent" not in groups["plugdev"]
         if os.geteuid() == 0:
             uid = int(passwd.split("edge-agent:x:")[1].split(":")[0])
             assert state.stat().st_uid == uid
@@ -142,3 +146,28 @@ def test_install_with_venv_then_verify_unit(tmp_path: Path) -> None:
     verify = subprocess.run([analyze, "verify", str(unit)], capture_output=True, text=True,
                             cwd=tmp_path, timeout=60)
     assert verify.returncode == 0, verify.stderr
+
+
+def test_device_groups_follow_the_config(tmp_path: Path) -> None:
+    """A config with a Coral and a serial sensor: plugdev and dialout (when they exist), not
+    video (no camera); --device-groups overrides."""
+    root = tmp_path / "root"
+    _fake_system(root)
+    (root / "etc/group").write_text((root / "etc/group").read_text() + "dialout:x:20:\n")
+    conf = root / "etc/edge-agent"
+    conf.mkdir(parents=True)
+    (conf / "config.yaml").write_text(
+        "pipelines:\n"
+        "  - name: vib\n"
+        "    # source: {type: camera, uri: /dev/video0}   (commented out: not counted)\n"
+        "    source: {type: sensor, uri: 'serial:///dev/ttyUSB0?baud=115200', window: 8}\n"
+        "    model: {path: /etc/edge-agent/models/m.tflite, delegate: edgetpu}\n")
+    proc = _run("--root", str(root), "--no-venv", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    sysusers = (root / "usr/lib/sysusers.d/edge-agent.conf").read_text()
+    assert "m edge-agent plugdev" in sysusers and "m edge-agent dialout" in sysusers
+    assert "m edge-agent video" not in sysusers and "m edge-agent i2c" not in sysusers
+    proc = _run("--root", str(root), "--no-venv", "--device-groups", "i2c", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    sysusers = (root / "usr/lib/sysusers.d/edge-agent.conf").read_text()
+    assert "m edge-agent i2c" in sysusers and "m edge-agent plugdev" not in sysusers

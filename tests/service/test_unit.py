@@ -62,7 +62,9 @@ def test_contract_directives() -> None:
                  "ExecStart=/opt/edge-agent/venv/bin/edge-agent run -c /etc/edge-agent/config.yaml",
                  "StateDirectory=edge-agent", "ConfigurationDirectory=edge-agent",
                  "DevicePolicy=closed", "DeviceAllow=char-video4linux rw",
-                 "MemoryDenyWriteExecute=yes", "CapabilityBoundingSet=", "UMask=0077"):
+                 "MemoryDenyWriteExecute=yes", "CapabilityBoundingSet=", "UMask=0077",
+                 # resource limits (issue 12): a flood or a leak is bounded by the kernel too
+                 "LimitNOFILE=4096", "TasksMax=256", "MemoryMax=1536M"):
         assert re.search(rf"^{re.escape(line)}$", text, re.MULTILINE), line
 
 
