@@ -98,8 +98,16 @@ def test_faces_that_survive_redaction_block_the_snapshot(make_policy, face_image
 
 
 def test_redact_faces_off_needs_no_detector(make_policy, face_image):
-    policy = make_policy(publish_images=True, redact_faces=False)
-    assert policy.snapshot(result(image=face_image.copy())) is not None
+    policy = make_policy(publish_images=True, redact_faces=False, allow_unredacted_images=True)
+    snap = policy.snapshot(result(image=face_image.copy()))
+    assert snap is not None
+    # "redaction off" is not "no face found"
+    assert snap.payload["face_redaction"] == "off" and snap.payload["faces_redacted"] is None
+
+
+def test_unredacted_snapshots_need_the_explicit_opt_in(make_policy):
+    with pytest.raises(ValueError, match="allow_unredacted_images"):
+        make_policy(publish_images=True, redact_faces=False)
 
 
 def test_rate_limit_per_minute(make_policy, face_image):
