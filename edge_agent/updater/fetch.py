@@ -49,7 +49,8 @@ def _copy(src: IO[bytes], out: IO[bytes], done: int, total: int, progress: Progr
     read = getattr(src, "read1", src.read)  # one receive at most: the deadline stays in force
     while True:
         if cancel is not None and cancel.is_set():
-            raise UpdateError("download cancelled (the agent is stopping)")
+            raise UpdateError("download cancelled (a rollback was asked for, or the agent is "
+                              "stopping); the partial file is kept and resumed next time")
         if deadline is not None and time.monotonic() > deadline:
             raise UpdateError(f"download too slow: {done} of {total} bytes before the deadline; "
                               "the partial file is kept and resumed next time")

@@ -114,7 +114,12 @@ class ModelUpdater:
         self._busy = False
         self._released = True
         self._watch: ModelWatch | None = None
+        self._job: str | None = None
         self._stop = threading.Event()
+        # set by stop() and by a rollback asked for during an update: a download ends at the
+        # next chunk, and the rollback runs as soon as the update is over
+        self._cancel = threading.Event()
+        self._pending_rollback: str | None = None
         self._thread: threading.Thread | None = None
 
     # -- lifecycle -----------------------------------------------------------------------
@@ -142,6 +147,7 @@ class ModelUpdater:
     def stop(self, timeout: float = 5.0) -> None:
         """Stop the worker (a download is cancelled between chunks) and join it."""
         self._stop.set()
+        self._cancel.set()
         with self._lock:
             if self._watch is not None:
                 self._watch.wake.set()
@@ -200,6 +206,14 @@ class ModelUpdater:
                 self._watch.manual = request_id
                 self._watch.wake.set()
                 return True
+            if self._busy and self._job == "update" and self._pending_rollback is None:
+                # a signed rollback outranks an update in progress (e.g. a download a server
+                # trickles): cancel it and roll back right after
+                self._pending_rollback = request_id
+                self._cancel.set()
+                logger.warning("pipeline %s: rollback %s cancels the update in progress",
+                               self.pipeline, request_id)
+                return True
         if not self._claim(request_id):
             return False
         self._queue.put(("rollback", request_id))
@@ -240,6 +254,9 @@ class ModelUpdater:
                 continue
             with self._lock:
                 self._released = False  # this job's claim is still held
+                self._job = kind
+                if not self._stop.is_set():
+                    self._cancel.clear()
             try:
                 if kind == "update":
                     self._update(*arg)
@@ -249,6 +266,25 @@ class ModelUpdater:
                 logger.exception("updater %s: unexpected error", self.pipeline)
             finally:
                 self._release()
+            self._run_pending_rollback()
+
+    def _run_pending_rollback(self) -> None:
+        """The rollback asked for while an update ran (it cancelled the update)."""
+        with self._lock:
+            rid, self._pending_rollback = self._pending_rollback, None
+        if rid is None or self._stop.is_set():
+            return
+        if not self._claim(rid):
+            return
+        with self._lock:
+            self._released = False
+            self._job = "rollback"
+        try:
+            self._manual_rollback(rid)
+        except Exception:  # worker boundary
+            logger.exception("updater %s: unexpected error", self.pipeline)
+        finally:
+            self._release()
 
     def _release(self) -> None:
         """Give up the current job's claim exactly once (a later claim is never cleared)."""
@@ -334,6 +370,9 @@ class ModelUpdater:
             watch = ModelWatch(manifest.sha256, about, rid, self.config)
             with self._lock:
                 self._watch = watch  # the new model serves from here on
+                if watch.enabled and self._pending_rollback is not None:  # asked for meanwhile
+                    watch.manual, self._pending_rollback = self._pending_rollback, None
+                    watch.wake.set()
         except UpdateError as exc:
             logger.warning("update %s of pipeline %s rejected: %s", rid, self.pipeline, exc)
             if downloaded:
@@ -423,7 +462,7 @@ class ModelUpdater:
         deadline = min(self.config.download_deadline_s,
                        self.config.fetch_timeout_s + total / MIN_DOWNLOAD_RATE)
         return fetch(str(url), part, total, timeout=self.config.fetch_timeout_s,
-                     progress=progress, cancel=self._stop, deadline_s=deadline,
+                     progress=progress, cancel=self._cancel, deadline_s=deadline,
                      allow_file=not overridden,
                      allow_redirect=(lambda u: _override_allows(u, self.config))
                      if overridden else None)
@@ -461,7 +500,7 @@ class ModelUpdater:
                 if not url:
                     raise UpdateError(f"no url or inline data for the file of target {name}")
                 fetch(str(url), part, tf.size, timeout=self.config.fetch_timeout_s,
-                      cancel=self._stop,
+                      cancel=self._cancel,
                       deadline_s=min(self.config.download_deadline_s,
                                      self.config.fetch_timeout_s + tf.size / MIN_DOWNLOAD_RATE),
                       allow_file=given is None,

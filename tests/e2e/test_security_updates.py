@@ -27,6 +27,7 @@ from typing import Any
 import pytest
 
 from edge_agent.default_models import ensure_default_models, labels_path
+from edge_agent.signing import sign_command
 from edge_agent.updater.manifest import build_manifest
 from edge_agent.updater.store import sha256_file, write_atomic
 from tests.broker import Mosquitto
@@ -249,7 +250,7 @@ def test_url_override_redirects_fifo_and_trickle(tmp_path: Path, broker: Mosquit
                                                  face_models: dict[str, Path],
                                                  hostile: _HostileServer) -> None:
     full = face_models[FULL]
-    dev = _device(tmp_path, broker, face_models, updates={"download_deadline_s": 3})
+    dev = _device(tmp_path, broker, face_models, updates={"download_deadline_s": 8})
     secret = tmp_path / "secret.bin"
     secret.write_bytes(b"x" * 12345)
     try:
@@ -291,5 +292,23 @@ def test_url_override_redirects_fifo_and_trickle(tmp_path: Path, broker: Mosquit
         mark = dev.mark()
         rid = dev.send_update(signed, data=full)
         assert dev.wait_reply(rid, mark)["ok"], dev.log()
+        dev.wait_results(3, since=mark, sha=signed["sha256"])
+
+        # a signed rollback during a trickled download is not answered "busy": it cancels
+        # the download and rolls back at once
+        mark = dev.mark()
+        padded = tmp_path / "v2.tflite"  # other bytes than the active model
+        padded.write_bytes(full.read_bytes() + b"\0" * 16)
+        slow = dev.send_update(_signed(dev, padded, 2, url=hostile.url("/trickle")))
+        dev.wait_state("downloading", mark)
+        back = sign_command({"request_id": "rb-1", "command": "rollback", "device":
+                             dev.device_id, "pipeline": PIPELINE}, dev.key)
+        assert dev.sub.publish(f"{dev.prefix}/cmd/rollback", json.dumps(back).encode())
+        reply = dev.wait_reply("rb-1", mark, timeout=20)
+        assert reply["ok"] is True, (reply, dev.log())
+        cancelled = dev.wait_reply(slow, mark)
+        assert cancelled["ok"] is False and "cancelled" in cancelled["error"], cancelled
+        assert "rollback rb-1 cancels the update in progress" in dev.log()
+        dev.wait_results(3, since=dev.mark(), sha=dev.configured_sha)
     finally:
         dev.close()
