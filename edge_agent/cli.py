@@ -101,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=30.0,
                    help="seconds to wait for a frame that can be shown")
 
-    p = add("privacy-report", "edge_agent.privacy.audit:cmd_privacy_report",
+    p = add("privacy-report", "edge_agent.commands.privacy_report:cmd_privacy_report",
             "summarise the audit log of what left the device")
     p.add_argument("-c", "--config", required=False)
     p.add_argument("--json", action="store_true")
@@ -125,15 +125,15 @@ def build_parser() -> argparse.ArgumentParser:
     def madd(name: str, target: str, help_: str) -> argparse.ArgumentParser:
         return _command(msub, name, target, help_)
 
-    mp = madd("inspect", "edge_agent.runtime.inspect:cmd_inspect",
+    mp = madd("inspect", "edge_agent.commands.model:cmd_inspect",
               "signature, quantisation, ops, size, sha256")
     mp.add_argument("file")
     mp.add_argument("--json", action="store_true")
 
-    mp = madd("keygen", "edge_agent.updater.operator:cmd_keygen", "make an Ed25519 key pair")
+    mp = madd("keygen", "edge_agent.commands.operator:cmd_keygen", "make an Ed25519 key pair")
     mp.add_argument("--out", required=True)
 
-    mp = madd("sign", "edge_agent.updater.operator:cmd_sign", "write a signed manifest")
+    mp = madd("sign", "edge_agent.commands.operator:cmd_sign", "write a signed manifest")
     mp.add_argument("file")
     mp.add_argument("--key", required=True)
     mp.add_argument("--name", required=True)
@@ -150,13 +150,14 @@ def build_parser() -> argparse.ArgumentParser:
     mp.add_argument("--decoder", default=None, help="bind the manifest to this decoder kind")
     mp.add_argument("--out", required=True)
 
-    mp = madd("verify", "edge_agent.updater.operator:cmd_verify",
+    mp = madd("verify", "edge_agent.commands.operator:cmd_verify",
               "check a manifest's signature (and a model file against it)")
     mp.add_argument("manifest")
     mp.add_argument("--pub", action="append", required=True, help="public key file (repeatable)")
     mp.add_argument("--file", default=None)
 
-    mp = madd("push", "edge_agent.updater.operator:cmd_push", "send an update to a device or group")
+    mp = madd("push", "edge_agent.commands.operator:cmd_push",
+              "send an update to a device or group")
     mp.add_argument("manifest")
     mp.add_argument("--pipeline", required=True)
     target = mp.add_mutually_exclusive_group(required=True)
@@ -170,13 +171,13 @@ def build_parser() -> argparse.ArgumentParser:
     mp.add_argument("--cert", default=None)
     mp.add_argument("--keyfile", default=None)
 
-    mp = madd("status", "edge_agent.updater.operator:cmd_status", "a device's model state")
+    mp = madd("status", "edge_agent.commands.operator:cmd_status", "a device's model state")
     mp.add_argument("--device", required=True)
     mp.add_argument("--broker", required=True)
     mp.add_argument("--topic-prefix", default="edge-agent")
     mp.add_argument("--timeout", type=float, default=5.0)
 
-    mp = madd("rollback", "edge_agent.updater.operator:cmd_rollback",
+    mp = madd("rollback", "edge_agent.commands.operator:cmd_rollback",
               "ask a device to roll a pipeline back to its previous model")
     mp.add_argument("--device", required=True)
     mp.add_argument("--pipeline", required=True)
@@ -185,7 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
     mp.add_argument("--topic-prefix", default="edge-agent")
     mp.add_argument("--timeout", type=float, default=30.0)
 
-    mp = madd("quantize", "edge_agent.runtime.quantize:cmd_quantize",
+    mp = madd("quantize", "edge_agent.commands.model:cmd_quantize",
               "full-integer post-training quantisation with representative frames")
     mp.add_argument("file")
     mp.add_argument("--calibration", required=True)

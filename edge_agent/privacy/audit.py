@@ -13,11 +13,9 @@ flood of junk commands so costs a line per minute, and cannot rotate the history
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -224,25 +222,3 @@ def format_report(summary: AuditSummary) -> str:
     lines += ["", f"{'topic':<56}{'messages':>10}{'bytes':>14}"]
     lines += [f"{k:<56}{v['messages']:>10}{v['bytes']:>14}" for k, v in d["by_topic"].items()]
     return "\n".join(lines)
-
-
-def cmd_privacy_report(args: argparse.Namespace) -> int:
-    """``edge-agent privacy-report [-c FILE] [--json]``: summarise the audit log."""
-    from edge_agent.config import load_config
-
-    config, _ = load_config(getattr(args, "config", None))
-    directory = config.state_dir / "audit"
-    try:
-        summary = summarise(read_entries(directory))
-    except OSError as exc:
-        print(f"cannot read the audit log in {directory}: {exc} (run as the edge-agent user "
-              "or with sudo)", file=sys.stderr)
-        return 1
-    if getattr(args, "json", False):
-        print(json.dumps(summary.as_dict(), indent=2))
-    else:
-        if not (directory / AUDIT_FILE).exists():
-            print(f"no audit log in {directory} (nothing published yet, or audit disabled)",
-                  file=sys.stderr)
-        print(format_report(summary))
-    return 0

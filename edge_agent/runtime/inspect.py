@@ -8,15 +8,11 @@ op) is still described, with the reason it does not load.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
-import json
 import struct
 from collections import Counter
 from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 from edge_agent.errors import ModelError
 from edge_agent.runtime.base import TensorSpec
@@ -199,19 +195,3 @@ def format_description(info: dict[str, Any]) -> str:
     if info.get("custom_ops"):
         lines.append(f"  custom ops  {', '.join(info['custom_ops'])}")
     return "\n".join(lines)
-
-
-def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, np.generic):
-        return obj.item()
-    raise TypeError(type(obj).__name__)
-
-
-def cmd_inspect(args: argparse.Namespace) -> int:
-    """``edge-agent model inspect FILE [--json]``; exit 1 when the model does not load."""
-    info = describe_model(args.file)
-    if getattr(args, "json", False):
-        print(json.dumps(info, indent=2, default=_jsonable))
-    else:
-        print(format_description(info))
-    return 0 if info["loads"] else 1

@@ -29,7 +29,7 @@ PUBLISHERS = {
     "privacy/egress.py": "the egress guard",
     "mqtt/client.py": "the transport, whose publish only the guard is given",
     "mqtt/subscriber.py": "the operator's own client (commands to a device, never device data)",
-    "updater/operator.py": "the operator CLI (publishes signed commands)",
+    "commands/operator.py": "the operator CLI (publishes signed commands)",
 }
 
 

@@ -7,8 +7,9 @@ import json
 import threading
 from pathlib import Path
 
+from edge_agent.commands.privacy_report import cmd_privacy_report
 from edge_agent.config import AuditConfig
-from edge_agent.privacy.audit import AUDIT_FILE, AuditLog, cmd_privacy_report, read_entries
+from edge_agent.privacy.audit import AUDIT_FILE, AuditLog, read_entries
 
 
 def test_rotation_keeps_size_bounded(tmp_path: Path):

@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 
 from edge_agent.cli import main
+from edge_agent.commands.model import cmd_inspect
 from edge_agent.errors import ModelError
-from edge_agent.runtime.inspect import cmd_inspect, describe_model, format_description
+from edge_agent.runtime.inspect import describe_model, format_description
 from tests.conftest import shared_model
 
 SSD = "coco_ssd_mobilenet_v1_1.0_quant.tflite"

@@ -88,7 +88,7 @@ def test_prune_keeps_the_target_files_of_current_and_previous(tmp_path: Path) ->
 def test_model_sign_writes_one_entry_per_target_file(tmp_path: Path) -> None:
     import argparse
 
-    from edge_agent.updater.operator import cmd_sign
+    from edge_agent.commands.operator import cmd_sign
     from edge_agent.updater.store import sha256_file
 
     priv, _pub, _kid = generate_key_pair(tmp_path / "keys")
