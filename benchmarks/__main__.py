@@ -33,10 +33,10 @@ from benchmarks.common import (
 SECTIONS = ("throughput", "motion", "latency", "memory", "quant")
 NOTES = [
     "The goals were set on another machine (MANIFEST.md: Intel with AVX-512/VNNI), where "
-    "XNNPACK ran the quantised models: SSD 9.4 ms, YOLOv5n 21.6 ms per invoke. Here the same "
-    "invokes cost about 70 and 190 ms of CPU (the SSD's graph gets no XNNPACK node at all on "
-    "this CPU), so invoke dominates and the pipeline's own work is a smaller share than "
-    "there; the fast default BlazeFace (XNNPACK, float) shows the overhead more plainly.",
+    "XNNPACK ran the quantised models: SSD 9.4 ms, YOLOv5n 21.6 ms per invoke. What the same "
+    "invokes cost here, in this run, is the bare CPU ms per frame in the throughput table; "
+    "the more invoke dominates, the smaller the pipeline's own share, and the fast default "
+    "BlazeFace shows the overhead most plainly.",
     "pipeline / bare is bounded by the CPU the other stages need while invoke runs: with as "
     "many interpreter threads as cores, every millisecond of MJPEG decoding, resizing, "
     "policy, JSON and outbox work is taken from the interpreter.",
@@ -49,7 +49,8 @@ NOTES = [
     "default; niceness for the capture/post threads (`Tuning.aux_nice`) gave no measurable "
     "gain and is off.",
     "Motion gating: the gated run still decodes every MJPEG frame (about 1.6 ms of CPU per "
-    "640x480 frame here) and runs the gate (about 0.4 ms). With a model whose invoke costs "
+    "640x480 frame) and runs the gate (about 0.4 ms), figures from an earlier profile on this "
+    "machine that this command does not re-measure. With a model whose invoke costs "
     "little more than that (the default BlazeFace) the ratio cannot get far below "
     "(decode + gate) / (decode + invoke); decoding fewer pixels for the gate (JPEG DCT "
     "scaling in the source) is the next step.",
