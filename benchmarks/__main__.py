@@ -55,7 +55,10 @@ NOTES = [
     "(decode + gate) / (decode + invoke); decoding fewer pixels for the gate (JPEG DCT "
     "scaling in the source) is the next step.",
     "Other benchmarks of single parts: `benchmarks/bench_outbox.py` (outbox append cost and "
-    "drain rate) and `benchmarks/bench_privacy.py` (policy, guard and redaction cost).",
+    "drain rate), `benchmarks/bench_privacy.py` (policy, guard and redaction cost), "
+    "`benchmarks/bench_contract.py` (validating and serialising a result: today's JSON Schema "
+    "path against pydantic and msgspec models) and `benchmarks/bench_metrics.py` (the "
+    "hand-written Prometheus registry against prometheus_client).",
 ]
 
 
