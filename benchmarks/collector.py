@@ -302,11 +302,12 @@ def render(fig: dict[str, Any], command: str) -> str:
         "Reading the figures: the two collectors, mosquitto, the publisher and PostgreSQL share "
         "the same 2 cores, so a second collector adds no CPU; it only adds parallel waiting. "
         "SQLite takes one writer at a time (`BEGIN IMMEDIATE`), so two collectors on one file "
-        "contend for its lock: use one collector per SQLite file. In PostgreSQL the batches of "
-        "two collectors are serialised per device stream (the `streams` row lock that keeps "
-        "`gaps` exact); with 10 devices every batch touches every stream, so they mostly take "
-        "turns. Shared subscriptions pay off when collectors run on separate machines and the "
-        "devices outnumber what one batch touches. Latency p50 is dominated by the 0.2 s "
+        "contend for its lock: use one collector per SQLite file. In PostgreSQL two collectors "
+        "insert in parallel and take turns only for the gap and session bookkeeping (a row "
+        "lock per device stream, which keeps `gaps` exact); on a machine this loaded they "
+        "are CPU-bound either way. Shared subscriptions pay off when collectors run on "
+        "separate machines. "
+        "Latency p50 is dominated by the 0.2 s "
         "batching window plus queueing behind the load of the machine.",
         "", "<!-- collector:end -->"]
     return "\n".join(lines)
