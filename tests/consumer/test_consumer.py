@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import select
+import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as paho
@@ -135,3 +139,49 @@ def test_another_schema_version_is_refused_clearly() -> None:
     with pytest.raises(MessageFormatError, match="'edge-agent/result@2' is not "
                        "'edge-agent/result@1'"):
         parse_result(json.dumps(data).encode())
+
+
+def test_the_docs_example_script_works(broker: Mosquitto, tmp_path: Path) -> None:
+    """The ten-line example of docs/consumers.md, run as written (broker address swapped)."""
+    import re
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    doc = (REPO / "docs" / "consumers.md").read_text()
+    code = re.search(r"```python\n(.*?)```", doc, re.S)
+    assert code is not None
+    script = code.group(1).replace("localhost:1883", f"{broker.host}:{broker.port}")
+    assert len(script.strip().splitlines()) <= 12, script
+    path = tmp_path / "example.py"
+    path.write_text(script)
+    proc = subprocess.Popen([sys.executable, "-u", str(path)], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, cwd=REPO,
+                            env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert proc.stdout is not None
+    fd = proc.stdout.fileno()
+    pub = Publisher(broker)
+    out = b""
+    try:
+        deadline = time.monotonic() + 30
+        probe = result("door-cam", 1, "b0")
+        probe["pipeline"] = "probe"
+        while time.monotonic() < deadline and b"probe" not in out:  # until it is subscribed
+            pub.send(f"{P}/door-cam/results/probe", probe)
+            ready, _, _ = select.select([fd], [], [], 0.5)
+            if ready:
+                out += os.read(fd, 65536)
+        for s in (1, 4):  # a gap of 2..3
+            pub.send(f"{P}/door-cam/results/cam", result("door-cam", s, "b1"))
+        while time.monotonic() < deadline and out.count(b"\n") < 4:
+            ready, _, _ = select.select([fd], [], [], 0.2)
+            if ready:
+                out += os.read(fd, 65536)
+    finally:
+        pub.close()
+        proc.kill()
+        proc.wait(10)
+    lines = out.decode().splitlines()
+    assert lines[-3:] == ["door-cam cam 1 {'person': 1}", "lost 2 messages: door-cam cam 2 3",
+                          "door-cam cam 4 {'person': 1}"], lines
