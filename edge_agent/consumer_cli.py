@@ -43,6 +43,9 @@ def add_collect_args(p: argparse.ArgumentParser) -> None:
                    "(repeatable)")
     p.add_argument("--pipeline", action="append", default=None, help="only this pipeline "
                    "(repeatable)")
+    p.add_argument("--retire", action="store_true",
+                   help="take the collector --client-id out of its share for good: store what "
+                        "its session still holds, then end the session, and exit")
     p.add_argument("--batch-size", type=int, default=500, help="messages per transaction")
     p.add_argument("--queue-size", type=int, default=1000,
                    help="unacknowledged messages held in memory at most")

@@ -35,6 +35,17 @@ def cmd_collect(args: argparse.Namespace) -> int:
                           batch_size=args.batch_size, queue_size=args.queue_size)
     stop = threading.Event()
     install_stop_signals(stop)
+    if args.retire:
+        if not args.client_id:
+            raise EdgeAgentError("--retire needs the --client-id of the collector to retire")
+        try:
+            if collector.retire(stop):
+                logger.info("retired %s: its session is ended", client_id)
+                return 0
+        except StoreUnavailableError as exc:
+            raise EdgeAgentError(f"cannot open the database: {exc}") from None
+        raise EdgeAgentError(f"{client_id}: not retired (stopped or still receiving); its "
+                             "session is kept")
     notifier = SystemdNotifier.from_env()
     logger.info("collecting from %s:%d into %s as %s%s", broker.host, broker.port, store.url,
                 client_id, f" (share {args.share})" if args.share else "")

@@ -218,6 +218,43 @@ class Collector:
             logger.info("collector stopped: %s", self.stats)
 
 
+    def retire(self, stop: threading.Event, *, idle_s: float = 3.0,
+               timeout_s: float = 600.0) -> bool:
+        """Take this collector out of its share for good: unsubscribe, store and acknowledge
+        what the broker still holds for its session, then end the session.
+
+        Returns:
+            True when the session was drained (nothing arrived for ``idle_s``) and ended;
+            False when ``stop`` or ``timeout_s`` came first (the session is kept).
+
+        Raises:
+            StoreUnavailableError: the database cannot be reached at start.
+        """
+        self.store.connect()
+        self.client.leave()
+        self.client.start(timeout=None)
+        deadline = time.monotonic() + timeout_s
+        quiet_since = time.monotonic()
+        drained = False
+        try:
+            while not stop.is_set() and time.monotonic() < deadline:
+                batch = self._take(stop)
+                if batch:
+                    if not self._write(batch, stop, final=False):
+                        break
+                    quiet_since = time.monotonic()
+                elif self.client.connected and time.monotonic() - quiet_since >= idle_s:
+                    drained = True
+                    break
+        finally:
+            self._closing.set()
+            self.client.stop(end_session=drained)
+            self.store.close()
+            logger.info("collector %s: %s", "retired" if drained else "not retired",
+                        self.stats)
+        return drained
+
+
 def install_stop_signals(stop: threading.Event) -> None:
     """SIGTERM and SIGINT set ``stop`` (the handlers only set it)."""
 

@@ -158,6 +158,7 @@ class InboundClient:
         self._epoch = 0
         self._connected = False
         self._stopping = False
+        self._leaving = False
         self.connects = 0
         self.subscribed = threading.Event()
         self.refused: str | None = None
@@ -200,6 +201,11 @@ class InboundClient:
         self.refused = None
         logger.info("connected to %s:%d (session present: %s)", self.broker.host,
                     self.broker.port, getattr(flags, "session_present", None))
+        if self._leaving:
+            # retiring: stop new assignments; what the session already holds still comes
+            client.unsubscribe(self._topics)
+            self.subscribed.set()
+            return
         # one SUBSCRIBE for all filters: its SUBACK means every filter is active
         client.subscribe([(topic, 1) for topic in self._topics])
 
@@ -279,8 +285,22 @@ class InboundClient:
                     done += 1
         return done
 
-    def stop(self) -> None:
-        """Disconnect (a persistent session stays on the broker) and join paho's thread."""
+    def leave(self) -> None:
+        """Before :meth:`start`: unsubscribe instead of subscribing (to drain a session that is
+        being retired; the messages it already holds are still delivered)."""
+        self._leaving = True
+
+    def stop(self, *, end_session: bool = False) -> None:
+        """Disconnect and join paho's thread.
+
+        Args:
+            end_session: end the persistent session too (MQTT 5: session expiry 0 in the
+                DISCONNECT); otherwise it stays on the broker, which keeps queueing for it.
+        """
         self._stopping = True
-        self._client.disconnect()
+        props: Properties | None = None
+        if end_session and self._v5:
+            props = Properties(PacketTypes.DISCONNECT)  # type: ignore[no-untyped-call]
+            props.SessionExpiryInterval = 0
+        self._client.disconnect(properties=props)
         self._client.loop_stop()

@@ -21,6 +21,7 @@ from tests.broker import free_port
     (["watch", "--broker", "h", "--username", "u", "--password-file", "/no/pw"], 78,
      "--password-file /no/pw: cannot read"),
     (["collect", "--broker", "h", "--batch-size", "0"], 1, "--batch-size"),
+    (["collect", "--broker", "h", "--retire"], 1, "--retire needs the --client-id"),
 ])
 def test_user_mistakes(argv: list[str], code: int, message: str, tmp_path: Path,
                        capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch

@@ -144,3 +144,33 @@ def test_postgres_outage_holds_acks_and_loses_nothing(
             assert conn.execute("SELECT min(seq), max(seq) FROM results").fetchone() == (1, 250)
     finally:
         cluster.destroy()
+
+
+def test_retire_drains_the_session_and_leaves_the_share(
+        tmp_path: Path, broker: Mosquitto, collectors: Callable[..., Running]) -> None:
+    db = tmp_path / "r.sqlite"
+    url = f"sqlite:///{db}"
+    a = collectors(url, "col-a", share="g")
+    b = collectors(url, "col-b", share="g")
+    b.close()  # stopped, but its session keeps its place in the share
+    pub = Publisher(broker)
+    try:
+        for s in range(1, 101):
+            pub.send(f"{P}/dev1/results/cam", payload(s, device="dev1"))
+        assert wait_until(lambda: sqlite_count(db) >= 30, 20)
+        time.sleep(1.0)
+        assert sqlite_count(db) < 100, "nothing was queued for the stopped collector"
+        retiring = Collector(BrokerOptions(broker.host, broker.port), open_store(url),
+                             prefix=P, client_id="col-b", share="g")
+        assert retiring.retire(threading.Event(), idle_s=1.5, timeout_s=60)
+        assert sqlite_count(db) == 100
+        assert retiring.stats.stored == 100 - a.collector.stats.stored
+        before = a.collector.stats.stored
+        for s in range(101, 201):  # only col-a is left in the share
+            pub.send(f"{P}/dev1/results/cam", payload(s, device="dev1"))
+        assert wait_until(lambda: sqlite_count(db) == 200, 30), sqlite_count(db)
+        assert a.collector.stats.stored - before == 100
+    finally:
+        pub.close()
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("SELECT count(*) FROM gaps").fetchone() == (0,)
