@@ -426,6 +426,8 @@ class TargetRuntime:
                 {"library": spec.library, "options": dict(spec.options)}
         runtime = TfliteRuntime(spec.path, threads=self._threads, delegate=delegate,
                                 fallback_to_cpu=False, backend=self._backend)
+        # every load names its target and file (which file ran where is auditable in the log)
+        logger.info("target %s: loaded %s", spec.name, spec.path.name)
         try:
             ref = self._reference
             sig = runtime.signature
