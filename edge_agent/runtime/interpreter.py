@@ -344,10 +344,10 @@ class TfliteRuntime:
         self._in_idx = [t.index for t in self.signature.inputs]
         self._out_idx = [t.index for t in self.signature.outputs]
         self._in_meta = [(t.shape, np.dtype(t.dtype)) for t in self.signature.inputs]
-        # debug: the bundle logs the model by name and version (a staged update is only a
-        # "<sha256>.part" file here), with backend, delegate and threads, at info
-        logger.debug("loaded %s (%s %s, %s, %d threads)", self.path.name, be.name, be.version,
-                     used or "cpu", threads)
+        # the file as loaded (a staged update is its "<sha256>.part"); the bundle's line after
+        # this names the model by its manifest name and version
+        logger.info("loaded %s (%s %s, %s, %d threads)", self.path.name, be.name, be.version,
+                    used or "cpu", threads)
 
     def _make_interpreter(self, be: Backend, threads: int, delegates: list[Any],
                           fallback_to_cpu: bool) -> Any:
