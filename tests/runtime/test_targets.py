@@ -18,6 +18,7 @@ from edge_agent.errors import ModelError
 from edge_agent.runtime.interpreter import TfliteRuntime
 from edge_agent.runtime.targets import TargetRuntime, TargetSpec
 from edge_agent.types import TargetChange
+from tests.conftest import active_backend
 from tests.delegate import TestDelegate
 
 DEADLINE = 60.0  # against hangs only
@@ -235,6 +236,10 @@ def test_only_a_delegate_that_fails_is_a_model_error(test_delegate: TestDelegate
 
 def test_a_target_file_with_other_tensors_is_refused(test_delegate: TestDelegate, model: Path
                                                      ) -> None:
+    if active_backend() == "tflite_runtime":
+        # tflite-runtime 2.14 dies with SIGSEGV building this interpreter with a delegate that
+        # fails at prepare (LiteRT falls back cleanly); it would take the whole pass with it
+        pytest.skip("tflite-runtime 2.14 crashes (SIGSEGV) here; LiteRT only (SERVICE.md)")
     other = default_models_dir() / "face_detection_full_range_sparse.tflite"  # 192x192 input
     if not other.exists():
         pytest.skip("default model missing (edge-agent models fetch)")
