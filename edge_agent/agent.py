@@ -11,7 +11,9 @@ is refused with the same one-line errors and the old one keeps running.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import os
 import signal
 import threading
 import time
@@ -47,6 +49,8 @@ class Agent:
         self._last_status_key: Any = None
         self.exit_code = 0
         self._stats_failures = 0
+        self._inventory_key: Any = None
+        self.inventory_dirty = threading.Event()
 
     # ------------------------------------------------------------------ wiring
 
@@ -114,9 +118,55 @@ class Agent:
         self.guard.send(self.status_message("online"))
 
     def publish_model_state(self, payload: dict[str, Any]) -> None:
-        """Publish a retained model state message for a pipeline."""
+        """Publish a retained model state message for a pipeline (the inventory follows)."""
         self.guard.send(self.messages.model_state(self.seal, device=self.config.device_id,
                                                   **payload))
+        self.inventory_dirty.set()
+
+    def inventory_message(self) -> Any:
+        """The retained inventory: versions, board, pipelines and models, groups, keys."""
+        import platform
+
+        from edge_agent import sysinfo
+
+        pipelines = self.pipelines.inventory()
+        backend = version = None
+        for p in self.pipelines.status():
+            backend, version = p["runtime"].get("backend"), p["runtime"].get("version")
+            break
+        board = {"model": sysinfo.board_model(), "soc": sysinfo.soc_name(),
+                 "machine": platform.machine() or None, "cpus": os.cpu_count(),
+                 "memory_mb": sysinfo.memory_mb(), "cpu_temp_c": sysinfo.cpu_temperature()}
+        return self.messages.inventory(
+            self.seal, device=self.config.device_id, agent_version=__version__,
+            runtime={"backend": backend, "version": version,
+                     "python": platform.python_version()},
+            board=board, pipelines=pipelines, groups=self.config.mqtt.groups,
+            trusted_keys=self._trusted_keys(), boot_id=self.transport.boot_id)
+
+    def _trusted_keys(self) -> list[str]:
+        """Key ids of the configured public keys (updates and commands); unreadable ones
+        were reported by preflight and are left out here."""
+        from edge_agent.signing import load_public_keys
+
+        ids: set[str] = set()
+        for paths in (self.config.updates.public_keys, self.config.commands.public_keys):
+            with contextlib.suppress(Exception):  # preflight said what is wrong with a file
+                ids.update(load_public_keys(paths))
+        return sorted(ids)
+
+    def publish_inventory(self, force: bool = False) -> None:
+        """Publish the inventory when what it says changed (model swap, reload, update
+        state), or always with ``force`` (after a connect). The time and temperature alone
+        do not count as a change."""
+        self.inventory_dirty.clear()
+        msg = self.inventory_message()
+        what = {k: v for k, v in msg.payload.items() if k != "ts"}
+        what["board"] = {k: v for k, v in what["board"].items() if k != "cpu_temp_c"}
+        key = repr(what)
+        if force or key != self._inventory_key:
+            self._inventory_key = key
+            self.guard.send(msg)
 
     def publish_stats(self) -> None:
         """Publish the stats message and refresh the metrics gauges."""
@@ -143,6 +193,7 @@ class Agent:
     def _on_connected(self) -> None:
         self.publish_status()
         self.pipelines.republish_model_states()
+        self.publish_inventory(force=True)
         self.pipelines.publish_discovery()
 
     # ------------------------------------------------------------------ run
@@ -203,6 +254,9 @@ class Agent:
                 if key != self._last_status_key:
                     self._last_status_key = key
                     self.publish_status()
+                    self.inventory_dirty.set()
+                if self.inventory_dirty.is_set():
+                    self.publish_inventory()
         finally:
             notifier.stopping()
             watchdog.stop()
@@ -317,6 +371,7 @@ class Agent:
         self.config = self.config.model_copy(update={"pipelines": new.pipelines})
         logger.info("reload: applied (%s)", ", ".join(changed) or "no pipeline changed")
         self.publish_status()
+        self.inventory_dirty.set()
         self.pipelines.publish_discovery()  # entities of added/removed pipelines
         return True
 

@@ -118,6 +118,48 @@ def build_parser() -> argparse.ArgumentParser:
     add_watch_args(add("watch", "edge_agent.consumer.watch:cmd_watch",
                        "live view of what devices publish"))
 
+    from edge_agent.consumer_cli import add_broker_args
+
+    fleet = sub.add_parser("fleet", help="a fleet's live status and staged model rollouts")
+    fsub = fleet.add_subparsers(dest="fleet_command", metavar="ACTION")
+    fsub.required = True
+    fp = _command(fsub, "status", "edge_agent.commands.fleet:cmd_fleet_status",
+                  "every device: online, models, fps, p95, outbox, errors; a summary line")
+    add_broker_args(fp)
+    fp.add_argument("--group", default=None, help="only devices of this group")
+    fp.add_argument("--once", action="store_true", help="print one table and exit")
+    fp.add_argument("--json", action="store_true", help="a JSON list (implies --once)")
+    fp.add_argument("--sort", default="device",
+                    choices=["device", "online", "version", "fps", "p95", "errors"])
+    fp.add_argument("--interval", type=float, default=1.0, metavar="S", help="refresh period")
+    fp.add_argument("--timeout", type=float, default=10.0, metavar="S",
+                    help="connect and retained-message wait")
+    fp = _command(fsub, "rollout", "edge_agent.commands.fleet:cmd_fleet_rollout",
+                  "staged rollout of a signed model to a group, halting on failures")
+    fp.add_argument("manifest")
+    fp.add_argument("--group", required=True)
+    fp.add_argument("--pipeline", required=True)
+    add_broker_args(fp)
+    fp.add_argument("--file", default=None, help="send the model bytes inline over MQTT")
+    fp.add_argument("--waves", default="1,10,50,100%",
+                    help="cumulative shares of the group per wave (default 1,10,50,100%%)")
+    fp.add_argument("--max-failures", default="10%",
+                    help="halt when a wave has more failures than this (N or N%%)")
+    fp.add_argument("--wave-timeout", type=float, default=600.0, metavar="S",
+                    help="seconds a wave waits for its verdicts (then: failed)")
+    fp.add_argument("--no-watch", action="store_true",
+                    help="the devices do not watch new models: the first active is success")
+    fp.add_argument("--rollback-on-halt", action="store_true",
+                    help="on a halt, send a signed rollback to the touched devices (--key)")
+    fp.add_argument("--key", default=None, help="command signing key (for rollbacks)")
+    fp.add_argument("--resume", action="store_true", help="carry on an interrupted rollout")
+    fp.add_argument("--include-offline", action="store_true",
+                    help="update offline devices when they come back (else: pending)")
+    fp.add_argument("--progress", default=None, metavar="FILE",
+                    help="progress file (default rollout-<group>-<pipeline>.progress.json)")
+    fp.add_argument("--report", default=None, metavar="FILE.json", help="write a JSON report")
+    fp.add_argument("--connect-timeout", type=float, default=10.0, metavar="S")
+
     model = sub.add_parser("model", help="inspect, sign, push and manage models")
     msub = model.add_subparsers(dest="model_command", metavar="ACTION")
     msub.required = True

@@ -204,6 +204,18 @@ class PipelineSet:
             out.append(entry)
         return out
 
+    def inventory(self) -> list[dict[str, Any]]:
+        """Each pipeline's inventory entry: model, the updater's last state, delegate and
+        execution targets (for ``privacy.messages.inventory``)."""
+        out = []
+        for u in list(self.units.values()):
+            st = u.pipeline.status()
+            out.append({"name": st["name"], "state": st["state"], "model": st["model"],
+                        "model_state": u.updater.last_state(),
+                        "delegate": st["runtime"].get("delegate"), "target": st["target"],
+                        "targets": sorted(st["targets"])})
+        return out
+
     def status_key(self) -> Any:
         """Changes when something worth a new retained status changes."""
         return tuple((u.pipeline.name, u.pipeline.state, u.pipeline.source_error,

@@ -272,3 +272,30 @@ def describe_modes(modes: list[VideoMode]) -> str:
         sizes = " ".join(f"{w}x{h}" for w, h in m.sizes) or "any size"
         parts.append(f"{m.fourcc} {sizes}")
     return "; ".join(parts) or "no capture formats"
+
+
+def soc_name(root: Path = Path("/")) -> str | None:
+    """The SoC or CPU name: the device tree's compatible string (ARM boards, e.g.
+    ``brcm,bcm2712``), else ``/proc/cpuinfo``'s Hardware or model name line; None if unknown."""
+    raw = _read(root / "proc/device-tree/compatible")
+    if raw:
+        parts = [p for p in raw.split("\0") if p]
+        if parts:
+            return parts[-1]
+    info = _read(root / "proc/cpuinfo") or ""
+    for key in ("Hardware", "model name"):
+        for line in info.splitlines():
+            name, sep, value = line.partition(":")
+            if sep and name.strip() == key and value.strip():
+                return value.strip()
+    return None
+
+
+def memory_mb(root: Path = Path("/")) -> int | None:
+    """Total memory in MiB from ``/proc/meminfo``, or None."""
+    for line in (_read(root / "proc/meminfo") or "").splitlines():
+        if line.startswith("MemTotal:"):
+            fields = line.split()
+            if len(fields) >= 2 and fields[1].isdigit():
+                return int(fields[1]) // 1024
+    return None

@@ -24,6 +24,7 @@ Topic patterns (``{base}`` = ``P/D``, ``{pipeline}`` a ``[a-z0-9_-]{1,64}`` name
     snapshot     {base}/snapshots/{pipeline}      the JPEG; its metadata on .../meta
     cmd_reply    {base}/cmd/reply
     discovery    {topic}                          retained; under the discovery prefix
+    inventory    {base}/inventory                 retained; what the device is and runs
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ KiB = 1024
 
 MessageKind = Literal[
     "result", "event", "status", "model_state", "stats", "snapshot", "cmd_reply", "discovery",
+    "inventory",
 ]
 
 
@@ -183,10 +185,20 @@ class DiscoveryMessage(OutgoingMessage):
     topic: str = ""
 
 
+@dataclass(frozen=True)
+class InventoryMessage(OutgoingMessage):
+    """The device's retained inventory: agent and runtime versions, board, pipelines with
+    their models and model states, fleet groups and trusted key ids (re-sent on change)."""
+
+    SPEC: ClassVar[MessageSpec] = MessageSpec(
+        "inventory", "{base}/inventory", retained=True, durable=False, qos=1,
+        limit=32 * KiB, schema_id="edge-agent/inventory@1", schema_file="inventory.json")
+
+
 MESSAGE_TYPES: dict[MessageKind, type[OutgoingMessage]] = {
     cls.SPEC.kind: cls for cls in (
         ResultMessage, EventMessage, StatusMessage, ModelStateMessage, StatsMessage,
-        SnapshotMessage, CmdReplyMessage, DiscoveryMessage)
+        SnapshotMessage, CmdReplyMessage, DiscoveryMessage, InventoryMessage)
 }
 """Kind -> its class: the only classes the egress guard accepts."""
 

@@ -285,6 +285,16 @@ class InboundClient:
                     done += 1
         return done
 
+    def send(self, topic: str, payload: bytes, timeout: float = 10.0) -> bool:
+        """Publish one operator message (a command) QoS 1; True once the broker acknowledged
+        it within ``timeout``."""
+        info = self._client.publish(topic, payload, qos=1)
+        try:
+            info.wait_for_publish(timeout)
+        except (RuntimeError, ValueError):  # not connected / queue full
+            return False
+        return info.is_published()
+
     def leave(self) -> None:
         """Before :meth:`start`: unsubscribe instead of subscribing (to drain a session that is
         being retired; the messages it already holds are still delivered)."""

@@ -175,3 +175,45 @@ def discovery(seal: Seal, topic: str, config: Mapping[str, Any] | None) -> Outgo
     An empty or None ``config`` removes the entity (an empty retained payload).
     """
     return seal.issue("discovery", None, plain(config or {}), topic=topic)
+
+
+def inventory(seal: Seal, *, device: str, agent_version: str,
+              runtime: Mapping[str, Any], board: Mapping[str, Any],
+              pipelines: Sequence[Mapping[str, Any]], groups: Sequence[str],
+              trusted_keys: Sequence[str], boot_id: str | None = None,
+              ts: float | None = None) -> OutgoingMessage:
+    """The retained ``P/D/inventory`` message: what the device is and what it runs.
+
+    Args:
+        seal: the agent's seal.
+        device: the device id.
+        agent_version: the package version.
+        runtime: ``backend`` and ``version`` of the inference runtime (``python`` optional).
+        board: ``model``, ``soc``, ``memory_mb``, ``cpu_temp_c`` (None where unknown),
+            optionally ``machine`` and ``cpus``.
+        pipelines: per pipeline ``name``, ``state``, ``model`` (name/version/sha256),
+            ``model_state`` (the updater's last state: state, name, version, reason; or
+            None), ``delegate``, ``target`` and ``targets`` (names).
+        groups: the fleet groups whose commands the device accepts.
+        trusted_keys: key ids of the public keys it verifies updates and commands with.
+        boot_id: the transport's boot id.
+        ts: the message time; default now.
+    """
+    entries = []
+    for p in pipelines:
+        entry = {k: plain(p.get(k)) for k in ("name", "state", "model", "delegate", "target")}
+        entry["model"] = _ref(p.get("model"))
+        st = p.get("model_state")
+        entry["model_state"] = None if not st else {
+            "state": str(st.get("state")), "name": plain(st.get("name")),
+            "version": plain(st.get("version")),
+            "reason": None if st.get("reason") is None else _text(st["reason"], 1024)}
+        entry["targets"] = [str(t) for t in p.get("targets") or ()]
+        entries.append(entry)
+    payload: dict[str, Any] = {
+        "schema": SCHEMA_IDS["inventory"], "device": device, "ts": _now(ts),
+        "agent_version": agent_version, "boot_id": boot_id, "runtime": plain(runtime),
+        "board": plain(board), "pipelines": entries, "groups": [str(g) for g in groups],
+        "trusted_keys": sorted({str(k) for k in trusted_keys}),
+    }
+    return seal.issue("inventory", None, payload)

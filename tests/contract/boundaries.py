@@ -20,6 +20,7 @@ from pathlib import Path
 MESSAGE_CLASSES = frozenset({
     "OutgoingMessage", "ResultMessage", "EventMessage", "StatusMessage", "ModelStateMessage",
     "StatsMessage", "SnapshotMessage", "CmdReplyMessage", "DiscoveryMessage",
+    "InventoryMessage",
 })
 PUBLISH_CALLS = frozenset({"publish", "publish_durable", "will_set", "set_will"})
 
@@ -30,6 +31,7 @@ PUBLISHERS = {
     "mqtt/client.py": "the transport, whose publish only the guard is given",
     "mqtt/subscriber.py": "the operator's own client (commands to a device, never device data)",
     "commands/operator.py": "the operator CLI (publishes signed commands)",
+    "mqtt/inbound.py": "the operator's and consumers' client (send: operator commands only)",
 }
 
 

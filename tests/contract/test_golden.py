@@ -123,6 +123,19 @@ def _record() -> dict[str, list[dict[str, Any]]]:
         s, device="dev-1", pipeline="door", state="rolled_back", name="m", version=2,
         sha256="B" * 64, reason="warm-up failed: \ud800 bad", active=ModelRef("m", 1, "c" * 64),
         previous={"name": "m", "version": 2, "sha256": "b" * 64}, progress=1.5, ts=TS)])
+    run("inventory", lambda s, g: [messages.inventory(
+        s, device="dev-1", agent_version="0.1.0",
+        runtime={"backend": "ai_edge_litert", "version": "2.3.0", "python": "3.11.2"},
+        board={"model": "Raspberry Pi 5 Model B Rev 1.0", "soc": "brcm,bcm2712",
+               "machine": "aarch64", "cpus": 4, "memory_mb": 8064, "cpu_temp_c": 51.25},
+        pipelines=[{"name": "door", "state": "running", "model": ModelRef("m", 2, "C" * 64),
+                    "model_state": {"state": "active", "name": "m", "version": 2,
+                                    "sha256": "c" * 64, "reason": None, "ts": "x"},
+                    "delegate": None, "target": "cpu", "targets": ("cpu",)},
+                   {"name": "yard", "state": "starting", "model": None, "model_state": None,
+                    "delegate": "libedgetpu.so.1", "target": None, "targets": []}],
+        groups=("lobby", "floor-2"), trusted_keys=["0123456789abcdef", "0123456789abcdef"],
+        boot_id="boot-0123", ts=TS)])
     run("cmd_reply", lambda s, g: [
         messages.cmd_reply(s, device="dev-1", request_id="r-1", ok=True, ts=TS),
         messages.cmd_reply(s, device="dev-1", request_id="r-2", ok=False,
@@ -201,7 +214,7 @@ def test_every_message_kind_is_published_byte_for_byte_as_recorded() -> None:
     want = json.loads(GOLDEN.read_text("utf-8"))
     kinds = {json.loads(i["payload"]).get("schema") for v in want.values() for i in v
              if i["payload"] not in ("", "<JPEG>")}
-    assert len(kinds) >= 7  # every kind with a schema id is among the cases (discovery has none)
+    assert len(kinds) >= 8  # every kind with a schema id is among the cases (discovery has none)
     assert set(got) == set(want)
     for name in want:
         assert got[name] == want[name], name
