@@ -46,20 +46,22 @@ FULL = "face_detection_full_range_sparse"
 class Fleet:
     """Ten agents, their keys, videos and a subscriber to every model state."""
 
-    def __init__(self, tmp: Path, broker: Mosquitto) -> None:
+    def __init__(self, tmp: Path, broker: Mosquitto, n: int = N,
+                 operator_broker: Mosquitto | None = None) -> None:
         self.tmp = tmp
         self.broker = broker
-        self.broker_arg = f"{broker.host}:{broker.port}"
+        op = operator_broker or broker  # the operator's CLI may sit on another (bridged) one
+        self.broker_arg = f"{op.host}:{op.port}"
         models = ensure_default_models()
         self.short, self.full = models[SHORT], models[FULL]
         self.key, pub, _ = generate_key_pair(tmp / "keys")
         self.bright = write_scene_video(tmp / "bright.avi", 8)
         self.dark = write_scene_video(tmp / "dark.avi", 8, brightness=0.15)
-        self.devices = [f"cam-{i:02d}" for i in range(N)]
+        self.devices = [f"cam-{i:02d}" for i in range(n)]
         self.videos: dict[str, Path] = {}
         self.agents: dict[str, AgentProcess] = {}
         self.inbox = Inbox()
-        self.sub = subscribe(broker.host, broker.port,
+        self.sub = subscribe(op.host, op.port,
                              [f"edge-agent/+/model/{PIPELINE}/state", "edge-agent/+/inventory"],
                              self.inbox)
         for d in self.devices:
@@ -275,3 +277,50 @@ def test_killed_agent_shows_offline_within_its_keepalive(fleet: Fleet) -> None:
     print(f"offline shown {elapsed:.1f} s after SIGKILL (keepalive 5 s)")
     rows = fleet.status_json()
     assert sum(r["online"] for r in rows) == N - 1
+
+
+def test_rollout_through_a_mosquitto_bridge(tmp_path: Path) -> None:
+    """Agents on an edge broker bridged to a central one; the operator only talks to the
+    central broker: inventory and states flow up, commands flow down, and a two-wave rollout
+    to three agents completes."""
+    if mosquitto_binary() is None:
+        if IN_CI:
+            pytest.fail("mosquitto is not installed")
+        pytest.skip("mosquitto is not installed")
+    central = Mosquitto(tmp_path / "central")
+    central.start()
+    edge = Mosquitto(tmp_path / "edge", extra_config="\n".join([
+        "connection central", f"address {central.host}:{central.port}",
+        "bridge_protocol_version mqttv311", "cleansession false", "try_private true",
+        "topic edge-agent/+/status out 1", "topic edge-agent/+/inventory out 1",
+        "topic edge-agent/+/stats out 0", "topic edge-agent/+/model/+/state out 1",
+        "topic edge-agent/+/cmd/reply out 1", "topic edge-agent/+/results/+ out 1",
+        "topic edge-agent/+/events/+ out 1",
+        "topic edge-agent/+/cmd/rollback in 1", "topic edge-agent/+/cmd/model/update in 1",
+        "topic edge-agent/group/+/cmd/# in 1"]))
+    edge.start()
+    f: Fleet | None = None
+    try:
+        (tmp_path / "fleet").mkdir()
+        f = Fleet(tmp_path / "fleet", edge, n=3, operator_broker=central)
+        fl = f
+        f.wait("every agent's inventory at the central broker", lambda: {
+            i["device"] for i in fl.inbox.json("/inventory")} == set(fl.devices), timeout=180)
+        manifest = f.sign(f.full, 1, "face-full", FULL)
+        report = f.tmp / "report.json"
+        done = f.cli("fleet", "rollout", str(manifest), "--group", GROUP, "--pipeline",
+                     PIPELINE, "--broker", f.broker_arg, "--file", str(f.full), "--waves",
+                     "34,100%", "--wave-timeout", "90", "--report", str(report))
+        assert done.returncode == 0, done.stdout + done.stderr
+        rep = json.loads(report.read_text())
+        assert rep["outcomes"] == {"active": 3} and [len(w) for w in rep["waves"]] == [2, 1]
+        sha = sha256_file(f.full)
+        assert all(r["pipelines"][PIPELINE]["model"]["sha256"] == sha
+                   for r in f.status_json()), f.status_json()
+    finally:
+        try:
+            if f is not None:
+                f.close()
+        finally:
+            edge.stop()
+            central.stop()
