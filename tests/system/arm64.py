@@ -61,7 +61,7 @@ RUN=$!
 # the images source finishes after the last image; the agent runs on, so stop it once the
 # host broker has had time to get everything (results go out as they are made)
 for i in $(seq 1 360); do
-  grep -q "finished" /root/run.log && break
+  grep -q "source ended" /root/run.log && break
   sleep 5
 done
 sleep 10
