@@ -25,6 +25,7 @@ Topic patterns (``{base}`` = ``P/D``, ``{pipeline}`` a ``[a-z0-9_-]{1,64}`` name
     cmd_reply    {base}/cmd/reply
     discovery    {topic}                          retained; under the discovery prefix
     inventory    {base}/inventory                 retained; what the device is and runs
+    shadow       {base}/model/{pipeline}/shadow   retained; a shadow candidate's agreement
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ KiB = 1024
 
 MessageKind = Literal[
     "result", "event", "status", "model_state", "stats", "snapshot", "cmd_reply", "discovery",
-    "inventory",
+    "inventory", "shadow",
 ]
 
 
@@ -195,10 +196,21 @@ class InventoryMessage(OutgoingMessage):
         limit=32 * KiB, schema_id="edge-agent/inventory@1", schema_file="inventory.json")
 
 
+@dataclass(frozen=True)
+class ShadowMessage(OutgoingMessage):
+    """The retained agreement figures of a pipeline's shadow candidate against its active
+    model (aggregates only: no frame, no box of an individual frame)."""
+
+    SPEC: ClassVar[MessageSpec] = MessageSpec(
+        "shadow", "{base}/model/{pipeline}/shadow", retained=True, durable=False, qos=1,
+        limit=16 * KiB, schema_id="edge-agent/shadow@1", schema_file="shadow.json")
+
+
 MESSAGE_TYPES: dict[MessageKind, type[OutgoingMessage]] = {
     cls.SPEC.kind: cls for cls in (
         ResultMessage, EventMessage, StatusMessage, ModelStateMessage, StatsMessage,
-        SnapshotMessage, CmdReplyMessage, DiscoveryMessage, InventoryMessage)
+        SnapshotMessage, CmdReplyMessage, DiscoveryMessage, InventoryMessage,
+        ShadowMessage)
 }
 """Kind -> its class: the only classes the egress guard accepts."""
 

@@ -217,3 +217,80 @@ def inventory(seal: Seal, *, device: str, agent_version: str,
         "trusted_keys": sorted({str(k) for k in trusted_keys}),
     }
     return seal.issue("inventory", None, payload)
+
+
+SHADOW_STATES = ("shadowing", "promoted", "rejected", "stopped")
+SHADOW_MAX_LABELS = 100  # per-label figures kept (the labels the active model saw most)
+
+
+def _num(value: Any) -> float | int | None:
+    """A finite number, or None (booleans and anything else are dropped)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def _pick(src: Any, keys: Sequence[str]) -> dict[str, Any]:
+    src = src if isinstance(src, Mapping) else {}
+    return {k: _num(src.get(k)) for k in keys}
+
+
+def shadow_figures(figures: Mapping[str, Any]) -> dict[str, Any]:
+    """The shadow runner's figures reduced to the contract's aggregates: known keys with
+    numbers only (a label name is the only text), so nothing of a frame can ride along."""
+    raw_lat = figures.get("latency_ms")
+    lat: Mapping[str, Any] = raw_lat if isinstance(raw_lat, Mapping) else {}
+    out: dict[str, Any] = {
+        **_pick(figures, ("frames", "failures", "non_finite", "latency_ratio")),
+        "latency_ms": {m: _pick(lat.get(m), ("p50", "p95")) for m in ("active", "candidate")},
+        "sampling": {**_pick(figures.get("sampling"), ("every", "offered", "sampled",
+                                                        "dropped", "skipped_busy")),
+                     "when_idle": bool((figures.get("sampling") or {}).get("when_idle"))},
+    }
+    det = figures.get("detection")
+    if isinstance(det, Mapping):
+        raw = det.get("labels")
+        labels: Mapping[str, Any] = raw if isinstance(raw, Mapping) else {}
+        keep = sorted(labels, key=lambda k: (-int(_num(labels[k].get("active")) or 0), str(k)))
+        out["detection"] = {
+            **_pick(det, ("iou", "precision", "recall", "mean_iou", "active_count",
+                          "candidate_count", "mean_count_diff", "mean_abs_count_diff")),
+            "labels": {_text(k, 64): _pick(labels[k], ("precision", "recall", "active",
+                                                       "candidate"))
+                       for k in keep[:SHADOW_MAX_LABELS]}}
+    for key, fields in (("classification", ("frames", "top1", "top5")),
+                        ("values", ("frames", "mean_abs_diff", "max_abs_diff"))):
+        part = figures.get(key)
+        if isinstance(part, Mapping):
+            out[key] = _pick(part, fields)
+    return out
+
+
+def shadow(seal: Seal, *, device: str, pipeline: str, state: str,
+           candidate: ModelRef | Mapping[str, Any], active: ModelRef | Mapping[str, Any] | None,
+           figures: Mapping[str, Any], gate: Mapping[str, Any] | None = None,
+           reason: str | None = None, ts: float | None = None) -> OutgoingMessage:
+    """The retained ``P/D/model/<pipeline>/shadow`` message: a shadow candidate's agreement
+    with the active model on this device's frames (aggregates only).
+
+    Args:
+        state: ``shadowing``, ``promoted``, ``rejected`` (the gate failed) or ``stopped``.
+        candidate: the candidate model; ``active``: the model serving.
+        figures: :meth:`edge_agent.shadow.ShadowRunner.figures` (reduced by
+            :func:`shadow_figures`).
+        gate: the manifest's ``shadow`` gate, or None.
+        reason: why it was rejected or stopped.
+    """
+    if state not in SHADOW_STATES:
+        raise ValueError(f"shadow state {state!r} is not one of {SHADOW_STATES}")
+    payload: dict[str, Any] = {
+        "schema": SCHEMA_IDS["shadow"], "device": device, "pipeline": pipeline, "ts": _now(ts),
+        "state": state, "candidate": _ref(candidate), "active": _ref(active),
+        "gate": None if gate is None else _pick(gate, ("frames", "min_recall", "min_precision",
+                                                        "max_latency_ratio")),
+        "reason": None if reason is None else _text(reason, 1024),
+        "figures": shadow_figures(figures),
+    }
+    return seal.issue("shadow", pipeline, payload)

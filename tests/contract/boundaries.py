@@ -20,7 +20,7 @@ from pathlib import Path
 MESSAGE_CLASSES = frozenset({
     "OutgoingMessage", "ResultMessage", "EventMessage", "StatusMessage", "ModelStateMessage",
     "StatsMessage", "SnapshotMessage", "CmdReplyMessage", "DiscoveryMessage",
-    "InventoryMessage",
+    "InventoryMessage", "ShadowMessage",
 })
 PUBLISH_CALLS = frozenset({"publish", "publish_durable", "will_set", "set_will"})
 

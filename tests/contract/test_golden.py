@@ -136,6 +136,27 @@ def _record() -> dict[str, list[dict[str, Any]]]:
                     "delegate": "libedgetpu.so.1", "target": None, "targets": []}],
         groups=("lobby", "floor-2"), trusted_keys=["0123456789abcdef", "0123456789abcdef"],
         boot_id="boot-0123", ts=TS)])
+    run("shadow", lambda s, g: [messages.shadow(
+        s, device="dev-1", pipeline="door", state="rejected", candidate=ModelRef("m", 3, "D" * 64),
+        active=ModelRef("m", 2, "c" * 64),
+        figures={"frames": 200, "failures": 0, "non_finite": 1, "latency_ratio": 1.25,
+                 "latency_ms": {"active": {"p50": 20.0, "p95": 31.5},
+                                "candidate": {"p50": 25.0, "p95": float("nan")}},
+                 "sampling": {"every": 5, "when_idle": False, "offered": 1000, "sampled": 200,
+                              "dropped": 3, "skipped_busy": 0},
+                 "detection": {"iou": 0.5, "precision": 0.1, "recall": 0.1, "mean_iou": 0.97,
+                               "active_count": 410, "candidate_count": 410,
+                               "mean_count_diff": 0.0, "mean_abs_count_diff": 0.0,
+                               "boxes": [[0, 0, 1, 1]],
+                               "labels": {"person": {"precision": 0.1, "recall": 0.1,
+                                                     "active": 400, "candidate": 10,
+                                                     "box": [0.1, 0.2, 0.3, 0.4]},
+                                          "tie": {"precision": None, "recall": 0.0,
+                                                  "active": 10, "candidate": 0}}},
+                 "frame": "<image bytes>"},
+        gate={"frames": 200, "min_recall": 0.9, "min_precision": 0.9,
+              "max_latency_ratio": None},
+        reason="shadow gate failed: precision 0.1 < 0.9; recall 0.1 < 0.9", ts=TS)])
     run("cmd_reply", lambda s, g: [
         messages.cmd_reply(s, device="dev-1", request_id="r-1", ok=True, ts=TS),
         messages.cmd_reply(s, device="dev-1", request_id="r-2", ok=False,
@@ -214,7 +235,7 @@ def test_every_message_kind_is_published_byte_for_byte_as_recorded() -> None:
     want = json.loads(GOLDEN.read_text("utf-8"))
     kinds = {json.loads(i["payload"]).get("schema") for v in want.values() for i in v
              if i["payload"] not in ("", "<JPEG>")}
-    assert len(kinds) >= 8  # every kind with a schema id is among the cases (discovery has none)
+    assert len(kinds) >= 9  # every kind with a schema id is among the cases (discovery has none)
     assert set(got) == set(want)
     for name in want:
         assert got[name] == want[name], name

@@ -70,7 +70,20 @@ def _shadow(active: ModelBundle, candidate: ModelBundle, frames: list[Frame],
 
 
 def _assert_aggregates_only(figures: dict) -> None:
-    """The figures carry counts and ratios, nothing of a single frame (no boxes)."""
+    """The figures carry counts and ratios, nothing of a single frame (no boxes), and make a
+    contract-valid shadow message that holds all of them."""
+    from edge_agent.privacy import messages
+    from edge_agent.privacy.schemas import validate
+    from edge_agent.privacy.seal import new_seal
+    from edge_agent.types import ModelRef
+
+    msg = messages.shadow(new_seal(), device="dev-1", pipeline="p", state="shadowing",
+                          candidate=ModelRef("c", 1, "a" * 64), active=ModelRef("a", 0, "b" * 64),
+                          figures=figures)
+    validate("shadow", msg.payload)
+    sent = json.loads(json.dumps(msg.payload))["figures"]
+    assert {k: v for k, v in figures.items() if k != "sampling"} == \
+        {k: v for k, v in sent.items() if k != "sampling"}
     text = json.dumps(figures)
     assert "box" not in text and "score" not in text
     for value in _leaves(figures):
