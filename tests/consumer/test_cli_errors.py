@@ -2,12 +2,28 @@
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from edge_agent.cli import main
 from tests.broker import free_port
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging() -> Iterator[None]:
+    """``collect`` sets up logging on the stderr pytest captures for this test; later tests
+    logging through that handler would write to a closed stream ("--- Logging error ---" in
+    their own output, e.g. tests/decoders/test_label_fit.py in the full suite)."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    for handler in root.handlers[:]:
+        if handler not in handlers:
+            root.removeHandler(handler)
+    root.setLevel(level)
 
 
 @pytest.mark.parametrize(("argv", "code", "message"), [
