@@ -801,6 +801,31 @@ class MetricsConfig(_Model):
     prometheus: PrometheusConfig = PrometheusConfig()
 
 
+class ThermalConfig(_Model):
+    """Thermal-aware pacing: lower every pipeline's frame rate before the firmware throttles.
+
+    Levels engage from ``trip - margin_c`` up to ``trip - guard_c`` (the CPU zone's lowest
+    passive/hot/critical trip point, or ``trip_c``); each is released ``hysteresis_c`` below
+    its threshold. At the last level (or while the Pi firmware reports throttling) the rate
+    is ``min_factor`` of the full rate.
+    """
+
+    enabled: bool = True
+    margin_c: PositiveFloat = Field(default=10.0, le=50.0)  # start this far below the trip
+    guard_c: NonNegativeFloat = 2.0  # the lowest rate is reached this far below the trip
+    hysteresis_c: PositiveFloat = Field(default=3.0, le=20.0)
+    steps: int = Field(default=3, ge=1, le=10)
+    min_factor: float = Field(default=0.25, gt=0.0, lt=1.0)
+    trip_c: PositiveFloat | None = None  # None: the thermal zone's own trip point
+    interval_s: PositiveFloat = Field(default=2.0, le=60.0)  # how often the board is read
+
+    @model_validator(mode="after")
+    def _guard_below_margin(self) -> ThermalConfig:
+        if self.guard_c >= self.margin_c:
+            raise ValueError(f"guard_c ({self.guard_c}) must be below margin_c ({self.margin_c})")
+        return self
+
+
 class ViewConfig(_Model):
     """The local live view (HTTP): annotated, redacted MJPEG per pipeline.
 
@@ -849,6 +874,7 @@ class AgentConfig(_Model):
     view: ViewConfig = ViewConfig()
     logging: LoggingConfig = LoggingConfig()
     audit: AuditConfig = AuditConfig()
+    thermal: ThermalConfig = ThermalConfig()
 
     @field_validator("pipelines")
     @classmethod

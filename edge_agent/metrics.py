@@ -75,6 +75,19 @@ class Metrics:
         self.throttled = r.gauge(
             "edge_agent_throttled",
             "Raspberry Pi firmware throttling bitmask, 0 = fine (absent on other boards).")
+        self.thermal_factor = r.gauge(
+            "edge_agent_thermal_factor",
+            "Thermal pacing: share of the full frame rate a pipeline runs at (1 = not slowed).",
+            ("pipeline",))
+        self.thermal_skipped = r.counter(
+            "edge_agent_thermal_skipped_total",
+            "Live-source frames skipped by thermal pacing.", ("pipeline",))
+        self.thermal_level = r.gauge(
+            "edge_agent_thermal_level",
+            "Thermal pacing level, 0 = full rate (absent while thermal pacing is off).")
+        self.thermal_trip = r.gauge(
+            "edge_agent_thermal_trip_celsius",
+            "The CPU zone's trip point thermal pacing works against (absent when unknown).")
         self.disk_free = r.gauge("edge_agent_disk_free_bytes", "Free bytes under state_dir.")
         self.up = r.gauge("edge_agent_up", "1 while the agent runs.")
         self.up.set(1)
@@ -161,8 +174,22 @@ class Metrics:
         if old is not None:
             self.model_info.remove(*old)
         self.fps.remove(pipeline)
+        self.thermal_factor.remove(pipeline)
+        self.thermal_skipped.remove(pipeline)
         for key in self._target_keys.pop(pipeline, []):
             self.target_active.remove(*key)
+
+    def set_thermal(self, status: dict[str, Any] | None) -> None:
+        """Copy :meth:`edge_agent.thermal.ThermalMonitor.status` (None: pacing is off)."""
+        if status is None or not status.get("enabled"):
+            self.thermal_level.clear()
+            self.thermal_trip.clear()
+            return
+        self.thermal_level.set(status["level"])
+        if status.get("trip_c") is None:
+            self.thermal_trip.clear()
+        else:
+            self.thermal_trip.set(status["trip_c"])
 
     def add_collector(self, collect: Callable[[], None]) -> None:
         """Run ``collect()`` before every scrape, e.g. to copy ``transport.stats()``."""

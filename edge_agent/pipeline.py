@@ -39,6 +39,7 @@ from edge_agent.config import PipelineConfig
 from edge_agent.credentials import scrub_text
 from edge_agent.errors import SourceError
 from edge_agent.sources.conform import conform_image
+from edge_agent.thermal import FrameThinner
 from edge_agent.types import Frame, HealthEvent, Result, TargetChange, Transform
 
 if TYPE_CHECKING:  # the agent hands these in; the pipeline module does not import the stages
@@ -68,6 +69,7 @@ logger = logging.getLogger(__name__)
 STAGES = ("capture", "preprocess", "invoke", "decode", "policy", "publish")
 _END = None  # end marker passed down the queues when a thread finishes
 POLL_S = 0.5  # queue and source waits: bounds heartbeat age and stop latency
+MAX_THERMAL_PAUSE_S = 5.0  # the longest wait between a file source's frames when hot
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,6 +183,9 @@ class Pipeline:
             watch; sha256 names the model that ran, so a swap's last old frames don't count).
         observe: optional ``(pipeline, stage, seconds)`` metrics callback.
         tuning: process-wide thread settings applied at start (default :data:`DEFAULT_TUNING`).
+        thermal: optional ``() -> factor`` (:meth:`edge_agent.thermal.ThermalMonitor.factor`):
+            below 1.0 a live source's frames are thinned to that share, a file source waits
+            longer between frames (thermal-aware pacing).
     """
 
     def __init__(
@@ -199,6 +204,7 @@ class Pipeline:
         on_inference: Callable[[bool, bool, str], None] | None = None,
         observe: Callable[[str, str, float], None] | None = None,
         tuning: Tuning | None = None,
+        thermal: Callable[[], float] | None = None,
     ) -> None:
         self.cfg = cfg
         self.name = cfg.name
@@ -215,6 +221,9 @@ class Pipeline:
         self.on_inference = on_inference
         self._observe = observe
         self.tuning = tuning or DEFAULT_TUNING
+        self._thermal = thermal
+        self._thinner = FrameThinner()
+        self.thermal_factor = 1.0
         self._stop = threading.Event()
         self._capture_done = threading.Event()
         self._infer_done = threading.Event()
@@ -367,6 +376,8 @@ class Pipeline:
         out.update(snap)
         if self._health is not None:
             out["camera_health"] = self._health.status()
+        out["thermal_factor"] = round(self.thermal_factor, 3)
+        out["thermal_skipped"] = self._thinner.skipped
         return out
 
     @property
@@ -388,6 +399,7 @@ class Pipeline:
         source: Source | None = None
         backoff = 0.5
         live = False
+        cycle_start = time.perf_counter()
         try:
             while not self._stop.is_set():
                 self._heartbeats["capture"] = time.monotonic()
@@ -420,8 +432,19 @@ class Pipeline:
                 if frame is None:
                     continue
                 t1 = time.perf_counter()
+                if self._thermal is not None:
+                    self.thermal_factor = factor = self._thermal()
+                    if live and not self._thinner.admit(factor):
+                        continue  # cooling down: this frame is skipped before any work
                 self._observe_stage("capture", t1 - t0)
                 self._handle_frame(frame, live, t1)
+                if self._thermal is not None and not live:
+                    # a file source loses no frame: wait so its rate falls to ``factor``
+                    busy = time.perf_counter() - cycle_start  # read and hand-over, no pause
+                    pause = FrameThinner.pause(self.thermal_factor, busy)
+                    if pause > 0:
+                        self._stop.wait(min(pause, MAX_THERMAL_PAUSE_S))
+                    cycle_start = time.perf_counter()
         except Exception:
             logger.exception("pipeline %s: capture thread failed", self.name)
             self.state = "error"

@@ -20,6 +20,7 @@ from edge_agent.bundle import load_bundle
 from edge_agent.config import AgentConfig, PipelineConfig
 from edge_agent.errors import ConfigError, EdgeAgentError
 from edge_agent.pipeline import Pipeline
+from edge_agent.thermal import ThermalMonitor
 from edge_agent.types import Box
 
 if TYPE_CHECKING:
@@ -66,6 +67,8 @@ class PipelineSet:
         self.face_detector = face_detector
         self.on_state = on_state
         self.units: dict[str, _Unit] = {}
+        # one look at the board for every pipeline (tests replace ``thermal.reader``)
+        self.thermal = ThermalMonitor(cfg.thermal)
         self._lock = threading.Lock()
         self.dispatcher: Any = None
         from edge_agent.privacy.hashing import load_salt
@@ -116,7 +119,8 @@ class PipelineSet:
         pipeline = Pipeline(p, bundle, source_factory=create_source, policy=policy,
                             send=self.guard.send, gate=gate, tracker=tracker, zones=zones,
                             health=health,
-                            observe=self.metrics.observe_stage)
+                            observe=self.metrics.observe_stage,
+                            thermal=self.thermal.factor if self.cfg.thermal.enabled else None)
         wired = UpdateWiring(self, p, pipeline, store)
         # updates keep the decoder kind the pipeline runs: ``auto`` is resolved once, for the
         # configured model, and never re-inferred (a classifier cannot replace a detector)
@@ -201,6 +205,9 @@ class PipelineSet:
                                         "runtime", "target", "targets")}
             if "camera_health" in st:
                 entry["camera_health"] = st["camera_health"]
+            if self.cfg.thermal.enabled:
+                entry["thermal"] = {**self.thermal.status(), "factor": st["thermal_factor"],
+                                    "skipped": st["thermal_skipped"]}
             out.append(entry)
         return out
 
@@ -220,19 +227,25 @@ class PipelineSet:
         """Changes when something worth a new retained status changes."""
         return tuple((u.pipeline.name, u.pipeline.state, u.pipeline.source_error,
                       u.pipeline.bundle.ref.sha256, u.pipeline.health_state,
-                      u.pipeline.status()["target"])
+                      u.pipeline.status()["target"], self.thermal.governor.level)
                      for u in self.units.values())
 
     def stats(self) -> dict[str, dict[str, Any]]:
         """Each pipeline's stats entry, by name."""
         out: dict[str, dict[str, Any]] = {}
+        self.metrics.set_thermal(self.thermal.status() if self.cfg.thermal.enabled else None)
         for u in self.units.values():
             st = u.pipeline.status()
             out[u.pipeline.name] = {k: st[k] for k in (
                 "state", "frames", "inferred", "published", "dropped", "gated", "errors",
                 "bad_frames", "fps",
                 "inference_ms_p50", "inference_ms_p95", "bad_lines", "target",
-                "target_changes", "unlabeled")}
+                "target_changes", "unlabeled", "thermal_factor", "thermal_skipped")}
+            if self.cfg.thermal.enabled:
+                self.metrics.set_gauge("edge_agent_thermal_factor", st["thermal_factor"],
+                                       pipeline=u.pipeline.name)
+                self.metrics.set_gauge("edge_agent_thermal_skipped_total",
+                                       st["thermal_skipped"], pipeline=u.pipeline.name)
             self.metrics.set_gauge("edge_agent_fps", st["fps"], pipeline=u.pipeline.name)
             self.metrics.set_targets(u.pipeline.name, st["targets"], st["target_changes"])
             self.metrics.set_gauge("edge_agent_frames_dropped_total", st["dropped"],

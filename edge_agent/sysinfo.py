@@ -29,7 +29,7 @@ THROTTLE_BITS: dict[int, str] = {
 }
 
 # thermal zone types that are the CPU (Pi: cpu-thermal, Jetson: CPU-therm, x86: x86_pkg_temp)
-_CPU_ZONE_HINTS = ("cpu", "x86_pkg", "soc", "k10temp", "coretemp")
+CPU_ZONE_HINTS = ("cpu", "x86_pkg", "soc", "k10temp", "coretemp")
 _GET_THROTTLED = "sys/devices/platform/soc/soc:firmware/get_throttled"
 _VCGENCMD_CACHE_S = 10.0
 _vcgencmd_cache: tuple[float, int | None] = (0.0, None)
@@ -59,7 +59,7 @@ def cpu_temperature(root: Path = Path("/")) -> float | None:
         except ValueError:
             continue
         kind = (_read(zone / "type") or "").lower()
-        if any(hint in kind for hint in _CPU_ZONE_HINTS):
+        if any(hint in kind for hint in CPU_ZONE_HINTS):
             return celsius
         if fallback is None:
             fallback = celsius

@@ -98,6 +98,11 @@ def test_run_publishes_results_and_stops_cleanly(tmp_path: Path, broker: Mosquit
     assert online and {p["name"] for p in online[-1]["pipelines"]} == {"door", "yard"}
     runtime = online[-1]["pipelines"][0]["runtime"]
     assert runtime["backend"] and runtime["version"]
+    # thermal pacing reports in status and stats (the factor is 1.0 unless this machine is hot)
+    thermal = online[-1]["pipelines"][0]["thermal"]
+    assert 0.0 < thermal["factor"] <= 1.0 and thermal["enabled"] is True
+    stats = inbox.json("/stats")[-1]["pipelines"]["door"]
+    assert 0.0 < stats["thermal_factor"] <= 1.0 and stats["thermal_skipped"] == 0
 
     # a new subscriber sees the retained offline status
     late = Inbox()
