@@ -34,6 +34,8 @@ _TOPICS: list[tuple[re.Pattern[str], str]] = [
     (re.compile(r"/results/[a-z0-9_-]+$"), "result"),
     (re.compile(r"/events/[a-z0-9_-]+$"), "event"),
     (re.compile(r"/model/[a-z0-9_-]+/state$"), "model_state"),
+    (re.compile(r"/model/[a-z0-9_-]+/shadow$"), "shadow"),
+    (re.compile(r"/inventory$"), "inventory"),
     (re.compile(r"/snapshots/[a-z0-9_-]+/meta$"), "snapshot"),
     (re.compile(r"/snapshots/[a-z0-9_-]+$"), "snapshot_jpeg"),
     (re.compile(r"/status$"), "status"),
