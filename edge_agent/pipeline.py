@@ -219,6 +219,9 @@ class Pipeline:
         self._health = health
         self._source_up: bool | None = None  # for source_up/source_down events
         self.on_inference = on_inference
+        # a shadow candidate (edge_agent.shadow.ShadowRunner): offered decoded frames, never
+        # waited for
+        self.shadow: Any = None
         self._observe = observe
         self.tuning = tuning or DEFAULT_TUNING
         self._thermal = thermal
@@ -647,6 +650,11 @@ class Pipeline:
             with self.stats.lock:
                 self.stats.errors += 1
             return
+        shadow = self.shadow
+        if shadow is not None and item.inputs is not None:
+            # the same preprocessed inputs; idle: no frame is waiting for the active model
+            shadow.offer(item.frame, item.inputs, item.transform, inference,
+                         item.inference_ms, idle=self._q_in.empty())
         events: list[Any] = []
         if self._tracker is not None:
             dets, events = self._tracker.update(inference.detections, item.frame.ts)

@@ -131,7 +131,8 @@ class PipelineSet:
         # the same interface the updater's tests hand in: the callables, not the object
         hooks = UpdateHooks(active=wired.active, validate=wired.validate, swap=wired.swap,
                             publish_state=wired.publish_state, reply=wired.reply,
-                            targets=wired.targets)
+                            targets=wired.targets, shadow=wired.shadow,
+                            stop_shadow=wired.stop_shadow)
         updater = ModelUpdater(p.name, self.cfg.updates, store, keys, hooks, target=target)
         pipeline.on_inference = updater.record_inference
         self.metrics.set_model_info(p.name, bundle.ref, bundle.runtime.info)
@@ -333,6 +334,8 @@ class PipelineSet:
             "model/update": self._cmd_update,
             "rollback": self._cmd_rollback,
             "model/rollback": self._cmd_rollback,
+            "model/shadow": self._cmd_shadow,
+            "model/promote": self._cmd_promote,
         }
         if on_restart is not None:
             restart = on_restart
@@ -362,6 +365,14 @@ class PipelineSet:
     def _cmd_update(self, command: Any) -> Any:
         return self._unit_for(command).updater.handle_update(dict(command.payload),
                                                              command.group)
+
+    def _cmd_shadow(self, command: Any) -> Any:
+        return self._unit_for(command).updater.handle_shadow(dict(command.payload),
+                                                             command.group)
+
+    def _cmd_promote(self, command: Any) -> Any:
+        return self._unit_for(command).updater.promote(command.payload.get("request_id"),
+                                                       command.payload.get("sha256"))
 
     def _cmd_rollback(self, command: Any) -> Any:
         return self._unit_for(command).updater.rollback(command.payload.get("request_id"),

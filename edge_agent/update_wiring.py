@@ -51,6 +51,9 @@ class UpdateWiring:
         self.store = store
         self._validated: tuple[Path, Path | None, ModelBundle] | None = None
         self.decoder: str | None = None  # the pipeline's decoder kind, fixed for updates
+        self._shadow: Any = None  # the ShadowRunner of a candidate in shadow
+        self._shadow_publish: Any = None
+        self.shadow_report_s = 5.0  # figures go out at most this often while shadowing
 
     def active(self) -> tuple[str, int, str]:
         ref = self.pipeline.bundle.ref
@@ -180,6 +183,67 @@ class UpdateWiring:
         if not self.pipeline.swap(bundle):
             raise UpdateError("the pipeline did not take the new model within 30 s")
         self.owner.metrics.set_model_info(self.cfg.name, bundle.ref, bundle.runtime.info)
+
+    # -- shadow evaluation ----------------------------------------------------------------
+    def shadow(self, path: Path, labels_path: Path | None, manifest: Manifest, *,
+               gate: Any = None, on_verdict: Any = None, every: int = 5,
+               when_idle: bool = False) -> None:
+        """Run the validated candidate beside the active model (its own interpreter, one
+        thread, on sampled frames) and publish its figures on ``model/<pipeline>/shadow``."""
+        from edge_agent.errors import UpdateError
+        from edge_agent.shadow import ShadowRunner
+
+        self.stop_shadow("stopped", "replaced by another shadow candidate")
+        validated, self._validated = self._validated, None
+        if validated is not None and validated[2].ref.sha256 == manifest.sha256:
+            bundle = validated[2]
+        else:
+            if validated is not None:
+                validated[2].close()
+            try:
+                bundle = self._load(path, labels_path, manifest, {})
+            except EdgeAgentError as exc:
+                raise UpdateError(str(exc)) from None
+        about = manifest.describe()
+        gate_raw = manifest.raw.get("shadow")
+
+        def send_figures(figures: dict[str, Any], state: str = "shadowing",
+                    reason: str | None = None) -> None:
+            from edge_agent.privacy import messages
+
+            o = self.owner
+            o.guard.send(messages.shadow(o.seal, device=o.cfg.device_id, pipeline=self.cfg.name,
+                                         state=state, candidate=about,
+                                         active=self.pipeline.bundle.ref, figures=figures,
+                                         gate=gate_raw, reason=reason))
+
+        runner = ShadowRunner(self.cfg.name, bundle, self.pipeline.bundle, every=every,
+                              when_idle=when_idle, gate=gate, on_figures=send_figures,
+                              on_verdict=on_verdict, report_s=self.shadow_report_s)
+        self._shadow_publish = send_figures
+        self._shadow = runner
+        runner.start()
+        send_figures(runner.figures())
+        self.pipeline.shadow = runner
+        logger.info("pipeline %s: shadowing %s v%d on every %s frame%s", self.cfg.name,
+                    manifest.name, manifest.version, f"{every}th" if every > 1 else "",
+                    " when idle" if when_idle else "")
+
+    def stop_shadow(self, state: str, reason: str | None) -> None:
+        """Stop the shadow candidate (if any) and publish its final figures as ``state``."""
+        runner, self._shadow = self._shadow, None
+        if runner is None:
+            return
+        self.pipeline.shadow = None
+        runner.on_figures = None
+        runner.on_verdict = None
+        runner.stop()
+        if self._shadow_publish is not None:
+            try:
+                self._shadow_publish(runner.figures(), state, reason)
+            except Exception as exc:  # a refused publish must not block a promotion
+                logger.warning("pipeline %s: final shadow figures not published: %s",
+                               self.cfg.name, exc)
 
     def publish_state(self, payload: dict[str, Any]) -> None:
         self.owner.on_state(payload)

@@ -44,7 +44,8 @@ def cmd_keygen(args: argparse.Namespace) -> int:
 
 def cmd_sign(args: argparse.Namespace) -> int:
     """``model sign FILE --key KEY --name N --version V [--url] [--labels] [--for-pipeline P]
-    [--for-device D] [--for-group G] [--decoder KIND] --out MANIFEST``."""
+    [--for-device D] [--for-group G] [--decoder KIND] [--shadow-frames N --shadow-min-recall R
+    --shadow-min-precision P --shadow-max-latency-ratio L] --out MANIFEST``."""
     model = Path(args.file)
     if not model.is_file():
         raise UpdateError(f"{model}: no such file")
@@ -56,6 +57,16 @@ def cmd_sign(args: argparse.Namespace) -> int:
             extra[bound] = names[0] if len(names) == 1 else list(names)
     if getattr(args, "decoder", None):
         extra["decoder"] = args.decoder
+    gate = {k: getattr(args, f"shadow_{k}", None)
+            for k in ("frames", "min_recall", "min_precision", "max_latency_ratio")}
+    if any(v is not None for v in gate.values()):
+        from edge_agent.shadow import ShadowGate
+
+        if gate["frames"] is None:
+            raise UpdateError("--shadow-frames is needed with the other --shadow-* options")
+        shadow = {k: v for k, v in gate.items() if v is not None}
+        ShadowGate.parse(shadow, "--shadow-*")  # the device's own check, before signing
+        extra["shadow"] = shadow
     targets: dict[str, TargetFile] = {}
     for spec in getattr(args, "target_file", None) or []:
         name, sep, rest = spec.partition("=")
@@ -233,6 +244,55 @@ def cmd_push(args: argparse.Namespace) -> int:
           f"{'inline' if args.file else 'by url'}) to {topic}")
     return _run_request(args, topic, json.dumps(command).encode(), watch, rid,
                         single=bool(args.device), total=manifest.size)
+
+
+def cmd_shadow(args: argparse.Namespace) -> int:
+    """``model shadow MANIFEST --pipeline P (--device D | --group G) --broker H[:P] [--file]``.
+
+    The device verifies and validates the candidate like an update, keeps it apart from the
+    active model and runs it on sampled frames; its figures go out retained on
+    ``P/D/model/<pipeline>/shadow``. Exit 0 when the device replies that shadowing started.
+    A manifest's ``shadow`` gate (``model sign --shadow-*``) lets the device promote or
+    reject by itself; else ``model promote``.
+    """
+    raw = _load_manifest_file(args.manifest)
+    manifest = parse_manifest(raw)
+    rid = uuid.uuid4().hex
+    command: dict[str, Any] = {"request_id": rid, "pipeline": args.pipeline, "manifest": raw,
+                               "every": args.every, "when_idle": args.when_idle}
+    if args.file:
+        path = Path(args.file)
+        _check_file(path, manifest.size, manifest.sha256)
+        command["data"] = base64.b64encode(path.read_bytes()).decode()
+    elif not manifest.url:
+        raise UpdateError("the manifest has no url: sign it with --url or send it with --file")
+    p = args.topic_prefix
+    if args.device:
+        topic = f"{p}/{args.device}/cmd/model/shadow"
+        watch = [f"{p}/{args.device}/model/{args.pipeline}/state", f"{p}/{args.device}/cmd/reply"]
+    else:
+        topic = f"{p}/group/{args.group}/cmd/model/shadow"
+        watch = [f"{p}/+/model/{args.pipeline}/state", f"{p}/+/cmd/reply"]
+    print(f"shadowing {manifest.name} v{manifest.version} on every "
+          f"{args.every} frame(s){' when idle' if args.when_idle else ''} via {topic}")
+    return _run_request(args, topic, json.dumps(command).encode(), watch, rid,
+                        single=bool(args.device), total=manifest.size)
+
+
+def cmd_promote(args: argparse.Namespace) -> int:
+    """``model promote --device D --pipeline P --broker H[:P] --key KEY [--sha256 S]``: make
+    the shadow candidate active through the normal swap and watch (signed command)."""
+    key = load_private_key(args.key)
+    rid = uuid.uuid4().hex
+    body: dict[str, Any] = {"request_id": rid, "pipeline": args.pipeline,
+                            "command": "model/promote", "device": args.device}
+    if args.sha256:
+        body["sha256"] = args.sha256.lower()
+    command = sign_command(body, key)
+    p = f"{args.topic_prefix}/{args.device}"
+    watch = [f"{p}/model/{args.pipeline}/state", f"{p}/cmd/reply"]
+    return _run_request(args, f"{p}/cmd/model/promote", json.dumps(command).encode(), watch,
+                        rid, single=True)
 
 
 def cmd_status(args: argparse.Namespace) -> int:

@@ -80,6 +80,24 @@ COMMANDS: tuple[CommandSpec, ...] = (
                                     "additionalProperties": {"type": "string", "minLength": 1,
                                                              "maxLength": 2048}},
                 }, signed=False),
+    CommandSpec("model/shadow", "Run a candidate model in shadow of the active one (verified "
+                "and validated like an update, authenticated by its signed manifest)",
+                ("pipeline", "manifest"), {
+                    "pipeline": _PIPELINE,
+                    "manifest": {"type": "object"},
+                    "url": {"type": "string", "minLength": 1, "maxLength": 2048},
+                    "data": {"type": "string"},
+                    # run on every Nth frame (default 5); when_idle: only while no frame
+                    # waits for the active model
+                    "every": {"type": "integer", "minimum": 1, "maximum": 10000},
+                    "when_idle": {"type": "boolean"},
+                }, signed=False),
+    CommandSpec("model/promote", "Make the shadow candidate active (normal swap and watch)",
+                ("pipeline",),
+                {"pipeline": _PIPELINE,
+                 # optional: the candidate meant; refused when the shadow is another one
+                 "sha256": {"type": "string", "pattern": "^[0-9a-f]{64}$"}},
+                signed=True),
     CommandSpec("rollback", "Go back to the previous model of a pipeline", ("pipeline",),
                 {"pipeline": _PIPELINE,
                  # optional: the model meant; refused when previous is another one

@@ -85,7 +85,7 @@ def command_limit(name: str, cfg: CommandsConfig) -> int:
     (``max_command_bytes``). ``max_payload_bytes`` caps them all, and a contract limit
     (``CommandSpec.max_bytes``) lowers one further.
     """
-    if name == "model/update":
+    if name in ("model/update", "model/shadow"):
         limit = cfg.max_payload_bytes
     elif name == "config":
         limit = min(cfg.max_config_bytes, cfg.max_payload_bytes)

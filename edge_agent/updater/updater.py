@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import queue
 import threading
 import time
@@ -80,6 +81,14 @@ class UpdateHooks:
     publish_state: Callable[[dict[str, Any]], None]
     reply: Callable[[str, bool, str | None], None]
     targets: Callable[[], Sequence[str]] | None = None
+    shadow: Callable[..., None] | None = None
+    """``(model_path, labels_path | None, manifest, *, gate, on_verdict) -> None``: run this
+    validated candidate in shadow of the active model (replacing any earlier one) and publish
+    its agreement figures; ``on_verdict(verdict, reason)`` when the manifest's gate is
+    decided. None: the agent has no shadow evaluation."""
+    stop_shadow: Callable[[str, str | None], None] | None = None
+    """``(state, reason) -> None``: stop the shadow candidate and publish its final figures
+    with ``state`` (``promoted``, ``rejected`` or ``stopped``)."""
 
 
 class ModelUpdater:
@@ -121,6 +130,8 @@ class ModelUpdater:
         self._cancel = threading.Event()
         self._pending_rollback: str | None = None
         self._thread: threading.Thread | None = None
+        # the candidate in shadow: (manifest, model path, labels path, downgrade)
+        self._shadow: tuple[Manifest, Path, Path | None, bool] | None = None
 
     # -- lifecycle -----------------------------------------------------------------------
     def start(self, initial: ActiveModel | None = None) -> None:
@@ -151,6 +162,9 @@ class ModelUpdater:
         with self._lock:
             if self._watch is not None:
                 self._watch.wake.set()
+            shadowing, self._shadow = self._shadow is not None, None
+        if shadowing and self.hooks.stop_shadow is not None:
+            self.hooks.stop_shadow("stopped", "the agent stopped")
         if self._thread is not None:
             self._thread.join(timeout)
             if self._thread.is_alive():
@@ -179,6 +193,41 @@ class ModelUpdater:
             return False
         self._queue.put(("update", (dict(command), via_group)))
         return True
+
+    def handle_shadow(self, command: Mapping[str, Any], via_group: str | None = None) -> bool:
+        """Queue a shadow command ``{request_id, pipeline, manifest, url?, data?}``: the
+        candidate is fetched, verified and validated exactly like an update, kept apart from
+        the active model (``<store>/shadow/``) and run beside it on sampled frames.
+
+        Returns:
+            True when accepted; False when busy (then "busy" has been replied).
+        """
+        if self.hooks.shadow is None:
+            self.hooks.reply(str(command.get("request_id", "")), False,
+                             "shadow evaluation is not available in this agent")
+            return False
+        rid = str(command.get("request_id", ""))
+        if not self._claim(rid):
+            return False
+        self._queue.put(("shadow", (dict(command), via_group)))
+        return True
+
+    def promote(self, request_id: str, sha256: str | None = None) -> bool:
+        """Make the shadow candidate active through the normal install, swap and watch.
+
+        Args:
+            request_id: the signed command's id.
+            sha256: when given, the candidate meant: refused when the shadow is another one.
+        """
+        if not self._claim(request_id):
+            return False
+        self._queue.put(("promote", (request_id, sha256, None)))
+        return True
+
+    def shadow_candidate(self) -> dict[str, Any] | None:
+        """``{name, version, sha256}`` of the candidate in shadow, or None."""
+        with self._lock:
+            return None if self._shadow is None else self._shadow[0].describe()
 
     def rollback(self, request_id: str, sha256: str | None = None) -> bool:
         """Roll back to the previous model (manual). During a watch it ends the watch.
@@ -260,6 +309,12 @@ class ModelUpdater:
             try:
                 if kind == "update":
                     self._update(*arg)
+                elif kind == "shadow":
+                    self._start_shadow(*arg)
+                elif kind == "promote":
+                    self._promote(*arg)
+                elif kind == "shadow_reject":
+                    self._reject_shadow(*arg)
                 else:
                     self._manual_rollback(arg)
             except Exception:  # worker boundary: keep the updater alive
@@ -366,6 +421,26 @@ class ModelUpdater:
                 labels.write_text(manifest.labels)
             self._publish("validating", about, None)
             self._validate(staged, labels, targets, manifest)
+        except UpdateError as exc:
+            self._reject(rid, about, exc, downloaded)
+            return
+        self._activate(rid, manifest, staged, targets, downgrade, t0)
+
+    def _reject(self, rid: str, about: Mapping[str, Any] | None, exc: UpdateError,
+                downloaded: bool) -> None:
+        logger.warning("update %s of pipeline %s rejected: %s", rid, self.pipeline, exc)
+        if downloaded:
+            # complete but refused bytes are no use; an interrupted download is kept
+            self.store.discard_parts()
+        self._publish("rejected", about, str(exc))
+        self._release()  # free before the reply: the operator may send the next one
+        self.hooks.reply(rid, False, str(exc))
+
+    def _activate(self, rid: str, manifest: Manifest, staged: Path,
+                  targets: Mapping[str, Path], downgrade: bool, t0: float) -> None:
+        """Install a verified, validated model, swap it in and watch it (update, promote)."""
+        about = manifest.describe()
+        try:
             self._install_and_swap(staged, manifest, targets, downgrade)
             watch = ModelWatch(manifest.sha256, about, rid, self.config)
             with self._lock:
@@ -374,13 +449,7 @@ class ModelUpdater:
                     watch.manual, self._pending_rollback = self._pending_rollback, None
                     watch.wake.set()
         except UpdateError as exc:
-            logger.warning("update %s of pipeline %s rejected: %s", rid, self.pipeline, exc)
-            if downloaded:
-                # complete but refused bytes are no use; an interrupted download is kept
-                self.store.discard_parts()
-            self._publish("rejected", about, str(exc))
-            self._release()  # free before the reply: the operator may send the next one
-            self.hooks.reply(rid, False, str(exc))
+            self._reject(rid, about, exc, True)
             return
         elapsed = time.monotonic() - t0
         logger.info("pipeline %s: model %s v%d active after %.2f s", self.pipeline,
@@ -395,6 +464,124 @@ class ModelUpdater:
         self.hooks.reply(rid, True, None)
         self.store.prune()
         self._watch_model(watch)
+
+    # -- shadow evaluation --------------------------------------------------------------
+    def _start_shadow(self, command: dict[str, Any], via_group: str | None = None) -> None:
+        from edge_agent.shadow import ShadowGate
+
+        rid = str(command.get("request_id", ""))
+        about: dict[str, Any] | None = None
+        downloaded = False
+        try:
+            manifest, downgrade = self._check_manifest(command, via_group)
+            about = manifest.describe()
+            raw_gate = manifest.raw.get("shadow")
+            gate = None if raw_gate is None else ShadowGate.parse(raw_gate)
+            staged = self._obtain(command, manifest)
+            downloaded = True
+            self._publish("verifying", about, None)
+            self._verify_bytes(staged, manifest.sha256, manifest.size, "the model")
+            if self._my_targets(manifest):
+                logger.info("pipeline %s: the shadow candidate runs its main file (per-target "
+                            "files are used once it is promoted)", self.pipeline)
+            labels = None
+            if manifest.labels is not None:
+                labels = self.store.staged_labels_path(manifest.sha256)
+                labels.write_text(manifest.labels)
+            self._publish("validating", about, None)
+            self._validate(staged, labels, None, manifest)
+            apart = self.store.dir / "shadow"
+            apart.mkdir(parents=True, exist_ok=True)
+            for old in apart.iterdir():
+                old.unlink(missing_ok=True)
+            path = apart / f"{manifest.sha256}.tflite"
+            os.replace(staged, path)
+            if labels is not None:
+                os.replace(labels, apart / f"{manifest.sha256}.labels")
+                labels = apart / f"{manifest.sha256}.labels"
+            assert self.hooks.shadow is not None
+            with self._lock:
+                self._shadow = (manifest, path, labels, downgrade)
+
+            def on_verdict(verdict: str, reason: str | None, sha: str = manifest.sha256) -> None:
+                if verdict == "pass":
+                    self._queue_promote(sha, "the shadow gate held")
+                else:
+                    self._queue_reject_shadow(sha, reason)
+
+            self.hooks.shadow(path, labels, manifest, gate=gate, on_verdict=on_verdict,
+                              every=int(command.get("every") or 5),
+                              when_idle=bool(command.get("when_idle", False)))
+        except (UpdateError, EdgeAgentError) as exc:
+            with self._lock:
+                self._shadow = None
+            self._reject(rid, about, UpdateError(f"shadow: {exc}"), downloaded)
+            return
+        logger.info("pipeline %s: model %s v%d in shadow (gate: %s)", self.pipeline,
+                    manifest.name, manifest.version, raw_gate)
+        self._publish("active", None, None)  # verified and validated; the active model serves
+        self._release()
+        self.hooks.reply(rid, True, None)
+
+    def _queue_promote(self, sha: str, why: str) -> None:
+        """The gate held (shadow thread): promote as soon as the worker is free."""
+        threading.Thread(target=self._claim_and_queue, args=("promote", (None, sha, why)),
+                         name=f"shadow-gate-{self.pipeline}", daemon=True).start()
+
+    def _queue_reject_shadow(self, sha: str, reason: str | None) -> None:
+        threading.Thread(target=self._claim_and_queue,
+                         args=("shadow_reject", (sha, reason)),
+                         name=f"shadow-gate-{self.pipeline}", daemon=True).start()
+
+    def _claim_and_queue(self, kind: str, arg: Any) -> None:
+        while not self._stop.is_set():
+            with self._lock:
+                if not self._busy:
+                    self._busy = True
+                    break
+            time.sleep(0.2)
+        else:
+            return
+        self._queue.put((kind, arg))
+
+    def _end_shadow(self, state: str, reason: str | None) -> None:
+        with self._lock:
+            self._shadow = None
+        if self.hooks.stop_shadow is not None:
+            self.hooks.stop_shadow(state, reason)
+
+    def _reject_shadow(self, sha: str, reason: str | None) -> None:
+        with self._lock:
+            current = self._shadow
+        if current is None or current[0].sha256 != sha:
+            return
+        about = current[0].describe()
+        logger.warning("pipeline %s: shadow candidate %s rejected: %s", self.pipeline,
+                       sha[:12], reason)
+        self._end_shadow("rejected", reason)
+        current[1].unlink(missing_ok=True)
+        self._publish("rejected", about, reason)
+
+    def _promote(self, request_id: str | None, sha256: str | None, why: str | None) -> None:
+        with self._lock:
+            current = self._shadow
+        rid = request_id or ""
+        if current is None or (sha256 is not None and current[0].sha256 != sha256):
+            error = ("no candidate in shadow" if current is None else
+                     f"the candidate in shadow is {current[0].sha256[:12]}, not {sha256[:12]}"
+                     if sha256 else "no candidate in shadow")
+            if request_id is not None:
+                self._release()
+                self.hooks.reply(rid, False, f"promote refused: {error}")
+            return
+        manifest, path, _labels, downgrade = current
+        logger.info("pipeline %s: promoting shadow candidate %s v%d (%s)", self.pipeline,
+                    manifest.name, manifest.version,
+                    why or f"request {request_id}")
+        self._end_shadow("promoted", why or f"promoted by request {request_id}")
+        if request_id is None:
+            rid = f"shadow-gate-{manifest.sha256[:12]}"
+        self._activate(rid, manifest, path, {}, downgrade, time.monotonic())
 
     def _check_manifest(self, command: Mapping[str, Any], via_group: str | None = None
                         ) -> tuple[Manifest, bool]:

@@ -1,0 +1,125 @@
+"""Shadow evaluation against the real daemon: ``edge-agent run`` as a subprocess, a real
+mosquitto, the default face models, signed manifests and commands over MQTT.
+
+* ``model/shadow`` with a manifest whose gate cannot hold (latency ratio 0.001) ends the
+  candidate ``rejected`` with its figures on the retained ``model/<pipeline>/shadow``; the
+  active model keeps serving.
+* ``model/shadow`` without a gate publishes figures; a signed ``model/promote`` makes the
+  candidate active through the normal swap; results then name it.
+* A capture of ``#`` over the whole run carries no image data and no per-frame output of the
+  candidate: no result names the candidate before it was promoted, and the shadow messages
+  hold aggregates only (their schema is closed).
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from pathlib import Path
+
+import pytest
+
+from edge_agent.default_models import ensure_default_models, labels_path
+from edge_agent.updater.manifest import build_manifest
+from edge_agent.updater.store import sha256_file
+from tests.broker import Mosquitto
+from tests.e2e.agentproc import Inbox, subscribe
+from tests.e2e.update_harness import PIPELINE, UpdateDevice, write_scene_video
+from tests.privacy.payload_checks import validate_payload
+
+pytestmark = pytest.mark.slow
+
+SHORT = "face_detection_short_range"
+FULL = "face_detection_full_range_sparse"
+
+
+def _shadow_cmd(dev: UpdateDevice, model: Path, version: int,
+                gate: dict | None = None, every: int = 2) -> str:
+    m = build_manifest(name="face-full", version=version, sha256=sha256_file(model),
+                       size=model.stat().st_size, key=dev.key, url=model.as_uri(),
+                       labels=labels_path(FULL).read_text(),
+                       extra={"shadow": gate} if gate is not None else None)
+    rid = uuid.uuid4().hex
+    cmd = {"request_id": rid, "pipeline": PIPELINE, "manifest": dict(m.raw), "every": every}
+    assert dev.sub.publish(f"{dev.prefix}/cmd/model/shadow", json.dumps(cmd).encode())
+    return rid
+
+
+def _shadow_msgs(capture: Inbox, prefix: str) -> list[dict]:
+    return [json.loads(p) for t, p, _ in capture.messages
+            if t == f"{prefix}/model/{PIPELINE}/shadow"]
+
+
+def test_shadow_gate_rejects_then_operator_promotes(tmp_path: Path, broker: Mosquitto) -> None:
+    models = ensure_default_models()
+    short, full = models[SHORT], models[FULL]
+    video = write_scene_video(tmp_path / "scene.avi", 30)
+    dev = UpdateDevice(tmp_path, broker, short, decoder="anchors", labels=labels_path(SHORT),
+                       video=video, fps=30, updates={"watch_inferences": 0,
+                                                     "watch_seconds": 0})
+    capture = Inbox()
+    everything = subscribe(broker.host, broker.port, ["#"], capture)
+    full_sha = sha256_file(full)
+    try:
+        agent = dev.start()
+        dev.wait_results(10, sha=dev.configured_sha)
+
+        # 1. a gate that cannot hold: rejected with the figures, the active model serves on
+        manifest = tmp_path / "full-v1.json"
+        signed = dev.cli("sign", str(full), "--key", str(dev.key_path), "--name", "face-full",
+                         "--version", "1", "--labels", str(labels_path(FULL)), "--url",
+                         full.as_uri(), "--shadow-frames", "5",
+                         "--shadow-max-latency-ratio", "0.001", "--out", str(manifest))
+        assert signed.returncode == 0, signed.stderr
+        assert json.loads(manifest.read_text())["shadow"] == {"frames": 5,
+                                                              "max_latency_ratio": 0.001}
+        shadowed = dev.cli("shadow", str(manifest), "--pipeline", PIPELINE, "--device",
+                           dev.device_id, "--broker", dev.broker_arg, "--every", "2",
+                           "--timeout", "60")
+        assert shadowed.returncode == 0, shadowed.stdout + shadowed.stderr + dev.log()
+        dev.wait("the shadow candidate rejected", lambda: any(
+            m["state"] == "rejected" for m in _shadow_msgs(capture, dev.prefix)), 90)
+        rejected = next(m for m in _shadow_msgs(capture, dev.prefix)
+                        if m["state"] == "rejected")
+        assert rejected["candidate"]["sha256"] == full_sha
+        assert rejected["figures"]["frames"] >= 5
+        assert "latency ratio" in rejected["reason"], rejected
+        dev.wait_results(5, since=dev.mark(), sha=dev.configured_sha)
+
+        # 2. no gate: figures go out; a signed promote makes the candidate active
+        mark = dev.mark()
+        rid = _shadow_cmd(dev, full, 2)
+        assert dev.wait_reply(rid, mark, 60)["ok"], dev.log()
+        dev.wait("shadow figures with compared frames", lambda: any(
+            m["state"] == "shadowing" and m["candidate"]["version"] == 2
+            and m["figures"]["frames"] >= 3 for m in _shadow_msgs(capture, dev.prefix)), 90)
+        before_promote = len(capture.messages)
+        mark = dev.mark()
+        promoted = dev.cli("promote", "--device", dev.device_id, "--pipeline", PIPELINE,
+                           "--broker", dev.broker_arg, "--key", str(dev.key_path),
+                           "--sha256", full_sha, "--timeout", "60")
+        assert promoted.returncode == 0, promoted.stdout + promoted.stderr + dev.log()
+        dev.wait_results(5, since=mark, sha=full_sha)
+        dev.wait("the final shadow message: promoted", lambda: any(
+            m["state"] == "promoted" for m in _shadow_msgs(capture, dev.prefix)), 30)
+        assert agent.proc.poll() is None
+    finally:
+        dev.close()
+        everything.stop()
+
+    # the whole run's capture: contract-valid, no image data, no candidate output per frame
+    shadow_seen = 0
+    for i, (topic, payload, _retained) in enumerate(capture.messages):
+        assert not payload.startswith(b"\xff\xd8"), topic  # no JPEG
+        if "/cmd/" in topic:
+            continue  # the test's own commands (they carry the manifest)
+        validate_payload(topic, payload)
+        assert b"data:image" not in payload and len(payload) < 16 * 1024, topic
+        if topic.endswith(f"/results/{PIPELINE}") and i < before_promote:
+            assert json.loads(payload)["model"]["sha256"] != full_sha, \
+                "a result of the candidate before it was promoted"
+        if topic.endswith("/shadow"):
+            shadow_seen += 1
+            text = payload.decode()
+            assert '"box' not in text and '"detections"' not in text and "score" not in text
+    assert shadow_seen >= 3
