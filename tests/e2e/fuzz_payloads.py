@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import base64
 import json
-import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -154,8 +153,7 @@ def readable_request_id(payload: bytes, max_payload: int) -> str | None:
     """The request_id a well-formed request carries (the agent must echo it), else None.
 
     Well-formed: within the size limit, a JSON object with a ``request_id`` string of 1 to 128
-    characters. Anything else still gets one reply, with request_id ``unknown``. A lone
-    surrogate (``"\\ud800"`` is valid JSON but not valid Unicode) comes back as U+FFFD.
+    printable characters. Anything else still gets one reply, with request_id ``unknown``.
     """
     if len(payload) > max_payload:
         return None
@@ -165,6 +163,8 @@ def readable_request_id(payload: bytes, max_payload: int) -> str | None:
         return None
     if isinstance(obj, dict):
         rid = obj.get("request_id")
-        if isinstance(rid, str) and 0 < len(rid) <= 128:
-            return re.sub("[\ud800-\udfff]", "\ufffd", rid)
+        # only printable ids are echoed (issue 12: a newline would forge log lines; a lone
+        # surrogate is not text); the others get their one reply as ``unknown``
+        if isinstance(rid, str) and 0 < len(rid) <= 128 and rid.isprintable():
+            return rid
     return None
