@@ -102,6 +102,24 @@ def test_shadow_gate_rejects_then_operator_promotes(tmp_path: Path, broker: Mosq
         dev.wait_results(5, since=mark, sha=full_sha)
         dev.wait("the final shadow message: promoted", lambda: any(
             m["state"] == "promoted" for m in _shadow_msgs(capture, dev.prefix)), 30)
+
+        # 3. a gate that holds: the device promotes by itself (here back to the short-range
+        # model, as version 3)
+        mark = dev.mark()
+        m = build_manifest(name="face-short", version=3, sha256=dev.configured_sha,
+                           size=short.stat().st_size, key=dev.key, url=short.as_uri(),
+                           labels=labels_path(SHORT).read_text(),
+                           extra={"shadow": {"frames": 3, "max_latency_ratio": 100}})
+        rid = uuid.uuid4().hex
+        assert dev.sub.publish(f"{dev.prefix}/cmd/model/shadow", json.dumps(
+            {"request_id": rid, "pipeline": PIPELINE, "manifest": dict(m.raw),
+             "every": 1}).encode())
+        assert dev.wait_reply(rid, mark, 60)["ok"], dev.log()
+        dev.wait_results(5, since=dev.mark(), sha=dev.configured_sha)
+        auto = [s for s in _shadow_msgs(capture, dev.prefix)
+                if s["candidate"]["version"] == 3 and s["state"] == "promoted"]
+        assert auto and auto[-1]["figures"]["frames"] >= 3, _shadow_msgs(capture, dev.prefix)
+        assert "gate held" in auto[-1]["reason"]
         assert agent.proc.poll() is None
     finally:
         dev.close()
