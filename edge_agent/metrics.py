@@ -88,6 +88,15 @@ class Metrics:
         self.thermal_trip = r.gauge(
             "edge_agent_thermal_trip_celsius",
             "The CPU zone's trip point thermal pacing works against (absent when unknown).")
+        self.cpu_per_result = r.gauge(
+            "edge_agent_cpu_seconds_per_result",
+            "Process CPU seconds (all threads) per result over the last stats interval.")
+        self.energy_per_result = r.gauge(
+            "edge_agent_energy_joules_per_result",
+            "Board energy per result over the last stats interval (absent where the board "
+            "cannot measure power: Jetson INA3221 and Pi 5 PMIC only).")
+        self.board_power = r.gauge("edge_agent_board_power_watts",
+                                   "Board power (Jetson INA3221 input rail, Pi 5 PMIC rails).")
         self.disk_free = r.gauge("edge_agent_disk_free_bytes", "Free bytes under state_dir.")
         self.up = r.gauge("edge_agent_up", "1 while the agent runs.")
         self.up.set(1)
@@ -190,6 +199,16 @@ class Metrics:
             self.thermal_trip.clear()
         else:
             self.thermal_trip.set(status["trip_c"])
+
+    def set_energy(self, cpu_s: float | None, joules: float | None,
+                   watts: float | None) -> None:
+        """Per-result CPU and energy and board power (None: absent)."""
+        for gauge, value in ((self.cpu_per_result, cpu_s), (self.energy_per_result, joules),
+                             (self.board_power, watts)):
+            if value is None:
+                gauge.clear()
+            else:
+                gauge.set(value)
 
     def add_collector(self, collect: Callable[[], None]) -> None:
         """Run ``collect()`` before every scrape, e.g. to copy ``transport.stats()``."""

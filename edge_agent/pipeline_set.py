@@ -18,6 +18,7 @@ import numpy as np
 
 from edge_agent.bundle import load_bundle
 from edge_agent.config import AgentConfig, PipelineConfig
+from edge_agent.energy import EnergyMeter, PowerReader
 from edge_agent.errors import ConfigError, EdgeAgentError
 from edge_agent.pipeline import Pipeline
 from edge_agent.thermal import ThermalMonitor
@@ -69,6 +70,9 @@ class PipelineSet:
         self.units: dict[str, _Unit] = {}
         # one look at the board for every pipeline (tests replace ``thermal.reader``)
         self.thermal = ThermalMonitor(cfg.thermal)
+        # CPU time and board energy per result, between stats messages (tests: own reader)
+        self.energy = EnergyMeter(PowerReader())
+        self.energy.sample(0)  # the baseline: the first stats covers the time since start
         self._lock = threading.Lock()
         self.dispatcher: Any = None
         from edge_agent.privacy.hashing import load_salt
@@ -251,6 +255,16 @@ class PipelineSet:
             self.metrics.set_targets(u.pipeline.name, st["targets"], st["target_changes"])
             self.metrics.set_gauge("edge_agent_frames_dropped_total", st["dropped"],
                                    pipeline=u.pipeline.name)
+        fig = self.energy.sample(sum(int(e["inferred"]) for e in out.values()))
+        per_result = {
+            "cpu_ms_per_result": None if fig.cpu_s_per_result is None
+            else round(fig.cpu_s_per_result * 1000.0, 3),
+            "energy_mj_per_result": None if fig.energy_j_per_result is None
+            else round(fig.energy_j_per_result * 1000.0, 3),
+            "power_w": None if fig.power_w is None else round(fig.power_w, 3)}
+        for entry in out.values():  # process- and board-wide figures (README: Energy)
+            entry.update(per_result)
+        self.metrics.set_energy(fig.cpu_s_per_result, fig.energy_j_per_result, fig.power_w)
         return out
 
     def taps(self) -> dict[str, ViewTap]:

@@ -103,6 +103,10 @@ def test_run_publishes_results_and_stops_cleanly(tmp_path: Path, broker: Mosquit
     assert 0.0 < thermal["factor"] <= 1.0 and thermal["enabled"] is True
     stats = inbox.json("/stats")[-1]["pipelines"]["door"]
     assert 0.0 < stats["thermal_factor"] <= 1.0 and stats["thermal_skipped"] == 0
+    # CPU time per result (process-wide, over the last interval); energy only where measurable
+    per_result = [m["pipelines"]["door"]["cpu_ms_per_result"] for m in inbox.json("/stats")]
+    assert any(v is not None and v > 0 for v in per_result), per_result
+    assert "energy_mj_per_result" in stats and "power_w" in stats
 
     # a new subscriber sees the retained offline status
     late = Inbox()
