@@ -100,8 +100,10 @@ def _collector(broker: Mosquitto, url: str, name: str, share: str | None,
     if share:
         argv += ["--share", share]
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    return subprocess.Popen(argv, stdout=log.open("ab"), stderr=subprocess.STDOUT, env=env,
+    proc = subprocess.Popen(argv, stdout=log.open("ab"), stderr=subprocess.STDOUT, env=env,
                             cwd=REPO)
+    _RUNNING.append(proc)  # stopped by run() even when a figure fails
+    return proc
 
 
 def _subscribed(work: Path, names: list[str]) -> None:
@@ -116,11 +118,19 @@ def _subscribed(work: Path, names: list[str]) -> None:
     time.sleep(0.5)
 
 
+_RUNNING: list[subprocess.Popen[bytes]] = []
+
+
 def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
     for p in procs:
-        p.terminate()
+        if p.poll() is None:
+            p.terminate()
     for p in procs:
-        p.wait(60)
+        try:
+            p.wait(60)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait(10)
 
 
 def _count(url: str) -> Callable[[], int]:
@@ -257,6 +267,7 @@ def run(n: int, rate: float, seconds: float) -> dict[str, Any]:
                 out["rows"].append(row)
                 print(json.dumps(row), file=sys.stderr)
         finally:
+            _stop(_RUNNING)
             broker.stop()
             if cluster is not None:
                 cluster.destroy()
