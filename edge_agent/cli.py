@@ -149,6 +149,12 @@ def build_parser() -> argparse.ArgumentParser:
                     help="seconds a wave waits for its verdicts (then: failed)")
     fp.add_argument("--no-watch", action="store_true",
                     help="the devices do not watch new models: the first active is success")
+    fp.add_argument("--shadow", action="store_true",
+                    help="shadow phase: each wave runs the model in shadow and the devices "
+                         "promote it only when the manifest's shadow gate holds (a rejection "
+                         "counts as a failure)")
+    fp.add_argument("--shadow-every", type=int, default=5, metavar="N",
+                    help="with --shadow: the candidate runs on every Nth frame (default 5)")
     fp.add_argument("--rollback-on-halt", action="store_true",
                     help="on a halt, send a signed rollback to the touched devices (--key)")
     fp.add_argument("--key", default=None, help="command signing key (for rollbacks)")

@@ -14,6 +14,10 @@ followed by the second ``active`` of a passed watch (or ``--no-watch``), or ``re
 ``rolled_back``. A wave whose failures exceed ``--max-failures`` halts the rollout. Progress is
 kept in a local JSON file so ``--resume`` never sends a device the update twice; the devices'
 retained model states are the truth about where each one is.
+
+``--shadow`` adds a shadow phase: each device of a wave gets ``P/D/cmd/model/shadow`` instead,
+runs the model beside its active one and promotes it by the manifest's ``shadow`` gate (then
+``active`` as above) or rejects it with the figures (``rejected``: a failure of the wave).
 """
 
 from __future__ import annotations
@@ -458,6 +462,16 @@ def cmd_fleet_rollout(args: argparse.Namespace) -> int:
         data_b64 = base64.b64encode(blob).decode()
     elif not manifest.url:
         raise UpdateError("the manifest has no url: sign it with --url or roll out with --file")
+    if getattr(args, "shadow", False):
+        from edge_agent.shadow import ShadowGate
+
+        if "shadow" not in raw:
+            raise UpdateError("--shadow needs a manifest with a shadow gate (model sign "
+                              "--shadow-frames N --shadow-min-recall ...): the devices decide "
+                              "by it")
+        ShadowGate.parse(raw["shadow"])
+        if args.shadow_every < 1:
+            raise UpdateError("--shadow-every must be 1 or more")
     key = None
     if args.rollback_on_halt:
         if not args.key:
@@ -566,7 +580,11 @@ def _run(args: argparse.Namespace, r: Rollout, fleet: Fleet, client: Any, verdic
                                    "manifest": raw}
             if data_b64 is not None:
                 cmd["data"] = data_b64
-            if not client.send(f"{p}/{device}/cmd/model/update", json.dumps(cmd).encode()):
+            kind = "update"
+            if getattr(args, "shadow", False):
+                # the device promotes by the manifest's gate (active) or rejects (rejected)
+                kind, cmd["every"] = "shadow", args.shadow_every
+            if not client.send(f"{p}/{device}/cmd/model/{kind}", json.dumps(cmd).encode()):
                 r.set(device, outcome="failed", reason="the broker did not take the command")
                 continue
             r.set(device, outcome="sent", sent=time.time(), request_id=rid)
@@ -664,7 +682,10 @@ def _catch_up_offline(args: argparse.Namespace, r: Rollout, fleet: Fleet, client
                                    "manifest": raw}
             if data_b64 is not None:
                 cmd["data"] = data_b64
-            if client.send(f"{args.topic_prefix}/{device}/cmd/model/update",
+            kind = "update"
+            if getattr(args, "shadow", False):
+                kind, cmd["every"] = "shadow", args.shadow_every
+            if client.send(f"{args.topic_prefix}/{device}/cmd/model/{kind}",
                            json.dumps(cmd).encode()):
                 r.set(device, outcome="sent", sent=time.time(), request_id=rid)
                 _wait_wave(args, r, fleet, verdicts, 0, [device], [device])

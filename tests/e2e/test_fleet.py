@@ -324,3 +324,32 @@ def test_rollout_through_a_mosquitto_bridge(tmp_path: Path) -> None:
         finally:
             edge.stop()
             central.stop()
+
+
+def test_shadow_rollout_halts_when_the_canary_rejects_by_its_gate(fleet: Fleet) -> None:
+    """``fleet rollout --shadow``: the canary runs the candidate in shadow, its gate (an
+    impossible latency ratio) rejects it with the figures; the rollout halts in wave 1 and no
+    device serves the candidate."""
+    before = {r["device"]: r["pipelines"][PIPELINE]["model"]["sha256"]
+              for r in fleet.status_json()}
+    manifest = fleet.tmp / "face-full-v60.json"
+    done = fleet.cli("model", "sign", str(fleet.full), "--key", str(fleet.key), "--name",
+                     "face-full", "--version", "60", "--labels", str(labels_path(FULL)),
+                     "--for-group", GROUP, "--for-pipeline", PIPELINE, "--shadow-frames", "3",
+                     "--shadow-max-latency-ratio", "0.001", "--out", str(manifest))
+    assert done.returncode == 0, done.stderr
+    report = fleet.tmp / "report-shadow.json"
+    done = fleet.cli(*fleet.rollout_args(manifest, fleet.full, "--report", str(report),
+                                         "--progress", str(fleet.tmp / "shadow.progress"),
+                                         "--shadow", "--shadow-every", "1"))
+    assert done.returncode == 1, done.stdout + done.stderr
+    rep = json.loads(report.read_text())
+    assert rep["halted"]["wave"] == 1, rep
+    canary = order(fleet.devices)[0]
+    touched = [d for d, e in rep["devices"].items() if e["sent"] is not None]
+    assert touched == [canary], rep
+    assert rep["devices"][canary]["outcome"] == "failed"
+    assert "shadow gate failed: latency ratio" in rep["devices"][canary]["reason"], rep
+    after = {r["device"]: r["pipelines"][PIPELINE]["model"]["sha256"]
+             for r in fleet.status_json()}
+    assert after == before  # nothing was swapped anywhere
