@@ -550,6 +550,15 @@ class ModelUpdater:
         if self.hooks.stop_shadow is not None:
             self.hooks.stop_shadow(state, reason)
 
+    def _stop_shadow_for_swap(self, sha: str | None) -> None:
+        """Another model is about to serve: the figures against the old one end here."""
+        with self._lock:
+            current = self._shadow
+        if current is not None and current[0].sha256 != sha:
+            logger.info("pipeline %s: shadow of %s stopped: the active model changes",
+                        self.pipeline, current[0].sha256[:12])
+            self._end_shadow("stopped", "the active model changed")
+
     def _reject_shadow(self, sha: str, reason: str | None) -> None:
         with self._lock:
             current = self._shadow
@@ -727,6 +736,7 @@ class ModelUpdater:
     def _install_and_swap(self, staged: Path, manifest: Manifest,
                           targets: Mapping[str, Path] | None = None,
                           downgrade: bool = False) -> Path:
+        self._stop_shadow_for_swap(manifest.sha256)
         path = self.store.install(staged, manifest, targets)
         self.floor.record(manifest, downgrade)  # before current names it: never lowered
         watching = self.config.watch_inferences > 0 or self.config.watch_seconds > 0
@@ -785,6 +795,7 @@ class ModelUpdater:
         if prev is None:
             error = "no previous model to roll back to"
         else:
+            self._stop_shadow_for_swap(None)
             try:
                 target = self.store.resolve(prev.target, "previous", reason)
                 self.hooks.swap(target.path, target.labels_path, target.manifest)
