@@ -4,7 +4,8 @@ Each message document is the payload's JSON Schema as shipped in the package, wi
 ``x-edge-agent`` object saying what the contract declares about the message (topic pattern,
 retained, durable, QoS, size limit), so the docs cannot drift from what the guard enforces.
 Each command document (``cmd_<name>.json``) is the schema the command channel validates with,
-and its topics, signing and size limit.
+and its topics, signing and size limit. ``model_manifest.json`` is the signed model manifest's
+schema, from :mod:`edge_agent.contract.manifest`.
 A test fails when ``docs/schemas`` is stale.
 
 Run: ``python -m edge_agent.contract.schemagen docs/schemas``.
@@ -18,6 +19,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from edge_agent.contract import manifest
 from edge_agent.contract.commands import COMMANDS, CommandSpec
 from edge_agent.contract.messages import SPECS, MessageSpec
 
@@ -44,6 +46,8 @@ def render() -> dict[str, str]:
         out[spec.schema_file] = json.dumps(schema, indent=2, ensure_ascii=False) + "\n"
     for command in COMMANDS:
         out[command.file] = json.dumps(_command(command), indent=2, ensure_ascii=False) + "\n"
+    out[manifest.SCHEMA_FILE] = json.dumps(manifest.json_schema(), indent=2,
+                                           ensure_ascii=False) + "\n"
     return out
 
 

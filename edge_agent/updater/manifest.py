@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -42,32 +41,32 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from edge_agent.contract.manifest import (
+    MAX_LABELS_CHARS,
+    MAX_MANIFEST_BYTES,
+    MAX_TARGETS,
+    NAME_RE,
+    SCHEMA,
+    SHA256_RE,
+    TARGET_NAME_RE,
+    TargetFile,
+    check_fields,
+)
 from edge_agent.errors import UpdateError
 from edge_agent.signing import sign_object, verify_object
 
-SCHEMA = "edge-agent/model-manifest@1"
-NAME_RE = re.compile(r"[A-Za-z0-9._-]{1,128}")
-SHA256_RE = re.compile(r"[0-9a-f]{64}")
-MAX_LABELS_CHARS = 1024 * 1024
-MAX_MANIFEST_BYTES = 2 * 1024 * 1024
-
-
-TARGET_NAME_RE = re.compile(r"[a-z0-9_-]{1,64}")
-MAX_TARGETS = 16
-
-
-@dataclass(frozen=True, slots=True)
-class TargetFile:
-    """The model file for one execution target, as the manifest names it."""
-
-    sha256: str
-    size: int
-    url: str | None = None
+__all__ = ["MAX_LABELS_CHARS", "MAX_MANIFEST_BYTES", "MAX_TARGETS", "NAME_RE", "SCHEMA",
+           "SHA256_RE", "TARGET_NAME_RE", "Destination", "Manifest", "TargetFile",
+           "build_manifest", "check_destination", "parse_manifest", "verify_manifest"]
 
 
 @dataclass(frozen=True)
 class Manifest:
-    """A parsed, validated manifest (its signature is checked by :func:`verify`).
+    """A parsed, validated manifest (its signature is checked by :func:`verify_manifest`).
+
+    The fields, their checks and error messages are declared once in
+    :data:`edge_agent.contract.manifest.FIELDS`; ``docs/schemas/model_manifest.json`` is
+    generated from them.
 
     Attributes:
         raw: every field as received, the exact object the signature covers.
@@ -105,61 +104,6 @@ class Manifest:
         return {"name": self.name, "version": self.version, "sha256": self.sha256}
 
 
-def _check_name(name: Any) -> str:
-    if not isinstance(name, str) or not NAME_RE.fullmatch(name) or name.startswith("."):
-        raise UpdateError(f"invalid name {name!r}: use 1-128 of [A-Za-z0-9._-], not starting "
-                          "with '.' (no paths)")
-    return name
-
-
-def _int(obj: Mapping[str, Any], key: str, minimum: int) -> int:
-    value = obj.get(key)
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise UpdateError(f"manifest {key} must be an integer >= {minimum}, got {value!r}")
-    return value
-
-
-def _sha(value: Any, key: str) -> str:
-    if not isinstance(value, str) or not SHA256_RE.fullmatch(value):
-        raise UpdateError(f"manifest {key} must be 64 lowercase hex characters")
-    return value
-
-
-def _targets(value: Any) -> dict[str, TargetFile]:
-    if value is None:
-        return {}
-    if not isinstance(value, dict) or len(value) > MAX_TARGETS:
-        raise UpdateError(f"manifest targets must be an object of at most {MAX_TARGETS} "
-                          "target names")
-    out: dict[str, TargetFile] = {}
-    for name, entry in value.items():
-        if not isinstance(name, str) or not TARGET_NAME_RE.fullmatch(name):
-            raise UpdateError(f"manifest targets: invalid target name {name!r} (use 1-64 of "
-                              "[a-z0-9_-])")
-        if not isinstance(entry, dict):
-            raise UpdateError(f"manifest targets.{name} must be an object with sha256 and size")
-        url = entry.get("url")
-        if url is not None and (not isinstance(url, str) or not url):
-            raise UpdateError(f"manifest targets.{name}.url must be a non-empty string")
-        size = entry.get("size")
-        if not isinstance(size, int) or isinstance(size, bool) or size < 1:
-            raise UpdateError(f"manifest targets.{name}.size must be an integer >= 1, "
-                              f"got {size!r}")
-        out[name] = TargetFile(_sha(entry.get("sha256"), f"targets.{name}.sha256"), size, url)
-    return out
-
-
-def _names(obj: Mapping[str, Any], key: str) -> tuple[str, ...] | None:
-    value = obj.get(key)
-    if value is None:
-        return None
-    items = [value] if isinstance(value, str) else value
-    if not isinstance(items, list) or not items or len(items) > 1024 or not all(
-            isinstance(v, str) and 0 < len(v) <= 128 for v in items):
-        raise UpdateError(f"manifest {key} must be a name or a non-empty list of names")
-    return tuple(items)
-
-
 def parse_manifest(data: str | bytes | Mapping[str, Any]) -> Manifest:
     """A :class:`Manifest` from JSON text or a decoded object, strictly validated.
 
@@ -184,47 +128,7 @@ def parse_manifest(data: str | bytes | Mapping[str, Any]) -> Manifest:
         # e.g. a lone surrogate ("\ud800"): valid JSON, but no UTF-8 to sign or verify
         raise UpdateError(f"manifest is not valid UTF-8 JSON text: {type(exc).__name__}") \
             from None
-    if obj.get("schema") != SCHEMA:
-        raise UpdateError(f"manifest schema must be {SCHEMA!r}, got {obj.get('schema')!r}")
-    name = _check_name(obj.get("name"))
-    version = _int(obj, "version", 0)
-    size = _int(obj, "size", 1)
-    sha = _sha(obj.get("sha256"), "sha256")
-    url = obj.get("url")
-    if url is not None and (not isinstance(url, str) or not url):
-        raise UpdateError("manifest url must be a non-empty string")
-    labels = obj.get("labels")
-    labels_sha = obj.get("labels_sha256")
-    if labels is not None:
-        if not isinstance(labels, str) or len(labels) > MAX_LABELS_CHARS:
-            raise UpdateError("manifest labels must be text of at most 1 M characters")
-        if labels_sha is None:
-            raise UpdateError("manifest has labels but no labels_sha256")
-    if labels_sha is not None:
-        labels_sha = _sha(labels_sha, "labels_sha256")
-        if labels is None:
-            raise UpdateError("manifest has labels_sha256 but no inline labels")
-        if hashlib.sha256(labels.encode()).hexdigest() != labels_sha:
-            raise UpdateError("labels do not match labels_sha256")
-    allow_downgrade = obj.get("allow_downgrade", False)
-    if not isinstance(allow_downgrade, bool):
-        raise UpdateError("manifest allow_downgrade must be true or false")
-    created = obj.get("created", "")
-    kid = obj.get("key_id", "")
-    signature = obj.get("signature", "")
-    for key, value in (("created", created), ("key_id", kid), ("signature", signature)):
-        if not isinstance(value, str):
-            raise UpdateError(f"manifest {key} must be a string")
-    targets = _targets(obj.get("targets"))
-    decoder = obj.get("decoder")
-    if decoder is not None and (not isinstance(decoder, str) or not NAME_RE.fullmatch(decoder)):
-        raise UpdateError("manifest decoder must be a decoder kind such as 'ssd'")
-    return Manifest(name=name, version=version, sha256=sha, size=size, created=created,
-                    key_id=kid, signature=signature, url=url, labels=labels,
-                    labels_sha256=labels_sha, allow_downgrade=allow_downgrade,
-                    targets=targets, pipelines=_names(obj, "pipeline"),
-                    devices=_names(obj, "device"), groups=_names(obj, "group"),
-                    decoder=decoder, raw=obj)
+    return Manifest(**check_fields(obj), raw=obj)
 
 
 @dataclass(frozen=True)
