@@ -234,6 +234,17 @@ FIELDS: tuple[ManifestField, ...] = (
                   _BOUND, _names("device")),
     ManifestField("group", "groups", "Fleet group(s) it may be installed through.",
                   _BOUND, _names("group")),
+    # read by a shadow evaluation only (edge_agent.shadow.ShadowGate.parse, with its own
+    # messages); a plain update keeps it in raw, signed, as before
+    ManifestField("shadow", None, "Gate for promoting a shadowed candidate by itself.",
+                  {"type": "object", "required": ["frames"], "additionalProperties": False,
+                   "properties": {
+                       "frames": {"type": "integer", "minimum": 1, "maximum": 10**7},
+                       "min_recall": {"type": "number", "minimum": 0, "maximum": 1},
+                       "min_precision": {"type": "number", "minimum": 0, "maximum": 1},
+                       "max_latency_ratio": {"type": "number", "minimum": 0,
+                                             "maximum": 1000}}},
+                  lambda _v, _o: None),
 )
 
 

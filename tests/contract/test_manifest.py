@@ -21,7 +21,9 @@ def _signed() -> Manifest:
                           key=Ed25519PrivateKey.generate(), url="https://x/m.tflite",
                           labels="a\nb", targets={"edgetpu": TargetFile("b" * 64, 11)},
                           extra={"pipeline": ["door", "yard"], "device": "pi-1",
-                                 "group": ["lab"], "decoder": "ssd", "newer_field": 1})
+                                 "group": ["lab"], "decoder": "ssd", "newer_field": 1,
+                                 "shadow": {"frames": 50, "min_recall": 0.9,
+                                            "max_latency_ratio": 1.5}})
 
 
 def test_every_field_fills_a_manifest_attribute_and_every_attribute_has_a_field():
@@ -64,3 +66,17 @@ def test_each_bad_field_is_refused_by_the_parser_and_by_the_published_schema(cha
         parse_manifest(obj)
     if "labels_sha256" not in change:  # a hash mismatch is beyond JSON Schema
         assert list(Draft202012Validator(json_schema()).iter_errors(obj)), change
+
+
+def test_the_published_shadow_gate_schema_matches_the_gate_the_device_parses():
+    from edge_agent.shadow import ShadowGate
+
+    validator = Draft202012Validator(json_schema())
+    base = dict(_signed().raw)
+    for gate in ({"frames": 0}, {"frames": 5, "min_recall": 1.5}, {"frames": 5, "x": 1}, []):
+        assert list(validator.iter_errors({**base, "shadow": gate})), gate
+        with pytest.raises(UpdateError):
+            ShadowGate.parse(gate)
+    gate = {"frames": 10**7, "min_precision": 0, "max_latency_ratio": 1000}
+    assert list(validator.iter_errors({**base, "shadow": gate})) == []
+    assert ShadowGate.parse(gate).frames == 10**7
