@@ -79,9 +79,10 @@ def _status_cpu(tmp: Path, broker_arg: str, seconds: float) -> dict[str, float]:
     """``fleet status`` live in a pseudo-terminal for ``seconds``: CPU s per s."""
     master, slave = pty.openpty()
     env = dict(os.environ, PYTHONPATH=str(REPO))
+    t0 = time.monotonic()
     proc = subprocess.Popen([sys.executable, "-m", "edge_agent", "fleet", "status",
                              "--broker", broker_arg], stdin=slave, stdout=slave, stderr=slave,
-                            cwd=tmp, env=env)
+                            cwd=tmp, env=env, preexec_fn=_default_sigint)
     os.close(slave)
     stop = threading.Event()
 
@@ -98,11 +99,19 @@ def _status_cpu(tmp: Path, broker_arg: str, seconds: float) -> dict[str, float]:
     time.sleep(seconds)
     os.kill(proc.pid, signal.SIGINT)
     _, _, usage = os.wait4(proc.pid, 0)
+    elapsed = time.monotonic() - t0
     stop.set()
     os.close(master)
     cpu = usage.ru_utime + usage.ru_stime
-    return {"seconds": seconds, "cpu_s": round(cpu, 2),
-            "cpu_s_per_s": round(cpu / seconds, 3), "max_rss_mib": round(usage.ru_maxrss / 1024, 1)}
+    return {"seconds": round(elapsed, 1), "cpu_s": round(cpu, 2),
+            "cpu_s_per_s": round(cpu / elapsed, 4),
+            "max_rss_mib": round(usage.ru_maxrss / 1024, 1)}
+
+
+def _default_sigint() -> None:
+    """In the child: SIGINT's default action (a shell's background job inherits it
+    ignored, and Python then never raises KeyboardInterrupt)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def run(agents: int, fps: float, waves: str, status_seconds: float) -> dict[str, Any]:

@@ -240,9 +240,11 @@ def test_rollout_interrupted_in_wave_two_resumes_and_updates_each_device_once(
     report = fleet.tmp / "report-v3.json"
     args = fleet.rollout_args(manifest, fleet.short, "--progress", str(progress),
                               "--report", str(report))
+    # SIGINT's default action in the child: a background job inherits it ignored
     proc = subprocess.Popen([sys.executable, "-m", "edge_agent", *args], cwd=fleet.tmp,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env=dict(os.environ, PYTHONPATH=str(REPO)))
+                            env=dict(os.environ, PYTHONPATH=str(REPO)),
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     second = order(fleet.devices)[1]
     try:
         fleet.wait("wave 2 under way", lambda: progress.is_file() and json.loads(
