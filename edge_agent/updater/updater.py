@@ -477,13 +477,15 @@ class ModelUpdater:
             about = manifest.describe()
             raw_gate = manifest.raw.get("shadow")
             gate = None if raw_gate is None else ShadowGate.parse(raw_gate)
+            mine = self._my_targets(manifest)
+            if mine:
+                raise UpdateError(f"the manifest has files for this device's targets "
+                                  f"({', '.join(mine)}); shadowing runs only a model's main "
+                                  "file, so it is not shadowed (send it with model push)")
             staged = self._obtain(command, manifest)
             downloaded = True
             self._publish("verifying", about, None)
             self._verify_bytes(staged, manifest.sha256, manifest.size, "the model")
-            if self._my_targets(manifest):
-                logger.info("pipeline %s: the shadow candidate runs its main file (per-target "
-                            "files are used once it is promoted)", self.pipeline)
             labels = None
             if manifest.labels is not None:
                 labels = self.store.staged_labels_path(manifest.sha256)

@@ -136,3 +136,25 @@ def test_an_update_while_shadowing_stops_the_shadow(srig: Any, keys: Keys) -> No
     assert ok, error
     assert double.stopped == [("stopped", "the active model changed")]
     assert rig.updater.shadow_candidate() is None
+
+
+def test_a_manifest_with_files_for_this_devices_targets_is_not_shadowed(
+        tmp_path: Path, keys: Keys) -> None:
+    from edge_agent.updater.manifest import TargetFile
+
+    rig = make_rig(tmp_path, keys)
+    rig.updater.stop()
+    double = ShadowDouble()
+    hooks = dataclasses.replace(rig.agent.hooks(), shadow=double.shadow,
+                                stop_shadow=double.stop, targets=lambda: ["npu", "cpu"])
+    rig.updater = ModelUpdater("door", rig.updater.config, rig.store, keys.public, hooks)
+    rig.updater.start(rig.store.last_resolved)
+    try:
+        model = shared_model(NEW)
+        m = keys.manifest(model, version=2, url=model.resolve().as_uri(),
+                          targets={"npu": TargetFile("a" * 64, 10, "http://127.0.0.1:9/x")})
+        ok, error = _shadow(rig, dict(m.raw), "s1")
+        assert not ok and "files for this device's targets (npu)" in error, error
+        assert double.started == []
+    finally:
+        rig.updater.stop()
