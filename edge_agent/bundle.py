@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_agent.config import ModelConfig
+from edge_agent.config import ModelConfig, fixed_threads
 from edge_agent.decoders.base import Decoder
 from edge_agent.decoders.factory import create_decoder
 from edge_agent.decoders.labels import Labels, load_labels
@@ -23,6 +23,7 @@ from edge_agent.errors import ModelError
 from edge_agent.runtime.base import Runtime
 from edge_agent.runtime.preprocess import Preprocessor, prepare_window
 from edge_agent.runtime.targets import TargetRuntime, target_specs
+from edge_agent.runtime.threads_auto import ThreadChoice, cpu_budget, pick_threads
 from edge_agent.types import IDENTITY, Frame, Inference, ModelRef, Transform
 
 logger = logging.getLogger(__name__)
@@ -45,6 +46,7 @@ class ModelBundle:
     ref: ModelRef
     path: Path
     labels_path: Path | None
+    thread_choice: ThreadChoice | None = None  # ``threads: auto``: what was measured
 
     def prepare(self, frame: Frame) -> tuple[list[np.ndarray], Transform]:
         """Model inputs for ``frame`` and how to map boxes back to it."""
@@ -88,17 +90,26 @@ def load_bundle(
     name: str | None = None,
     sha256: str | None = None,
     target_files: Mapping[str, Path] | None = None,
+    busy_threads: int = 0,
 ) -> ModelBundle:
     """Load a model as configured (or ``path`` instead of ``model.path``, for updates) on the
     first of its execution targets that loads and passes a warm-up run.
 
     Raises:
         ModelError: the model does not load on any target, or does not fit the decoder.
+
+    ``busy_threads``: interpreter threads other pipelines use (``threads: auto`` measures
+    1..CPUs minus these).
     """
     model_path = Path(path or model.path)
+    choice = None
+    if model.threads == "auto":
+        choice = pick_threads(model_path, budget=cpu_budget(busy_threads))
+        logger.info("model %s: %s", model_path.name, choice.describe())
+    threads = choice.threads if choice is not None else fixed_threads(model)
     lab_path = labels_path if labels_path is not None else model.labels
     runtime = TargetRuntime(
-        target_specs(model, path=path, target_files=target_files), threads=model.threads,
+        target_specs(model, path=path, target_files=target_files), threads=threads,
         invoke_timeout_s=model.invoke_timeout_s, load_timeout_s=model.load_timeout_s,
         reprobe_s=model.reprobe_s, reprobe_max_s=model.reprobe_max_s)
     try:
@@ -127,7 +138,7 @@ def load_bundle(
                 ref.name, ref.version, digest[:12], runtime.info.backend,
                 runtime.info.backend_version, runtime.info.threads,
                 runtime.info.delegate or "none (CPU)", getattr(decoder, "kind", model.decoder))
-    return ModelBundle(runtime, preprocessor, decoder, labels, ref, model_path, lab_path)
+    return ModelBundle(runtime, preprocessor, decoder, labels, ref, model_path, lab_path, choice)
 
 
 def warm_up(bundle: ModelBundle, frame: Frame | None, max_latency_ms: float | None = None) -> float:

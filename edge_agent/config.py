@@ -528,7 +528,8 @@ class ModelConfig(_Model):
     decoder: DecoderName = "auto"
     # one typed class per decoder, chosen by ``decoder`` (see DECODER_OPTIONS)
     decoder_options: DecoderOptions = AutoOptions(decoder="auto")
-    threads: int = Field(default=2, ge=1, le=64)
+    # an integer, or auto: measured at load (edge_agent.runtime.threads_auto)
+    threads: Annotated[int, Field(ge=1, le=64)] | Literal["auto"] = 2
     delegate: Literal["edgetpu"] | DelegateLibraryConfig | None = None
     fallback_to_cpu: bool = True
     # execution targets in order of preference (see README); delegate + fallback_to_cpu are
@@ -799,6 +800,12 @@ class MetricsConfig(_Model):
     """Metrics export."""
 
     prometheus: PrometheusConfig = PrometheusConfig()
+
+
+def fixed_threads(model: ModelConfig) -> int:
+    """The configured thread count, or 2 for ``auto`` where only loading matters (checks,
+    signatures); the pipeline's own load measures (``runtime.threads_auto``)."""
+    return model.threads if isinstance(model.threads, int) else 2
 
 
 class ThermalConfig(_Model):

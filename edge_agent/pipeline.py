@@ -117,6 +117,16 @@ def _lower_thread_priority(increment: int) -> None:
         logger.debug("could not lower the priority of %s", threading.current_thread().name)
 
 
+def _thread_choice(bundle: ModelBundle) -> dict[str, Any]:
+    """``threads: auto``: the mode and each candidate's median invoke ms (status)."""
+    choice = getattr(bundle, "thread_choice", None)
+    if choice is None:
+        return {}
+    return {"threads_mode": "auto",
+            "threads_measured": ", ".join(f"{n}: {ms} ms"
+                                          for n, ms in sorted(choice.median_ms.items()))}
+
+
 @dataclass(slots=True)
 class _Item:
     frame: Frame
@@ -365,7 +375,8 @@ class Pipeline:
                       "sha256": self._bundle.ref.sha256},
             "runtime": {"backend": info.backend, "version": info.backend_version,
                         "delegate": info.delegate, "threads": info.threads,
-                        "fallback": info.fallback_reason},
+                        "fallback": info.fallback_reason,
+                        **_thread_choice(self._bundle)},
             "target": getattr(self._bundle.runtime, "active", None),
             "targets": {t["name"]: t["state"] for t in targets},
             "target_changes": self.target_changes,

@@ -107,7 +107,7 @@ class PipelineSet:
                              labels_path=active.labels_path or p.model.labels,
                              version=active.version,
                              name=active.name or p.model.name or Path(p.model.path).stem,
-                             sha256=active.sha256,
+                             sha256=active.sha256, busy_threads=self.busy_threads(p.name),
                              target_files=store.target_files(active.manifest, names))
         problem = raw_image_problem(bundle, p)
         if problem is not None:
@@ -200,6 +200,11 @@ class PipelineSet:
         return all(u.pipeline.healthy() for u in self.units.values())
 
     # ------------------------------------------------------------------ status
+
+    def busy_threads(self, exclude: str | None = None) -> int:
+        """Interpreter threads the pipelines other than ``exclude`` use (``threads: auto``)."""
+        return sum(int(u.pipeline.bundle.runtime.info.threads)
+                   for name, u in list(self.units.items()) if name != exclude)
 
     def status(self) -> list[dict[str, Any]]:
         """Each pipeline's status entry."""

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, Literal
 
-from edge_agent.config import AgentConfig, PipelineConfig, load_config, locate
+from edge_agent.config import AgentConfig, PipelineConfig, fixed_threads, load_config, locate
 from edge_agent.errors import ConfigError, EdgeAgentError, ModelError, PluginUnavailableError
 
 logger = logging.getLogger(__name__)
@@ -103,7 +103,8 @@ def check_pipeline_model(p: PipelineConfig, index: int = 0, *,
         for spec in specs:
             row = f"{p.name}: target {spec.name}"
             try:
-                one = TargetRuntime([spec], threads=m.threads, invoke_timeout_s=m.invoke_timeout_s,
+                one = TargetRuntime([spec], threads=fixed_threads(m),
+                                    invoke_timeout_s=m.invoke_timeout_s,
                                     load_timeout_s=m.load_timeout_s)
             except PluginUnavailableError as exc:
                 return [Finding(model, (*base, "path"), FAIL, str(exc),
@@ -121,7 +122,8 @@ def check_pipeline_model(p: PipelineConfig, index: int = 0, *,
             found.append(Finding(row, (*base, "targets"), OK,
                                  f"loads and passes warm-up; {role}"))
     try:
-        runtime = TargetRuntime(specs, threads=m.threads, invoke_timeout_s=m.invoke_timeout_s,
+        runtime = TargetRuntime(specs, threads=fixed_threads(m),
+                                invoke_timeout_s=m.invoke_timeout_s,
                                 load_timeout_s=m.load_timeout_s)
     except ModelError as exc:
         key = "delegate" if "delegate" in str(exc) else "path"

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edge_agent.bundle import ModelBundle, load_bundle
-from edge_agent.config import PipelineConfig
+from edge_agent.config import PipelineConfig, fixed_threads
 from edge_agent.errors import EdgeAgentError, ModelError
 from edge_agent.pipeline import Pipeline
 
@@ -75,7 +75,8 @@ class UpdateWiring:
                            version=int(getattr(manifest, "version", 0) or 0),
                            name=getattr(manifest, "name", None),
                            sha256=getattr(manifest, "sha256", None),
-                           target_files=target_files)
+                           target_files=target_files,
+                           busy_threads=self.owner.busy_threads(exclude=self.cfg.name))
 
     def validate(self, path: Path, labels_path: Path | None,
                  target_files: Mapping[str, Path] | None = None,
@@ -140,7 +141,7 @@ class UpdateWiring:
         spec = next(s for s in target_specs(m, path=path, target_files=target_files)
                     if s.name == name)
         try:
-            runtime = TargetRuntime([spec], threads=m.threads,
+            runtime = TargetRuntime([spec], threads=fixed_threads(m),
                                     invoke_timeout_s=m.invoke_timeout_s,
                                     load_timeout_s=m.load_timeout_s)
         except EdgeAgentError as exc:
