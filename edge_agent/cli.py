@@ -93,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "library (repeatable: one run per target, with ratios to cpu)")
     p.add_argument("--json", action="store_true")
 
-    p = add("snapshot", "edge_agent.view.oneshot:cmd_snapshot",
+    p = add("snapshot", "edge_agent.commands.snapshot:cmd_snapshot",
             "one annotated, redacted frame from a pipeline's source, as JPEG")
     p.add_argument("-c", "--config", required=False)
     p.add_argument("--pipeline", required=True)
@@ -113,9 +113,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     from edge_agent.consumer_cli import add_collect_args, add_watch_args
 
-    add_collect_args(add("collect", "edge_agent.consumer.collect_cmd:cmd_collect",
+    add_collect_args(add("collect", "edge_agent.commands.collect:cmd_collect",
                          "store results and events in SQLite or PostgreSQL, each exactly once"))
-    add_watch_args(add("watch", "edge_agent.consumer.watch:cmd_watch",
+    add_watch_args(add("watch", "edge_agent.commands.watch:cmd_watch",
                        "live view of what devices publish"))
 
     from edge_agent.consumer_cli import add_broker_args

@@ -8,16 +8,12 @@ through the same redaction and drawing as the live view and MQTT snapshots.
 
 from __future__ import annotations
 
-import argparse
 import logging
-import os
-import tempfile
 import time
 from functools import partial
-from pathlib import Path
 from typing import Any
 
-from edge_agent.config import AgentConfig, load_config
+from edge_agent.config import AgentConfig
 from edge_agent.errors import ConfigError, EdgeAgentError
 
 logger = logging.getLogger(__name__)
@@ -91,31 +87,3 @@ def take_snapshot(config: AgentConfig, pipeline_name: str, timeout: float = 30.0
            else f"no frame from the source (state {pipe.state}"
            + (f": {pipe.source_error}" if pipe.source_error else "") + ")")
     raise EdgeAgentError(f"snapshot of {pipeline_name}: no frame could be shown: {why}")
-
-
-def cmd_snapshot(args: argparse.Namespace) -> int:
-    """``edge-agent snapshot -c FILE --pipeline NAME --out FILE.jpg``."""
-    from edge_agent.logsetup import setup_logging
-
-    config, _ = load_config(args.config)
-    setup_logging(config.logging)
-    out = Path(args.out)
-    try:
-        jpeg, info = take_snapshot(config, args.pipeline, args.timeout)
-    except ConfigError:
-        raise
-    except EdgeAgentError as exc:
-        logger.error("%s", exc)
-        return 1
-    folder = out.parent if str(out.parent) else Path(".")
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", dir=folder)
-        with os.fdopen(fd, "wb") as f:
-            f.write(jpeg)
-        os.replace(tmp, out)
-    except OSError as exc:
-        logger.error("--out: cannot write %s: %s", out, exc.strerror or exc)
-        return 1
-    print(f"{out}: frame {info.get('frame')}, {len(info.get('detections', []))} detections, "
-          f"{info.get('faces_redacted', 0)} faces redacted")
-    return 0
