@@ -219,6 +219,7 @@ class AnchorsDecoder:
         count = reg_shape[0]
         in_w, in_h = input_size(signature)
         opts = Options(self.kind, options)
+        default = opts.default  # the config model's default: written once
         preset_name = opts.get_choice("preset", PRESET_BY_COUNT.get(count, "none"),
                                       [*PRESETS, "none"])
         preset = PRESETS.get(preset_name)
@@ -230,9 +231,10 @@ class AnchorsDecoder:
                                     lo=1e-6)
         self.box = opts.get_choice("box", preset.box if preset else "detector",
                                    ["detector", "body"])
-        self.nms = opts.get_choice("nms", "weighted", ["weighted", "plain"])
-        self.iou_threshold = opts.get_float("iou_threshold", 0.3, lo=0.0, hi=1.0)
-        self.max_detections = opts.get_int("max_detections", 100, lo=1)
+        self.nms = opts.get_choice("nms", default("nms"), ["weighted", "plain"])
+        self.iou_threshold = opts.get_float("iou_threshold", default("iou_threshold"),
+                                            lo=0.0, hi=1.0)
+        self.max_detections = opts.get_int("max_detections", default("max_detections"), lo=1)
         opts.finish()
         if anchor_opts is None:
             raise misfit(self.kind, f"{EXPECTED} with A in {sorted(PRESET_BY_COUNT)} (or set "

@@ -144,6 +144,13 @@ class Options:
         return self._bad(key, what) if key in self._options else DecoderOptionsError(
             f"{key}: {what} (decoder {self.kind!r})")
 
+    def default(self, key: str) -> Any:
+        """The option's default as the config declares it (``config.DECODER_OPTIONS``), so
+        the default is written once; raises KeyError for a key the decoder's class lacks."""
+        from edge_agent.config import DECODER_OPTIONS
+
+        return DECODER_OPTIONS[self.kind].model_fields[key].default
+
     def has(self, key: str) -> bool:
         """Whether ``key`` is set (and mark it known)."""
         self._known.add(key)

@@ -47,9 +47,10 @@ class ClassificationDecoder:
             ConfigError: an unknown or bad option.
         """
         opts = Options(self.kind, options)
-        self.top_k = opts.get_int("top_k", 5, lo=1)
-        background = opts.get_choice("background", "auto", ["auto", True, False])
-        self.softmax = opts.get_choice("softmax", "auto", ["auto", True, False])
+        default = opts.default  # the config model's default: written once
+        self.top_k = opts.get_int("top_k", default("top_k"), lo=1)
+        background = opts.get_choice("background", default("background"), ["auto", True, False])
+        self.softmax = opts.get_choice("softmax", default("softmax"), ["auto", True, False])
         offset = opts.get_int("label_offset", 0) if opts.has("label_offset") else None
         opts.finish()
         outs = signature.outputs

@@ -45,7 +45,8 @@ class RawDecoder:
             ConfigError: an unknown or bad option.
         """
         opts = Options(self.kind, options)
-        self.max_values = opts.get_int("max_values", 1024, lo=1)
+        default = opts.default  # the config model's default: written once
+        self.max_values = opts.get_int("max_values", default("max_values"), lo=1)
         opts.finish()
         if not signature.outputs:
             raise misfit(self.kind, "at least 1 output", signature)

@@ -52,8 +52,9 @@ class SsdDecoder:
             ConfigError: an unknown or bad option.
         """
         opts = Options(self.kind, options)
+        default = opts.default  # the config model's default: written once
         offset = opts.get_int("label_offset", 1 if labels.has_background else 0)
-        self.max_detections = opts.get_int("max_detections", 100, lo=1)
+        self.max_detections = opts.get_int("max_detections", default("max_detections"), lo=1)
         opts.finish()
         self.labels = labels.shifted(offset) if offset else labels
         self.name = Namer(self.labels)

@@ -51,12 +51,13 @@ class ThresholdDecoder:
             ConfigError: an unknown or bad option.
         """
         opts = Options(self.kind, options)
-        self.output = opts.get_int("output", 0, lo=0)
-        raw_index = opts.raw("index", 0)
+        default = opts.default  # the config model's default: written once
+        self.output = opts.get_int("output", default("output"), lo=0)
+        raw_index = opts.raw("index", default("index"))
         self.level = opts.get_float("level", float(score_threshold))
-        self.hysteresis = opts.get_float("hysteresis", 0.0, lo=0.0)
-        self.direction = opts.get_choice("direction", "above", ("above", "below"))
-        self.emit = opts.get_choice("emit", "crossing", ("crossing", "state"))
+        self.hysteresis = opts.get_float("hysteresis", default("hysteresis"), lo=0.0)
+        self.direction = opts.get_choice("direction", default("direction"), ("above", "below"))
+        self.emit = opts.get_choice("emit", default("emit"), ("crossing", "state"))
         on_label = opts.raw("on_label")
         off_label = opts.raw("off_label")
         opts.finish()

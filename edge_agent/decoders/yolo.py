@@ -50,11 +50,14 @@ class YoloDecoder:
             ConfigError: an unknown or bad option.
         """
         opts = Options(self.kind, options)
-        version = opts.get_choice("version", "auto", ["auto", 5, 8, "5", "8", "v5", "v8"])
-        self.iou_threshold = opts.get_float("iou_threshold", 0.45, lo=0.0, hi=1.0)
-        self.max_detections = opts.get_int("max_detections", 100, lo=1)
-        self.max_candidates = opts.get_int("max_candidates", 1000, lo=1)
-        skip = opts.get_choice("labels_skip_na", "auto", ["auto", True, False])
+        default = opts.default  # the config model's default: written once
+        version = opts.get_choice("version", default("version"),
+                                  ["auto", 5, 8, "5", "8", "v5", "v8"])
+        self.iou_threshold = opts.get_float("iou_threshold", default("iou_threshold"),
+                                            lo=0.0, hi=1.0)
+        self.max_detections = opts.get_int("max_detections", default("max_detections"), lo=1)
+        self.max_candidates = opts.get_int("max_candidates", default("max_candidates"), lo=1)
+        skip = opts.get_choice("labels_skip_na", default("labels_skip_na"), ["auto", True, False])
         offset = opts.raw("label_offset")
         if offset is not None:
             offset = opts.get_int("label_offset", 0)
