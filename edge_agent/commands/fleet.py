@@ -572,7 +572,7 @@ def _run(args: argparse.Namespace, r: Rollout, fleet: Fleet, client: Any, verdic
                     continue
                 to_wait.append(device)  # still on its way: wait, never send again
                 continue
-            if (dev is None or not dev.online) and not args.include_offline:
+            if dev is None or not dev.online:  # --include-offline: sent when it is back
                 r.set(device, outcome="pending", reason="offline")
                 continue
             rid = uuid.uuid4().hex

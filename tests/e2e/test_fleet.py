@@ -269,6 +269,40 @@ def test_rollout_interrupted_in_wave_two_resumes_and_updates_each_device_once(
     assert {r["pipelines"][PIPELINE]["model"]["version"] for r in rows} == {3}
 
 
+def test_offline_device_is_pending_then_updated_when_back_with_include_offline(
+        fleet: Fleet) -> None:
+    away = fleet.devices[-2]
+    assert fleet.agents[away].terminate() == 0
+    fleet.wait("the stopped agent offline", lambda: not next(
+        r for r in fleet.status_json() if r["device"] == away)["online"], timeout=30)
+    # a model of its own sha256 (never NaN: inputs stay above -2), so later tests' models
+    # are not already active anywhere
+    steady = write_dark_nan_model(fleet.short, fleet.tmp / "steady.tflite", threshold=-2.0)
+    manifest = fleet.sign(steady, 4, "face-steady")
+    progress = fleet.tmp / "v4.progress"
+    report = fleet.tmp / "report-v4.json"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "edge_agent",
+         *fleet.rollout_args(manifest, steady, "--waves", "100%", "--include-offline",
+                             "--progress", str(progress), "--report", str(report))],
+        cwd=fleet.tmp, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env=dict(os.environ, PYTHONPATH=str(REPO)))
+    try:
+        fleet.wait("the offline device pending", lambda: progress.is_file() and json.loads(
+            progress.read_text())["devices"][away]["outcome"] == "pending")
+        assert json.loads(progress.read_text())["devices"][away]["sent"] is None
+        fleet.agents[away] = AgentProcess(fleet.tmp / f"{away}.yaml")  # it comes back
+        out, _ = proc.communicate(timeout=180)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, out
+    rep = json.loads(report.read_text())
+    assert rep["outcomes"] == {"active": N}, rep
+    assert {r["pipelines"][PIPELINE]["model"]["version"] for r in fleet.status_json()} == {4}
+
+
 def test_killed_agent_shows_offline_within_its_keepalive(fleet: Fleet) -> None:
     victim = fleet.devices[-1]
     fleet.agents[victim].kill()
