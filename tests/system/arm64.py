@@ -68,6 +68,9 @@ sleep 10
 kill -TERM $RUN; wait $RUN; echo "VMTEST run rc=$?"
 tail -n 30 /root/run.log
 # the unit under this VM's systemd
+# ProtectHome=yes hides /root from the service: its model and images live under /etc
+cp /root/coco_ssd_mobilenet_v1_1.0_quant.tflite /root/coco_labels.txt /etc/edge-agent/models/
+cp -r /root/images /etc/edge-agent/images
 cp /root/unit.yaml /etc/edge-agent/config.yaml
 chown root:edge-agent /etc/edge-agent/config.yaml; chmod 0640 /etc/edge-agent/config.yaml
 systemctl start edge-agent.service; echo "VMTEST unit start rc=$?"
@@ -215,8 +218,9 @@ def main() -> int:
         (root / "root" / "run.yaml").write_text(yaml.safe_dump(_config(
             "arm64", guest, Path("/root") / MODEL, Path("/root/coco_labels.txt"),
             Path("/root/images"), Path("/root/run-state"))))
-        unit_cfg = _config("arm64-unit", guest, Path("/root") / MODEL,
-                           Path("/root/coco_labels.txt"), Path("/root/images"),
+        unit_cfg = _config("arm64-unit", guest, Path("/etc/edge-agent/models") / MODEL,
+                           Path("/etc/edge-agent/models/coco_labels.txt"),
+                           Path("/etc/edge-agent/images"),
                            Path("/var/lib/edge-agent"), fps=1)
         unit_cfg["pipelines"][0]["source"]["loop"] = True
         (root / "root" / "unit.yaml").write_text(yaml.safe_dump(unit_cfg))
