@@ -216,13 +216,9 @@ def build_parser() -> argparse.ArgumentParser:
     target = mp.add_mutually_exclusive_group(required=True)
     target.add_argument("--device")
     target.add_argument("--group")
-    mp.add_argument("--broker", required=True, help="HOST[:PORT]")
+    add_broker_args(mp)
     mp.add_argument("--file", default=None, help="send the model bytes inline over MQTT")
-    mp.add_argument("--topic-prefix", default="edge-agent")
     mp.add_argument("--timeout", type=float, default=120.0)
-    mp.add_argument("--cafile", default=None)
-    mp.add_argument("--cert", default=None)
-    mp.add_argument("--keyfile", default=None)
 
     mp = madd("shadow", "edge_agent.commands.operator:cmd_shadow",
               "run a candidate model in shadow of the active one (aggregate figures only)")
@@ -231,40 +227,33 @@ def build_parser() -> argparse.ArgumentParser:
     target = mp.add_mutually_exclusive_group(required=True)
     target.add_argument("--device")
     target.add_argument("--group")
-    mp.add_argument("--broker", required=True, help="HOST[:PORT]")
+    add_broker_args(mp)
     mp.add_argument("--file", default=None, help="send the model bytes inline over MQTT")
     mp.add_argument("--every", type=int, default=5, help="run on every Nth frame (default 5)")
     mp.add_argument("--when-idle", action="store_true",
                     help="only on frames no other frame is waiting behind")
-    mp.add_argument("--topic-prefix", default="edge-agent")
     mp.add_argument("--timeout", type=float, default=120.0)
-    mp.add_argument("--cafile", default=None)
-    mp.add_argument("--cert", default=None)
-    mp.add_argument("--keyfile", default=None)
 
     mp = madd("promote", "edge_agent.commands.operator:cmd_promote",
               "make a pipeline's shadow candidate active (signed)")
     mp.add_argument("--device", required=True)
     mp.add_argument("--pipeline", required=True)
-    mp.add_argument("--broker", required=True)
+    add_broker_args(mp)
     mp.add_argument("--key", required=True, help="command signing key")
     mp.add_argument("--sha256", default=None, help="the candidate meant (refused if another)")
-    mp.add_argument("--topic-prefix", default="edge-agent")
     mp.add_argument("--timeout", type=float, default=60.0)
 
     mp = madd("status", "edge_agent.commands.operator:cmd_status", "a device's model state")
     mp.add_argument("--device", required=True)
-    mp.add_argument("--broker", required=True)
-    mp.add_argument("--topic-prefix", default="edge-agent")
+    add_broker_args(mp)
     mp.add_argument("--timeout", type=float, default=5.0)
 
     mp = madd("rollback", "edge_agent.commands.operator:cmd_rollback",
               "ask a device to roll a pipeline back to its previous model")
     mp.add_argument("--device", required=True)
     mp.add_argument("--pipeline", required=True)
-    mp.add_argument("--broker", required=True)
+    add_broker_args(mp)
     mp.add_argument("--key", required=True, help="command signing key")
-    mp.add_argument("--topic-prefix", default="edge-agent")
     mp.add_argument("--timeout", type=float, default=30.0)
 
     mp = madd("quantize", "edge_agent.commands.model:cmd_quantize",

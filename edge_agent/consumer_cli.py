@@ -16,9 +16,13 @@ def add_broker_args(p: argparse.ArgumentParser) -> None:
     """Add ``--broker``, TLS, credentials, ``--mqtt-version`` and ``--topic-prefix`` to ``p``."""
     p.add_argument("--broker", required=True, metavar="HOST[:PORT]",
                    help="MQTT broker (port 1883, or 8883 with --tls-ca)")
-    p.add_argument("--tls-ca", default=None, metavar="FILE", help="CA certificate: use TLS")
-    p.add_argument("--tls-cert", default=None, metavar="FILE", help="client certificate")
-    p.add_argument("--tls-key", default=None, metavar="FILE", help="client key")
+    # --cafile/--cert/--keyfile: the names `model push` had before DESIGN.md named these
+    p.add_argument("--tls-ca", "--cafile", dest="tls_ca", default=None, metavar="FILE",
+                   help="CA certificate: use TLS")
+    p.add_argument("--tls-cert", "--cert", dest="tls_cert", default=None, metavar="FILE",
+                   help="client certificate")
+    p.add_argument("--tls-key", "--keyfile", dest="tls_key", default=None, metavar="FILE",
+                   help="client key")
     p.add_argument("--username", default=None)
     p.add_argument("--password-file", default=None, metavar="FILE",
                    help="file whose first line is the password")

@@ -14,8 +14,9 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edge_agent.digest import sha256_file
 from edge_agent.errors import UpdateError
@@ -31,6 +32,9 @@ from edge_agent.updater.manifest import (
     parse_manifest,
     verify_manifest,
 )
+
+if TYPE_CHECKING:
+    from edge_agent.mqtt.subscriber import Subscriber
 
 
 def cmd_keygen(args: argparse.Namespace) -> int:
@@ -117,16 +121,21 @@ def _check_file(path: Path, size: int, sha: str) -> None:
         raise UpdateError(f"{path} does not match the manifest's sha256")
 
 
-def _broker(spec: str) -> tuple[str, int]:
-    host, sep, port = spec.rpartition(":")
-    if sep and port.isdigit() and host:
-        return host.strip("[]"), int(port)
-    return spec, 1883
+def _subscriber(args: argparse.Namespace, topics: list[str],
+                on_message: Callable[[str, bytes, bool], None]) -> tuple[Subscriber, str]:
+    """A subscriber for the ``--broker`` family of options (TLS, ``--username``,
+    ``--password-file`` or ``$CREDENTIALS_DIRECTORY``), and ``host:port`` for messages."""
+    from edge_agent.consumer.options import broker_from_args
+    from edge_agent.mqtt.subscriber import Subscriber  # only edge_agent.mqtt imports paho
 
-
-def _tls(args: argparse.Namespace) -> tuple[str | None, str | None, str | None] | None:
-    ca, cert, key = (getattr(args, n, None) for n in ("cafile", "cert", "keyfile"))
-    return (ca, cert, key) if (ca or cert or key) else None
+    opts = broker_from_args(args)
+    tls = None
+    if opts.tls_ca is not None:
+        tls = (str(opts.tls_ca), str(opts.tls_cert) if opts.tls_cert else None,
+               str(opts.tls_key) if opts.tls_key else None)
+    sub = Subscriber(opts.host, opts.port, topics, on_message, tls=tls,
+                     username=opts.username, password=opts.password, protocol=opts.protocol)
+    return sub, f"{opts.host}:{opts.port}"
 
 
 class _Watcher:
@@ -193,14 +202,11 @@ class _Watcher:
 
 def _run_request(args: argparse.Namespace, topic: str, payload: bytes, watch: list[str],
                  request_id: str, single: bool, total: int | None = None) -> int:
-    from edge_agent.mqtt.subscriber import Subscriber  # only edge_agent.mqtt imports paho
-
-    host, port = _broker(args.broker)
     watcher = _Watcher(request_id, single, total)
-    sub = Subscriber(host, port, watch, watcher.on_message, tls=_tls(args))
+    sub, where = _subscriber(args, watch, watcher.on_message)
     try:
         if not sub.start(timeout=min(10.0, args.timeout)):
-            raise UpdateError(f"cannot reach the broker at {host}:{port}")
+            raise UpdateError(f"cannot reach the broker at {where}")
         if not sub.publish(topic, payload, qos=1):
             raise UpdateError(f"the broker did not accept the command on {topic}")
         finished = watcher.done.wait(args.timeout)
@@ -297,9 +303,6 @@ def cmd_promote(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     """``model status --device D --broker H[:P]``: the retained model state of each pipeline."""
-    from edge_agent.mqtt.subscriber import Subscriber
-
-    host, port = _broker(args.broker)
     states: dict[str, dict[str, Any]] = {}
     last = [time.monotonic()]
 
@@ -312,11 +315,11 @@ def cmd_status(args: argparse.Namespace) -> int:
             states[topic.split("/")[-2]] = msg
             last[0] = time.monotonic()
 
-    sub = Subscriber(host, port, [f"{args.topic_prefix}/{args.device}/model/+/state"],
-                     on_message)
+    sub, where = _subscriber(args, [f"{args.topic_prefix}/{args.device}/model/+/state"],
+                             on_message)
     try:
         if not sub.start(timeout=args.timeout):
-            raise UpdateError(f"cannot reach the broker at {host}:{port}")
+            raise UpdateError(f"cannot reach the broker at {where}")
         deadline = time.monotonic() + args.timeout
         # Retained messages arrive right after SUBACK: stop shortly after the last one.
         while time.monotonic() < deadline and not (states and time.monotonic() - last[0] > 0.5):

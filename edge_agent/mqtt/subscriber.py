@@ -29,18 +29,30 @@ class Subscriber:
         client_id: optional client id (a persistent session when ``clean`` is False).
         clean: start a clean session.
         tls: optional ``(ca_certs, certfile, keyfile)``.
+        username: optional user name for password authentication.
+        password: its password.
+        protocol: ``"3.1.1"`` or ``"5"``.
     """
 
     def __init__(self, host: str, port: int, topics: Sequence[str], on_message: MessageHandler,
                  *, client_id: str = "", clean: bool = True,
-                 tls: tuple[str | None, str | None, str | None] | None = None) -> None:
+                 tls: tuple[str | None, str | None, str | None] | None = None,
+                 username: str | None = None, password: str | None = None,
+                 protocol: str = "3.1.1") -> None:
         self._topics = list(topics)
         self._on_message = on_message
         self.connected = threading.Event()
         self.subscribed = threading.Event()
-        self._client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id,
-                                   clean_session=clean if client_id else True,
-                                   protocol=mqtt.MQTTv311)
+        if protocol == "5":  # MQTT 5 has clean_start at connect instead of clean_session
+            self._client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id,
+                                       protocol=mqtt.MQTTv5)
+        else:
+            self._client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id,
+                                       clean_session=clean if client_id else True,
+                                       protocol=mqtt.MQTTv311)
+        self._v5_clean_start: bool | None = clean if protocol == "5" else None
+        if username:
+            self._client.username_pw_set(username, password)
         if tls is not None:
             ca, cert, key = tls
             self._client.tls_set(ca_certs=ca, certfile=cert, keyfile=key)
@@ -77,7 +89,11 @@ class Subscriber:
 
     def start(self, timeout: float = 10.0) -> bool:
         """Connect and start the network thread; True once subscribed within ``timeout``."""
-        self._client.connect_async(self._host, self._port, keepalive=30)
+        if self._v5_clean_start is None:
+            self._client.connect_async(self._host, self._port, keepalive=30)
+        else:
+            self._client.connect_async(self._host, self._port, keepalive=30,
+                                       clean_start=self._v5_clean_start)
         self._client.loop_start()
         return self.subscribed.wait(timeout)
 

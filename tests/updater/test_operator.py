@@ -168,3 +168,51 @@ def test_push_status_rollback(device: Device, broker: Mosquitto, tmp_path: Path)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "dev1: active det v2" in r.stdout and "dev1: done" in r.stdout
     assert device.agent.active_model[1] == 2
+
+
+def test_model_commands_take_the_broker_option_family(tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    """DESIGN.md: every --broker command takes --tls-ca/--tls-cert/--tls-key/--username/
+    --password-file; `model status` reads a retained state through a broker that requires a
+    password, and is refused (exit 1, a one-line reason) with the wrong one."""
+    import json as _json
+    import shutil
+    import subprocess
+
+    import paho.mqtt.client as paho
+
+    from edge_agent.cli import build_parser, main
+    from tests.broker import Mosquitto
+    from tests.conftest import missing
+
+    args = build_parser().parse_args(
+        ["model", "push", "m.json", "--pipeline", "p", "--device", "d", "--broker", "h",
+         "--cafile", "ca.pem", "--cert", "c.pem", "--keyfile", "k.pem"])
+    assert (args.tls_ca, args.tls_cert, args.tls_key) == ("ca.pem", "c.pem", "k.pem")
+    if shutil.which("mosquitto_passwd") is None:
+        missing("mosquitto_passwd (Debian's mosquitto package)")
+    passwd = tmp_path / "broker.passwd"
+    subprocess.run(["mosquitto_passwd", "-c", "-b", str(passwd), "ops", "s3cret"], check=True)
+    with Mosquitto(tmp_path / "broker",
+                   extra_config=f"allow_anonymous false\npassword_file {passwd}\n") as broker:
+        model = {"name": "door-detector", "version": 3, "sha256": "ab" * 32}
+        state = {"state": "active", **model, "reason": None, "active": model, "previous": None}
+        client = paho.Client(paho.CallbackAPIVersion.VERSION2, protocol=paho.MQTTv311)
+        client.username_pw_set("ops", "s3cret")
+        client.connect("127.0.0.1", broker.port)
+        client.loop_start()
+        client.publish("edge-agent/dev1/model/door/state", _json.dumps(state), qos=1,
+                       retain=True).wait_for_publish(10)
+        client.disconnect()
+        client.loop_stop()
+        good = tmp_path / "pw"
+        good.write_text("s3cret\n")
+        base = ["model", "status", "--device", "dev1", "--broker", f"127.0.0.1:{broker.port}",
+                "--username", "ops", "--timeout", "5"]
+        assert main([*base, "--password-file", str(good)]) == 0
+        out = capsys.readouterr().out
+        assert "door-detector" in out and "3" in out, out
+        bad = tmp_path / "bad"
+        bad.write_text("nope\n")
+        assert main([*base, "--password-file", str(bad)]) == 1
+        assert "cannot reach the broker" in capsys.readouterr().err
