@@ -211,24 +211,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     mp = madd("push", "edge_agent.commands.operator:cmd_push",
               "send an update to a device or group")
-    mp.add_argument("manifest")
-    mp.add_argument("--pipeline", required=True)
-    target = mp.add_mutually_exclusive_group(required=True)
-    target.add_argument("--device")
-    target.add_argument("--group")
-    add_broker_args(mp)
-    mp.add_argument("--file", default=None, help="send the model bytes inline over MQTT")
+    _add_model_send_args(mp, add_broker_args)
     mp.add_argument("--timeout", type=float, default=120.0)
 
     mp = madd("shadow", "edge_agent.commands.operator:cmd_shadow",
               "run a candidate model in shadow of the active one (aggregate figures only)")
-    mp.add_argument("manifest")
-    mp.add_argument("--pipeline", required=True)
-    target = mp.add_mutually_exclusive_group(required=True)
-    target.add_argument("--device")
-    target.add_argument("--group")
-    add_broker_args(mp)
-    mp.add_argument("--file", default=None, help="send the model bytes inline over MQTT")
+    _add_model_send_args(mp, add_broker_args)
     mp.add_argument("--every", type=int, default=5, help="run on every Nth frame (default 5)")
     mp.add_argument("--when-idle", action="store_true",
                     help="only on frames no other frame is waiting behind")
@@ -268,6 +256,19 @@ def build_parser() -> argparse.ArgumentParser:
     mp.add_argument("--limit", type=int, default=200, help="at most this many calibration frames")
     mp.add_argument("--threads", type=int, default=2)
     return parser
+
+
+def _add_model_send_args(mp: argparse.ArgumentParser,
+                         add_broker_args: Callable[[argparse.ArgumentParser], None]) -> None:
+    """The arguments ``model push`` and ``model shadow`` share: the manifest, the pipeline,
+    a device or a group, the broker options and ``--file`` for inline bytes."""
+    mp.add_argument("manifest")
+    mp.add_argument("--pipeline", required=True)
+    target = mp.add_mutually_exclusive_group(required=True)
+    target.add_argument("--device")
+    target.add_argument("--group")
+    add_broker_args(mp)
+    mp.add_argument("--file", default=None, help="send the model bytes inline over MQTT")
 
 
 def _error_prefix() -> str:

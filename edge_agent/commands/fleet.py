@@ -575,15 +575,7 @@ def _run(args: argparse.Namespace, r: Rollout, fleet: Fleet, client: Any, verdic
             if dev is None or not dev.online:  # --include-offline: sent when it is back
                 r.set(device, outcome="pending", reason="offline")
                 continue
-            rid = uuid.uuid4().hex
-            cmd: dict[str, Any] = {"request_id": rid, "pipeline": r.data["pipeline"],
-                                   "manifest": raw}
-            if data_b64 is not None:
-                cmd["data"] = data_b64
-            kind = "update"
-            if getattr(args, "shadow", False):
-                # the device promotes by the manifest's gate (active) or rejects (rejected)
-                kind, cmd["every"] = "shadow", args.shadow_every
+            rid, kind, cmd = _model_command(args, r.data["pipeline"], raw, data_b64)
             if not client.send(f"{p}/{device}/cmd/model/{kind}", json.dumps(cmd).encode()):
                 r.set(device, outcome="failed", reason="the broker did not take the command")
                 continue
@@ -677,14 +669,7 @@ def _catch_up_offline(args: argparse.Namespace, r: Rollout, fleet: Fleet, client
         back = [d for d in pending if snap.get(d) is not None and snap[d].online]
         for device in back:
             pending.remove(device)
-            rid = uuid.uuid4().hex
-            cmd: dict[str, Any] = {"request_id": rid, "pipeline": r.data["pipeline"],
-                                   "manifest": raw}
-            if data_b64 is not None:
-                cmd["data"] = data_b64
-            kind = "update"
-            if getattr(args, "shadow", False):
-                kind, cmd["every"] = "shadow", args.shadow_every
+            rid, kind, cmd = _model_command(args, r.data["pipeline"], raw, data_b64)
             if client.send(f"{args.topic_prefix}/{device}/cmd/model/{kind}",
                            json.dumps(cmd).encode()):
                 r.set(device, outcome="sent", sent=time.time(), request_id=rid)
@@ -706,3 +691,18 @@ def _report(args: argparse.Namespace, r: Rollout) -> int:
     print(("COMPLETE: " if ok else "INCOMPLETE: ") +
           ", ".join(f"{k} {v}" for k, v in sorted(outcomes.items())))
     return 0 if ok else 1
+
+
+def _model_command(args: argparse.Namespace, pipeline: str, raw: Any,
+                   data_b64: str | None) -> tuple[str, str, dict[str, Any]]:
+    """``(request_id, kind, command)`` of the update (or, with ``--shadow``, the shadow
+    command, after which the device promotes by the manifest's gate or rejects) for one
+    device."""
+    rid = uuid.uuid4().hex
+    cmd: dict[str, Any] = {"request_id": rid, "pipeline": pipeline, "manifest": raw}
+    if data_b64 is not None:
+        cmd["data"] = data_b64
+    if getattr(args, "shadow", False):
+        cmd["every"] = args.shadow_every
+        return rid, "shadow", cmd
+    return rid, "update", cmd
