@@ -26,7 +26,7 @@ def test_demo_runs_and_stops_cleanly(broker: str) -> None:
     env = dict(os.environ, PYTHONPATH=str(REPO))
     if broker == "amqtt":
         env["EDGE_AGENT_DEMO_BROKER"] = "amqtt"
-    proc = subprocess.run([sys.executable, "-m", "edge_agent", "demo", "--seconds", "6",
+    proc = subprocess.run([sys.executable, "-m", "edge_agent", "demo", "--seconds", "12",
                            "--plain"], capture_output=True, text=True, timeout=180, cwd=REPO,
                           env=env)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
