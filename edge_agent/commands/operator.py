@@ -27,6 +27,7 @@ from edge_agent.signing import (
     sign_command,
 )
 from edge_agent.updater.manifest import (
+    Manifest,
     TargetFile,
     build_manifest,
     parse_manifest,
@@ -229,27 +230,37 @@ def cmd_push(args: argparse.Namespace) -> int:
     answered went active. The watch that follows ``active`` may still roll the model back:
     ``model status`` shows it.
     """
+    manifest, rid, command, topic, watch = _model_request(args, "update", {}, "push")
+    print(f"pushing {manifest.name} v{manifest.version} ({manifest.size} bytes, "
+          f"{'inline' if args.file else 'by url'}) to {topic}")
+    return _run_request(args, topic, json.dumps(command).encode(), watch, rid,
+                        single=bool(args.device), total=manifest.size)
+
+
+def _model_request(args: argparse.Namespace, kind: str, extra: dict[str, Any], verb: str
+                   ) -> tuple[Manifest, str, dict[str, Any], str, list[str]]:
+    """What ``model push`` and ``model shadow`` send: ``(manifest, request_id, command, topic,
+    topics to watch)`` for ``cmd/model/<kind>`` to ``--device`` or ``--group``, with the
+    model bytes inline when ``--file`` is given (checked against the manifest first)."""
     raw = _load_manifest_file(args.manifest)
     manifest = parse_manifest(raw)
     rid = uuid.uuid4().hex
-    command: dict[str, Any] = {"request_id": rid, "pipeline": args.pipeline, "manifest": raw}
+    command: dict[str, Any] = {"request_id": rid, "pipeline": args.pipeline, "manifest": raw,
+                               **extra}
     if args.file:
         path = Path(args.file)
         _check_file(path, manifest.size, manifest.sha256)
         command["data"] = base64.b64encode(path.read_bytes()).decode()
     elif not manifest.url:
-        raise UpdateError("the manifest has no url: sign it with --url or push with --file")
+        raise UpdateError(f"the manifest has no url: sign it with --url or {verb} with --file")
     p = args.topic_prefix
     if args.device:
-        topic = f"{p}/{args.device}/cmd/model/update"
+        topic = f"{p}/{args.device}/cmd/model/{kind}"
         watch = [f"{p}/{args.device}/model/{args.pipeline}/state", f"{p}/{args.device}/cmd/reply"]
     else:
-        topic = f"{p}/group/{args.group}/cmd/model/update"
+        topic = f"{p}/group/{args.group}/cmd/model/{kind}"
         watch = [f"{p}/+/model/{args.pipeline}/state", f"{p}/+/cmd/reply"]
-    print(f"pushing {manifest.name} v{manifest.version} ({manifest.size} bytes, "
-          f"{'inline' if args.file else 'by url'}) to {topic}")
-    return _run_request(args, topic, json.dumps(command).encode(), watch, rid,
-                        single=bool(args.device), total=manifest.size)
+    return manifest, rid, command, topic, watch
 
 
 def cmd_shadow(args: argparse.Namespace) -> int:
@@ -261,24 +272,8 @@ def cmd_shadow(args: argparse.Namespace) -> int:
     A manifest's ``shadow`` gate (``model sign --shadow-*``) lets the device promote or
     reject by itself; else ``model promote``.
     """
-    raw = _load_manifest_file(args.manifest)
-    manifest = parse_manifest(raw)
-    rid = uuid.uuid4().hex
-    command: dict[str, Any] = {"request_id": rid, "pipeline": args.pipeline, "manifest": raw,
-                               "every": args.every, "when_idle": args.when_idle}
-    if args.file:
-        path = Path(args.file)
-        _check_file(path, manifest.size, manifest.sha256)
-        command["data"] = base64.b64encode(path.read_bytes()).decode()
-    elif not manifest.url:
-        raise UpdateError("the manifest has no url: sign it with --url or send it with --file")
-    p = args.topic_prefix
-    if args.device:
-        topic = f"{p}/{args.device}/cmd/model/shadow"
-        watch = [f"{p}/{args.device}/model/{args.pipeline}/state", f"{p}/{args.device}/cmd/reply"]
-    else:
-        topic = f"{p}/group/{args.group}/cmd/model/shadow"
-        watch = [f"{p}/+/model/{args.pipeline}/state", f"{p}/+/cmd/reply"]
+    manifest, rid, command, topic, watch = _model_request(
+        args, "shadow", {"every": args.every, "when_idle": args.when_idle}, "send it")
     print(f"shadowing {manifest.name} v{manifest.version} on every "
           f"{args.every} frame(s){' when idle' if args.when_idle else ''} via {topic}")
     return _run_request(args, topic, json.dumps(command).encode(), watch, rid,
