@@ -115,7 +115,7 @@ def load_bundle(
     try:
         labels = load_labels(lab_path)
         decoder = create_decoder(model.decoder, runtime.signature, labels,
-                                 model.options, score_threshold)
+                                 model.decoder_options, score_threshold)
         spec = runtime.signature.inputs[0]
         preprocessor = None
         if len(spec.shape) in (3, 4):  # images: [1,H,W,C] or [1,H,W]

@@ -390,8 +390,14 @@ def _target_entry(value: Any) -> Any:
 DecoderName = Literal["auto", "ssd", "yolo", "classification", "anchors", "raw", "threshold"]
 
 
-class _Options(_Model):
-    """Options of one decoder: typed (YAML ``true`` is no number, ``"5"`` no integer)."""
+class DecoderOptionsBase(_Model):
+    """Options of one decoder: typed (YAML ``true`` is no number, ``"5"`` no integer).
+
+    Each option is declared here once: name, type, range, default and a one-line description.
+    The config validates against it, and the decoder reads the validated object (see
+    :func:`edge_agent.decoders.base.typed_options`), so neither writes a range twice. None
+    means "derived at start" where the description says so.
+    """
 
     decoder: str  # the tag, copied from model.decoder by ModelConfig (never written by users)
 
@@ -401,90 +407,109 @@ Count = Annotated[StrictInt, Field(ge=1)]
 Auto = Literal["auto"]
 
 
-class SsdOptions(_Options):
+def _doc(text: str, default: Any = None) -> Any:
+    """A field's default with its one-line description (README's decoder options)."""
+    return Field(default=default, description=text)
+
+
+class SsdOptions(DecoderOptionsBase):
     """``decoder: ssd``."""
 
     decoder: Literal["ssd"]
-    label_offset: StrictInt | None = None  # default: 1 when the labels start with background
-    max_detections: Count = 100
+    label_offset: StrictInt | None = _doc(
+        "added to class ids (default: 1 when the labels start with background, else 0)")
+    max_detections: Count = _doc("most detections kept per frame", 100)
 
 
-class YoloOptions(_Options):
+class YoloOptions(DecoderOptionsBase):
     """``decoder: yolo``."""
 
     decoder: Literal["yolo"]
-    version: Literal["auto", 5, 8, "5", "8", "v5", "v8"] = "auto"
-    iou_threshold: Unit = 0.45
-    max_detections: Count = 100
-    max_candidates: Count = 1000
-    labels_skip_na: Auto | StrictBool = "auto"
-    label_offset: StrictInt | None = None
-    coordinates: Literal["auto", "normalized", "pixels"] = "auto"
+    version: Literal["auto", 5, 8, "5", "8", "v5", "v8"] = _doc(
+        "output layout (auto: from the channel count and the labels)", "auto")
+    iou_threshold: Unit = _doc("non-maximum suppression overlap", 0.45)
+    max_detections: Count = _doc("most detections kept per frame", 100)
+    max_candidates: Count = _doc("most boxes over the score threshold that enter NMS", 1000)
+    labels_skip_na: Auto | StrictBool = _doc("skip the label file's N/A entries", "auto")
+    label_offset: StrictInt | None = _doc("added to class ids (default: from the labels)")
+    coordinates: Literal["auto", "normalized", "pixels"] = _doc(
+        "box units in the output (auto: from their range)", "auto")
 
 
-class ClassificationOptions(_Options):
+class ClassificationOptions(DecoderOptionsBase):
     """``decoder: classification``."""
 
     decoder: Literal["classification"]
-    top_k: Count = 5
-    background: Auto | StrictBool = "auto"
-    softmax: Auto | StrictBool = "auto"
-    label_offset: StrictInt | None = None
+    top_k: Count = _doc("classes published per frame", 5)
+    background: Auto | StrictBool = _doc("class 0 is background and never published", "auto")
+    softmax: Auto | StrictBool = _doc("apply softmax (auto: when the outputs are logits)",
+                                      "auto")
+    label_offset: StrictInt | None = _doc("added to class ids (default: from the labels)")
 
 
-class AnchorsOptions(_Options):
+class AnchorsOptions(DecoderOptionsBase):
     """``decoder: anchors`` (MediaPipe-style SSD anchors: BlazeFace, pose)."""
 
     decoder: Literal["anchors"]
-    preset: Literal["face_short", "face_full", "pose", "none"] | None = None
-    box: Literal["detector", "body"] | None = None
-    label: str | None = None
-    nms: Literal["weighted", "plain"] = "weighted"
-    iou_threshold: Unit = 0.3
-    max_detections: Count = 100
-    scale: Annotated[StrictFloat, Field(gt=0)] | None = None
-    num_layers: Count | None = None
-    strides: tuple[Count, ...] | None = None
-    min_scale: StrictFloat | None = None
-    max_scale: StrictFloat | None = None
-    anchor_offset_x: StrictFloat | None = None
-    anchor_offset_y: StrictFloat | None = None
-    aspect_ratios: tuple[StrictFloat, ...] | None = None
-    interpolated_scale_aspect_ratio: StrictFloat | None = None
-    fixed_anchor_size: StrictBool | None = None
-    reduce_boxes_in_lowest_layer: StrictBool | None = None
-    input_size: tuple[Count, Count] | None = None
+    preset: Literal["face_short", "face_full", "pose", "none"] | None = _doc(
+        "anchor preset (default: by the model's anchor count)")
+    box: Literal["detector", "body"] | None = _doc(
+        "box from the regressor, or from the body keypoints (default: the preset's)")
+    label: str | None = _doc("the one class's name (default: the label file's, the preset's)")
+    nms: Literal["weighted", "plain"] = _doc("suppression: weighted blending or plain NMS",
+                                             "weighted")
+    iou_threshold: Unit = _doc("non-maximum suppression overlap", 0.3)
+    max_detections: Count = _doc("most detections kept per frame", 100)
+    scale: Annotated[StrictFloat, Field(gt=0)] | None = _doc(
+        "regressor units per input width (default: the anchors' input width)")
+    num_layers: Count | None = _doc("anchor layers (default: the number of strides)")
+    strides: tuple[Count, ...] | None = _doc("stride per layer")
+    min_scale: StrictFloat | None = _doc("anchor scale of the first layer")
+    max_scale: StrictFloat | None = _doc("anchor scale of the last layer")
+    anchor_offset_x: StrictFloat | None = _doc("anchor centre offset, x (in cells)")
+    anchor_offset_y: StrictFloat | None = _doc("anchor centre offset, y (in cells)")
+    aspect_ratios: tuple[StrictFloat, ...] | None = _doc("anchor aspect ratios")
+    interpolated_scale_aspect_ratio: StrictFloat | None = _doc(
+        "aspect ratio of the interpolated-scale anchor")
+    fixed_anchor_size: StrictBool | None = _doc("anchors of size 1x1 (BlazeFace)")
+    reduce_boxes_in_lowest_layer: StrictBool | None = _doc("3 anchors in the first layer")
+    input_size: tuple[Count, Count] | None = _doc(
+        "[width, height] the anchors are made for (default: the model input's)")
 
 
-class RawOptions(_Options):
+class RawOptions(DecoderOptionsBase):
     """``decoder: raw``."""
 
     decoder: Literal["raw"]
-    max_values: Count = 1024
+    max_values: Count = _doc("most values published; larger float maps are mean-pooled, "
+                             "integer class maps become a per-class share histogram", 1024)
 
 
-class ThresholdOptions(_Options):
+class ThresholdOptions(DecoderOptionsBase):
     """``decoder: threshold`` (see SENSORS.md)."""
 
     decoder: Literal["threshold"]
-    index: Annotated[StrictInt, Field(ge=0)] | Annotated[str, Field(min_length=1)] = 0
-    output: Annotated[StrictInt, Field(ge=0)] = 0
-    level: StrictFloat | None = None  # default: the pipeline's score_threshold
-    hysteresis: Annotated[StrictFloat, Field(ge=0)] = 0.0
-    direction: Literal["above", "below"] = "above"
-    emit: Literal["crossing", "state"] = "crossing"
-    on_label: str | None = None
-    off_label: str | None = None
+    index: Annotated[StrictInt, Field(ge=0)] | Annotated[str, Field(min_length=1)] = _doc(
+        "the output element watched: its index or its label", 0)
+    output: Annotated[StrictInt, Field(ge=0)] = _doc("the output watched", 0)
+    level: StrictFloat | None = _doc("the level (default: the pipeline's score_threshold)")
+    hysteresis: Annotated[StrictFloat, Field(ge=0)] = _doc(
+        "how far back past the level before the state flips back", 0.0)
+    direction: Literal["above", "below"] = _doc("on when the value is above or below", "above")
+    emit: Literal["crossing", "state"] = _doc("publish at crossings only, or every window",
+                                              "crossing")
+    on_label: str | None = _doc("label when on (default: the element's label)")
+    off_label: str | None = _doc("label when off (default: on_label + _clear)")
 
 
-DECODER_OPTIONS: dict[str, type[_Options]] = {
+DECODER_OPTIONS: dict[str, type[DecoderOptionsBase]] = {
     "ssd": SsdOptions, "yolo": YoloOptions, "classification": ClassificationOptions,
     "anchors": AnchorsOptions, "raw": RawOptions, "threshold": ThresholdOptions,
 }
 """Decoder name -> its options class (``auto`` takes any decoder's keys; see ModelConfig)."""
 
 
-class AutoOptions(_Options):
+class AutoOptions(DecoderOptionsBase):
     """``decoder: auto``: the decoder is guessed from the model at start, so any decoder's keys
     may appear; each is type-checked once the decoder is known (preflight)."""
 

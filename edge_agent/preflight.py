@@ -143,7 +143,7 @@ def check_pipeline_model(p: PipelineConfig, index: int = 0, *,
         fix_decoder = ("set model.decoder (and decoder_options) to fit the model's outputs: "
                        "`edge-agent model inspect FILE` shows them")
         try:
-            made = create_decoder(m.decoder, runtime.signature, labels, m.options,
+            made = create_decoder(m.decoder, runtime.signature, labels, m.decoder_options,
                                   p.score_threshold)
         except LabelsMismatchError as exc:
             found.append(Finding(model, (*base, "labels"), FAIL, str(exc),

@@ -30,13 +30,21 @@ single class; default: the label file's first line, else the preset's name); ``n
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 
-from edge_agent.decoders.base import Options, input_size, misfit, sigmoid, squeeze_batch
+from edge_agent.config import AnchorsOptions
+from edge_agent.decoders.base import (
+    input_size,
+    misfit,
+    option_error,
+    sigmoid,
+    squeeze_batch,
+    typed_options,
+)
 from edge_agent.decoders.labels import Labels, LabelsMismatchError
 from edge_agent.decoders.nms import nms, weighted_nms
 from edge_agent.types import Detection, Inference, ModelSignature, Transform
@@ -131,36 +139,17 @@ def generate_anchors(o: AnchorOptions) -> np.ndarray:
     return np.concatenate(out).astype(np.float32)
 
 
-def _anchor_options(opts: Options, base: AnchorOptions | None, in_w: int,
+def _anchor_options(opts: AnchorsOptions, base: AnchorOptions | None, in_w: int,
                     in_h: int) -> AnchorOptions | None:
     """Anchor options from the config, on top of a preset (or from scratch)."""
-    fields: dict[str, Any] = {}
-    for key in ("min_scale", "max_scale", "anchor_offset_x", "anchor_offset_y",
-                "interpolated_scale_aspect_ratio"):
-        if opts.has(key):
-            fields[key] = opts.get_float(key, 0.0)
-    if opts.has("num_layers"):
-        fields["num_layers"] = opts.get_int("num_layers", 1, lo=1)
-    for key, conv in (("strides", int), ("aspect_ratios", float)):
-        if opts.has(key):
-            value = opts.raw(key)
-            if not isinstance(value, Sequence) or isinstance(value, str) or not value:
-                raise opts.error(key, "expected a list of numbers")
-            try:
-                fields[key] = tuple(conv(v) for v in value)
-            except (TypeError, ValueError):
-                raise opts.error(key, "expected a list of numbers") from None
-    for key in ("fixed_anchor_size", "reduce_boxes_in_lowest_layer"):
-        if opts.has(key):
-            fields[key] = opts.get_choice(key, True, [True, False])
-    if opts.has("input_size"):
-        size = opts.raw("input_size")
-        if not isinstance(size, Sequence) or len(size) != 2:
-            raise opts.error("input_size", "expected [width, height]")
-        try:
-            fields["input_w"], fields["input_h"] = int(size[0]), int(size[1])
-        except (TypeError, ValueError):
-            raise opts.error("input_size", "expected [width, height]") from None
+    fields: dict[str, Any] = {
+        key: getattr(opts, key) for key in (
+            "min_scale", "max_scale", "anchor_offset_x", "anchor_offset_y",
+            "interpolated_scale_aspect_ratio", "num_layers", "strides", "aspect_ratios",
+            "fixed_anchor_size", "reduce_boxes_in_lowest_layer")
+        if getattr(opts, key) is not None}
+    if opts.input_size is not None:
+        fields["input_w"], fields["input_h"] = opts.input_size
     if base is None:
         if "strides" not in fields:
             return None
@@ -168,7 +157,8 @@ def _anchor_options(opts: Options, base: AnchorOptions | None, in_w: int,
         fields.setdefault("input_w", in_w)
         fields.setdefault("input_h", in_h)
         if len(fields["strides"]) != fields["num_layers"]:
-            raise opts.error("strides", "expected num_layers entries")
+            raise option_error(opts.decoder, "strides", "expected num_layers entries",
+                               opts.strides)
         return AnchorOptions(**fields)
     return replace(base, **fields)
 
@@ -197,7 +187,8 @@ class AnchorsDecoder:
     kind = "anchors"
     letterbox = True
 
-    def __init__(self, signature: ModelSignature, labels: Labels, options: Mapping[str, Any],
+    def __init__(self, signature: ModelSignature, labels: Labels,
+                 options: AnchorsOptions | Mapping[str, object] | None,
                  score_threshold: float) -> None:
         """Match regressors and scores by shape, generate anchors, resolve options.
 
@@ -218,24 +209,19 @@ class AnchorsDecoder:
             raise misfit(self.kind, EXPECTED, signature)
         count = reg_shape[0]
         in_w, in_h = input_size(signature)
-        opts = Options(self.kind, options)
-        default = opts.default  # the config model's default: written once
-        preset_name = opts.get_choice("preset", PRESET_BY_COUNT.get(count, "none"),
-                                      [*PRESETS, "none"])
+        opts = typed_options(AnchorsOptions, options)
+        preset_name: str = opts.preset or PRESET_BY_COUNT.get(count, "none")
         preset = PRESETS.get(preset_name)
         anchor_opts = _anchor_options(opts, preset.anchors if preset else None, in_w, in_h)
         # the class name: the option, else the label file's one name, else the preset's
-        label = opts.raw("label") if opts.has("label") else (
+        label = opts.label if opts.label is not None else (
             _one_name(labels, preset) if len(labels) else preset.label if preset else "object")
-        self.scale = opts.get_float("scale", float(anchor_opts.input_w if anchor_opts else in_w),
-                                    lo=1e-6)
-        self.box = opts.get_choice("box", preset.box if preset else "detector",
-                                   ["detector", "body"])
-        self.nms = opts.get_choice("nms", default("nms"), ["weighted", "plain"])
-        self.iou_threshold = opts.get_float("iou_threshold", default("iou_threshold"),
-                                            lo=0.0, hi=1.0)
-        self.max_detections = opts.get_int("max_detections", default("max_detections"), lo=1)
-        opts.finish()
+        self.scale = opts.scale if opts.scale is not None else float(
+            anchor_opts.input_w if anchor_opts else in_w)
+        self.box = opts.box or (preset.box if preset else "detector")
+        self.nms = opts.nms
+        self.iou_threshold = opts.iou_threshold
+        self.max_detections = opts.max_detections
         if anchor_opts is None:
             raise misfit(self.kind, f"{EXPECTED} with A in {sorted(PRESET_BY_COUNT)} (or set "
                          "decoder_options preset / strides)", signature)
@@ -246,7 +232,8 @@ class AnchorsDecoder:
         self.preset = preset_name
         self.num_keypoints = (reg_shape[1] - 4) // 2
         if self.box == "body" and self.num_keypoints < 2:
-            raise opts.error("box", "body boxes need 2 keypoints (centre and circle point)")
+            raise option_error(self.kind, "box",
+                               "body boxes need 2 keypoints (centre and circle point)")
         self.label = str(label)
         self.specs = outs
         self.score_threshold = float(score_threshold)

@@ -13,11 +13,13 @@ raises :class:`~edge_agent.errors.ModelError` when the model's outputs do not fi
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, Protocol, runtime_checkable
+from collections.abc import Mapping, Sequence
+from typing import Protocol, TypeVar, get_args, runtime_checkable
 
 import numpy as np
+from pydantic import ValidationError
 
+from edge_agent.config import DecoderOptionsBase
 from edge_agent.errors import ConfigError, ModelError
 from edge_agent.types import Inference, ModelSignature, TensorSpec, Transform
 
@@ -121,90 +123,87 @@ def squeeze_batch(shape: Sequence[int]) -> tuple[int, ...]:
     return tuple(dims)
 
 
-class Options:
-    """Typed access to ``decoder_options`` with errors that name the key.
+OptionsT = TypeVar("OptionsT", bound=DecoderOptionsBase)
 
-    Every ``get_*`` call records the key as known; :meth:`finish` then refuses unknown keys, so
-    a typo in the config is reported instead of silently ignored.
+
+def typed_options(cls: type[OptionsT],
+                  options: DecoderOptionsBase | Mapping[str, object] | None) -> OptionsT:
+    """``options`` as decoder ``cls``'s validated options object.
+
+    From a config, ``options`` already is one (the config validated it by ``decoder``) and is
+    returned as it is; under ``decoder: auto`` (:class:`~edge_agent.config.AutoOptions`) or as
+    a plain mapping (tests, the bench) it is validated here by the same class, so a range or
+    default is written only in :mod:`edge_agent.config`.
+
+    Raises:
+        DecoderOptionsError: one line per bad key: unknown to this decoder, wrong type, out
+            of range.
     """
+    if isinstance(options, cls):
+        return options
+    kind = str(get_args(cls.model_fields["decoder"].annotation)[0])
+    raw = (options.model_dump(exclude_unset=True, exclude={"decoder"})
+           if isinstance(options, DecoderOptionsBase) else dict(options or {}))
+    raw.pop("decoder", None)
+    try:
+        return cls.model_validate({**raw, "decoder": kind})
+    except ValidationError as exc:
+        known = ", ".join(sorted(set(cls.model_fields) - {"decoder"})) or "none"
+        lines: dict[str, str] = {}
+        for err in exc.errors():
+            key = str(err["loc"][0]) if err["loc"] else "decoder_options"
+            if key in lines:
+                continue
+            if err["type"] == "extra_forbidden":
+                lines[key] = (f"{key}: unknown option for decoder {kind!r} "
+                              f"(expected one of: {known})")
+            else:
+                lines[key] = option_error(kind, key, "expected " + _expected(cls, key),
+                                          raw.get(key)).problems[0]
+        raise DecoderOptionsError(list(lines.values())) from None
 
-    def __init__(self, kind: str, options: Mapping[str, Any] | None) -> None:
-        """Wrap the options of decoder ``kind``."""
-        self.kind = kind
-        self._options = dict(options or {})
-        self._known: set[str] = set()
 
-    def _bad(self, key: str, what: str) -> DecoderOptionsError:
-        return DecoderOptionsError(f"{key}: {what} (decoder {self.kind!r}), "
-                                   f"got {self._options[key]!r}")
+def option_error(kind: str, key: str, what: str, value: object = None) -> DecoderOptionsError:
+    """A DecoderOptionsError for ``key`` (checks that need the model or the labels)."""
+    got = "" if value is None else f", got {value!r}"
+    return DecoderOptionsError(f"{key}: {what} (decoder {kind!r}){got}")
 
-    def error(self, key: str, what: str) -> DecoderOptionsError:
-        """A DecoderOptionsError for ``key`` (for checks the getters do not cover)."""
-        self._known.add(key)
-        return self._bad(key, what) if key in self._options else DecoderOptionsError(
-            f"{key}: {what} (decoder {self.kind!r})")
 
-    def default(self, key: str) -> Any:
-        """The option's default as the config declares it (``config.DECODER_OPTIONS``), so
-        the default is written once; raises KeyError for a key the decoder's class lacks."""
-        from edge_agent.config import DECODER_OPTIONS
+def _expected(cls: type[DecoderOptionsBase], key: str) -> str:
+    """What option ``key`` takes, in words, from its JSON Schema (choices, type, range)."""
+    schema = cls.model_json_schema()["properties"].get(key, {})
+    choices: list[str] = []
+    kinds: list[str] = []
+    for alt in schema.get("anyOf", [schema]):
+        kind = alt.get("type")
+        if "const" in alt or "enum" in alt:
+            choices += [str(v) for v in alt.get("enum", [alt.get("const")])]
+        elif kind == "boolean":
+            choices += ["True", "False"]
+        elif kind in ("integer", "number"):
+            kinds.append(("an integer" if kind == "integer" else "a number") + _range(alt))
+        elif kind == "array":
+            items = alt.get("items") or (alt.get("prefixItems") or [{}])[0]
+            what = {"integer": "integers", "number": "numbers"}.get(items.get("type"), "values")
+            size = alt.get("maxItems")
+            kinds.append(f"a list of {what}{_range(items)}" if size is None or size != alt.get(
+                "minItems") else f"a list of {size} {what}{_range(items)}")
+        elif kind == "string":
+            kinds.append("text")
+    if choices:
+        kinds.insert(0, "one of " + ", ".join(choices))
+    return " or ".join(kinds) or "a valid value"
 
-        return DECODER_OPTIONS[self.kind].model_fields[key].default
 
-    def has(self, key: str) -> bool:
-        """Whether ``key`` is set (and mark it known)."""
-        self._known.add(key)
-        return key in self._options
-
-    def raw(self, key: str, default: Any = None) -> Any:
-        """The value as given, unchecked."""
-        self._known.add(key)
-        return self._options.get(key, default)
-
-    def get_float(self, key: str, default: float, *, lo: float | None = None,
-                  hi: float | None = None) -> float:
-        """A number, optionally within ``[lo, hi]``."""
-        self._known.add(key)
-        if key not in self._options:
-            return default
-        value = self._options[key]
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise self._bad(key, "expected a number")
-        if (lo is not None and value < lo) or (hi is not None and value > hi):
-            raise self._bad(key, f"expected a number in [{lo}, {hi}]")
-        return float(value)
-
-    def get_int(self, key: str, default: int, *, lo: int | None = None) -> int:
-        """An integer, optionally at least ``lo``."""
-        self._known.add(key)
-        if key not in self._options:
-            return default
-        value = self._options[key]
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise self._bad(key, "expected an integer")
-        if lo is not None and value < lo:
-            raise self._bad(key, f"expected an integer >= {lo}")
-        return int(value)
-
-    def get_choice(self, key: str, default: Any, choices: Iterable[Any]) -> Any:
-        """One of ``choices`` (compared as given; YAML gives true/false as bools)."""
-        self._known.add(key)
-        allowed = list(choices)
-        value = self._options.get(key, default)
-        # typed comparison: YAML's true must not match a choice of 1, nor 1 a choice of true
-        if any(value == c and type(value) is type(c) for c in allowed):
-            return value
-        raise self._bad(key, "expected one of " + ", ".join(str(c) for c in allowed))
-
-    def finish(self) -> None:
-        """Raise ConfigError naming every option this decoder does not know."""
-        unknown = sorted(set(self._options) - self._known)
-        if unknown:
-            raise DecoderOptionsError([
-                f"{key}: unknown option for decoder {self.kind!r} "
-                f"(expected one of: {', '.join(sorted(self._known)) or 'none'})"
-                for key in unknown
-            ])
+def _range(schema: Mapping[str, object]) -> str:
+    lo, hi = schema.get("minimum"), schema.get("maximum")
+    if lo is not None and hi is not None:
+        return f" in [{lo}, {hi}]"
+    if lo is not None:
+        return f" >= {lo}"
+    if schema.get("exclusiveMinimum") is not None:
+        return f" > {schema['exclusiveMinimum']}"
+    return ""
 
 
 def dequantize(spec: TensorSpec, array: np.ndarray) -> np.ndarray:

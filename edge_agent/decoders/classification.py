@@ -14,11 +14,11 @@ is shifted by one; ``label_offset`` overrides.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
 
 import numpy as np
 
-from edge_agent.decoders.base import Options, misfit, squeeze_batch
+from edge_agent.config import ClassificationOptions
+from edge_agent.decoders.base import misfit, squeeze_batch, typed_options
 from edge_agent.decoders.labels import Labels, Namer
 from edge_agent.types import ClassScore, Inference, ModelSignature, Transform
 
@@ -38,7 +38,8 @@ class ClassificationDecoder:
     kind = "classification"
     letterbox = False
 
-    def __init__(self, signature: ModelSignature, labels: Labels, options: Mapping[str, Any],
+    def __init__(self, signature: ModelSignature, labels: Labels,
+                 options: ClassificationOptions | Mapping[str, object] | None,
                  score_threshold: float) -> None:
         """Check for one [1,K] output and resolve options.
 
@@ -46,13 +47,11 @@ class ClassificationDecoder:
             ModelError: the model does not have exactly one score vector output.
             ConfigError: an unknown or bad option.
         """
-        opts = Options(self.kind, options)
-        default = opts.default  # the config model's default: written once
-        self.top_k = opts.get_int("top_k", default("top_k"), lo=1)
-        background = opts.get_choice("background", default("background"), ["auto", True, False])
-        self.softmax = opts.get_choice("softmax", default("softmax"), ["auto", True, False])
-        offset = opts.get_int("label_offset", 0) if opts.has("label_offset") else None
-        opts.finish()
+        opts = typed_options(ClassificationOptions, options)
+        self.top_k = opts.top_k
+        background = opts.background
+        self.softmax = opts.softmax
+        offset = opts.label_offset
         outs = signature.outputs
         if len(outs) != 1 or outs[0].dtype == "int64":
             raise misfit(self.kind, EXPECTED, signature)

@@ -12,8 +12,8 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
 
+from edge_agent.config import DecoderOptionsBase
 from edge_agent.decoders.base import Decoder, describe_outputs, guess_decoder
 from edge_agent.decoders.labels import Labels
 from edge_agent.decoders.registry import DECODERS
@@ -24,14 +24,16 @@ __all__ = ["create_decoder", "guess_decoder"]  # guess_decoder lives in base (no
 
 
 def create_decoder(name: str, signature: ModelSignature, labels: Labels,
-                   options: Mapping[str, Any] | None, score_threshold: float) -> Decoder:
+                   options: DecoderOptionsBase | Mapping[str, object] | None,
+                   score_threshold: float) -> Decoder:
     """Construct decoder ``name`` (or the one ``auto`` picks) for a loaded model.
 
     Args:
         name: the config's ``model.decoder``: a registered kind or ``auto``.
         signature: the model's inputs and outputs.
         labels: the loaded label file (see :func:`edge_agent.decoders.labels.load_labels`).
-        options: the config's ``model.decoder_options``.
+        options: the config's ``model.decoder_options`` (under ``auto``, validated here by
+            the chosen decoder's options class), or a plain mapping.
         score_threshold: the pipeline's ``score_threshold``.
 
     Raises:
@@ -50,5 +52,5 @@ def create_decoder(name: str, signature: ModelSignature, labels: Labels,
                 "first output)")
         kind = guess
     cls = DECODERS.get(kind)
-    decoder: Decoder = cls(signature, labels, options or {}, score_threshold)
+    decoder: Decoder = cls(signature, labels, options, score_threshold)
     return decoder

@@ -18,11 +18,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import Any
 
 import numpy as np
 
-from edge_agent.decoders.base import Options, misfit, squeeze_batch
+from edge_agent.config import RawOptions
+from edge_agent.decoders.base import misfit, squeeze_batch, typed_options
 from edge_agent.decoders.labels import Labels, Namer
 from edge_agent.types import ClassScore, Inference, ModelSignature, Transform
 
@@ -36,7 +36,8 @@ class RawDecoder:
     kind = "raw"
     letterbox = False
 
-    def __init__(self, signature: ModelSignature, labels: Labels, options: Mapping[str, Any],
+    def __init__(self, signature: ModelSignature, labels: Labels,
+                 options: RawOptions | Mapping[str, object] | None,
                  score_threshold: float) -> None:
         """Pick the mode (values, histogram or pooled map) from the first output.
 
@@ -44,10 +45,7 @@ class RawDecoder:
             ModelError: the model has no output, or a non-spatial output above ``max_values``.
             ConfigError: an unknown or bad option.
         """
-        opts = Options(self.kind, options)
-        default = opts.default  # the config model's default: written once
-        self.max_values = opts.get_int("max_values", default("max_values"), lo=1)
-        opts.finish()
+        self.max_values = typed_options(RawOptions, options).max_values
         if not signature.outputs:
             raise misfit(self.kind, "at least 1 output", signature)
         self.spec = signature.outputs[0]

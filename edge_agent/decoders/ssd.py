@@ -20,11 +20,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from typing import Any
 
 import numpy as np
 
-from edge_agent.decoders.base import Options, dequantize, misfit, squeeze_batch
+from edge_agent.config import SsdOptions
+from edge_agent.decoders.base import dequantize, misfit, squeeze_batch, typed_options
 from edge_agent.decoders.labels import Labels, Namer
 from edge_agent.types import Detection, Inference, ModelSignature, Transform
 
@@ -43,7 +43,8 @@ class SsdDecoder:
     kind = "ssd"
     letterbox = False
 
-    def __init__(self, signature: ModelSignature, labels: Labels, options: Mapping[str, Any],
+    def __init__(self, signature: ModelSignature, labels: Labels,
+                 options: SsdOptions | Mapping[str, object] | None,
                  score_threshold: float) -> None:
         """Match the four outputs by shape; see the module docstring.
 
@@ -51,11 +52,11 @@ class SsdDecoder:
             ModelError: the outputs are not boxes/classes/scores/count.
             ConfigError: an unknown or bad option.
         """
-        opts = Options(self.kind, options)
-        default = opts.default  # the config model's default: written once
-        offset = opts.get_int("label_offset", 1 if labels.has_background else 0)
-        self.max_detections = opts.get_int("max_detections", default("max_detections"), lo=1)
-        opts.finish()
+        opts = typed_options(SsdOptions, options)
+        offset = opts.label_offset
+        if offset is None:
+            offset = 1 if labels.has_background else 0
+        self.max_detections = opts.max_detections
         self.labels = labels.shifted(offset) if offset else labels
         self.name = Namer(self.labels)
         self.score_threshold = float(score_threshold)

@@ -22,11 +22,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import Any
 
 import numpy as np
 
-from edge_agent.decoders.base import Options, misfit
+from edge_agent.config import ThresholdOptions
+from edge_agent.decoders.base import misfit, option_error, typed_options
 from edge_agent.decoders.labels import Labels
 from edge_agent.types import ClassScore, Inference, ModelSignature, Transform
 
@@ -42,7 +42,8 @@ class ThresholdDecoder:
     kind = "threshold"
     letterbox = False
 
-    def __init__(self, signature: ModelSignature, labels: Labels, options: Mapping[str, Any],
+    def __init__(self, signature: ModelSignature, labels: Labels,
+                 options: ThresholdOptions | Mapping[str, object] | None,
                  score_threshold: float) -> None:
         """Read the options and check that the chosen output element exists.
 
@@ -50,23 +51,19 @@ class ThresholdDecoder:
             ModelError: no such output or index in the model.
             ConfigError: an unknown or bad option.
         """
-        opts = Options(self.kind, options)
-        default = opts.default  # the config model's default: written once
-        self.output = opts.get_int("output", default("output"), lo=0)
-        raw_index = opts.raw("index", default("index"))
-        self.level = opts.get_float("level", float(score_threshold))
-        self.hysteresis = opts.get_float("hysteresis", default("hysteresis"), lo=0.0)
-        self.direction = opts.get_choice("direction", default("direction"), ("above", "below"))
-        self.emit = opts.get_choice("emit", default("emit"), ("crossing", "state"))
-        on_label = opts.raw("on_label")
-        off_label = opts.raw("off_label")
-        opts.finish()
+        opts = typed_options(ThresholdOptions, options)
+        self.output = opts.output
+        self.level = float(score_threshold) if opts.level is None else opts.level
+        self.hysteresis = opts.hysteresis
+        self.direction = opts.direction
+        self.emit = opts.emit
+        on_label, off_label = opts.on_label, opts.off_label
         if self.output >= len(signature.outputs):
             raise misfit(self.kind, f"an output number {self.output} (decoder_options.output)",
                          signature)
         self.spec = signature.outputs[self.output]
         size = math.prod(self.spec.shape) if self.spec.shape else 1
-        self.index = self._resolve_index(raw_index, labels, opts)
+        self.index = self._resolve_index(opts.index, labels)
         if self.index >= size:
             raise misfit(self.kind, f"an output with more than {self.index} values "
                          "(decoder_options.index)", signature)
@@ -76,20 +73,15 @@ class ThresholdDecoder:
         self.active = False
         self.crossings = 0
 
-    @staticmethod
-    def _resolve_index(raw: Any, labels: Labels, opts: Options) -> int:
-        if isinstance(raw, bool):
-            raise opts.error("index", "expected an element index or a label name")
-        if isinstance(raw, int):
-            if raw < 0:
-                raise opts.error("index", "expected an index >= 0")
-            return raw
-        if isinstance(raw, str):
-            for i in range(len(labels)):
-                if labels.get(i) == raw:
-                    return i
-            raise opts.error("index", f"no label {raw!r} in the label file")
-        raise opts.error("index", "expected an element index or a label name")
+    @classmethod
+    def _resolve_index(cls, index: int | str, labels: Labels) -> int:
+        """The element index: as given, or the label's (type and range: the options class)."""
+        if isinstance(index, int):
+            return index
+        for i in range(len(labels)):
+            if labels.get(i) == index:
+                return i
+        raise option_error(cls.kind, "index", f"no label {index!r} in the label file")
 
     def decode(self, outputs: list[np.ndarray], transform: Transform) -> Inference:
         """Update the state with this window's value (``transform`` is unused)."""

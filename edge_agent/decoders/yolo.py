@@ -23,11 +23,11 @@ threshold),
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
 
 import numpy as np
 
-from edge_agent.decoders.base import Options, input_size, misfit, squeeze_batch
+from edge_agent.config import YoloOptions
+from edge_agent.decoders.base import input_size, misfit, squeeze_batch, typed_options
 from edge_agent.decoders.labels import Labels, Namer
 from edge_agent.decoders.nms import nms
 from edge_agent.types import Detection, Inference, ModelSignature, Transform
@@ -41,7 +41,8 @@ class YoloDecoder:
     kind = "yolo"
     letterbox = True
 
-    def __init__(self, signature: ModelSignature, labels: Labels, options: Mapping[str, Any],
+    def __init__(self, signature: ModelSignature, labels: Labels,
+                 options: YoloOptions | Mapping[str, object] | None,
                  score_threshold: float) -> None:
         """Check the output layout and resolve version, labels and options.
 
@@ -49,21 +50,14 @@ class YoloDecoder:
             ModelError: the model does not have one YOLO-shaped output.
             ConfigError: an unknown or bad option.
         """
-        opts = Options(self.kind, options)
-        default = opts.default  # the config model's default: written once
-        version = opts.get_choice("version", default("version"),
-                                  ["auto", 5, 8, "5", "8", "v5", "v8"])
-        self.iou_threshold = opts.get_float("iou_threshold", default("iou_threshold"),
-                                            lo=0.0, hi=1.0)
-        self.max_detections = opts.get_int("max_detections", default("max_detections"), lo=1)
-        self.max_candidates = opts.get_int("max_candidates", default("max_candidates"), lo=1)
-        skip = opts.get_choice("labels_skip_na", default("labels_skip_na"), ["auto", True, False])
-        offset = opts.raw("label_offset")
-        if offset is not None:
-            offset = opts.get_int("label_offset", 0)
-        self.coordinates = opts.get_choice("coordinates", "auto",
-                                           ["auto", "normalized", "pixels"])
-        opts.finish()
+        opts = typed_options(YoloOptions, options)
+        version = opts.version
+        self.iou_threshold = opts.iou_threshold
+        self.max_detections = opts.max_detections
+        self.max_candidates = opts.max_candidates
+        skip = opts.labels_skip_na
+        offset = opts.label_offset
+        self.coordinates = opts.coordinates
         outs = signature.outputs
         if len(outs) != 1 or outs[0].dtype == "int64":
             raise misfit(self.kind, EXPECTED, signature)

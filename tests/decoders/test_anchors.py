@@ -109,7 +109,7 @@ def test_refuses_unknown_anchor_count_and_other_models() -> None:
         AnchorsDecoder(sig, NO_LABELS, {"preset": "face_short"}, 0.5)
     with pytest.raises(ModelError, match=r"decoder 'anchors' does not fit.*try decoder: yolo"):
         AnchorsDecoder(signature(spec((1, 25200, 85))), NO_LABELS, {}, 0.5)
-    with pytest.raises(ValueError, match="strides: expected a list of numbers"):
+    with pytest.raises(ValueError, match="strides: expected a list of integers >= 1"):
         AnchorsDecoder(sig, NO_LABELS, {"strides": "8,16"}, 0.5)
 
 

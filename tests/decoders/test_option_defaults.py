@@ -7,8 +7,8 @@ import re
 
 import pytest
 
-from edge_agent.config import DECODER_OPTIONS
-from edge_agent.decoders.base import DecoderOptionsError
+from edge_agent.config import DECODER_OPTIONS, AutoOptions, ClassificationOptions, YoloOptions
+from edge_agent.decoders.base import DecoderOptionsError, typed_options
 from edge_agent.decoders.classification import ClassificationDecoder
 from edge_agent.decoders.labels import NO_LABELS
 from edge_agent.decoders.raw import RawDecoder
@@ -46,3 +46,25 @@ def test_every_option_a_decoder_reads_is_declared_in_the_config(kind, make) -> N
     assert known is not None
     read = set(known.group(1).split(", "))
     assert read <= set(DECODER_OPTIONS[kind].model_fields) - {"decoder"}, read
+
+
+@pytest.mark.parametrize("kind", sorted(DECODER_OPTIONS))
+def test_every_option_is_declared_once_with_its_description(kind: str) -> None:
+    fields = {k: f for k, f in DECODER_OPTIONS[kind].model_fields.items() if k != "decoder"}
+    assert fields
+    assert all(f.description for f in fields.values()), kind
+
+
+def test_the_config_object_reaches_the_decoder_as_it_is_and_auto_is_validated_there() -> None:
+    typed = YoloOptions(decoder="yolo", max_detections=7)
+    assert typed_options(YoloOptions, typed) is typed
+    assert YoloDecoder(YOLO, NO_LABELS, typed, 0.5).max_detections == 7
+    # under decoder: auto the keys are checked once the decoder is known: by the same class
+    auto = AutoOptions(decoder="auto", top_k=3)
+    with pytest.raises(DecoderOptionsError, match=r"top_k: unknown option for decoder 'yolo'"):
+        typed_options(YoloOptions, auto)
+    assert typed_options(ClassificationOptions, auto).top_k == 3
+    with pytest.raises(DecoderOptionsError,
+                       match=r"max_detections: expected an integer >= 1 \(decoder 'yolo'\), "
+                             r"got 0"):
+        typed_options(YoloOptions, {"max_detections": 0})
