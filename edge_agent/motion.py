@@ -6,6 +6,11 @@ running average). A pixel has changed when it differs from the background by mor
 ``threshold`` grey levels; the frame has motion when the changed fraction of the frame is at
 least ``min_area``. Pixels inside ``masks`` (normalised polygons) never count.
 
+Frames a source hands over still encoded (JPEG files, MJPEG packets: ``Frame.encoded``) are
+measured on a reduced decode (DCT scaling, :mod:`edge_agent.sources.encoded`) instead of a
+resized full decode; the pipeline decodes them in full only when the gate opens. Decisions
+match those on full decodes (same episodes, ``tests/sources/test_encoded.py``).
+
 After motion, the gate keeps saying yes for ``hold_frames`` more frames so the end of an
 episode (the object that just left or stopped) reaches the model and the tracker.
 """

@@ -420,6 +420,9 @@ class Pipeline:
                 if source is None:
                     try:
                         source = self._source_factory(self.cfg.source)
+                        if self._gate is not None and hasattr(source, "defer_decode"):
+                            # JPEG/MJPEG frames reach the gate undecoded (a reduced decode)
+                            source.defer_decode = True
                         source.open()
                         live = bool(source.live)
                         self.state, self.source_error, backoff = "running", None, 0.5
@@ -518,24 +521,26 @@ class Pipeline:
     def _handle_frame(self, frame: Frame, live: bool, t_capture: float) -> None:
         with self.stats.lock:
             self.stats.frames += 1
+        gate = self._gate
+        moving = True
+        if frame.encoded is not None and frame.image is None:
+            decided = self._decode_when_needed(frame)
+            if decided is None:
+                return
+            frame, moving = decided
+            gate = None  # already asked, on the reduced decode
         if frame.image is not None:
             image, problem = conform_image(frame.image)
             if image is None:
-                with self.stats.lock:
-                    self.stats.bad_frames += 1
-                if problem != self._last_bad_frame:  # once per kind of problem in a row
-                    logger.warning("pipeline %s: skipping a frame: %s", self.name, problem)
-                    self._last_bad_frame = problem
+                self._bad_frame(str(problem))
                 return
             if image is not frame.image:
                 frame = replace(frame, image=image)
-        gate = self._gate
-        moving = True
         if gate is not None and frame.image is not None:
             moving = gate.check(frame.image, frame.ts)
         if self._health is not None and frame.image is not None:
-            events = self._health.check(frame.image, time.monotonic(), frame.ts,
-                                        None if gate is None else gate.small)
+            small = None if self._gate is None else self._gate.small
+            events = self._health.check(frame.image, time.monotonic(), frame.ts, small)
             if events:
                 self._send_health(events)
         # the tracker needs frames while it confirms that objects left (``pending``)
@@ -579,6 +584,40 @@ class Pipeline:
                 return
             except queue.Full:
                 self._heartbeats["capture"] = time.monotonic()
+
+    def _decode_when_needed(self, frame: Frame) -> tuple[Frame, bool] | None:
+        """An encoded frame: the gate decides on a reduced decode, and the full frame is
+        decoded only when it is needed (the gate opens, the tracker waits for frames, a camera
+        health check is due). Returns ``(frame with image, moving)``, or None when the frame
+        stops here (gated, or corrupt)."""
+        encoded = frame.encoded
+        assert encoded is not None
+        gate = self._gate
+        moving = True
+        if gate is not None:
+            small = encoded.reduced(gate.cfg.width)
+            if small is None:
+                self._bad_frame("an encoded frame cannot be decoded")
+                return None
+            moving = gate.check(small, frame.ts)
+            pending = self._tracker is not None and bool(self._tracker.pending)
+            health_due = self._health is not None and self._health.due(time.monotonic())
+            if not moving and not pending and not health_due:
+                with self.stats.lock:
+                    self.stats.gated += 1
+                return None
+        image = encoded.decode()
+        if image is None:
+            self._bad_frame("an encoded frame cannot be decoded")
+            return None
+        return replace(frame, image=image, encoded=None), moving
+
+    def _bad_frame(self, problem: str) -> None:
+        with self.stats.lock:
+            self.stats.bad_frames += 1
+        if problem != self._last_bad_frame:  # once per kind of problem in a row
+            logger.warning("pipeline %s: skipping a frame: %s", self.name, problem)
+            self._last_bad_frame = problem
 
     def _infer_loop(self) -> None:
         try:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, Protocol
 
 import numpy as np
 
@@ -60,6 +60,31 @@ class ModelSignature:
     outputs: tuple[TensorSpec, ...]
 
 
+class EncodedPixels(Protocol):
+    """A frame still in its encoded form (JPEG bytes, a raw YUYV/NV12 buffer): the motion gate
+    looks at a cheap reduced decode, the full frame is decoded only when it is needed
+    (:class:`edge_agent.sources.encoded.EncodedImage`)."""
+
+    @property
+    def width(self) -> int:
+        """The full frame's width in pixels."""
+        ...
+
+    @property
+    def height(self) -> int:
+        """The full frame's height in pixels."""
+        ...
+
+    def decode(self) -> np.ndarray | None:
+        """The full frame, (H, W, 3) uint8 BGR; None when the bytes are corrupt."""
+        ...
+
+    def reduced(self, min_width: int) -> np.ndarray | None:
+        """A copy at 1/2, 1/4 or 1/8 of each side (at least ``min_width`` wide where the frame
+        allows), (h, w, 3) uint8 BGR; None when the bytes are corrupt."""
+        ...
+
+
 @dataclass(frozen=True, slots=True)
 class Frame:
     """One unit of input: an image (H, W, 3) uint8 BGR, or a sensor window (N, C) float32.
@@ -70,6 +95,9 @@ class Frame:
         image: the BGR image for camera-like sources, else None.
         data: the sensor window (samples, channels) for sensor sources, else None.
         timestamps: per-sample timestamps of a sensor window, when the source has them.
+        encoded: the frame before decoding, when the source was asked to defer the decode
+            (``defer_decode``, set by a pipeline with a motion gate); ``image`` is then None
+            until the pipeline decodes it.
     """
 
     index: int
@@ -77,12 +105,15 @@ class Frame:
     image: np.ndarray | None = None
     data: np.ndarray | None = None
     timestamps: np.ndarray | None = None
+    encoded: EncodedPixels | None = None
 
     @property
     def width(self) -> int:
         """Image width in pixels (sensor windows: number of samples)."""
         if self.image is not None:
             return int(self.image.shape[1])
+        if self.encoded is not None:
+            return self.encoded.width
         return int(self.data.shape[0]) if self.data is not None else 0
 
     @property
@@ -90,6 +121,8 @@ class Frame:
         """Image height in pixels (sensor windows: number of channels)."""
         if self.image is not None:
             return int(self.image.shape[0])
+        if self.encoded is not None:
+            return self.encoded.height
         if self.data is not None:
             return int(self.data.shape[1]) if self.data.ndim > 1 else 1
         return 0

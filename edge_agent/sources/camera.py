@@ -23,6 +23,8 @@ import numpy as np
 from edge_agent.config import CameraSourceConfig, VideoSourceConfig
 from edge_agent.credentials import display_uri
 from edge_agent.errors import SourceError
+from edge_agent.sources.conform import MAX_FRAME_PIXELS
+from edge_agent.sources.encoded import EncodedImage
 from edge_agent.sources.pacing import FramePacer, PacedFileSource
 from edge_agent.types import Frame
 
@@ -239,10 +241,17 @@ class OpencvVideoSource(PacedFileSource):
         live: always False.
         native_fps: the frame rate the file declares (after open()).
         loops: how many times the file restarted (``loop: true``).
+        defer_decode: for an MJPEG file, hand frames over as their JPEG packets
+            (``Frame.encoded``, FFmpeg's raw packet mode) so a motion gate can look at a
+            DCT-scaled decode first; set by the pipeline, before open(), when it has a gate.
+            Other codecs are decoded as before.
+        raw_packets: whether this open() reads JPEG packets (``defer_decode`` on an MJPEG file
+            whose first packet decodes as a JPEG).
     """
 
     live = False
     bad_lines = 0  # no text lines: nothing malformed to skip
+    defer_decode = False
 
     def __init__(self, cfg: VideoSourceConfig) -> None:
         self.cfg = cfg
@@ -253,6 +262,7 @@ class OpencvVideoSource(PacedFileSource):
         self.native_fps = 0.0
         self._cap: cv2.VideoCapture | None = None
         self._in_pass = 0  # frames read in the current pass over the file
+        self.raw_packets = False
         self._lock = threading.Lock()
         self._init_pacing(self._lock)  # read() prefetches under it; close() takes it too
 
@@ -268,7 +278,32 @@ class OpencvVideoSource(PacedFileSource):
             cap.release()
             raise SourceError(f"video file {self.name} cannot be read (not a video, or a "
                               "codec this OpenCV build lacks)")
+        if self.raw_packets:
+            cap.set(cv2.CAP_PROP_FORMAT, -1)
         return cap
+
+    def _packets_usable(self) -> bool:
+        """Whether the file is MJPEG and FFmpeg hands over its packets as decodable JPEGs
+        (AVI1-style packets without Huffman tables, for one, are not: decoded as before)."""
+        if not self.defer_decode:
+            return False
+        probe = cv2.VideoCapture(self.path, cv2.CAP_FFMPEG)
+        try:
+            fourcc = int(probe.get(cv2.CAP_PROP_FOURCC)).to_bytes(4, "little")
+            if fourcc.upper() not in {b"MJPG", b"MJPA", b"AVRN", b"JPEG"}:
+                return False
+            if not probe.set(cv2.CAP_PROP_FORMAT, -1):
+                return False
+            ok, packet = probe.read()
+            if not ok or packet is None:
+                return False
+            encoded = EncodedImage.jpeg(packet)
+            if encoded is None or encoded.width * encoded.height > MAX_FRAME_PIXELS:
+                return False
+            full = encoded.decode()
+            return full is not None and full.shape[:2] == (encoded.height, encoded.width)
+        finally:
+            probe.release()
 
     def open(self) -> None:
         """Open the file and start the pacing schedule.
@@ -277,6 +312,8 @@ class OpencvVideoSource(PacedFileSource):
             SourceError: the file is missing or not a readable video.
         """
         self.close()
+        self.raw_packets = False
+        self.raw_packets = self._packets_usable()
         cap = self._open_capture()
         with self._lock:
             self._cap = cap
@@ -290,13 +327,13 @@ class OpencvVideoSource(PacedFileSource):
         logger.info("video %s opened (%.1f fps in the file, delivered at %s)", self.name,
                     self.native_fps, f"{rate:g} fps" if rate else "the pipeline's pace")
 
-    def _next_image(self) -> np.ndarray:
+    def _next_image(self) -> np.ndarray | EncodedImage:
         if self._cap is None:
             raise SourceError(f"video file {self.name} is not open")
         ok, image = self._cap.read()
         if ok and image is not None:
             self._in_pass += 1
-            return image
+            return self._packet(image) if self.raw_packets else image
         if self._in_pass == 0:
             raise SourceError(f"video file {self.name} has no readable frames")
         if not self.cfg.loop:
@@ -310,7 +347,14 @@ class OpencvVideoSource(PacedFileSource):
         if not ok or image is None:
             raise SourceError(f"video file {self.name} has no readable frames")
         self._in_pass = 1
-        return image
+        return self._packet(image) if self.raw_packets else image
+
+    @staticmethod
+    def _packet(packet: np.ndarray) -> EncodedImage:
+        encoded = EncodedImage.jpeg(packet)
+        if encoded is None:  # a damaged packet: the pipeline's decode fails and skips it
+            return EncodedImage("jpeg", packet.reshape(-1), 0, 0)
+        return encoded
 
     def close(self) -> None:
         """Release the file; a read() waiting on another thread returns None. Safe twice."""

@@ -14,6 +14,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from edge_agent.sources.encoded import JPEG_MAGIC, jpeg_size
+
 MAX_FRAME_PIXELS = 50_000_000
 """Frames (and image files) above 50 megapixels are refused: 150 MB once decoded as BGR."""
 
@@ -58,20 +60,7 @@ def image_file_pixels(path: str | Path) -> int | None:
     if head.startswith(b"\x89PNG\r\n\x1a\n") and len(head) >= 24 and head[12:16] == b"IHDR":
         w, h = struct.unpack(">II", head[16:24])
         return int(w) * int(h)
-    if head.startswith(b"\xff\xd8"):
-        i = 2
-        while i + 9 < len(head):
-            if head[i] != 0xFF:
-                i += 1
-                continue
-            marker = head[i + 1]
-            if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:
-                i += 2
-                continue
-            length = struct.unpack(">H", head[i + 2:i + 4])[0]
-            if marker in (0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD,
-                          0xCE, 0xCF):
-                h, w = struct.unpack(">HH", head[i + 5:i + 9])
-                return int(w) * int(h)
-            i += 2 + length
+    if head.startswith(JPEG_MAGIC):
+        size = jpeg_size(head)
+        return None if size is None else size[0] * size[1]
     return None

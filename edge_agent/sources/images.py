@@ -12,6 +12,7 @@ import numpy as np
 from edge_agent.config import ImagesSourceConfig
 from edge_agent.errors import SourceError
 from edge_agent.sources.conform import MAX_FRAME_PIXELS, image_file_pixels
+from edge_agent.sources.encoded import EncodedImage
 from edge_agent.sources.pacing import FramePacer, PacedFileSource
 
 logger = logging.getLogger(__name__)
@@ -62,10 +63,13 @@ class ImageFolderSource(PacedFileSource):
         live: always False.
         skipped: unreadable images skipped so far (each is logged once).
         loops: how many times the list restarted (``loop: true``).
+        defer_decode: hand JPEG files over still encoded (``Frame.encoded``) so a motion gate
+            can look at a DCT-scaled decode first; set by the pipeline when it has a gate.
     """
 
     live = False
     bad_lines = 0  # no text lines: nothing malformed to skip
+    defer_decode = False
 
     def __init__(self, cfg: ImagesSourceConfig) -> None:
         self.cfg = cfg
@@ -98,7 +102,7 @@ class ImageFolderSource(PacedFileSource):
         self._open = True
         logger.info("images %s: %d files", self.cfg.uri, len(self.paths))
 
-    def _next_image(self) -> np.ndarray:
+    def _next_image(self) -> np.ndarray | EncodedImage:
         if not self._open:
             raise SourceError(f"images {self.cfg.uri!r} is not open")
         while True:
@@ -121,6 +125,10 @@ class ImageFolderSource(PacedFileSource):
             if pixels is not None and pixels > MAX_FRAME_PIXELS:
                 why = f"{pixels / 1e6:.0f} megapixels, over the {MAX_FRAME_PIXELS // 10**6} limit"
             else:
+                encoded = self._encoded(path) if self.defer_decode else None
+                if encoded is not None:
+                    self._readable_in_pass += 1
+                    return encoded
                 try:
                     image = cv2.imread(str(path), cv2.IMREAD_COLOR)
                 except cv2.error as exc:  # e.g. over OpenCV's own size limit
@@ -132,6 +140,18 @@ class ImageFolderSource(PacedFileSource):
                 continue
             self._readable_in_pass += 1
             return image
+
+    @staticmethod
+    def _encoded(path: Path) -> EncodedImage | None:
+        """The file as an undecoded JPEG, or None (not a JPEG, unreadable: decoded as before,
+        which reports the problem)."""
+        if path.suffix.lower() not in {".jpg", ".jpeg"}:
+            return None
+        try:
+            data = path.read_bytes()
+        except OSError:
+            return None
+        return EncodedImage.jpeg(data)
 
     def close(self) -> None:
         """Forget the list. Safe to call twice."""

@@ -14,7 +14,7 @@ import time
 
 import numpy as np
 
-from edge_agent.types import Frame
+from edge_agent.types import EncodedPixels, Frame
 
 
 class FramePacer:
@@ -81,7 +81,7 @@ class PacedFileSource:
     _closed: threading.Event
     _read_lock: threading.Lock
     _index: int
-    _pending: np.ndarray | None
+    _pending: np.ndarray | EncodedPixels | None
 
     def _init_pacing(self, lock: threading.Lock | None = None) -> None:
         """Set the pacing state up (unpaced until open() sets the rate); ``lock``: the
@@ -92,8 +92,8 @@ class PacedFileSource:
         self._read_lock = lock or threading.Lock()
         self._pending = None
 
-    def _next_image(self) -> np.ndarray:
-        """The image of frame ``_index``.
+    def _next_image(self) -> np.ndarray | EncodedPixels:
+        """The image of frame ``_index`` (still encoded when the source defers decoding).
 
         Raises:
             SourceError: the source cannot be read, or was never opened.
@@ -118,7 +118,10 @@ class PacedFileSource:
         if not self._pacer.wait(timeout):
             return None
         image, self._pending = self._pending, None
-        frame = Frame(index=self._index, ts=time.time(), image=image)
+        if isinstance(image, np.ndarray):
+            frame = Frame(index=self._index, ts=time.time(), image=image)
+        else:
+            frame = Frame(index=self._index, ts=time.time(), encoded=image)
         self._index += 1
         self._pacer.advance()
         return frame
