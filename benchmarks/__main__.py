@@ -1,6 +1,7 @@
 """``python -m benchmarks`` (``./dev bench``): run the performance figures, write BENCHMARKS.md.
 
-Sections (``--only`` picks some): throughput, motion, latency, memory, quant. Models from
+Sections (``--only`` picks some): throughput (with the ``threads: auto`` choice), motion,
+latency, memory, quant, stages (CPU us per result on the result path). Models from
 ../shared/models are used when present; figures that need them are skipped with a note
 otherwise. ``--rss-seconds 600`` gives the 10-minute memory figure (default 120 s);
 ``--rss-from FILE`` takes the memory figure from an earlier ``python -m benchmarks.memory``
@@ -30,7 +31,7 @@ from benchmarks.common import (
     write_video,
 )
 
-SECTIONS = ("throughput", "motion", "latency", "memory", "quant")
+SECTIONS = ("throughput", "motion", "latency", "memory", "quant", "stages")
 NOTES = [
     "The goals were set on another machine (MANIFEST.md: Intel with AVX-512/VNNI), where "
     "XNNPACK ran the quantised models: SSD 9.4 ms, YOLOv5n 21.6 ms per invoke. What the same "
@@ -108,6 +109,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                         row["goal"] = goal
                         rows.append(row)
                 fig["throughput"] = rows
+                fig["threads_auto"] = _threads_auto(rows)
             if "motion" in only:
                 from benchmarks.motion import measure as motion
 
@@ -127,11 +129,42 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
             _log("int8 vs float")
             fig["quant"] = {"blazeface": blazeface(work), "hello_world": hello_world()}
+    if "stages" in only:
+        from benchmarks.result_path import measure as stages
+
+        _log("result path, CPU us per stage")
+        fig["result_path"] = stages()
     if "memory" in only:
         fig["memory"] = _memory(args)
     fig["duration_s"] = time.monotonic() - t0
     fig["load_at_end"] = [round(x, 2) for x in os.getloadavg()]
     return fig
+
+
+def _threads_auto(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """What ``threads: auto`` picks for each model, and the bare fps of that count over the
+    best fixed count's, from the throughput rows of this run."""
+    from edge_agent.runtime.threads_auto import cpu_budget, pick_threads
+
+    out: list[dict[str, Any]] = []
+    by_model: dict[str, dict[int, float]] = {}
+    paths: dict[str, Path] = {}
+    for r in rows:
+        if "skipped" not in r:
+            by_model.setdefault(r["model"], {})[int(r["threads"])] = float(r["fps"]["bare"])
+    for model, _, _ in _models():
+        paths[model.name] = model
+    for name, fps in by_model.items():
+        if len(fps) < 2:
+            continue
+        _log(f"threads auto {name}")
+        choice = pick_threads(paths[name], budget=min(cpu_budget(0), max(fps)))
+        best = max(fps.values())
+        picked = fps.get(choice.threads)
+        out.append({"model": name, "picked": choice.threads, "medians_ms": choice.median_ms,
+                    "bare_fps": fps, "best_fixed": max(fps, key=lambda n: fps[n]),
+                    "picked_over_best": round(picked / best, 3) if picked else None})
+    return out
 
 
 def _gated_models() -> list[tuple[Path, Path | None]]:
@@ -160,6 +193,25 @@ def _memory(args: argparse.Namespace) -> dict[str, Any]:
         return {"error": f"benchmarks.memory failed: {proc.stderr.strip()[-300:]}"}
 
 
+def _previous_figures(doc: Path) -> dict[str, Any] | None:
+    """The figures of the BENCHMARKS.md about to be replaced (its JSON block), for the
+    side-by-side column; None when there is none."""
+    try:
+        text = doc.read_text()
+    except OSError:
+        return None
+    found = re.search(r"<summary>All figures \(JSON\)</summary>\s*```json\n(.*?)\n```", text,
+                      re.S)
+    if not found:
+        return None
+    try:
+        old: dict[str, Any] = json.loads(found.group(1))
+    except json.JSONDecodeError:
+        return None
+    keep = ("date", "throughput", "motion", "latency", "memory", "result_path")
+    return {k: old[k] for k in keep if k in old}
+
+
 def _log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
@@ -180,12 +232,15 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="skip the untuned pipeline runs")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
+    out = Path(args.out)
+    previous = _previous_figures(out)
     fig = run(args)
+    if previous:
+        fig["previous"] = previous
     if args.json:  # first: a rendering problem must not lose the figures
         Path(args.json).write_text(json.dumps(fig, indent=2, default=str))
     from benchmarks.report import render
 
-    out = Path(args.out)
     text = render(fig)
     # sections other commands write (python -m benchmarks.collector --write) are kept
     old = out.read_text() if out.exists() else ""

@@ -1,14 +1,18 @@
 """Motion gating: CPU seconds on a mostly static clip with the gate on / off.
 
 The clip comes from :func:`edge_agent.sources.synthetic.write_clip`, which returns the motion
-episodes as frame ranges (the ground truth). Both runs process the whole clip unpaced (every
-frame, in order) through the same pipeline and egress; the CPU seconds of the process are
-compared, and every episode must have at least one published result inside its frame range
-when the gate is on.
+episodes as frame ranges (the ground truth). Three runs process the whole clip unpaced (every
+frame, in order) through the same pipeline and egress: the gate off; the gate on, measuring a
+DCT-scaled decode of each MJPEG packet and decoding in full only what it lets through (what
+the pipeline does); and the gate on with every frame decoded in full first (the pipeline
+before deferred decoding, kept as the baseline). They alternate over ``rounds`` rounds; the
+CPU seconds of the process are compared per round, and every episode must have at least one
+published result inside its frame range when the gate is on.
 """
 
 from __future__ import annotations
 
+import statistics
 import time
 from pathlib import Path
 from typing import Any
@@ -21,8 +25,29 @@ CLIP_S = 120.0
 FPS = 10.0
 
 
+class _DecodingSource:
+    """A source without ``defer_decode``: the pipeline gets every frame decoded in full."""
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+
+    live = property(lambda self: self._inner.live)
+    bad_lines = property(lambda self: self._inner.bad_lines)
+    dropped = property(lambda self: self._inner.dropped)
+
+    def open(self) -> None:
+        self._inner.open()
+
+    def read(self, timeout: float) -> Any:
+        return self._inner.read(timeout)
+
+    def close(self) -> None:
+        self._inner.close()
+
+
 def _run(model: Path, labels: Path | None, clip: Path, egress: Egress | None, *,
-         gated: bool, threads: int) -> tuple[float, float, list[int], dict[str, Any]]:
+         gated: bool, threads: int, defer: bool = True
+         ) -> tuple[float, float, list[int], dict[str, Any]]:
     from edge_agent.bundle import load_bundle
     from edge_agent.motion import MotionGate
     from edge_agent.pipeline import Pipeline
@@ -42,7 +67,11 @@ def _run(model: Path, labels: Path | None, clip: Path, egress: Egress | None, *,
         return egress.guard.send(msg) if egress is not None else True
 
     gate = MotionGate(pcfg.motion) if gated else None
-    pipe = Pipeline(pcfg, bundle, source_factory=create_source,
+
+    def factory(cfg: Any) -> Any:
+        return create_source(cfg) if defer else _DecodingSource(create_source(cfg))
+
+    pipe = Pipeline(pcfg, bundle, source_factory=factory,
                     policy=PrivacyPolicy(pcfg.privacy, pcfg.name, "bench", seal), send=send,
                     gate=gate)
     c, t = time.process_time(), time.perf_counter()
@@ -55,9 +84,18 @@ def _run(model: Path, labels: Path | None, clip: Path, egress: Egress | None, *,
     return cpu, wall, indices, st
 
 
+def _median(xs: list[float]) -> float:
+    return statistics.median(xs) if xs else float("nan")
+
+
 def measure(model: Path, labels: Path | None, work: Path, egress: Egress | None, *,
-            threads: int = 2) -> dict[str, Any]:
-    """CPU with the gate / without on the same clip, and whether every episode was reported."""
+            threads: int = 2, rounds: int = 2) -> dict[str, Any]:
+    """CPU with the gate / without on the same clip, and whether every episode was reported.
+
+    Three runs per round, alternating: gate off, gate on (deferred decode), gate on with full
+    decodes (the earlier pipeline). Ratios are per round; the median is reported with the
+    lowest and highest round.
+    """
     from edge_agent.sources.synthetic import write_clip
 
     clip = work / "static.avi"
@@ -65,25 +103,50 @@ def measure(model: Path, labels: Path | None, work: Path, egress: Egress | None,
         truth = write_clip(clip, seconds=CLIP_S, fps=FPS, episodes=EPISODES, seed=3)
         (work / "static.truth").write_text(repr(truth))
     truth = eval((work / "static.truth").read_text())  # our own repr of tuples
-    off_cpu, off_wall, off_idx, off_st = _run(model, labels, clip, egress, gated=False,
-                                              threads=threads)
-    on_cpu, on_wall, on_idx, on_st = _run(model, labels, clip, egress, gated=True,
-                                          threads=threads)
-    published = set(on_idx)
-    missed = [(a, b) for a, b in truth if not any(a <= i <= b for i in published)]
+    cpu: dict[str, list[float]] = {"gate_off": [], "gate_on": [], "gate_on_full_decode": []}
+    wall: dict[str, list[float]] = {k: [] for k in cpu}
+    ratios: dict[str, list[float]] = {"gate_on": [], "gate_on_full_decode": []}
+    missed_any: set[tuple[int, int]] = set()
+    st: dict[str, dict[str, Any]] = {}
+    off_idx: list[int] = []
+    for _ in range(rounds):
+        off_cpu, off_wall, off_idx, st["gate_off"] = _run(model, labels, clip, egress,
+                                                          gated=False, threads=threads)
+        cpu["gate_off"].append(off_cpu)
+        wall["gate_off"].append(off_wall)
+        for key, defer in (("gate_on", True), ("gate_on_full_decode", False)):
+            c, w, idx, st[key] = _run(model, labels, clip, egress, gated=True,
+                                      threads=threads, defer=defer)
+            cpu[key].append(c)
+            wall[key].append(w)
+            ratios[key].append(c / off_cpu if off_cpu else float("nan"))
+            published = set(idx)
+            missed_any |= {(a, b) for a, b in truth
+                           if not any(a <= i <= b for i in published)}
     moving = sum(b - a + 1 for a, b in truth)
+    missed = sorted(missed_any)
+
+    def spread(xs: list[float]) -> dict[str, float]:
+        return {"median": round(_median(xs), 3), "min": round(min(xs), 3),
+                "max": round(max(xs), 3)}
+
     return {
-        "model": model.name, "threads": threads,
+        "model": model.name, "threads": threads, "rounds": rounds,
         "clip": f"{CLIP_S:g} s at {FPS:g} fps, 640x480 MJPEG, {len(truth)} motion episodes "
                 f"({moving} of {int(CLIP_S * FPS)} frames move)",
         "episodes": [list(e) for e in truth],
-        "cpu_s": {"gate_off": round(off_cpu, 2), "gate_on": round(on_cpu, 2)},
-        "wall_s": {"gate_off": round(off_wall, 2), "gate_on": round(on_wall, 2)},
-        "cpu_ratio": round(on_cpu / off_cpu, 3) if off_cpu else None,
+        "cpu_s": {k: round(_median(v), 2) for k, v in cpu.items()},
+        "wall_s": {k: round(_median(v), 2) for k, v in wall.items()},
+        "cpu_ratio": round(_median(ratios["gate_on"]), 3),
+        "cpu_ratio_rounds": spread(ratios["gate_on"]),
+        "cpu_ratio_full_decode": round(_median(ratios["gate_on_full_decode"]), 3),
+        "cpu_ratio_full_decode_rounds": spread(ratios["gate_on_full_decode"]),
         # a perfect gate infers only the moving frames; decoding every frame is still paid
         "moving_fraction": round(moving / (CLIP_S * FPS), 3),
-        "inferred": {"gate_off": off_st["inferred"], "gate_on": on_st["inferred"]},
-        "gated_frames": on_st["gated"],
+        "inferred": {"gate_off": st["gate_off"]["inferred"],
+                     "gate_on": st["gate_on"]["inferred"],
+                     "gate_on_full_decode": st["gate_on_full_decode"]["inferred"]},
+        "gated_frames": st["gate_on"]["gated"],
         "episodes_reported": len(truth) - len(missed),
         "episodes_missed": [list(e) for e in missed],
         "frames_off": len(off_idx),
