@@ -22,6 +22,7 @@ from typing import Any
 
 from edge_agent import __version__
 from edge_agent.config import AgentConfig, load_config
+from edge_agent.contract.payloads import StatusState
 from edge_agent.errors import ConfigError, EdgeAgentError
 from edge_agent.face_detector import build_face_detector
 from edge_agent.pipeline_set import PipelineSet
@@ -88,7 +89,7 @@ class Agent:
 
     # ------------------------------------------------------------------ messages
 
-    def status_message(self, state: str) -> Any:
+    def status_message(self, state: StatusState) -> Any:
         """The retained status message (online or offline)."""
         pipelines = self.pipelines.status() if state == "online" else []
         return self.messages.status(

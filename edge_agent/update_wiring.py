@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from edge_agent.bundle import ModelBundle, load_bundle
 from edge_agent.config import PipelineConfig, fixed_threads
+from edge_agent.contract.payloads import ShadowState
 from edge_agent.errors import EdgeAgentError, ModelError
 from edge_agent.pipeline import Pipeline
 
@@ -208,7 +209,7 @@ class UpdateWiring:
         about = manifest.describe()
         gate_raw = manifest.raw.get("shadow")
 
-        def send_figures(figures: dict[str, Any], state: str = "shadowing",
+        def send_figures(figures: dict[str, Any], state: ShadowState = "shadowing",
                     reason: str | None = None) -> None:
             from edge_agent.privacy import messages
 

@@ -1,27 +1,31 @@
-"""Generate ``docs/schemas`` (the subscriber's copy) from the contract.
+"""Generate ``edge_agent/schemas`` and ``docs/schemas`` (the subscriber's copy) from the contract.
 
-Each message document is the payload's JSON Schema as shipped in the package, with an
+``edge_agent/schemas/<kind>.json`` is each payload's JSON Schema, generated from its typed
+model in :mod:`edge_agent.contract.payloads` (the agent loads these files; it never imports
+the generator). Each ``docs/schemas`` message document is that schema with an
 ``x-edge-agent`` object saying what the contract declares about the message (topic pattern,
 retained, durable, QoS, size limit), so the docs cannot drift from what the guard enforces.
 Each command document (``cmd_<name>.json``) is the schema the command channel validates with,
 and its topics, signing and size limit. ``model_manifest.json`` is the signed model manifest's
 schema, from :mod:`edge_agent.contract.manifest`.
-A test fails when ``docs/schemas`` is stale.
+A test fails when either folder is stale.
 
-Run: ``python -m edge_agent.contract.schemagen docs/schemas``.
+Run: ``python -m edge_agent.contract.schemagen`` (writes both folders).
 """
 
 from __future__ import annotations
 
 import json
 import sys
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from edge_agent.contract import manifest
 from edge_agent.contract.commands import COMMANDS, CommandSpec
 from edge_agent.contract.messages import SPECS, MessageSpec
+from edge_agent.contract.payloads import documents
+
+PACKAGE_SCHEMAS = Path(__file__).resolve().parent.parent / "schemas"
 
 
 def _contract(spec: MessageSpec) -> dict[str, Any]:
@@ -36,14 +40,23 @@ def _contract(spec: MessageSpec) -> dict[str, Any]:
     return out
 
 
+def _text(doc: object) -> str:
+    return json.dumps(doc, indent=2, ensure_ascii=False) + "\n"
+
+
+def render_package() -> dict[str, str]:
+    """File name -> text of every payload schema in ``edge_agent/schemas``."""
+    return {name: _text(doc) for name, doc in documents().items()}
+
+
 def render() -> dict[str, str]:
     """File name -> text of every document in ``docs/schemas``."""
     out: dict[str, str] = {}
-    root = resources.files("edge_agent").joinpath("schemas")
+    payloads = documents()
     for spec in SPECS.values():
-        schema: dict[str, Any] = json.loads(root.joinpath(spec.schema_file).read_text("utf-8"))
+        schema: dict[str, Any] = dict(payloads[spec.schema_file])
         schema["x-edge-agent"] = _contract(spec)
-        out[spec.schema_file] = json.dumps(schema, indent=2, ensure_ascii=False) + "\n"
+        out[spec.schema_file] = _text(schema)
     for command in COMMANDS:
         out[command.file] = json.dumps(_command(command), indent=2, ensure_ascii=False) + "\n"
     out[manifest.SCHEMA_FILE] = json.dumps(manifest.json_schema(), indent=2,
@@ -68,11 +81,11 @@ def _command(spec: CommandSpec) -> dict[str, Any]:
     return doc
 
 
-def write(directory: Path) -> list[Path]:
-    """Write every document into ``directory``; the paths written."""
+def write(directory: Path, texts: dict[str, str] | None = None) -> list[Path]:
+    """Write every document (default: the docs') into ``directory``; the paths written."""
     directory.mkdir(parents=True, exist_ok=True)
     written = []
-    for name, text in render().items():
+    for name, text in (render() if texts is None else texts).items():
         path = directory / name
         path.write_text(text, "utf-8")
         written.append(path)
@@ -80,5 +93,6 @@ def write(directory: Path) -> list[Path]:
 
 
 if __name__ == "__main__":
-    for p in write(Path(sys.argv[1] if len(sys.argv) > 1 else "docs/schemas")):
+    for p in [*write(PACKAGE_SCHEMAS, render_package()),
+              *write(Path(sys.argv[1] if len(sys.argv) > 1 else "docs/schemas"))]:
         print(p)

@@ -13,9 +13,31 @@ import re
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import PurePath
-from typing import Any
+from typing import Any, cast
 
 from edge_agent.contract.messages import SCHEMA_IDS, OutgoingMessage
+from edge_agent.contract.payloads import (
+    ClassificationAgreement,
+    CmdReplyPayload,
+    DetectionAgreement,
+    InventoryPayload,
+    InventoryPipeline,
+    LabelAgreement,
+    ModelRefPayload,
+    ModelStateName,
+    ModelStatePayload,
+    Percentiles,
+    ShadowFigures,
+    ShadowGate,
+    ShadowLatency,
+    ShadowPayload,
+    ShadowSampling,
+    ShadowState,
+    StatsPayload,
+    StatusPayload,
+    StatusState,
+    ValuesAgreement,
+)
 from edge_agent.privacy.policy import PrivacyPolicy, iso_ts, model_dict
 from edge_agent.privacy.seal import Seal
 from edge_agent.types import ModelRef, TrackEvent
@@ -57,7 +79,7 @@ def _now(ts: float | None) -> str:
     return iso_ts(time.time() if ts is None else ts)
 
 
-def status(seal: Seal, *, device: str, state: str, agent_version: str,
+def status(seal: Seal, *, device: str, state: StatusState, agent_version: str,
            started_at: float | None, pipelines: Sequence[Mapping[str, Any]] = (),
            runtime: Mapping[str, Any] | None = None, boot_id: str | None = None,
            outbox: Mapping[str, Any] | None = None, mqtt: Mapping[str, Any] | None = None,
@@ -79,7 +101,7 @@ def status(seal: Seal, *, device: str, state: str, agent_version: str,
             down_since).
         ts: the message time; default now.
     """
-    payload: dict[str, Any] = {
+    payload: StatusPayload = {
         "schema": SCHEMA_IDS["status"], "device": device, "state": state, "ts": _now(ts),
         "agent_version": agent_version,
         "started_at": None if started_at is None else iso_ts(started_at),
@@ -113,17 +135,20 @@ def stats(seal: Seal, *, device: str, pipelines: Mapping[str, Mapping[str, Any]]
         cpu_temp_c: CPU temperature, if known.
         ts: the message time; default now.
     """
-    payload: dict[str, Any] = {"schema": SCHEMA_IDS["stats"], "device": device, "ts": _now(ts),
+    payload: StatsPayload = {"schema": SCHEMA_IDS["stats"], "device": device, "ts": _now(ts),
                                "pipelines": plain(pipelines), "cpu_temp_c": plain(cpu_temp_c)}
     if uptime_s is not None:
         payload["uptime_s"] = round(max(0.0, float(uptime_s)), 3)
-    for key, value in (("outbox", outbox), ("mqtt", mqtt), ("egress", egress)):
-        if value is not None:
-            payload[key] = plain(value)
+    if outbox is not None:
+        payload["outbox"] = plain(outbox)
+    if mqtt is not None:
+        payload["mqtt"] = plain(mqtt)
+    if egress is not None:
+        payload["egress"] = plain(egress)
     return seal.issue("stats", None, payload)
 
 
-def _ref(model: ModelRef | Mapping[str, Any] | None) -> dict[str, Any] | None:
+def _ref(model: ModelRef | Mapping[str, Any] | None) -> ModelRefPayload | None:
     if model is None:
         return None
     if isinstance(model, ModelRef):
@@ -131,7 +156,7 @@ def _ref(model: ModelRef | Mapping[str, Any] | None) -> dict[str, Any] | None:
     return model_dict(ModelRef(str(model["name"]), int(model["version"]), str(model["sha256"])))
 
 
-def model_state(seal: Seal, *, device: str, pipeline: str, state: str, name: str,
+def model_state(seal: Seal, *, device: str, pipeline: str, state: ModelStateName, name: str,
                 version: int, sha256: str, reason: str | None = None,
                 active: ModelRef | Mapping[str, Any] | None = None,
                 previous: ModelRef | Mapping[str, Any] | None = None,
@@ -141,7 +166,7 @@ def model_state(seal: Seal, *, device: str, pipeline: str, state: str, name: str
     ``name``/``version``/``sha256`` are the model the event is about; ``active`` names the
     model serving now; ``progress`` (0..1) is for downloads.
     """
-    payload: dict[str, Any] = {
+    payload: ModelStatePayload = {
         "schema": SCHEMA_IDS["model_state"], "device": device, "pipeline": pipeline,
         "ts": _now(ts), "state": state, "name": str(name), "version": int(version),
         "sha256": str(sha256).lower(), "reason": None if reason is None else _text(reason, 1024),
@@ -155,7 +180,7 @@ def model_state(seal: Seal, *, device: str, pipeline: str, state: str, name: str
 def cmd_reply(seal: Seal, *, device: str, request_id: str, ok: bool, error: str | None = None,
               ts: float | None = None) -> OutgoingMessage:
     """The ``P/D/cmd/reply`` message answering one command."""
-    payload: dict[str, Any] = {"schema": SCHEMA_IDS["cmd_reply"], "device": device,
+    payload: CmdReplyPayload = {"schema": SCHEMA_IDS["cmd_reply"], "device": device,
                                "ts": _now(ts), "request_id": _text(request_id, 128),
                                "ok": bool(ok)}
     if error is not None:
@@ -199,18 +224,19 @@ def inventory(seal: Seal, *, device: str, agent_version: str,
         boot_id: the transport's boot id.
         ts: the message time; default now.
     """
-    entries = []
+    entries: list[InventoryPipeline] = []
     for p in pipelines:
-        entry = {k: plain(p.get(k)) for k in ("name", "state", "model", "delegate", "target")}
-        entry["model"] = _ref(p.get("model"))
         st = p.get("model_state")
-        entry["model_state"] = None if not st else {
-            "state": str(st.get("state")), "name": plain(st.get("name")),
-            "version": plain(st.get("version")),
-            "reason": None if st.get("reason") is None else _text(st["reason"], 1024)}
-        entry["targets"] = [str(t) for t in p.get("targets") or ()]
-        entries.append(entry)
-    payload: dict[str, Any] = {
+        entries.append({
+            "name": plain(p.get("name")), "state": plain(p.get("state")),
+            "model": _ref(p.get("model")),
+            "delegate": plain(p.get("delegate")), "target": plain(p.get("target")),
+            "model_state": None if not st else {
+                "state": str(st.get("state")), "name": plain(st.get("name")),
+                "version": plain(st.get("version")),
+                "reason": None if st.get("reason") is None else _text(st["reason"], 1024)},
+            "targets": [str(t) for t in p.get("targets") or ()]})
+    payload: InventoryPayload = {
         "schema": SCHEMA_IDS["inventory"], "device": device, "ts": _now(ts),
         "agent_version": agent_version, "boot_id": boot_id, "runtime": plain(runtime),
         "board": plain(board), "pipelines": entries, "groups": [str(g) for g in groups],
@@ -237,17 +263,22 @@ def _pick(src: Any, keys: Sequence[str]) -> dict[str, Any]:
     return {k: _num(src.get(k)) for k in keys}
 
 
-def shadow_figures(figures: Mapping[str, Any]) -> dict[str, Any]:
+def _keys(model: type, *leave_out: str) -> tuple[str, ...]:
+    """The field names of a payload model (so the figures' keys are written there only)."""
+    return tuple(k for k in model.__annotations__ if k not in leave_out)
+
+
+def shadow_figures(figures: Mapping[str, Any]) -> ShadowFigures:
     """The shadow runner's figures reduced to the contract's aggregates: known keys with
     numbers only (a label name is the only text), so nothing of a frame can ride along."""
     raw_lat = figures.get("latency_ms")
     lat: Mapping[str, Any] = raw_lat if isinstance(raw_lat, Mapping) else {}
+    sampling = figures.get("sampling")
     out: dict[str, Any] = {
         **_pick(figures, ("frames", "failures", "non_finite", "latency_ratio")),
-        "latency_ms": {m: _pick(lat.get(m), ("p50", "p95")) for m in ("active", "candidate")},
-        "sampling": {**_pick(figures.get("sampling"), ("every", "offered", "sampled",
-                                                        "dropped", "skipped_busy")),
-                     "when_idle": bool((figures.get("sampling") or {}).get("when_idle"))},
+        "latency_ms": {m: _pick(lat.get(m), _keys(Percentiles)) for m in _keys(ShadowLatency)},
+        "sampling": {**_pick(sampling, _keys(ShadowSampling, "when_idle")),
+                     "when_idle": bool((sampling or {}).get("when_idle"))},
     }
     det = figures.get("detection")
     if isinstance(det, Mapping):
@@ -255,20 +286,19 @@ def shadow_figures(figures: Mapping[str, Any]) -> dict[str, Any]:
         labels: Mapping[str, Any] = raw if isinstance(raw, Mapping) else {}
         keep = sorted(labels, key=lambda k: (-int(_num(labels[k].get("active")) or 0), str(k)))
         out["detection"] = {
-            **_pick(det, ("iou", "precision", "recall", "mean_iou", "active_count",
-                          "candidate_count", "mean_count_diff", "mean_abs_count_diff")),
-            "labels": {_text(k, 64): _pick(labels[k], ("precision", "recall", "active",
-                                                       "candidate"))
+            **_pick(det, _keys(DetectionAgreement, "labels")),
+            "labels": {_text(k, 64): _pick(labels[k], _keys(LabelAgreement))
                        for k in keep[:SHADOW_MAX_LABELS]}}
-    for key, fields in (("classification", ("frames", "top1", "top5")),
-                        ("values", ("frames", "mean_abs_diff", "max_abs_diff"))):
+    for key, model in (("classification", ClassificationAgreement),
+                       ("values", ValuesAgreement)):
         part = figures.get(key)
         if isinstance(part, Mapping):
-            out[key] = _pick(part, fields)
-    return out
+            out[key] = _pick(part, _keys(model))
+    # the keys are the models' own (above); the numbers are _num's: int, float or None
+    return cast(ShadowFigures, out)
 
 
-def shadow(seal: Seal, *, device: str, pipeline: str, state: str,
+def shadow(seal: Seal, *, device: str, pipeline: str, state: ShadowState,
            candidate: ModelRef | Mapping[str, Any], active: ModelRef | Mapping[str, Any] | None,
            figures: Mapping[str, Any], gate: Mapping[str, Any] | None = None,
            reason: str | None = None, ts: float | None = None) -> OutgoingMessage:
@@ -285,11 +315,10 @@ def shadow(seal: Seal, *, device: str, pipeline: str, state: str,
     """
     if state not in SHADOW_STATES:
         raise ValueError(f"shadow state {state!r} is not one of {SHADOW_STATES}")
-    payload: dict[str, Any] = {
+    payload: ShadowPayload = {
         "schema": SCHEMA_IDS["shadow"], "device": device, "pipeline": pipeline, "ts": _now(ts),
         "state": state, "candidate": _ref(candidate), "active": _ref(active),
-        "gate": None if gate is None else _pick(gate, ("frames", "min_recall", "min_precision",
-                                                        "max_latency_ratio")),
+        "gate": None if gate is None else cast(ShadowGate, _pick(gate, _keys(ShadowGate))),
         "reason": None if reason is None else _text(reason, 1024),
         "figures": shadow_figures(figures),
     }

@@ -30,6 +30,12 @@ import numpy as np
 
 from edge_agent.config import PrivacyConfig
 from edge_agent.contract.messages import SCHEMA_IDS, OutgoingMessage
+from edge_agent.contract.payloads import (
+    ClassPayload,
+    DetectionPayload,
+    ModelRefPayload,
+    SnapshotMetaPayload,
+)
 from edge_agent.privacy.masks import MaskSet
 from edge_agent.privacy.redact import FaceDetector, TiledFaceFinder, expand_box, redact
 from edge_agent.privacy.seal import Seal
@@ -90,7 +96,7 @@ def iso_ts(ts: float) -> str:
     return f"{base}.{ms % 1000:03d}Z"
 
 
-def model_dict(model: ModelRef) -> dict[str, Any]:
+def model_dict(model: ModelRef) -> ModelRefPayload:
     """The ``model`` object of a payload."""
     return {"name": str(model.name)[:256], "version": max(0, int(model.version)),
             "sha256": str(model.sha256).lower()}
@@ -207,11 +213,13 @@ class PrivacyPolicy:
                 kept.append(det)
         return kept
 
-    def _detection(self, det: Detection, zones: bool = False) -> dict[str, Any]:
-        out: dict[str, Any] = {"label": str(det.label)[:128], "class_id": int(det.class_id)}
+    def _detection(self, det: Detection, zones: bool = False) -> DetectionPayload:
+        out: DetectionPayload = {"label": str(det.label)[:128], "class_id": int(det.class_id)}
         if not self.cfg.drop_scores:
             out["score"] = round(float(det.score), 4)
-        out["box"] = self._box(det.box)
+        box = self._box(det.box)
+        if box is not None:  # always: filter_detections keeps finite 4-boxes only
+            out["box"] = box
         if det.keypoints:
             p = self.cfg.box_precision
             pts = [[round(float(x), p), round(float(y), p)] for x, y in det.keypoints
@@ -290,15 +298,15 @@ class PrivacyPolicy:
             payload["values"] = values
         return self._seal.issue("result", self.pipeline, payload)
 
-    def _classes(self, classes: Any) -> list[dict[str, Any]] | None:
+    def _classes(self, classes: Any) -> list[ClassPayload] | None:
         if classes is None:
             return None
-        out: list[dict[str, Any]] = []
+        out: list[ClassPayload] = []
         for c in sorted(classes, key=lambda c: -c.score if math.isfinite(c.score) else 0.0):
             if not self.label_allowed(c.label) or not self._score_ok(float(c.score)):
                 self._count("classes_suppressed")
                 continue
-            item: dict[str, Any] = {"label": str(c.label)[:128], "class_id": int(c.class_id)}
+            item: ClassPayload = {"label": str(c.label)[:128], "class_id": int(c.class_id)}
             if not self.cfg.drop_scores:
                 item["score"] = round(float(c.score), 4)
             out.append(item)
@@ -422,7 +430,7 @@ class PrivacyPolicy:
             self._snap_times.append(self._clock())
         self._count("snapshots_published")
         h, w = image.shape[:2]
-        meta = {
+        meta: SnapshotMetaPayload = {
             "schema": SCHEMA_IDS["snapshot"], "device": self.device_id,
             "pipeline": self.pipeline, "ts": iso_ts(result.ts),
             "frame": {"index": max(0, int(result.frame_index)), "width": w, "height": h},

@@ -44,6 +44,19 @@ def test_docs_schemas_are_generated_from_the_contract_and_not_stale():
         assert {k: v for k, v in doc.items() if k != "x-edge-agent"} == shipped
 
 
+def test_package_schemas_are_generated_from_the_payload_models_and_not_stale():
+    from edge_agent.contract.messages import SPECS
+    from edge_agent.contract.payloads import PAYLOADS
+    from edge_agent.contract.schemagen import render_package
+
+    assert set(PAYLOADS) == set(SPECS)  # every kind has its typed payload model
+    want = render_package()
+    assert set(want) == set(SCHEMA_FILES.values())
+    for name, text in want.items():
+        assert (REPO / "edge_agent" / "schemas" / name).read_text("utf-8") == text, (
+            f"edge_agent/schemas/{name} is stale: run python -m edge_agent.contract.schemagen")
+
+
 def test_design_example_result_validates():
     example = {"schema": "edge-agent/result@1", "id": "abc", "seq": 42, "device": "pi-door-1",
                "pipeline": "door", "ts": "2026-11-28T12:00:00.123Z",
