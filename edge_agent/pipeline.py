@@ -38,6 +38,7 @@ from edge_agent.bundle import ModelBundle, outputs_finite
 from edge_agent.config import PipelineConfig
 from edge_agent.credentials import scrub_text
 from edge_agent.errors import SourceError
+from edge_agent.shadow_headroom import ArrivalClock
 from edge_agent.sources.conform import conform_image
 from edge_agent.thermal import FrameThinner
 from edge_agent.types import Frame, HealthEvent, Result, TargetChange, Transform
@@ -230,8 +231,9 @@ class Pipeline:
         self._source_up: bool | None = None  # for source_up/source_down events
         self.on_inference = on_inference
         # a shadow candidate (edge_agent.shadow.ShadowRunner): offered decoded frames, never
-        # waited for
+        # waited for; ``arrivals`` tells it when the next frame is due (its idle budget)
         self.shadow: Any = None
+        self.arrivals = ArrivalClock()
         self._observe = observe
         self.tuning = tuning or DEFAULT_TUNING
         self._thermal = thermal
@@ -449,6 +451,7 @@ class Pipeline:
                 if frame is None:
                     continue
                 t1 = time.perf_counter()
+                self.arrivals.arrived(t1)
                 if self._thermal is not None:
                     self.thermal_factor = factor = self._thermal()
                     if live and not self._thinner.admit(factor):
@@ -661,7 +664,11 @@ class Pipeline:
             return
         dt = time.perf_counter() - t0
         item.inference_ms = dt * 1000
-        item.inputs = []  # the preprocess buffer is free again; keep no reference to it
+        shadow = self.shadow
+        # the preprocess buffer is free again: keep no reference to it (a shadow candidate
+        # with the same inputs gets a copy)
+        item.inputs = ([np.array(x, copy=True) for x in item.inputs]
+                       if shadow is not None and shadow.share_inputs else [])
         self._observe_stage("invoke", dt)
         self._q_out.put(item)
 
@@ -701,10 +708,12 @@ class Pipeline:
                 self.stats.errors += 1
             return
         shadow = self.shadow
-        if shadow is not None and item.inputs is not None:
-            # the same preprocessed inputs; idle: no frame is waiting for the active model
-            shadow.offer(item.frame, item.inputs, item.transform, inference,
-                         item.inference_ms, idle=self._q_in.empty())
+        if shadow is not None:
+            # the same preprocessed inputs (when the infer thread kept a copy); idle: no frame
+            # is waiting for the active model; headroom: until the next frame is due
+            shadow.offer(item.frame, item.inputs or None, item.transform, inference,
+                         item.inference_ms, idle=self._q_in.empty(),
+                         headroom_s=self.arrivals.headroom_s(time.perf_counter()))
         events: list[Any] = []
         if self._tracker is not None:
             dets, events = self._tracker.update(inference.detections, item.frame.ts)

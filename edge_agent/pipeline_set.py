@@ -136,7 +136,8 @@ class PipelineSet:
         hooks = UpdateHooks(active=wired.active, validate=wired.validate, swap=wired.swap,
                             publish_state=wired.publish_state, reply=wired.reply,
                             targets=wired.targets, shadow=wired.shadow,
-                            stop_shadow=wired.stop_shadow)
+                            stop_shadow=wired.stop_shadow,
+                            report_shadow=wired.report_shadow)
         updater = ModelUpdater(p.name, self.cfg.updates, store, keys, hooks, target=target)
         pipeline.on_inference = updater.record_inference
         self.metrics.set_model_info(p.name, bundle.ref, bundle.runtime.info)

@@ -23,10 +23,8 @@ This module is part of the wiring layer (it runs bundles); it publishes nothing 
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
-import os
 import threading
 import time
 from collections import deque
@@ -156,6 +154,41 @@ class Agreement:
                     self._val_sum += float(absdiff.sum())
                     self._val_n += int(absdiff.size)
                     self._val_max = max(self._val_max, float(absdiff.max()))
+
+    _SCALARS = ("frames", "failures", "non_finite", "_iou_sum", "_abs_count_diff",
+                "_count_diff", "_cls_frames", "_top1", "_top5", "_val_frames", "_val_sum",
+                "_val_n", "_val_max")
+
+    def state(self) -> dict[str, Any]:
+        """The running totals as a JSON-able dict (for :meth:`restore` after a restart)."""
+        with self._lock:
+            return {**{k.lstrip("_"): getattr(self, k) for k in self._SCALARS},
+                    "tp": dict(self._tp), "active_n": dict(self._active_n),
+                    "cand_n": dict(self._cand_n),
+                    "lat_active": list(self._lat_active), "lat_cand": list(self._lat_cand)}
+
+    def restore(self, state: Mapping[str, Any]) -> None:
+        """Continue from :meth:`state`'s totals.
+
+        Raises:
+            ValueError: ``state`` is not such a dict.
+        """
+        try:
+            scalars = {k: type(getattr(self, k))(state[k.lstrip("_")]) for k in self._SCALARS}
+            counts = {k: {str(lab): int(n) for lab, n in dict(state[k]).items()}
+                      for k in ("tp", "active_n", "cand_n")}
+            lats = {k: [float(v) for v in state[k]] for k in ("lat_active", "lat_cand")}
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"saved shadow figures are not usable: {exc!r}") from None
+        with self._lock:
+            for k, v in scalars.items():
+                setattr(self, k, v)
+            self._tp, self._active_n, self._cand_n = (counts["tp"], counts["active_n"],
+                                                      counts["cand_n"])
+            self._lat_active.clear()
+            self._lat_active.extend(lats["lat_active"])
+            self._lat_cand.clear()
+            self._lat_cand.extend(lats["lat_cand"])
 
     def figures(self) -> dict[str, Any]:
         """The aggregate figures (a JSON-able dict; nothing of an individual frame)."""
@@ -293,10 +326,13 @@ def _same_input(a: ModelBundle, b: ModelBundle) -> bool:
 @dataclass
 class _Job:
     frame: Frame
-    inputs: list[np.ndarray] | None  # the active model's preprocessed inputs (copied)
+    inputs: list[np.ndarray] | None  # the active model's preprocessed inputs (owned copies)
     transform: Transform
     active: Inference
     active_ms: float
+
+
+LOAD_TIMEOUT_S = 120.0
 
 
 class ShadowRunner:
@@ -304,49 +340,96 @@ class ShadowRunner:
 
     Args:
         pipeline: the pipeline's name (logs).
-        candidate: the candidate's own bundle (its own interpreter); closed by :meth:`stop`.
+        candidate: the candidate's own bundle, or a callable that loads it. A callable is
+            called on the runner's thread, after its priority is lowered, so the
+            interpreter's worker threads inherit that priority. Closed by :meth:`stop`.
         active: the active bundle when shadowing starts (to know whether the preprocessed
             inputs can be shared: same input tensors and both image models).
         every: run on every Nth offered frame (1: every frame the slot can take).
-        when_idle: run only on frames offered while the pipeline is idle (no frame waiting
-            for the active model); ``every`` still applies.
+        when_idle: run only in the pipeline's idle time (see
+            :mod:`edge_agent.shadow_headroom`): no frame waiting, the candidate not busy, and
+            the next frame not due before the candidate's run would end; ``every`` still
+            applies to the frames that qualify.
         gate: the manifest's gate, or None (then only an operator promotes).
         on_figures: called with the figures after each compared frame, at most every
             ``report_s`` seconds, and once at stop.
         on_verdict: called once with ``("pass" | "fail", reason)`` when the gate is decided.
+        on_checkpoint: called with :meth:`state` whenever figures are reported and at stop
+            (the updater saves it, so the shadow resumes after a restart).
+        resume: a :meth:`state` to continue from (the totals and counters of a run before a
+            restart).
     """
 
-    def __init__(self, pipeline: str, candidate: ModelBundle, active: ModelBundle, *,
+    def __init__(self, pipeline: str,
+                 candidate: ModelBundle | Callable[[], ModelBundle], active: ModelBundle, *,
                  every: int = 5, when_idle: bool = False, gate: ShadowGate | None = None,
                  on_figures: Callable[[dict[str, Any]], None] | None = None,
                  on_verdict: Callable[[str, str | None], None] | None = None,
-                 report_s: float = 10.0) -> None:
+                 report_s: float = 10.0,
+                 on_checkpoint: Callable[[dict[str, Any]], None] | None = None,
+                 resume: Mapping[str, Any] | None = None) -> None:
+        from edge_agent.shadow_headroom import RunBudget
+
         if every < 1:
             raise ValueError("every must be >= 1")
         self.pipeline = pipeline
-        self.candidate = candidate
-        self.share_inputs = _same_input(active, candidate)
+        if isinstance(candidate, ModelBundle):
+            self._candidate: ModelBundle | None = candidate
+            self._load: Callable[[], ModelBundle] | None = None
+        else:
+            self._candidate, self._load = None, candidate
+        self._active = active
+        self.share_inputs = (self._candidate is not None
+                             and _same_input(active, self._candidate))
         self.every = every
         self.when_idle = when_idle
         self.gate = gate
         self.on_figures = on_figures
         self.on_verdict = on_verdict
+        self.on_checkpoint = on_checkpoint
         self.report_s = report_s
         self.agreement = Agreement()
+        self.budget = RunBudget()
+        self.priority = "normal"
         self.offered = 0
         self.sampled = 0
         self.dropped = 0  # sampled frames replaced in the slot before the candidate took them
-        self.skipped_busy = 0  # when_idle: frames offered while the pipeline was busy
+        self.skipped_busy = 0  # when_idle: frames offered while the pipeline had no headroom
         self.verdict: tuple[str, str | None] | None = None
+        if resume is not None:
+            self._resume(resume)
         self._slot: _Job | None = None
+        self._running = False  # the worker is comparing a frame
         self._cond = threading.Condition()
         self._stop = False
+        self._ready = threading.Event()
+        self._load_error: BaseException | None = None
         self._last_report = 0.0
         self._thread = threading.Thread(target=self._run, name=f"shadow-{pipeline}",
                                         daemon=True)
 
+    @property
+    def candidate(self) -> ModelBundle:
+        """The candidate's bundle (loaded by :meth:`start`)."""
+        if self._candidate is None:
+            raise RuntimeError("the shadow candidate is not loaded yet")
+        return self._candidate
+
     def start(self) -> None:
+        """Start the worker; it loads the candidate (if given a loader) and, ``when idle``,
+        measures one run; returns when that is done.
+
+        Raises:
+            UpdateError: the candidate could not be loaded (or not within 120 s).
+        """
         self._thread.start()
+        if not self._ready.wait(LOAD_TIMEOUT_S):
+            self.stop(0.1)
+            raise UpdateError(f"the shadow candidate did not load within {LOAD_TIMEOUT_S:g} s "
+                              "(the CPU has no headroom for it)")
+        if self._load_error is not None:
+            self._thread.join(5.0)
+            raise UpdateError(f"the shadow candidate did not load: {self._load_error}")
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stop the worker, report the final figures and close the candidate's interpreter."""
@@ -356,20 +439,29 @@ class ShadowRunner:
         if self._thread.is_alive():
             self._thread.join(timeout)
         self._report(force=True)
-        self.candidate.close()
+        if self._candidate is not None:
+            self._candidate.close()
 
-    def offer(self, frame: Frame, inputs: Sequence[np.ndarray], transform: Transform,
-              active: Inference, active_ms: float, idle: bool = True) -> None:
-        """Hand one frame of the active model over (pipeline thread; never waits)."""
+    def offer(self, frame: Frame, inputs: Sequence[np.ndarray] | None, transform: Transform,
+              active: Inference, active_ms: float, idle: bool = True,
+              headroom_s: float | None = None) -> None:
+        """Hand one frame of the active model over (pipeline thread; never waits).
+
+        Args:
+            inputs: the active model's preprocessed inputs, owned by the caller's copy (kept
+                without copying; None: the candidate prepares the frame itself).
+            idle: no frame is waiting for the active model.
+            headroom_s: seconds until the source's next frame is due (None: unknown).
+        """
         self.offered += 1
-        if self.when_idle and not idle:
+        if self.when_idle and not (idle and not self._running and self._slot is None
+                                   and self.budget.fits(headroom_s)):
             self.skipped_busy += 1
             return
         if self.offered % self.every:
             return
         self.sampled += 1
-        # the active preprocessor reuses its buffers: keep a copy of the sampled frame's
-        shared = [np.array(x, copy=True) for x in inputs] if self.share_inputs else None
+        shared = list(inputs) if self.share_inputs and inputs else None
         job = _Job(frame, shared, transform, active, active_ms)
         with self._cond:
             if self._slot is not None:
@@ -387,10 +479,38 @@ class ShadowRunner:
         return {**self.agreement.figures(), "sampling": {
             "every": self.every, "when_idle": self.when_idle, **self.counters()}}
 
+    def state(self) -> dict[str, Any]:
+        """The totals and counters, JSON-able (``resume`` after a restart)."""
+        return {"agreement": self.agreement.state(), "counters": self.counters()}
+
+    def _resume(self, saved: Mapping[str, Any]) -> None:
+        self.agreement.restore(saved.get("agreement") or {})
+        counters = saved.get("counters") or {}
+        for key in ("offered", "sampled", "dropped", "skipped_busy"):
+            setattr(self, key, int(counters.get(key, 0)))
+
     def _run(self) -> None:
-        # Linux: a thread's nice value is its own; the active model keeps the CPU
-        with contextlib.suppress(AttributeError, OSError):
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+        from edge_agent.bundle import warm_up
+        from edge_agent.shadow_headroom import BackgroundThread
+
+        prio = BackgroundThread(sched_idle=self.when_idle)
+        self.priority = prio.mode
+        try:
+            with prio.interpreter_work():
+                if self._candidate is None:
+                    assert self._load is not None
+                    self._candidate = self._load()
+                    self.share_inputs = _same_input(self._active, self._candidate)
+                if self.when_idle:  # the first run (lazy set-up) is not representative
+                    for _ in range(2):
+                        t0, c0 = time.perf_counter(), time.thread_time()
+                        warm_up(self._candidate, None)
+                    self.budget.add(min(time.perf_counter() - t0, time.thread_time() - c0))
+        except Exception as exc:  # a candidate that loaded in validation; report, do not run
+            self._load_error = exc
+            self._ready.set()
+            return
+        self._ready.set()
         while True:
             with self._cond:
                 while self._slot is None and not self._stop:
@@ -398,20 +518,26 @@ class ShadowRunner:
                 if self._stop:
                     return
                 job, self._slot = self._slot, None
+                self._running = True
             assert job is not None
-            self._compare(job)
+            try:
+                self._compare(job, prio)
+            finally:
+                self._running = False
             self._report()
 
-    def _compare(self, job: _Job) -> None:
+    def _compare(self, job: _Job, prio: Any) -> None:
         b = self.candidate
+        t_start, c_start = time.perf_counter(), time.thread_time()
         try:
             if job.inputs is not None:
                 inputs, transform = job.inputs, job.transform
             else:
                 inputs, transform = b.prepare(job.frame)
-            t0 = time.perf_counter()
-            outputs = b.runtime.infer(inputs)
-            ms = (time.perf_counter() - t0) * 1000
+            with prio.interpreter_work():
+                t0 = time.perf_counter()
+                outputs = b.runtime.infer(inputs)
+                ms = (time.perf_counter() - t0) * 1000
             if not outputs_finite(outputs):
                 self.agreement.add_failure(non_finite=True)
                 return
@@ -420,21 +546,26 @@ class ShadowRunner:
             logger.debug("pipeline %s: shadow candidate failed: %s", self.pipeline, exc)
             self.agreement.add_failure()
             return
+        finally:
+            # the time the run needs with a core to itself: its CPU time when other work
+            # stretched it (a SCHED_IDLE run waits while anything else runs)
+            self.budget.add(min(time.perf_counter() - t_start,
+                                time.thread_time() - c_start))
         self.agreement.add(job.active, inference, job.active_ms, ms)
 
     def _report(self, force: bool = False) -> None:
         now = time.monotonic()
-        if not force and now - self._last_report < self.report_s:
-            figures = None
-        else:
+        if force or now - self._last_report >= self.report_s:
             self._last_report = now
-            figures = self.figures()
-        if figures is not None and self.on_figures is not None:
-            try:
-                self.on_figures(figures)
-            except Exception as exc:  # a refused publish must not stop the comparison
-                logger.warning("pipeline %s: shadow figures not published: %s",
-                               self.pipeline, exc)
+            for callback, what in ((self.on_figures, "published"),
+                                   (self.on_checkpoint, "saved")):
+                if callback is None:
+                    continue
+                try:
+                    callback(self.figures() if what == "published" else self.state())
+                except Exception as exc:  # a refused publish must not stop the comparison
+                    logger.warning("pipeline %s: shadow figures not %s: %s", self.pipeline,
+                                   what, exc)
         if self.gate is not None and self.verdict is None:
             verdict, reason = self.gate.verdict(self.agreement.figures())
             if verdict != "pending":
@@ -443,4 +574,18 @@ class ShadowRunner:
                     self.on_verdict(verdict, reason)
 
 
-__all__ = ["Agreement", "ShadowGate", "ShadowRunner", "iou", "match_detections"]
+def figures_of(saved: Mapping[str, Any], every: int, when_idle: bool) -> dict[str, Any]:
+    """The figures of a saved :meth:`ShadowRunner.state` (an ended shadow's last report).
+
+    Raises:
+        ValueError: ``saved`` is not usable.
+    """
+    agreement = Agreement()
+    agreement.restore(saved.get("agreement") or {})
+    counters = {k: int((saved.get("counters") or {}).get(k, 0))
+                for k in ("offered", "sampled", "dropped", "skipped_busy")}
+    return {**agreement.figures(), "sampling": {"every": every, "when_idle": when_idle,
+                                                **counters}}
+
+
+__all__ = ["Agreement", "ShadowGate", "ShadowRunner", "figures_of", "iou", "match_detections"]

@@ -189,47 +189,66 @@ class UpdateWiring:
     # -- shadow evaluation ----------------------------------------------------------------
     def shadow(self, path: Path, labels_path: Path | None, manifest: Manifest, *,
                gate: Any = None, on_verdict: Any = None, every: int = 5,
-               when_idle: bool = False) -> None:
-        """Run the validated candidate beside the active model (its own interpreter, one
-        thread, on sampled frames) and publish its figures on ``model/<pipeline>/shadow``."""
+               when_idle: bool = False, checkpoint: Any = None,
+               resume: Mapping[str, Any] | None = None) -> None:
+        """Run the validated candidate beside the active model (its own interpreter, loaded
+        on the shadow's own low-priority thread, on sampled frames) and publish its figures
+        on ``model/<pipeline>/shadow``; ``resume``: totals saved before a restart."""
         from edge_agent.errors import UpdateError
         from edge_agent.shadow import ShadowRunner
 
         self.stop_shadow("stopped", "replaced by another shadow candidate")
-        validated, self._validated = self._validated, None
-        if validated is not None and validated[2].ref.sha256 == manifest.sha256:
-            bundle = validated[2]
-        else:
-            if validated is not None:
-                validated[2].close()
-            try:
-                bundle = self._load(path, labels_path, manifest, {})
-            except EdgeAgentError as exc:
-                raise UpdateError(str(exc)) from None
+        # loaded again on the shadow thread: the interpreter's worker threads inherit its
+        # priority (the validating thread's is the normal one)
+        self._drop_validated()
         about = manifest.describe()
         gate_raw = manifest.raw.get("shadow")
 
         def send_figures(figures: dict[str, Any], state: ShadowState = "shadowing",
-                    reason: str | None = None) -> None:
-            from edge_agent.privacy import messages
+                         reason: str | None = None) -> None:
+            self._send_shadow(about, gate_raw, figures, state, reason)
 
-            o = self.owner
-            o.guard.send(messages.shadow(o.seal, device=o.cfg.device_id, pipeline=self.cfg.name,
-                                         state=state, candidate=about,
-                                         active=self.pipeline.bundle.ref, figures=figures,
-                                         gate=gate_raw, reason=reason))
-
-        runner = ShadowRunner(self.cfg.name, bundle, self.pipeline.bundle, every=every,
-                              when_idle=when_idle, gate=gate, on_figures=send_figures,
-                              on_verdict=on_verdict, report_s=self.shadow_report_s)
+        try:
+            runner = ShadowRunner(self.cfg.name, lambda: self._load(path, labels_path,
+                                                                    manifest, {}),
+                                  self.pipeline.bundle, every=every, when_idle=when_idle,
+                                  gate=gate, on_figures=send_figures, on_verdict=on_verdict,
+                                  report_s=self.shadow_report_s, on_checkpoint=checkpoint,
+                                  resume=resume)
+        except ValueError as exc:  # unusable saved totals
+            raise UpdateError(str(exc)) from None
+        runner.start()  # raises UpdateError when the candidate does not load
         self._shadow_publish = send_figures
         self._shadow = runner
-        runner.start()
         send_figures(runner.figures())
         self.pipeline.shadow = runner
-        logger.info("pipeline %s: shadowing %s v%d on every %s frame%s", self.cfg.name,
+        logger.info("pipeline %s: shadowing %s v%d on every %s frame%s (%s)", self.cfg.name,
                     manifest.name, manifest.version, f"{every}th" if every > 1 else "",
-                    " when idle" if when_idle else "")
+                    " when idle" if when_idle else "", runner.priority)
+
+    def _send_shadow(self, about: Mapping[str, Any], gate_raw: Any, figures: dict[str, Any],
+                     state: ShadowState, reason: str | None) -> None:
+        from edge_agent.privacy import messages
+
+        o = self.owner
+        o.guard.send(messages.shadow(o.seal, device=o.cfg.device_id, pipeline=self.cfg.name,
+                                     state=state, candidate=about,
+                                     active=self.pipeline.bundle.ref, figures=figures,
+                                     gate=gate_raw, reason=reason))
+
+    def report_shadow(self, manifest: Manifest, state: ShadowState, reason: str | None,
+                      saved: Mapping[str, Any], *, every: int = 5,
+                      when_idle: bool = False) -> None:
+        """Publish the final message of a shadow without a runner (it could not resume after
+        a restart), with the figures of its saved totals."""
+        from edge_agent.shadow import figures_of
+
+        try:
+            figures = figures_of(saved, every, when_idle)
+        except ValueError:
+            figures = figures_of({}, every, when_idle)
+        self._send_shadow(manifest.describe(), manifest.raw.get("shadow"), figures, state,
+                          reason)
 
     def stop_shadow(self, state: str, reason: str | None) -> None:
         """Stop the shadow candidate (if any) and publish its final figures as ``state``."""

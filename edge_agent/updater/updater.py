@@ -45,6 +45,7 @@ from edge_agent.updater.manifest import (
     parse_manifest,
     verify_manifest,
 )
+from edge_agent.updater.shadow_record import ShadowRecord
 from edge_agent.updater.store import ActiveModel, ModelStore
 from edge_agent.updater.watch import ModelWatch
 
@@ -89,6 +90,10 @@ class UpdateHooks:
     stop_shadow: Callable[[str, str | None], None] | None = None
     """``(state, reason) -> None``: stop the shadow candidate and publish its final figures
     with ``state`` (``promoted``, ``rejected`` or ``stopped``)."""
+    report_shadow: Callable[..., None] | None = None
+    """``(manifest, state, reason, saved, *, every, when_idle) -> None``: publish the final
+    message of a shadow that has no runner (one that could not resume after a restart), with
+    the figures of its saved totals ``saved``."""
 
 
 class ModelUpdater:
@@ -132,6 +137,10 @@ class ModelUpdater:
         self._thread: threading.Thread | None = None
         # the candidate in shadow: (manifest, model path, labels path, downgrade)
         self._shadow: tuple[Manifest, Path, Path | None, bool] | None = None
+        # its record on disk (the shadow resumes after a restart); the sha256 whose running
+        # totals are saved, kept through stop() so the last totals are saved too
+        self._record = ShadowRecord(store.dir / "shadow")
+        self._persist_sha: str | None = None
 
     # -- lifecycle -----------------------------------------------------------------------
     def start(self, initial: ActiveModel | None = None) -> None:
@@ -153,6 +162,7 @@ class ModelUpdater:
             self._publish("rolled_back", initial.fell_back_from, initial.reason)
         else:
             self._publish("active", None, None)
+        self._queue_resume()
         self._thread.start()
 
     def stop(self, timeout: float = 5.0) -> None:
@@ -164,7 +174,10 @@ class ModelUpdater:
                 self._watch.wake.set()
             shadowing, self._shadow = self._shadow is not None, None
         if shadowing and self.hooks.stop_shadow is not None:
-            self.hooks.stop_shadow("stopped", "the agent stopped")
+            # the record stays (the runner saves its last totals): the shadow resumes when
+            # the agent starts again
+            self.hooks.stop_shadow("stopped", "the agent stopped; the shadow resumes when "
+                                   "it starts again")
         if self._thread is not None:
             self._thread.join(timeout)
             if self._thread.is_alive():
@@ -315,6 +328,8 @@ class ModelUpdater:
                     self._promote(*arg)
                 elif kind == "shadow_reject":
                     self._reject_shadow(*arg)
+                elif kind == "shadow_resume":
+                    self._resume_shadow(arg)
                 else:
                     self._manual_rollback(arg)
             except Exception:  # worker boundary: keep the updater alive
@@ -502,21 +517,26 @@ class ModelUpdater:
                 os.replace(labels, apart / f"{manifest.sha256}.labels")
                 labels = apart / f"{manifest.sha256}.labels"
             assert self.hooks.shadow is not None
+            every = int(command.get("every") or 5)
+            when_idle = bool(command.get("when_idle", False))
+            _n, _v, active_sha = self.hooks.active()
+            self._record.save({"sha256": manifest.sha256, "manifest": dict(manifest.raw),
+                               "every": every, "when_idle": when_idle,
+                               "downgrade": downgrade, "via_group": via_group,
+                               "active_sha256": active_sha, "state": None})
             with self._lock:
                 self._shadow = (manifest, path, labels, downgrade)
-
-            def on_verdict(verdict: str, reason: str | None, sha: str = manifest.sha256) -> None:
-                if verdict == "pass":
-                    self._queue_promote(sha, "the shadow gate held")
-                else:
-                    self._queue_reject_shadow(sha, reason)
-
-            self.hooks.shadow(path, labels, manifest, gate=gate, on_verdict=on_verdict,
-                              every=int(command.get("every") or 5),
-                              when_idle=bool(command.get("when_idle", False)))
+                self._persist_sha = manifest.sha256
+            self.hooks.shadow(path, labels, manifest, gate=gate,
+                              on_verdict=self._verdict_callback(manifest.sha256),
+                              every=every, when_idle=when_idle,
+                              checkpoint=self._checkpoint_callback(manifest.sha256),
+                              resume=None)
         except (UpdateError, EdgeAgentError) as exc:
             with self._lock:
                 self._shadow = None
+                self._persist_sha = None
+            self._record.clear()
             self._reject(rid, about, UpdateError(f"shadow: {exc}"), downloaded)
             return
         logger.info("pipeline %s: model %s v%d in shadow (gate: %s)", self.pipeline,
@@ -546,11 +566,108 @@ class ModelUpdater:
             return
         self._queue.put((kind, arg))
 
+    def _verdict_callback(self, sha: str) -> Callable[[str, str | None], None]:
+        def on_verdict(verdict: str, reason: str | None) -> None:
+            if verdict == "pass":
+                self._queue_promote(sha, "the shadow gate held")
+            else:
+                self._queue_reject_shadow(sha, reason)
+        return on_verdict
+
+    def _checkpoint_callback(self, sha: str) -> Callable[[dict[str, Any]], None]:
+        def checkpoint(state: dict[str, Any]) -> None:
+            with self._lock:
+                current = self._persist_sha
+            if current == sha:
+                self._record.save_state(sha, state)
+        return checkpoint
+
+    def _queue_resume(self) -> None:
+        """A shadow that ran when the agent stopped resumes (on the worker, before any
+        command): queued here, checked again by :meth:`_resume_shadow`."""
+        if self.hooks.shadow is None:
+            return
+        try:
+            record = self._record.load()
+        except ValueError as exc:
+            logger.error("pipeline %s: shadow not resumed: %s; record removed", self.pipeline,
+                         exc)
+            self._record.clear()
+            return
+        if record is None:
+            return
+        with self._lock:
+            self._busy = True
+        self._queue.put(("shadow_resume", record))
+
+    def _resume_shadow(self, record: dict[str, Any]) -> None:
+        """Run the recorded candidate again, after the same checks as when it was sent (the
+        signature, the destination, the anti-rollback floor, the file's sha256), against the
+        same active model; otherwise end it with an explicit ``stopped`` message."""
+        from edge_agent.shadow import ShadowGate
+
+        sha = str(record["sha256"])
+        every, when_idle = int(record.get("every") or 5), bool(record.get("when_idle"))
+        manifest: Manifest | None = None
+        try:
+            manifest = parse_manifest(record["manifest"])
+            if manifest.sha256 != sha:
+                raise UpdateError("the record's manifest is for another model")
+            verify_manifest(manifest, self.keys)
+            via = record.get("via_group")
+            check_destination(manifest, dataclasses.replace(
+                self.target, via_group=via if isinstance(via, str) else None))
+            _n, _v, active_sha = self.hooks.active()
+            if active_sha != record.get("active_sha256"):
+                raise UpdateError("the active model changed while the agent was stopped")
+            downgrade = self.floor.check(manifest, self.config.allow_downgrade)
+            path = self._record.dir / f"{sha}.tflite"
+            if not path.is_file() or sha256_file(path) != sha:
+                raise UpdateError("the stored candidate file is missing or was changed")
+            labels: Path | None = self._record.dir / f"{sha}.labels"
+            if labels is not None and not labels.is_file():
+                labels = None
+            raw_gate = manifest.raw.get("shadow")
+            gate = None if raw_gate is None else ShadowGate.parse(raw_gate)
+            with self._lock:
+                self._shadow = (manifest, path, labels, downgrade)
+                self._persist_sha = sha
+            assert self.hooks.shadow is not None
+            self.hooks.shadow(path, labels, manifest, gate=gate,
+                              on_verdict=self._verdict_callback(sha), every=every,
+                              when_idle=when_idle, checkpoint=self._checkpoint_callback(sha),
+                              resume=record.get("state"))
+        except (UpdateError, EdgeAgentError, ValueError) as exc:
+            with self._lock:
+                self._shadow = None
+                self._persist_sha = None
+            reason = f"not resumed after the restart: {exc}"
+            logger.warning("pipeline %s: shadow candidate %s %s", self.pipeline, sha[:12],
+                           reason)
+            self._record.clear()
+            for leftover in (f"{sha}.tflite", f"{sha}.labels"):
+                (self._record.dir / leftover).unlink(missing_ok=True)
+            if manifest is not None and self.hooks.report_shadow is not None:
+                try:
+                    self.hooks.report_shadow(manifest, "stopped", reason,
+                                             record.get("state") or {}, every=every,
+                                             when_idle=when_idle)
+                except Exception as pub_exc:  # the log above has it
+                    logger.warning("pipeline %s: shadow end not published: %s",
+                                   self.pipeline, pub_exc)
+            return
+        saved = (record.get("state") or {}).get("agreement") or {}
+        logger.info("pipeline %s: shadow of %s v%d resumed (%s frames compared before the "
+                    "restart)", self.pipeline, manifest.name, manifest.version,
+                    saved.get("frames", 0))
+
     def _end_shadow(self, state: str, reason: str | None) -> None:
         with self._lock:
             self._shadow = None
+            self._persist_sha = None
         if self.hooks.stop_shadow is not None:
             self.hooks.stop_shadow(state, reason)
+        self._record.clear()
 
     def _stop_shadow_for_swap(self, sha: str | None) -> None:
         """Another model is about to serve: the figures against the old one end here."""

@@ -198,9 +198,9 @@ def test_sampling_every_nth_idle_only_and_drops(default_models: dict[str, Path])
     runner = ShadowRunner("p", _bundle(path, labels), active, every=5, report_s=3600)
     real_compare = runner._compare
 
-    def held(job):  # the candidate is "slow": it waits until the test lets it go
+    def held(job, *rest):  # the candidate is "slow": it waits until the test lets it go
         gate_open.wait(30)
-        real_compare(job)
+        real_compare(job, *rest)
 
     runner._compare = held  # type: ignore[method-assign]
     runner.start()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -158,3 +159,69 @@ def test_a_manifest_with_files_for_this_devices_targets_is_not_shadowed(
         assert double.started == []
     finally:
         rig.updater.stop()
+
+
+def _restart(rig: Rig, keys: Keys, double: ShadowDouble, reports: list[tuple]) -> None:
+    """Stop the updater as the agent does at exit, then start a new one on the same store."""
+    rig.updater.stop()
+    hooks = dataclasses.replace(rig.agent.hooks(), shadow=double.shadow,
+                                stop_shadow=double.stop,
+                                report_shadow=lambda *a, **kw: reports.append((*a, kw)))
+    rig.updater = ModelUpdater("door", rig.updater.config, rig.store, keys.public, hooks)
+    double.changed.clear()
+    rig.updater.start(rig.store.last_resolved)
+
+
+def test_a_shadow_resumes_after_a_restart_with_its_totals(srig: Any, keys: Keys) -> None:
+    rig, double = srig
+    model = shared_model(NEW)
+    m = keys.manifest(model, version=4, url=model.resolve().as_uri(),
+                      extra={"shadow": {"frames": 50}})
+    ok, error = _shadow(rig, dict(m.raw), "s1", every=3, when_idle=True)
+    assert ok, error
+    kw = double.started[-1][2]
+    assert kw["resume"] is None
+    saved = {"agreement": {"frames": 7}, "counters": {"offered": 21}}
+    kw["checkpoint"](saved)  # what the runner saves while it runs and at stop
+    reports: list[tuple] = []
+    _restart(rig, keys, double, reports)
+    assert double.stopped[-1] == ("stopped", "the agent stopped; the shadow resumes when it "
+                                  "starts again")
+    assert double.changed.wait(30), "the shadow did not resume"
+    path, manifest, kw = double.started[-1]
+    assert len(double.started) == 2 and manifest.sha256 == m.sha256 and path.exists()
+    assert kw["every"] == 3 and kw["when_idle"] is True and kw["gate"].frames == 50
+    assert kw["resume"] == saved and reports == []
+    assert rig.updater.shadow_candidate() == m.describe()
+    # it can still be promoted after the restart
+    assert rig.updater.promote("p1", m.sha256)
+    _, ok, error = rig.agent.wait_reply("p1")
+    assert ok, error
+    assert rig.agent.active_model == ("detector", 4, m.sha256)
+    assert not (path.parent / "shadow.json").exists()
+
+
+def test_a_shadow_that_cannot_resume_is_reported_ended(srig: Any, keys: Keys) -> None:
+    rig, double = srig
+    model = shared_model(NEW)
+    m = keys.manifest(model, version=4, url=model.resolve().as_uri())
+    ok, error = _shadow(rig, dict(m.raw), "s1")
+    assert ok, error
+    path = double.started[-1][0]
+    double.started[-1][2]["checkpoint"]({"agreement": {"frames": 3}})
+    rig.updater.stop()
+    data = path.read_bytes()
+    path.write_bytes(data[:-1] + bytes([data[-1] ^ 0xFF]))  # the stored candidate changed
+    reports: list[tuple] = []
+    _restart(rig, keys, double, reports)
+    deadline = time.monotonic() + 30
+    while not reports:
+        assert time.monotonic() < deadline, "no report of the ended shadow"
+        time.sleep(0.02)
+    manifest, state, reason, saved, kw = reports[0]
+    assert manifest.sha256 == m.sha256 and state == "stopped"
+    assert reason == ("not resumed after the restart: the stored candidate file is missing "
+                      "or was changed"), reason
+    assert saved == {"agreement": {"frames": 3}} and kw == {"every": 5, "when_idle": False}
+    assert len(double.started) == 1 and rig.updater.shadow_candidate() is None
+    assert not path.exists() and not (path.parent / "shadow.json").exists()
