@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import faulthandler
 import logging
 import os
 import signal
@@ -27,6 +28,7 @@ from edge_agent.errors import ConfigError, EdgeAgentError
 from edge_agent.face_detector import build_face_detector
 from edge_agent.pipeline_set import PipelineSet
 from edge_agent.preflight import preflight
+from edge_agent.signals import SignalRelay
 
 logger = logging.getLogger(__name__)
 
@@ -215,7 +217,7 @@ class Agent:
                 self.audit.record(topic="", kind="config", size=0, outcome="opt_in",
                                   reason=f"local config: {line}")
         notifier = SystemdNotifier()
-        self._install_signals()
+        relay = self._install_signals()
         self.guard.set_will(self.status_message("offline"))
         self.transport.on_connected(self._on_connected)
         self.pipelines.attach_commands(self.transport, self.guard, self.request_restart,
@@ -263,6 +265,7 @@ class Agent:
             watchdog.stop()
             self.shutdown()
             notifier.close()
+            relay.stop()
         return self.exit_code
 
     def shutdown(self) -> None:
@@ -342,16 +345,18 @@ class Agent:
             reason += ": " + "; ".join(changes)[:1000]
         self.audit.record(topic="", kind="config", size=0, outcome=outcome, reason=reason)
 
-    def _install_signals(self) -> None:
-        def on_stop(signum: int, frame: Any) -> None:
-            self.stop_event.set()
-
-        def on_hup(signum: int, frame: Any) -> None:
-            self.reload_event.set()
-
-        signal.signal(signal.SIGTERM, on_stop)
-        signal.signal(signal.SIGINT, on_stop)
-        signal.signal(signal.SIGHUP, on_hup)
+    def _install_signals(self) -> SignalRelay:
+        """SIGTERM/SIGINT stop, SIGHUP reloads; the events are set on a relay thread, never
+        inside a handler (see :mod:`edge_agent.signals`: a handler that sets an Event can
+        deadlock the main loop waiting on it)."""
+        relay = SignalRelay({signal.SIGTERM: self.stop_event.set,
+                             signal.SIGINT: self.stop_event.set,
+                             signal.SIGHUP: self.reload_event.set})
+        relay.start()
+        # `kill -USR1 <pid>` writes every thread's stack to stderr (the journal under
+        # systemd): how to see where a daemon that does not stop or answer is stuck
+        faulthandler.register(signal.SIGUSR1, all_threads=True)
+        return relay
 
     def reload(self) -> bool:
         """Re-read the config file; apply pipeline changes, or keep the old config."""

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from edge_agent.errors import EdgeAgentError
+from edge_agent.signals import SignalRelay
 
 DEVICE = "demo-device"
 PREFIX = "edge-agent"
@@ -251,7 +252,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     agent: subprocess.Popen[bytes] | None = None
     sub: Subscriber | None = None
     stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    # set on a relay thread, not in a handler (a handler setting an Event the main thread is
+    # waiting on can deadlock it: edge_agent.signals); SIGINT stays KeyboardInterrupt
+    relay = SignalRelay({signal.SIGTERM: stop.set})
+    relay.start()
     plain = args.plain or not sys.stdout.isatty()
     view = LiveView(plain)
     try:
@@ -296,6 +300,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         if sub is not None:
             sub.stop()
         broker.stop()
+        relay.stop()
     print(view.render() if plain else "")
     print(
         f"demo: stopped (agent exit code {agent.returncode if agent else 'n/a'}); "

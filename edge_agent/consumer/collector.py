@@ -28,7 +28,6 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from types import FrameType
 
 from edge_agent.consumer.client import topic_filters
 from edge_agent.consumer.messages import MessageFormatError, parse_event, parse_result, parse_topic
@@ -40,6 +39,7 @@ from edge_agent.consumer.store import (
     iso_now,
 )
 from edge_agent.mqtt.inbound import BrokerOptions, InboundClient, InboundMessage, shared
+from edge_agent.signals import SignalRelay
 
 logger = logging.getLogger(__name__)
 
@@ -255,11 +255,12 @@ class Collector:
         return drained
 
 
-def install_stop_signals(stop: threading.Event) -> None:
-    """SIGTERM and SIGINT set ``stop`` (the handlers only set it)."""
+def install_stop_signals(stop: threading.Event) -> SignalRelay:
+    """SIGTERM and SIGINT set ``stop``, from a relay thread (never inside a handler, which
+    can deadlock a main thread waiting on ``stop``: see :mod:`edge_agent.signals`).
 
-    def handler(signum: int, frame: FrameType | None) -> None:
-        stop.set()
-
-    signal.signal(signal.SIGTERM, handler)
-    signal.signal(signal.SIGINT, handler)
+    Returns the relay; ``relay.stop()`` puts the previous handlers back.
+    """
+    relay = SignalRelay({signal.SIGTERM: stop.set, signal.SIGINT: stop.set})
+    relay.start()
+    return relay

@@ -103,6 +103,8 @@ class AgentProcess:
             try:
                 self.proc.wait(timeout)
             except subprocess.TimeoutExpired:
+                os.kill(self.proc.pid, signal.SIGUSR1)  # the agent dumps its threads' stacks
+                time.sleep(1.0)
                 os.kill(self.proc.pid, signal.SIGKILL)
                 self.proc.wait(10)
                 raise AssertionError("agent did not stop on SIGTERM:\n" + self.log()) from None
