@@ -6,9 +6,11 @@ Set-up (all on 127.0.0.1, all owned by the run and stopped by PID):
 * mosquitto (persistence on); the agent reaches it only through :class:`TcpProxy`;
 * an HTTP MJPEG stream (:class:`MjpegServer`) for the ``cam`` pipeline (camera health on), a
   synthetic 320x240 source for ``synth``; both on the default BlazeFace model;
-* the agent's wall clock at an offset the run rewrites (``tests/chaos/faketime``, a
-  sitecustomize; libfaketime 0.9.10 breaks every sleep when the monotonic clock is left
-  alone), so the wall clock can jump while the monotonic clock runs on, as on an NTP step;
+* the agent's wall clock stepped by Debian's libfaketime preloaded into the agent process
+  (:mod:`tests.chaos.clock`), so the wall clock can jump while the monotonic clock runs on,
+  as on an NTP step (the fault is reported as skipped where libfaketime or gcc is missing);
+* the systemd watchdog protocol: ``NOTIFY_SOCKET`` (a datagram socket the run reads) and
+  ``WATCHDOG_USEC``, so the agent's health-gated ``WATCHDOG=1`` pings can be checked;
 * ``state_dir`` on a small tmpfs the run mounts (root only), so the disk can fill up;
 * a subscriber with a persistent session on the broker itself (not behind the proxy).
 
@@ -23,13 +25,17 @@ fd counts of one agent process are compared between faults, and its RSS growth i
 from __future__ import annotations
 
 import base64
+import contextlib
+import itertools
 import json
 import os
 import random
 import shutil
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -44,6 +50,7 @@ from edge_agent.signing import generate_key_pair, load_private_key
 from edge_agent.updater.manifest import build_manifest
 from edge_agent.updater.store import sha256_file
 from tests.broker import Mosquitto
+from tests.chaos.clock import WallClock, wall_clock_missing
 from tests.chaos.harness import (
     DEVICE,
     PREFIX,
@@ -55,11 +62,10 @@ from tests.chaos.harness import (
 from tests.chaos.mjpeg import MjpegServer
 from tests.chaos.proxy import TcpProxy
 from tests.e2e.agentproc import REPO, AgentProcess
-from tests.e2e.recorder import Recorder
+from tests.e2e.recorder import Recorder, parse_ts
 
 SHORT = "face_detection_short_range"
 FULL = "face_detection_full_range_sparse"
-FAKE_CLOCK = Path(__file__).resolve().parent / "faketime"
 FAULTS = ("broker_restart", "network_cut", "network_stall", "stream_loss", "agent_kill",
           "kill_during_update", "kill_during_reload", "disk_full", "disk_full_offline",
           "clock_jump", "cpu_starvation")
@@ -72,6 +78,10 @@ RSS_GROWTH_LIMIT_MB = 16.0
 page cache, a swapped-in model's interpreter); a leak per fault grows past it. The 2 MB bound
 on steady running is the soak's."""
 STREAMS = ("results/synth", "results/cam", "events/cam")
+WATCHDOG_S = 4.0
+"""``WATCHDOG_USEC`` given to the agent: it pings every 2 s while healthy; a gap longer than
+this is what systemd would kill the service for."""
+CLOCK_JUMPS_S = (3 * 3600, -3 * 3600, 86400, -86400)
 
 
 @dataclass(slots=True)
@@ -119,7 +129,9 @@ class ChaosRun:
         self.version = 0  # the last model version pushed
         self.state_dir = tmp / "state"
         self.mounted = False
-        self.faketime_file = tmp / "clock.offset"
+        self.clock: WallClock | None = None
+        self.clock_missing = wall_clock_missing()
+        self.watchdog = WatchdogListener()
         self.agent: AgentProcess | None = None
         self.agents: list[AgentProcess] = []
         self._accepted_gaps = 0  # seq gaps of LOSSY faults, counted by the agent
@@ -140,7 +152,9 @@ class ChaosRun:
         self.config_path = self.tmp / "agent.yaml"
         self.score = 0.5
         self._write_config()
-        self.faketime_file.write_text("0\n")
+        if self.clock_missing is None:
+            self.clock = WallClock(self.tmp / "clock")
+        self.watchdog.start()
         self.rec = Recorder(self.broker.host, self.broker.port, [f"{PREFIX}/{DEVICE}/#"],
                             client_id=f"chaos-rec-{uuid.uuid4().hex[:8]}", clean=False)
         self.rec.start()
@@ -174,9 +188,11 @@ class ChaosRun:
         self.mounted = done.returncode == 0
 
     def _start_agent(self) -> None:
-        env = {"EDGE_AGENT_CHAOS_CLOCK": str(self.faketime_file),
-               "PYTHONPATH": os.pathsep.join([str(FAKE_CLOCK), str(REPO),
-                                              os.environ.get("PYTHONPATH", "")])}
+        env = {"NOTIFY_SOCKET": self.watchdog.name,
+               "WATCHDOG_USEC": str(int(WATCHDOG_S * 1_000_000)),
+               "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+        if self.clock is not None:
+            env.update(self.clock.env())
         self.agent = AgentProcess(self.config_path, env=env)
         self.agents.append(self.agent)
         self.baseline = None
@@ -191,6 +207,7 @@ class ChaosRun:
             reports = {s: seq_report(s, self._payloads(s)) for s in STREAMS}
         finally:
             self.rec.close()
+            self.watchdog.close()
             self.stream.stop()
             self.proxy.close()
             self.broker.stop()
@@ -470,13 +487,65 @@ class ChaosRun:
         finally:
             self.proxy.restore()
 
-    def _fault_clock_jump(self, outage: float, rec: FaultRecord) -> float:
-        jump = self.rng.choice(["3600", "-3600", "86400", "-600"])
-        self.faketime_file.write_text(f"{jump}\n")
-        time.sleep(outage)
-        self.faketime_file.write_text("0\n")
-        rec.notes.append(f"wall clock {jump}s for {outage:.0f}s, then back")
-        return time.monotonic()
+    def _fault_clock_jump(self, outage: float, rec: FaultRecord) -> float | None:
+        """The wall clock steps by hours or a day (libfaketime) while results wait in the
+        outbox (network cut), stays there while they are delivered and new ones are made,
+        then steps back. Checked besides the usual invariants: the step reached the agent
+        (results' timestamps), the watchdog pings never stopped, first deliveries kept ``seq``
+        order; the drain that follows checks that nothing stored was dropped."""
+        if self.clock is None:
+            rec.skipped = self.clock_missing
+            return None
+        jump = self.rng.choice(CLOCK_JUMPS_S)
+        began, mark = time.monotonic(), self.rec.mark()
+        self.proxy.cut()  # results wait in the outbox, stored under the real clock
+        time.sleep(outage / 2)
+        self.clock.set(jump)
+        time.sleep(outage / 2 + 1.0)  # libfaketime re-reads its file within a second
+        self.proxy.restore()  # delivered under the stepped clock
+        stepped = self._wait("clock_jump: results stamped with the stepped clock",
+                             lambda: self._stepped(mark, jump), timeout=30)
+        time.sleep(outage)  # running on the stepped clock
+        self.clock.set(0)
+        time.sleep(1.5)
+        ended = time.monotonic()
+        gap = self.watchdog.longest_gap(began, ended)
+        if gap is None or gap > WATCHDOG_S:
+            raise ChaosError(f"clock_jump {jump:+d}s: watchdog pings stopped for "
+                             f"{'the whole fault' if gap is None else f'{gap:.1f}s'} "
+                             f"(systemd would have killed the agent)\n{self._log_tail()}")
+        for stream in STREAMS:
+            self._check_order(stream, mark, f"clock_jump {jump:+d}s")
+        rec.notes.append(f"wall clock {jump:+d}s for {outage + stepped + 1:.0f}s (the first "
+                         f"half offline), then back; longest watchdog gap {gap:.1f}s")
+        return ended
+
+    def _stepped(self, since: int, jump: int) -> bool:
+        """Whether a new result arrived whose timestamp carries the clock step."""
+        for c in self.rec.select("/results/synth", since):
+            if c.payload:
+                p = c.json()
+                if not p.get("replayed") and abs(parse_ts(p["ts"]) - c.wall - jump) < 60:
+                    return True
+        return False
+
+    def _check_order(self, stream: str, since: int, what: str) -> None:
+        """First deliveries (per boot) of ``stream`` that arrived from ``since`` on come in
+        ``seq`` order (DELIVERY.md); resends may repeat earlier values."""
+        seen: set[tuple[str, int]] = set()
+        last: dict[str, int] = {}
+        for i, c in enumerate(self.rec.select()):  # i: the position :meth:`mark` counts
+            if not c.payload or not c.topic.endswith(f"/{stream}"):
+                continue
+            p = c.json()
+            boot, seq = str(p.get("boot_id")), int(p["seq"])
+            if (boot, seq) in seen:
+                continue
+            seen.add((boot, seq))
+            if i >= since and seq < last.get(boot, 0):
+                raise ChaosError(f"{what}: {stream} seq {seq} first arrived after "
+                                 f"{last[boot]}")
+            last[boot] = max(last.get(boot, 0), seq)
 
     def _fault_cpu_starvation(self, outage: float, rec: FaultRecord) -> float:
         hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"])
@@ -488,6 +557,58 @@ class ChaosRun:
                 h.kill()
                 h.wait(5)
         return time.monotonic()
+
+
+class WatchdogListener:
+    """``NOTIFY_SOCKET`` for the agent processes: an abstract datagram socket whose
+    ``WATCHDOG=1`` arrival times (monotonic) are kept."""
+
+    def __init__(self) -> None:
+        self.name = f"@edge-agent-chaos-{uuid.uuid4().hex[:12]}"
+        self.pings: list[float] = []
+        self._sock: socket.socket | None = None
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def start(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        sock.bind("\0" + self.name[1:])
+        sock.settimeout(0.2)
+        self._sock = sock
+        self._thread = threading.Thread(target=self._loop, name="chaos-watchdog", daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while True:
+            sock = self._sock
+            if sock is None:
+                return
+            try:
+                data = sock.recv(4096)
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            if b"WATCHDOG=1" in data.split(b"\n"):
+                with self._lock:
+                    self.pings.append(time.monotonic())
+
+    def longest_gap(self, start: float, end: float) -> float | None:
+        """The longest time without a ping between ``start`` and ``end`` (None: no ping)."""
+        with self._lock:
+            inside = [t for t in self.pings if start <= t <= end]
+        if not inside:
+            return None
+        points = [start, *inside, end]
+        return max(b - a for a, b in itertools.pairwise(points))
+
+    def close(self) -> None:
+        sock, self._sock = self._sock, None
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.close()
+        if self._thread is not None:
+            self._thread.join(2)
 
 
 def run(tmp: Path, faults: list[str], *, seed: int = 1, outage_s: tuple[float, float] = (3, 6),

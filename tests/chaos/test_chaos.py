@@ -45,6 +45,8 @@ def test_every_fault_once_loses_nothing_and_recovers(tmp_path: Path) -> None:
         if (fault.startswith("disk_full") and rec["skipped"]
                 and not (IN_CI and os.geteuid() == 0)):
             continue  # mounting a tmpfs needs root
+        if fault == "clock_jump" and rec["skipped"] and not IN_CI:
+            continue  # libfaketime (Debian's faketime) or gcc is missing; ./dev test installs them
         assert rec["injected"] == 1, f"{fault}: {rec}"
         if fault not in LOSSY:
             assert rec["lost"] == 0, f"{fault}: {rec}"
