@@ -1,12 +1,16 @@
 """kill -9 while publishing: a new transport on the same state_dir delivers the rest, no gap.
 
-The publisher runs with the broker up for its first 200 results and down for the rest, so the
-outbox holds both unacknowledged in-flight messages and a backlog at the kill."""
+The publisher runs with the broker up for its first 200 results, frozen (SIGSTOP: the
+publisher hands results to it and gets no PUBACK) for the next 100, then killed (SIGKILL, the
+connection drops) for the rest, so at the kill the outbox holds both results handed to the
+broker and never acknowledged (they must come again marked ``replayed``) and a backlog that
+was never sent (first sends, unmarked)."""
 
 from __future__ import annotations
 
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -61,13 +65,23 @@ def test_sigkill_loses_nothing_and_seq_continues(broker: Mosquitto, tmp_path: Pa
             if not line:
                 break
             committed = int(line)
-            if committed == 200:  # the second half piles up in the outbox
+            if committed == 200:  # handed to a broker that does not answer: in flight
+                os.kill(broker.proc.pid, signal.SIGSTOP)
+            elif committed == 300:  # the connection drops: the rest piles up unsent
+                os.kill(broker.proc.pid, signal.SIGKILL)
+                broker.proc.wait(5)
                 broker.stop()
     finally:
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(5)
         proc.stdout.close()
+        if broker.proc is not None and broker.proc.poll() is None:
+            os.kill(broker.proc.pid, signal.SIGCONT)
     assert committed >= 400
+    with sqlite3.connect(state / "outbox.sqlite") as db:
+        in_flight = dict(db.execute("SELECT sent, COUNT(*) FROM messages GROUP BY sent"))
+    assert in_flight.get(1, 0) >= 1, f"nothing was in flight at the kill: {in_flight}"
+    assert in_flight.get(0, 0) >= 1, f"no unsent backlog at the kill: {in_flight}"
     broker.start()
     # what the killed process committed but the broker had not acknowledged is in the outbox
     transport = MqttTransport(agent_config(broker, state), state)
@@ -93,5 +107,7 @@ def test_sigkill_loses_nothing_and_seq_continues(broker: Mosquitto, tmp_path: Pa
         copies.setdefault(p["id"], []).append(p)
     assert len(copies) == after[-1]  # one id per seq
     assert all(sum(map(marked, cs)) >= len(cs) - 1 for cs in copies.values())
+    # what the killed process had handed to the broker comes again, marked
+    assert sum(1 for cs in copies.values() if any(map(marked, cs))) >= in_flight[1], in_flight
     boots = {p["boot_id"] for p in sub.payloads()}
     assert len(boots) == 2  # subscribers can tell the restart from a loss
