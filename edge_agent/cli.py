@@ -219,7 +219,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_send_args(mp, add_broker_args)
     mp.add_argument("--every", type=int, default=5, help="run on every Nth frame (default 5)")
     mp.add_argument("--when-idle", action="store_true",
-                    help="only on frames no other frame is waiting behind")
+                    help="only in the pipeline's idle time: no frame waiting and the "
+                         "next one not due before the candidate's run ends")
     mp.add_argument("--timeout", type=float, default=120.0)
 
     mp = madd("promote", "edge_agent.commands.operator:cmd_promote",

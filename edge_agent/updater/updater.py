@@ -611,6 +611,8 @@ class ModelUpdater:
         manifest: Manifest | None = None
         try:
             manifest = parse_manifest(record["manifest"])
+            if not self.config.enabled:
+                raise UpdateError("updates are disabled on this device (updates.enabled: false)")
             if manifest.sha256 != sha:
                 raise UpdateError("the record's manifest is for another model")
             verify_manifest(manifest, self.keys)

@@ -141,3 +141,91 @@ def test_shadow_gate_rejects_then_operator_promotes(tmp_path: Path, broker: Mosq
             text = payload.decode()
             assert '"box' not in text and '"detections"' not in text and "score" not in text
     assert shadow_seen >= 3
+
+
+def test_a_shadow_survives_a_restart_of_the_daemon(tmp_path: Path, broker: Mosquitto) -> None:
+    """SIGTERM while shadowing: the retained message says it resumes; the next ``edge-agent
+    run`` on the same state continues the totals and the candidate can still be promoted. A
+    candidate whose stored file changed while the daemon was down is reported ended."""
+    models = ensure_default_models()
+    short, full = models[SHORT], models[FULL]
+    video = write_scene_video(tmp_path / "scene.avi", 30)
+    dev = UpdateDevice(tmp_path, broker, short, decoder="anchors", labels=labels_path(SHORT),
+                       video=video, fps=30, updates={"watch_inferences": 0,
+                                                     "watch_seconds": 0})
+    capture = Inbox()
+    everything = subscribe(broker.host, broker.port, [f"{dev.prefix}/model/#"], capture)
+    full_sha = sha256_file(full)
+
+    def since(n: int) -> list[dict]:
+        return _shadow_msgs(capture, dev.prefix)[n:]
+
+    try:
+        dev.start()
+        dev.wait_results(5, sha=dev.configured_sha)
+        mark = dev.mark()
+        # a gate far from decided: it must come back with the shadow
+        rid = _shadow_cmd(dev, full, 2, gate={"frames": 1000000, "max_latency_ratio": 100},
+                          every=1)
+        assert dev.wait_reply(rid, mark, 60)["ok"], dev.log()
+        dev.wait("shadow figures with compared frames", lambda: any(
+            m["state"] == "shadowing" and m["figures"]["frames"] >= 3 for m in since(0)), 90)
+
+        n = len(_shadow_msgs(capture, dev.prefix))
+        assert dev.agent is not None and dev.agent.terminate() == 0, dev.log()
+        dev.wait("the retained 'stopped, resumes' message", lambda: any(
+            m["state"] == "stopped" for m in since(n)), 30)
+        stopped = next(m for m in since(n) if m["state"] == "stopped")
+        assert "resumes when it starts again" in stopped["reason"], stopped
+        before = stopped["figures"]["frames"]
+        record = json.loads(next((dev.state_dir / "models").glob("*/shadow/shadow.json"))
+                            .read_text())
+        assert record["sha256"] == full_sha
+        assert record["state"]["agreement"]["frames"] == before
+
+        n = len(_shadow_msgs(capture, dev.prefix))
+        agent = dev.start()
+        dev.wait("the shadow resumed with its totals", lambda: any(
+            m["state"] == "shadowing" and m["figures"]["frames"] > before
+            for m in since(n)), 90)
+        resumed = since(n)
+        assert all(m["candidate"]["sha256"] == full_sha for m in resumed)
+        assert resumed[0]["state"] == "shadowing" and resumed[0]["figures"]["frames"] >= before
+        gate = resumed[0]["gate"]
+        assert (gate["frames"], gate["max_latency_ratio"]) == (1000000, 100), gate
+        mark = dev.mark()
+        promoted = dev.cli("promote", "--device", dev.device_id, "--pipeline", PIPELINE,
+                           "--broker", dev.broker_arg, "--key", str(dev.key_path),
+                           "--sha256", full_sha, "--timeout", "60")
+        assert promoted.returncode == 0, promoted.stdout + promoted.stderr + dev.log()
+        dev.wait_results(3, since=mark, sha=full_sha)
+
+        # a shadow whose stored candidate changed while the daemon was down: ended, explicitly
+        mark = dev.mark()
+        m = build_manifest(name="face-short", version=3, sha256=dev.configured_sha,
+                           size=short.stat().st_size, key=dev.key, url=short.as_uri(),
+                           labels=labels_path(SHORT).read_text())
+        rid = uuid.uuid4().hex
+        assert dev.sub.publish(f"{dev.prefix}/cmd/model/shadow", json.dumps(
+            {"request_id": rid, "pipeline": PIPELINE, "manifest": dict(m.raw)}).encode())
+        assert dev.wait_reply(rid, mark, 60)["ok"], dev.log()
+        assert agent.terminate() == 0, dev.log()
+        stored = next((dev.state_dir / "models").glob(f"*/shadow/{dev.configured_sha}.tflite"))
+        data = stored.read_bytes()
+        stored.write_bytes(data[:-1] + bytes([data[-1] ^ 0xFF]))
+        n = len(_shadow_msgs(capture, dev.prefix))
+        dev.start()
+        dev.wait("the shadow reported ended", lambda: any(
+            s["state"] == "stopped" and "not resumed" in (s["reason"] or "")
+            for s in since(n)), 60)
+        ended = next(s for s in since(n) if s["state"] == "stopped")
+        assert ended["reason"] == ("not resumed after the restart: the stored candidate file "
+                                   "is missing or was changed"), ended
+        assert ended["candidate"]["version"] == 3
+        dev.wait_results(3, since=dev.mark(), sha=full_sha)  # the active model serves on
+        assert not stored.exists()
+    finally:
+        dev.close()
+        everything.stop()
+    for topic, payload, _retained in capture.messages:
+        validate_payload(topic, payload)
