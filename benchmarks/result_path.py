@@ -8,6 +8,8 @@ on the machine adds no CPU to the figure, only noise):
   bound, schema check, the render callback), over a transport that renders and stores nothing;
 - ``schema``: the schema check alone (part of ``guard``);
 - ``outbox``: :meth:`SqliteOutbox.append` (one transaction per result, WAL, synchronous=NORMAL);
+  ``outbox_group_N``: the same with group commit (``mqtt.outbox.commit_ms``), N messages per
+  transaction, the commit included;
 - ``paho``: ``Client.publish`` at QoS 1 to a local mosquitto until every PUBACK came back
   (process CPU, paho's network thread included), when mosquitto is installed.
 
@@ -28,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 N = 400  # results per stage and round
+GROUPS = (1, 4, 16)  # messages per transaction with group commit (outbox.commit_ms)
 
 
 def _results(n: int) -> list[Any]:
@@ -120,6 +123,8 @@ def measure(rounds: int = 5, n: int = N) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="result-path-") as tmp:
         work = Path(tmp)
         outbox = SqliteOutbox(work / "outbox.sqlite", OutboxConfig(max_messages=10**7))
+        grouped_box = SqliteOutbox(work / "grouped.sqlite",
+                                   OutboxConfig(max_messages=10**7, commit_ms=5))
         broker = None
         if mosquitto_binary() is not None:
             broker = Mosquitto(work / "broker", persistence=False)
@@ -138,11 +143,22 @@ def measure(rounds: int = 5, n: int = N) -> dict[str, Any]:
                         outbox.append("cam", "t", lambda s, i: payload, 1, sent=True)
 
                 add("outbox", _cpu_us(one_by_one, n))
+                for group in GROUPS:
+                    def grouped(g: int = group) -> None:
+                        for _ in range(n // g):
+                            for _ in range(g):
+                                grouped_box.append("cam", "t", lambda s, i: payload, 1,
+                                                   sent=True)
+                            grouped_box.commit()  # what the pump does once per group
+
+                    add(f"outbox_group_{group}", _cpu_us(grouped, n // group * group))
+                grouped_box.ack(m.rowid for m in grouped_box.pending())
                 outbox.ack(m.rowid for m in outbox.pending())
                 if broker is not None:
                     add("paho", _paho_us(broker.host, broker.port, [payload] * n))
         finally:
             outbox.close()
+            grouped_box.close()
             if broker is not None:
                 broker.stop()
     import os

@@ -76,6 +76,9 @@ class OutboxConfig(_Model):
     # normal: survives a kill -9 entirely; on power loss the last commits may be lost.
     # full: survives power loss too, at one fsync per message.
     synchronous: Literal["normal", "full"] = "normal"
+    # group commit: messages appended within this many ms share one transaction (committed
+    # before any of them is handed to paho); 0 commits each message on its own
+    commit_ms: float = Field(default=0.0, ge=0, le=50)
 
 
 class MqttConfig(_Model):

@@ -276,7 +276,11 @@ class MqttTransport:
         while not self._halt.is_set():
             self._wake.wait(0.25)
             self._wake.clear()
+            wait = self._outbox.group_wait()  # group commit: let the group fill first
+            if wait > 0:
+                self._halt.wait(wait)
             try:
+                self._outbox.commit()  # connected or not: a group never waits for the broker
                 self._revive_network_thread()
                 self._flush_acks()
                 self._send_backlog()

@@ -15,6 +15,15 @@ Durability (``mqtt.outbox.synchronous``):
   happened).
 * ``full``: ``synchronous=FULL``, one fsync per message; survives power loss too.
 
+Group commit (``mqtt.outbox.commit_ms`` > 0): messages appended within that many ms share one
+transaction (a savepoint each, so a failing one leaves the others), committed by the first
+reader (:meth:`SqliteOutbox.pending`, the only way to paho) or writer of acknowledgements, or
+at close. A message is therefore handed to the broker only once it is committed: at-least-once
+is unchanged. What changes is the window after ``append`` returns: a crash within it loses the
+uncommitted messages, which nobody has seen (their seqs are allocated again after the
+restart); a failed commit loses the group, counted in ``store_failed`` and shown to
+subscribers as a seq gap.
+
 The bounds (``max_messages``, ``max_bytes``) drop the oldest rows first and count the drops in
 a persisted counter.
 """
@@ -25,6 +34,7 @@ import contextlib
 import logging
 import sqlite3
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -129,6 +139,9 @@ class SqliteOutbox:
         self.rowid_at_open = int(found[0]) if found else 0
         """Rows up to this one were stored by an earlier process."""
         self._last_rowid = self.rowid_at_open
+        self._group_s = config.commit_ms / 1000.0
+        self._group_since: float | None = None  # monotonic time of the open group's 1st append
+        self._group_n = 0  # messages in the open group
         self._closed = False
         if self._count:
             logger.info("outbox %s holds %d unacknowledged messages", self.path, self._count)
@@ -157,7 +170,13 @@ class SqliteOutbox:
             self._check_open()
             seq = self._seqs.get(pipeline, 0) + 1
             db = self._db
-            db.execute("BEGIN IMMEDIATE")
+            grouped = self._group_s > 0
+            if not db.in_transaction:
+                db.execute("BEGIN IMMEDIATE")
+                if grouped:
+                    self._group_since = time.monotonic()
+            if grouped:
+                db.execute("SAVEPOINT append")
             try:
                 payload = bytes(render(seq, msg_id))
                 db.execute("INSERT INTO seqs(pipeline, next) VALUES(?, ?) ON CONFLICT(pipeline) "
@@ -168,9 +187,13 @@ class SqliteOutbox:
                     (pipeline, seq, msg_id, topic, qos, payload, int(sent)))
                 rowid = int(cur.lastrowid or 0)
                 dropped = self._enforce_bounds(len(payload))
-                db.execute("COMMIT")
+                if grouped:
+                    db.execute("RELEASE append")
+                    self._group_n += 1
+                else:
+                    db.execute("COMMIT")
             except sqlite3.Error as exc:
-                self._rollback()
+                self._rollback(grouped)
                 # the message is lost: spend its seq anyway, so the next one stored shows the
                 # gap to subscribers (DELIVERY.md: a gap is a loss) instead of hiding it
                 self._seqs[pipeline] = seq
@@ -180,7 +203,7 @@ class SqliteOutbox:
                                  "a gap in seq", exc, self.store_failed)
                 raise PublishError(f"outbox cannot store the message: {exc}") from None
             except BaseException:
-                self._rollback()
+                self._rollback(grouped)
                 raise
             self._seqs[pipeline] = seq
             self._last_rowid = max(self._last_rowid, rowid)
@@ -192,10 +215,61 @@ class SqliteOutbox:
                            dropped[0], self._dropped)
         return Appended(rowid, seq, msg_id)
 
-    def _rollback(self) -> None:
+    def _rollback(self, grouped: bool = False) -> None:
+        """Undo the failed append: its savepoint in a group (the group's other messages
+        stay), else its transaction."""
+        db = self._db
+        if grouped and db.in_transaction:
+            try:
+                db.execute("ROLLBACK TO append")
+                db.execute("RELEASE append")
+                return
+            except sqlite3.Error:
+                pass
         # SQLite may have rolled back already (disk full, I/O error)
         with contextlib.suppress(sqlite3.Error):
-            self._db.execute("ROLLBACK")
+            db.execute("ROLLBACK")
+        if grouped:
+            self._group_lost("the transaction was rolled back")
+
+    def _group_lost(self, why: str) -> None:
+        """The open group's messages are gone (their seqs stay spent: a visible gap)."""
+        lost, self._group_n, self._group_since = self._group_n, 0, None
+        if not lost:
+            return
+        self.store_failed += lost
+        logger.error("outbox lost %d messages of a group commit (%s); each is a gap in seq",
+                     lost, why)
+        row = self._db.execute("SELECT COUNT(*), COALESCE(SUM(LENGTH(payload)), 0) FROM messages")
+        self._count, self._bytes = (int(v) for v in row.fetchone())
+        found = self._db.execute("SELECT value FROM counters WHERE name='dropped'").fetchone()
+        self._dropped = int(found[0]) if found else 0
+
+    def commit(self) -> None:
+        """Commit the open group (group commit); nothing to do otherwise."""
+        with self._lock:
+            if not self._closed:
+                self._commit_group()
+
+    def _commit_group(self) -> None:
+        """Commit the open group, under the lock."""
+        if self._group_since is None:
+            return
+        try:
+            self._db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            with contextlib.suppress(sqlite3.Error):
+                self._db.execute("ROLLBACK")
+            self._group_lost(f"commit failed: {exc}")
+            return
+        self._group_n, self._group_since = 0, None
+
+    def group_wait(self) -> float:
+        """Seconds until the open group is due for its commit (0: none open, or due now)."""
+        since = self._group_since
+        if since is None:
+            return 0.0
+        return max(0.0, since + self._group_s - time.monotonic())
 
     def _enforce_bounds(self, new_bytes: int) -> tuple[int, int]:
         """Delete the oldest rows while over a bound; inside the caller's transaction."""
@@ -230,6 +304,7 @@ class SqliteOutbox:
             return
         with self._lock:
             self._check_open()
+            self._commit_group()
             self._db.execute("BEGIN IMMEDIATE")
             self._db.executemany("UPDATE messages SET sent=1 WHERE rowid=?", ids)
             self._db.execute("COMMIT")
@@ -249,6 +324,7 @@ class SqliteOutbox:
         with self._lock:
             if self._closed:
                 return 0
+            self._commit_group()
             db = self._db
             chunks = [ids[i:i + _ACK_CHUNK] for i in range(0, len(ids), _ACK_CHUNK)]
             if len(chunks) > 1:
@@ -288,9 +364,11 @@ class SqliteOutbox:
     # ------------------------------------------------------------------ reading
 
     def pending(self, after: int = 0, limit: int | None = None) -> list[OutboxMessage]:
-        """Unacknowledged messages with rowid > ``after``, oldest first."""
+        """Unacknowledged messages with rowid > ``after``, oldest first (an open group is
+        committed first: only durable messages are handed out)."""
         with self._lock:
             self._check_open()
+            self._commit_group()
             rows = self._db.execute(
                 "SELECT rowid, pipeline, seq, id, topic, qos, payload, sent FROM messages "
                 "WHERE rowid > ? ORDER BY rowid LIMIT ?", (after, -1 if limit is None else limit))
@@ -342,6 +420,7 @@ class SqliteOutbox:
         with self._lock, self._ckpt_lock:
             if self._closed:
                 return
+            self._commit_group()
             self._closed = True
             self._ckpt.close()
             try:

@@ -337,3 +337,48 @@ def test_frozen_broker_forces_a_reconnect_and_the_resent_copies_are_marked(
         # the resend is marked; a copy the broker read from the old connection after thawing
         # may arrive too, unmarked (the first send never is)
         assert any(p.get("replayed") is True for p in copies[seq]), copies[seq]
+
+
+def test_group_commit_delivers_everything_and_commits_during_an_outage(
+        broker: Mosquitto, tmp_path: Path, subscriber_factory: Any) -> None:
+    """``outbox.commit_ms``: a burst shares transactions, every seq arrives once and in order,
+    and while the broker is down the pump still commits (results never wait in a transaction
+    for the broker)."""
+    import sqlite3
+
+    from edge_agent.mqtt.outbox import FILENAME
+
+    sub: Subscriber = subscriber_factory(broker, "edge-agent/test-device/results/#")
+    cfg = agent_config(broker, tmp_path, outbox={"commit_ms": 5})
+    transport = MqttTransport(cfg, tmp_path)
+    connected = threading.Event()
+    transport.on_connected(connected.set)
+    transport.start()
+    topic = transport.topics.results("cam")
+    render = result_renderer("cam", transport.boot_id)
+
+    def stored() -> int:
+        other = sqlite3.connect(str(tmp_path / FILENAME))
+        try:
+            return int(other.execute("SELECT COUNT(*) FROM messages").fetchone()[0])
+        finally:
+            other.close()
+
+    try:
+        assert connected.wait(10)
+        seqs = [transport.publish_durable("cam", topic, render) for _ in range(50)]
+        assert seqs == list(range(1, 51))
+        assert wait_until(lambda: len(sub.payloads()) >= 50)
+        assert wait_until(lambda: transport.stats()["outbox_depth"] == 0)
+        broker.stop()
+        assert wait_until(lambda: not transport.stats()["connected"], 5)
+        seqs += [transport.publish_durable("cam", topic, render) for _ in range(20)]
+        assert wait_until(lambda: stored() == 20, 5)  # committed with no broker to send to
+        broker.start()
+        assert wait_until(lambda: {p["seq"] for p in sub.payloads()} >= set(seqs), 30)
+        assert wait_until(lambda: transport.stats()["outbox_depth"] == 0, 10)
+    finally:
+        transport.stop(5)
+    got = [p["seq"] for p in sub.payloads() if not p.get("replayed")]
+    assert got == sorted(got) and set(got) == set(range(1, 71))
+    assert transport.stats()["outbox_store_failed"] == 0

@@ -181,3 +181,82 @@ def test_a_full_disk_loses_the_message_but_shows_the_gap(tmp_path: Path, caplog)
     assert box.depth == 2
     assert any("cannot store" in r.getMessage() for r in caplog.records)
     box.close()
+
+
+def _committed(path: Path) -> list[int]:
+    """The seqs another connection sees: what a crash would leave."""
+    other = sqlite3.connect(str(path))
+    try:
+        return [int(r[0]) for r in other.execute("SELECT seq FROM messages ORDER BY rowid")]
+    finally:
+        other.close()
+
+
+def test_group_commit_hands_out_only_committed_messages(tmp_path: Path) -> None:
+    path = tmp_path / "o.sqlite"
+    box = SqliteOutbox(path, OutboxConfig(commit_ms=50))
+    for _ in range(4):
+        box.append("a", "t", render, 1, sent=True)
+    assert box.depth == 4 and box.group_wait() > 0
+    assert _committed(path) == []  # one open transaction: not durable yet
+    # pending(), the only way to paho, commits the group before it reads
+    assert [m.seq for m in box.pending()] == [1, 2, 3, 4]
+    assert _committed(path) == [1, 2, 3, 4] and box.group_wait() == 0
+    box.append("a", "t", render, 1)
+    box.commit()
+    assert _committed(path) == [1, 2, 3, 4, 5]
+    box.append("a", "t", render, 1)
+    box.close()  # close commits the open group
+    box = SqliteOutbox(path, OutboxConfig(commit_ms=50))
+    assert [m.seq for m in box.pending()] == [1, 2, 3, 4, 5, 6]
+    box.close()
+
+
+def test_group_commit_a_failed_render_leaves_the_rest_of_the_group(tmp_path: Path) -> None:
+    path = tmp_path / "o.sqlite"
+    box = SqliteOutbox(path, OutboxConfig(commit_ms=50))
+    box.append("a", "t", render, 1)
+
+    def broken(seq: int, msg_id: str) -> bytes:
+        raise ValueError("policy refused")
+
+    with pytest.raises(ValueError):
+        box.append("a", "t", broken, 1)
+    box.append("a", "t", render, 1)
+    box.ack([])  # nothing to ack: no commit needed
+    assert box.store_failed == 0
+    assert [m.seq for m in box.pending()] == [1, 2]  # no gap: the failed one used no seq
+    assert _committed(path) == [1, 2]
+    box.close()
+
+
+def test_group_commit_ack_and_mark_sent_commit_the_group_first(tmp_path: Path) -> None:
+    path = tmp_path / "o.sqlite"
+    box = SqliteOutbox(path, OutboxConfig(commit_ms=50))
+    first = box.append("a", "t", render, 1)
+    box.append("a", "t", render, 1)
+    box.mark_sent([first.rowid])
+    assert _committed(path) == [1, 2]
+    box.append("a", "t", render, 1)
+    assert box.ack([first.rowid]) == 1
+    assert _committed(path) == [2, 3] and box.depth == 2
+    box.close()
+
+
+def test_group_commit_a_failed_commit_loses_the_group_and_shows_the_gap(
+        tmp_path: Path, caplog) -> None:
+    path = tmp_path / "o.sqlite"
+    box = SqliteOutbox(path, OutboxConfig(commit_ms=50))
+    box.append("a", "t", render, 1)
+    box.commit()
+    box.append("a", "t", render, 1)
+    box.append("a", "t", render, 1)
+    # the transaction is gone under the group (as after an I/O error): its COMMIT fails
+    box._db.execute("ROLLBACK")
+    box.commit()
+    assert box.store_failed == 2
+    assert box.depth == 1
+    assert box.append("a", "t", render, 1).seq == 4  # seqs 2 and 3 were lost: a visible gap
+    assert [m.seq for m in box.pending()] == [1, 4]
+    assert any("lost 2 messages" in r.getMessage() for r in caplog.records)
+    box.close()
