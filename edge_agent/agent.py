@@ -15,20 +15,34 @@ import contextlib
 import faulthandler
 import logging
 import os
+import platform
 import signal
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
-from edge_agent import __version__
+from edge_agent import __version__, sysinfo
 from edge_agent.config import AgentConfig, load_config
 from edge_agent.contract.payloads import StatusState
 from edge_agent.errors import ConfigError, EdgeAgentError
 from edge_agent.face_detector import build_face_detector
+from edge_agent.logsetup import setup_logging
+from edge_agent.metrics import Metrics, MetricsServer
+from edge_agent.mqtt.client import MqttTransport
+from edge_agent.notify import SystemdNotifier, Watchdog
 from edge_agent.pipeline_set import PipelineSet
 from edge_agent.preflight import preflight
+from edge_agent.privacy import messages
+from edge_agent.privacy.audit import AuditLog
+from edge_agent.privacy.egress import EgressGuard
+from edge_agent.privacy.policy import iso_ts
+from edge_agent.privacy.seal import new_seal
+from edge_agent.remote_config import local_weakenings, weakenings
 from edge_agent.signals import SignalRelay
+from edge_agent.signing import load_public_keys
+from edge_agent.sysinfo import cpu_temperature
+from edge_agent.view.server import ViewServer, load_token
 
 logger = logging.getLogger(__name__)
 
@@ -58,13 +72,6 @@ class Agent:
     # ------------------------------------------------------------------ wiring
 
     def _build(self) -> None:
-        from edge_agent.metrics import Metrics, MetricsServer
-        from edge_agent.mqtt.client import MqttTransport
-        from edge_agent.privacy import messages
-        from edge_agent.privacy.audit import AuditLog
-        from edge_agent.privacy.egress import EgressGuard
-        from edge_agent.privacy.seal import new_seal
-
         cfg = self.config
         self.messages = messages
         self.seal = new_seal()
@@ -84,8 +91,6 @@ class Agent:
                                      on_state=self.publish_model_state)
         self.view_server: Any = None
         if cfg.view.enabled:
-            from edge_agent.view.server import ViewServer, load_token
-
             self.view_server = ViewServer(cfg.view, load_token(cfg.view), self.pipelines.taps,
                                           self.view_state)
 
@@ -102,8 +107,6 @@ class Agent:
     def _mqtt_stats(self) -> dict[str, Any]:
         """The broker connection for status and stats: connected, reconnects, connect
         failures, the last error and since when the broker is unreachable (None: it is not)."""
-        from edge_agent.privacy.policy import iso_ts
-
         st = self.transport.stats()
         down = st.get("down_since")
         return {"connected": bool(st.get("connected")), "reconnects": st.get("reconnects", 0),
@@ -128,10 +131,6 @@ class Agent:
 
     def inventory_message(self) -> Any:
         """The retained inventory: versions, board, pipelines and models, groups, keys."""
-        import platform
-
-        from edge_agent import sysinfo
-
         pipelines = self.pipelines.inventory()
         backend = version = None
         for p in self.pipelines.status():
@@ -150,8 +149,6 @@ class Agent:
     def _trusted_keys(self) -> list[str]:
         """Key ids of the configured public keys (updates and commands); unreadable ones
         were reported by preflight and are left out here."""
-        from edge_agent.signing import load_public_keys
-
         ids: set[str] = set()
         for paths in (self.config.updates.public_keys, self.config.commands.public_keys):
             with contextlib.suppress(Exception):  # preflight said what is wrong with a file
@@ -175,7 +172,6 @@ class Agent:
         """Publish the stats message and refresh the metrics gauges."""
         st = self.transport.stats()
         pipes = self.pipelines.stats()
-        from edge_agent.sysinfo import cpu_temperature
 
         privacy = self.pipelines.privacy_counters()
         for name, entry in pipes.items():
@@ -203,13 +199,10 @@ class Agent:
 
     def run(self) -> int:
         """Run until stopped; return the exit code (0 on a clean stop)."""
-        from edge_agent.notify import SystemdNotifier, Watchdog
-
         problems = preflight(self.config, self.config_file, open_sources=False)
         if problems:
             raise ConfigError(problems)
         self._build()
-        from edge_agent.remote_config import local_weakenings
 
         for line in local_weakenings(self.config):  # the device's own opt-ins, on record
             logger.warning("privacy/security opt-in in the local config: %s", line)
@@ -301,10 +294,6 @@ class Agent:
         ``<file>.previous``), the change audited with the signing key's id, and reloaded as
         on SIGHUP. Raises ConfigError (one line per problem, sent back in the reply) otherwise.
         """
-        import os
-
-        from edge_agent.remote_config import weakenings
-
         folder = self.config_file.parent
         candidate = folder / f".{self.config_file.name}.incoming"
         try:
@@ -384,8 +373,6 @@ class Agent:
 
 def cmd_run(args: argparse.Namespace) -> int:
     """``edge-agent run [-c FILE]``."""
-    from edge_agent.logsetup import setup_logging
-
     config, path = load_config(args.config)
     setup_logging(config.logging)
     try:

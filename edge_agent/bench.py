@@ -32,8 +32,13 @@ from pathlib import Path
 from typing import Any
 
 from edge_agent.bundle import ModelBundle, load_bundle
-from edge_agent.config import ModelConfig, PipelineConfig
+from edge_agent.config import ModelConfig, PipelineConfig, TargetConfig
 from edge_agent.errors import EdgeAgentError
+from edge_agent.pipeline import DEFAULT_TUNING, Pipeline, apply_process_tuning
+from edge_agent.privacy.policy import PrivacyPolicy
+from edge_agent.privacy.seal import new_seal
+from edge_agent.sources.factory import create_source
+from edge_agent.types import Result
 
 SKIP = 2  # pipeline results excluded from its rate (start-up)
 
@@ -95,8 +100,6 @@ class _Runs:
 
     def __init__(self, pcfg: PipelineConfig, bundle: ModelBundle, inputs: list[Any],
                  block: int) -> None:
-        from edge_agent.privacy.seal import new_seal
-
         self.pcfg = pcfg
         self.bundle = bundle
         self.inputs = inputs
@@ -110,8 +113,6 @@ class _Runs:
         self.first_result_ms: list[float] = []
 
     def _policy(self) -> Any:
-        from edge_agent.privacy.policy import PrivacyPolicy
-
         return PrivacyPolicy(self.pcfg.privacy, self.pcfg.name, "bench", self.seal)
 
     def bare(self) -> float:
@@ -127,9 +128,6 @@ class _Runs:
         return rate
 
     def sequential(self) -> float:
-        from edge_agent.sources.factory import create_source
-        from edge_agent.types import Result
-
         policy, sink, b = self._policy(), _Sink(0), self.bundle
         src = create_source(self.pcfg.source)
         src.open()
@@ -161,9 +159,6 @@ class _Runs:
         return _rate(sink.times)
 
     def pipeline(self) -> float:
-        from edge_agent.pipeline import Pipeline
-        from edge_agent.sources.factory import create_source
-
         def observe(_p: str, name: str, seconds: float) -> None:
             self.pipe_stage[name].append(seconds * 1000)
 
@@ -195,8 +190,6 @@ def run_targets(model: str, targets: list[Any], **kw: Any) -> dict[str, Any]:
     "ratio_to_baseline": {name: {"bare": r, "pipeline": r}}}``; the baseline is ``cpu`` when it
     was measured, else the first target that ran. Ratios are of the median fps of each run.
     """
-    from edge_agent.config import TargetConfig
-
     out: dict[str, Any] = {}
     for entry in targets:
         label = TargetConfig.model_validate(
@@ -240,8 +233,6 @@ def run_bench(model: str, *, source: str | None = None, threads: int = 2,
 
     ``targets`` (a model config ``targets`` list) replaces ``delegate``.
     """
-    from edge_agent.pipeline import DEFAULT_TUNING, apply_process_tuning
-
     apply_process_tuning(DEFAULT_TUNING)  # the same process settings for every run
     t_start = time.perf_counter()
     pcfg = PipelineConfig.model_validate({
@@ -260,8 +251,6 @@ def run_bench(model: str, *, source: str | None = None, threads: int = 2,
 
 def _measure(pcfg: PipelineConfig, bundle: ModelBundle, source: str | None, frames: int,
              rounds: int, model: str, load_s: float) -> dict[str, Any]:
-    from edge_agent.sources.factory import create_source
-
     # the same real frames for every run: preprocessed copies for bare, the source for the rest
     src = create_source(pcfg.source)
     src.open()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -147,8 +148,6 @@ def warm_up(bundle: ModelBundle, frame: Frame | None, max_latency_ms: float | No
     Raises:
         ModelError: the outputs are not finite, the decoder fails, or the latency is too high.
     """
-    import time
-
     if frame is None:
         spec = bundle.runtime.signature.inputs[0]
         if len(spec.shape) == 4:

@@ -111,6 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("action", choices=["fetch", "list"])
     p.add_argument("--dir", default=None, help="target folder (default: the package's models/)")
 
+    # imported here: start-up: the CLI imports a command's module only when that command runs
     from edge_agent.consumer_cli import add_collect_args, add_watch_args
 
     add_collect_args(add("collect", "edge_agent.commands.collect:cmd_collect",
@@ -118,6 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_watch_args(add("watch", "edge_agent.commands.watch:cmd_watch",
                        "live view of what devices publish"))
 
+    # imported here: start-up: the CLI imports a command's module only when that command runs
     from edge_agent.consumer_cli import add_broker_args
 
     fleet = sub.add_parser("fleet", help="a fleet's live status and staged model rollouts")
@@ -275,6 +277,7 @@ def _add_model_send_args(mp: argparse.ArgumentParser,
 def _error_prefix() -> str:
     """``<3>`` (syslog err) when stderr is the journal, so a refused config is logged at err
     priority (journald reads a leading ``<N>``; without it every line would be info)."""
+    # imported here: start-up: the CLI imports a command's module only when that command runs
     from edge_agent.logsetup import under_journald
 
     return "<3>" if under_journald(sys.stderr) else ""

@@ -936,8 +936,6 @@ class AgentConfig(_Model):
 
 
 def _default_device_id() -> str:
-    import re
-
     name = re.sub(r"[^a-z0-9_-]+", "-", socket.gethostname().lower()).strip("-")
     return name or "edge-agent"
 

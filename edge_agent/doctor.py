@@ -25,6 +25,7 @@ from pathlib import Path
 from edge_agent import __version__, preflight, sysinfo
 from edge_agent.config import DEFAULT_CONFIG_PATH, AgentConfig, PipelineConfig, load_config
 from edge_agent.errors import ConfigError
+from edge_agent.mqtt.connection import probe_broker
 from edge_agent.preflight import FAIL, OK, WARN, Finding
 
 # Coral USB: 1a6e:089a (Global Unichip) before its firmware is loaded, 18d1:9302 (Google) after
@@ -222,8 +223,6 @@ _BROKER_FIXES = {
 
 def check_broker(config: AgentConfig) -> list[Check]:
     """Connect as the agent does (its own client construction: protocol, TLS, credentials)."""
-    from edge_agent.mqtt.connection import probe_broker
-
     m = config.mqtt
     target = f"{m.host}:{m.port}" + (" (TLS)" if m.tls.enabled else "")
     try:

@@ -10,7 +10,9 @@ from collections.abc import Callable
 import numpy as np
 
 from edge_agent.bundle import load_bundle
-from edge_agent.config import AgentConfig
+from edge_agent.config import AgentConfig, ModelConfig
+from edge_agent.default_models import default_models_dir
+from edge_agent.privacy.redact import TiledFaceFinder
 from edge_agent.types import Box, Frame
 
 logger = logging.getLogger(__name__)
@@ -31,15 +33,12 @@ def build_face_detector(cfg: AgentConfig,
     images = cfg.view.enabled or any(p.privacy.publish_images for p in cfg.pipelines)
     if not force and (not images or not any(p.privacy.redact_faces for p in cfg.pipelines)):
         return None
-    from edge_agent.default_models import default_models_dir
-    from edge_agent.privacy.redact import TiledFaceFinder
 
     path = default_models_dir() / FACE_MODEL
     if not path.exists():
         logger.warning("face model %s is missing (run: edge-agent models fetch); snapshots "
                        "will not be published (fail closed)", path)
         return None
-    from edge_agent.config import ModelConfig
 
     bundle = load_bundle(ModelConfig(path=path, decoder="anchors", threads=1), 0.5)
     lock = threading.Lock()

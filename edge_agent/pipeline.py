@@ -32,6 +32,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Protocol
 
+import cv2
 import numpy as np
 
 from edge_agent.bundle import ModelBundle, outputs_finite
@@ -98,11 +99,8 @@ DEFAULT_TUNING = Tuning()
 
 def apply_process_tuning(tuning: Tuning) -> None:
     """Apply the process-wide parts of ``tuning`` (OpenCV threads, GIL interval)."""
-    if tuning.cv2_threads is not None:
-        import cv2
-
-        if cv2.getNumThreads() != tuning.cv2_threads:
-            cv2.setNumThreads(tuning.cv2_threads)
+    if tuning.cv2_threads is not None and cv2.getNumThreads() != tuning.cv2_threads:
+        cv2.setNumThreads(tuning.cv2_threads)
     if tuning.switch_interval_s is not None and sys.getswitchinterval() > tuning.switch_interval_s:
         sys.setswitchinterval(tuning.switch_interval_s)
 

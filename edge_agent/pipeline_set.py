@@ -11,18 +11,41 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from edge_agent.bundle import load_bundle
+from edge_agent.camera_health import CameraHealthMonitor
 from edge_agent.config import AgentConfig, PipelineConfig
 from edge_agent.energy import EnergyMeter, PowerReader
 from edge_agent.errors import ConfigError, EdgeAgentError
+from edge_agent.motion import MotionGate
+from edge_agent.mqtt.commands import CommandDispatcher
+from edge_agent.mqtt.discovery import (
+    AnnouncedTopics,
+    discovery_configs,
+    ha_came_online,
+    ha_status_topic,
+)
 from edge_agent.pipeline import Pipeline
+from edge_agent.privacy import messages
+from edge_agent.privacy.hashing import load_salt
+from edge_agent.privacy.policy import PrivacyPolicy
+from edge_agent.signing import load_public_keys
+from edge_agent.sources.factory import create_source
 from edge_agent.thermal import ThermalMonitor
+from edge_agent.tracking import IouTracker
 from edge_agent.types import Box
+from edge_agent.update_wiring import UpdateWiring, raw_image_problem
+from edge_agent.updater.manifest import Destination
+from edge_agent.updater.store import ModelStore
+from edge_agent.updater.updater import ModelUpdater, UpdateHooks
+from edge_agent.view.render import render_frame
+from edge_agent.view.tap import ViewTap
+from edge_agent.zones import ZoneTracker
 
 if TYPE_CHECKING:
     from edge_agent.metrics import Metrics
@@ -75,7 +98,6 @@ class PipelineSet:
         self.energy.sample(0)  # the baseline: the first stats covers the time since start
         self._lock = threading.Lock()
         self.dispatcher: Any = None
-        from edge_agent.privacy.hashing import load_salt
 
         self.salt = load_salt(cfg.state_dir)  # hashed fields stay stable across restarts
         for p in cfg.pipelines:
@@ -84,18 +106,6 @@ class PipelineSet:
     # ------------------------------------------------------------------ build
 
     def _build(self, p: PipelineConfig) -> _Unit:
-        from edge_agent.camera_health import CameraHealthMonitor
-        from edge_agent.motion import MotionGate
-        from edge_agent.privacy.policy import PrivacyPolicy
-        from edge_agent.signing import load_public_keys
-        from edge_agent.sources.factory import create_source
-        from edge_agent.tracking import IouTracker
-        from edge_agent.update_wiring import UpdateWiring, raw_image_problem
-        from edge_agent.updater.manifest import Destination
-        from edge_agent.updater.store import ModelStore
-        from edge_agent.updater.updater import ModelUpdater, UpdateHooks
-        from edge_agent.zones import ZoneTracker
-
         keys = load_public_keys(self.cfg.updates.public_keys)
         store = ModelStore(self.cfg.state_dir / "models" / p.name, keys=keys)
         active = store.resolve_active(p.model.path)
@@ -143,11 +153,6 @@ class PipelineSet:
         self.metrics.set_model_info(p.name, bundle.ref, bundle.runtime.info)
         tap = None
         if self.cfg.view.enabled:
-            from functools import partial
-
-            from edge_agent.view.render import render_frame
-            from edge_agent.view.tap import ViewTap
-
             tap = ViewTap(p.name, partial(render_frame, policy, p), self.cfg.view.max_fps)
             pipeline.view = tap
         return _Unit(p, pipeline, policy, updater, tap)
@@ -311,7 +316,6 @@ class PipelineSet:
         """Home Assistant discovery, when enabled; entities of removed pipelines are deleted."""
         if not self.cfg.homeassistant.enabled:
             return
-        from edge_agent.mqtt.discovery import AnnouncedTopics, discovery_configs
 
         announced = AnnouncedTopics(self.cfg.state_dir)
         msgs = discovery_configs(self.cfg, [u.cfg for u in self.units.values()],
@@ -324,7 +328,6 @@ class PipelineSet:
         """Re-send discovery whenever Home Assistant says it came online."""
         if not self.cfg.homeassistant.enabled:
             return
-        from edge_agent.mqtt.discovery import ha_came_online, ha_status_topic
 
         def on_status(topic: str, payload: bytes) -> None:
             if ha_came_online(payload):
@@ -333,8 +336,6 @@ class PipelineSet:
         transport.subscribe(ha_status_topic(self.cfg), on_status)
 
     def _messages(self) -> Any:
-        from edge_agent.privacy import messages
-
         return messages
 
     # ------------------------------------------------------------------ commands
@@ -343,8 +344,6 @@ class PipelineSet:
                         on_restart: Callable[[str], None] | None = None,
                         on_config: Callable[[str, str | None], None] | None = None) -> None:
         """Subscribe to the command topics and dispatch to the updaters (and the agent)."""
-        from edge_agent.mqtt.commands import CommandDispatcher
-
         def reply(request_id: str | None, ok: bool, error: str | None) -> None:
             guard.send(self._messages().cmd_reply(self.seal, device=self.cfg.device_id,
                                                   request_id=request_id or "unknown", ok=ok,

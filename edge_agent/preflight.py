@@ -18,7 +18,12 @@ from pathlib import Path
 from typing import Any, Final, Literal
 
 from edge_agent.config import AgentConfig, PipelineConfig, fixed_threads, load_config, locate
+from edge_agent.decoders.factory import create_decoder
+from edge_agent.decoders.labels import LabelsMismatchError, load_labels
 from edge_agent.errors import ConfigError, EdgeAgentError, ModelError, PluginUnavailableError
+from edge_agent.runtime.targets import TargetRuntime, target_specs
+from edge_agent.sources.factory import create_source
+from edge_agent.view.server import access_problems, load_token
 
 logger = logging.getLogger(__name__)
 
@@ -73,10 +78,6 @@ def check_pipeline_model(p: PipelineConfig, index: int = 0, *,
             ``<pipeline>: target <name>`` row per target, so a target behind a working one is
             checked too); only when the model has more than one.
     """
-    from edge_agent.decoders.factory import create_decoder
-    from edge_agent.decoders.labels import LabelsMismatchError, load_labels
-    from edge_agent.runtime.targets import TargetRuntime, target_specs
-
     m = p.model
     base = ("pipelines", index, "model")
     model, decoder = f"{p.name}: model", f"{p.name}: decoder"
@@ -164,8 +165,6 @@ def check_pipeline_model(p: PipelineConfig, index: int = 0, *,
 def check_source(p: PipelineConfig, index: int = 0,
                  timeout: float = SOURCE_OPEN_TIMEOUT_S) -> list[Finding]:
     """Open and close one pipeline's source, on a thread: a FIFO or a dead stream can block."""
-    from edge_agent.sources.factory import create_source
-
     name, key = f"{p.name}: source", ("pipelines", index, "source")
     what = f"{p.source.type} source {getattr(p.source, 'uri', '') or ''}".strip()
     fix = ("check the source uri, the device's permissions (group video) and that nothing "
@@ -222,7 +221,6 @@ def check_view(config: AgentConfig) -> list[Finding]:
     """The live view's token must be readable, and off loopback it must exist."""
     if not config.view.enabled:
         return []
-    from edge_agent.view.server import access_problems, load_token
 
     fix = "see the live view's access rules in README.md"
     try:

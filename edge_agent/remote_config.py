@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from edge_agent.config import AgentConfig
+from edge_agent.config import AgentConfig, PrivacyConfig
 
 PIPELINE_PRIVACY_KEYS = ("publish_images", "redact_faces", "allow_unredacted_images",
                          "allow_raw_image_outputs", "identifying_fields", "aggregate",
@@ -65,8 +65,6 @@ def weakenings(old: AgentConfig, new: AgentConfig) -> list[str]:
 
 
 def _default_privacy(key: str) -> Any:
-    from edge_agent.config import PrivacyConfig
-
     return getattr(PrivacyConfig(), key)
 
 

@@ -7,8 +7,11 @@ branches. ``root`` lets tests point the functions at a fake tree.
 
 from __future__ import annotations
 
+import fcntl
 import logging
+import os
 import shutil
+import struct
 import subprocess
 import time
 from dataclasses import dataclass
@@ -221,10 +224,6 @@ def v4l2_modes(path: Path, max_sizes: int = 8) -> list[VideoMode] | None:
     Uses the V4L2 ioctls directly (cheap, no streaming). None also when the node cannot be
     opened or queried.
     """
-    import fcntl
-    import os
-    import struct
-
     try:
         fd = os.open(path, os.O_RDWR | os.O_NONBLOCK)
     except OSError:

@@ -8,14 +8,20 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from edge_agent.bundle import ModelBundle, load_bundle
+from edge_agent.bundle import ModelBundle, load_bundle, warm_up
 from edge_agent.config import PipelineConfig, fixed_threads
 from edge_agent.contract.payloads import ShadowState
-from edge_agent.errors import EdgeAgentError, ModelError
+from edge_agent.errors import EdgeAgentError, ModelError, UpdateError
 from edge_agent.pipeline import Pipeline
+from edge_agent.privacy import messages
+from edge_agent.runtime.interpreter import TfliteRuntime
+from edge_agent.runtime.targets import TargetRuntime, same_tensors, target_specs
+from edge_agent.shadow import ShadowRunner, figures_of
+from edge_agent.types import ModelRef
 
 if TYPE_CHECKING:
     from edge_agent.pipeline_set import PipelineSet
@@ -91,10 +97,6 @@ class UpdateWiring:
         names the candidate in the log (its name and version, not the staged
         ``<sha256>.part`` file at "v0").
         """
-        from edge_agent.bundle import warm_up
-        from edge_agent.errors import UpdateError
-        from edge_agent.runtime.targets import same_tensors
-
         self._drop_validated()
         signatures = {}
         for name, file in (target_files or {}).items():
@@ -111,7 +113,6 @@ class UpdateWiring:
             raise UpdateError(problem)
         want = bundle.runtime.signature
         if signatures:  # the reference is the top-level file, whatever target serves first
-            from edge_agent.runtime.interpreter import TfliteRuntime
 
             main = TfliteRuntime(path, threads=1)
             want = main.signature
@@ -135,9 +136,6 @@ class UpdateWiring:
 
     def _validate_on_target(self, name: str, path: Path, target_files: dict[str, Path]) -> Any:
         """Load ``target_files[name]`` on target ``name`` alone and warm it up."""
-        from edge_agent.errors import UpdateError
-        from edge_agent.runtime.targets import TargetRuntime, target_specs
-
         m = self.cfg.model
         spec = next(s for s in target_specs(m, path=path, target_files=target_files)
                     if s.name == name)
@@ -158,11 +156,6 @@ class UpdateWiring:
 
     def swap(self, path: Path, labels_path: Path | None, manifest: Manifest | None) -> None:
         """Swap the new model in between two frames."""
-        from dataclasses import replace
-
-        from edge_agent.errors import UpdateError
-        from edge_agent.types import ModelRef
-
         validated, self._validated = self._validated, None
         try:
             # the updater validates the staged file and swaps in the installed copy of the
@@ -194,9 +187,6 @@ class UpdateWiring:
         """Run the validated candidate beside the active model (its own interpreter, loaded
         on the shadow's own low-priority thread, on sampled frames) and publish its figures
         on ``model/<pipeline>/shadow``; ``resume``: totals saved before a restart."""
-        from edge_agent.errors import UpdateError
-        from edge_agent.shadow import ShadowRunner
-
         self.stop_shadow("stopped", "replaced by another shadow candidate")
         # loaded again on the shadow thread: the interpreter's worker threads inherit its
         # priority (the validating thread's is the normal one)
@@ -228,8 +218,6 @@ class UpdateWiring:
 
     def _send_shadow(self, about: Mapping[str, Any], gate_raw: Any, figures: dict[str, Any],
                      state: ShadowState, reason: str | None) -> None:
-        from edge_agent.privacy import messages
-
         o = self.owner
         o.guard.send(messages.shadow(o.seal, device=o.cfg.device_id, pipeline=self.cfg.name,
                                      state=state, candidate=about,
@@ -241,8 +229,6 @@ class UpdateWiring:
                       when_idle: bool = False) -> None:
         """Publish the final message of a shadow without a runner (it could not resume after
         a restart), with the figures of its saved totals."""
-        from edge_agent.shadow import figures_of
-
         try:
             figures = figures_of(saved, every, when_idle)
         except ValueError:

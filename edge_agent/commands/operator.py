@@ -65,6 +65,7 @@ def cmd_sign(args: argparse.Namespace) -> int:
     gate = {k: getattr(args, f"shadow_{k}", None)
             for k in ("frames", "min_recall", "min_precision", "max_latency_ratio")}
     if any(v is not None for v in gate.values()):
+        # imported here: start-up (measured: at the top, importing this module 0.46 -> 4.0 s)
         from edge_agent.shadow import ShadowGate
 
         if gate["frames"] is None:
@@ -126,6 +127,7 @@ def _subscriber(args: argparse.Namespace, topics: list[str],
                 on_message: Callable[[str, bytes, bool], None]) -> tuple[Subscriber, str]:
     """A subscriber for the ``--broker`` family of options (TLS, ``--username``,
     ``--password-file`` or ``$CREDENTIALS_DIRECTORY``), and ``host:port`` for messages."""
+    # imported here: start-up (measured: at the top, importing this module 0.46 -> 4.0 s)
     from edge_agent.consumer.options import broker_from_args
     from edge_agent.mqtt.subscriber import Subscriber  # only edge_agent.mqtt imports paho
 

@@ -6,13 +6,12 @@ import argparse
 import json
 import sys
 
+from edge_agent.config import load_config
 from edge_agent.privacy.audit import AUDIT_FILE, format_report, read_entries, summarise
 
 
 def cmd_privacy_report(args: argparse.Namespace) -> int:
     """``edge-agent privacy-report [-c FILE] [--json]``: summarise the audit log."""
-    from edge_agent.config import load_config
-
     config, _ = load_config(getattr(args, "config", None))
     directory = config.state_dir / "audit"
     try:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from edge_agent.config import load_config
 from edge_agent.errors import ConfigError, EdgeAgentError
+from edge_agent.logsetup import setup_logging
 from edge_agent.view.oneshot import take_snapshot
 
 logger = logging.getLogger(__name__)
@@ -17,8 +18,6 @@ logger = logging.getLogger(__name__)
 
 def cmd_snapshot(args: argparse.Namespace) -> int:
     """``edge-agent snapshot -c FILE --pipeline NAME --out FILE.jpg``."""
-    from edge_agent.logsetup import setup_logging
-
     config, _ = load_config(args.config)
     setup_logging(config.logging)
     out = Path(args.out)

@@ -146,6 +146,7 @@ class SqlStore:
         self._conn: Any = None
         self._errors: tuple[type[BaseException], ...] = (sqlite3.Error,)
         if dialect == "postgresql":
+            # imported here: optional extra (edge-agent[collector]); absent on devices
             import psycopg
 
             self._errors = (psycopg.Error,)
@@ -367,6 +368,7 @@ def open_store(url: str) -> SqlStore:
         return SqlStore(url, "sqlite", connect_sqlite)
     if url.startswith(("postgresql://", "postgres://")):
         try:
+            # imported here: optional extra (edge-agent[collector]); absent on devices
             import psycopg
         except ImportError:
             raise PluginUnavailableError(

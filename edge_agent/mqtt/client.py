@@ -179,6 +179,7 @@ class MqttTransport:
             return
         self._started = True
         cfg = self.mqtt
+        # imported here: mqtt.commands loads jsonschema and cryptography (not the transport's)
         from edge_agent.mqtt.commands import max_packet_size
 
         self._client.connect_async(cfg.host, cfg.port, keepalive=cfg.keepalive,

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from edge_agent.runtime.interpreter import TfliteRuntime
+
 logger = logging.getLogger(__name__)
 
 TOLERANCE = 0.05  # fewer threads win when they are at most 5% slower than the fastest
@@ -54,8 +56,6 @@ def pick_threads(path: str | Path, *, budget: int, invokes: int = INVOKES,
     Raises:
         ModelError: the model does not load (the same error a fixed count would give).
     """
-    from edge_agent.runtime.interpreter import TfliteRuntime
-
     candidates = tuple(range(1, max(1, budget) + 1))
     medians: dict[int, float] = {}
     if len(candidates) == 1:

@@ -33,6 +33,7 @@ import numpy as np
 from edge_agent.config import NormalizeConfig, SensorSourceConfig
 from edge_agent.errors import ConfigError, SourceError
 from edge_agent.registry import Registry
+from edge_agent.sources.audio_features import MICRO_FRONTEND_CHANNELS, micro_frontend_features
 from edge_agent.sources.sensor_base import Chunk, SampleReader, parse_sensor_uri
 from edge_agent.types import Frame
 
@@ -157,7 +158,6 @@ class SensorSource:
         self._features: Callable[[np.ndarray, float], np.ndarray] | None = None
         out_channels = cfg.channels
         if cfg.features == "micro_frontend":
-            from edge_agent.sources.audio_features import MICRO_FRONTEND_CHANNELS
             out_channels = MICRO_FRONTEND_CHANNELS
             if cfg.channels != 1:
                 raise ConfigError("source.features: micro_frontend works on mono audio "
@@ -192,7 +192,6 @@ class SensorSource:
         if self._opened:
             self.close()
         if self.cfg.features == "micro_frontend" and self._features is None:
-            from edge_agent.sources.audio_features import micro_frontend_features
             self._features = micro_frontend_features
         self._reader.open()
         self._opened = True

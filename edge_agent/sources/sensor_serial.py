@@ -25,6 +25,7 @@ READ_BYTES = 4096
 
 def _serial_module() -> Any:
     try:
+        # imported here: optional extra (edge-agent[serial]), only for serial sensors
         import serial
     except ModuleNotFoundError as exc:
         raise PluginUnavailableError(

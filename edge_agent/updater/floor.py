@@ -92,6 +92,7 @@ class RollbackFloor:
 
     def record(self, manifest: Manifest, downgrade: bool) -> None:
         """Persist the floor after installing ``manifest`` (before it is made current)."""
+        # imported here: cycle: updater.store imports this module
         from edge_agent.updater.store import write_atomic
 
         self.version = max(self.version, manifest.version)

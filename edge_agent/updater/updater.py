@@ -36,6 +36,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from edge_agent.config import UpdatesConfig
 from edge_agent.digest import sha256_file
 from edge_agent.errors import EdgeAgentError, UpdateError
+from edge_agent.shadow import ShadowGate
 from edge_agent.signing import load_public_keys
 from edge_agent.updater.fetch import fetch, write_inline
 from edge_agent.updater.manifest import (
@@ -482,8 +483,6 @@ class ModelUpdater:
 
     # -- shadow evaluation --------------------------------------------------------------
     def _start_shadow(self, command: dict[str, Any], via_group: str | None = None) -> None:
-        from edge_agent.shadow import ShadowGate
-
         rid = str(command.get("request_id", ""))
         about: dict[str, Any] | None = None
         downloaded = False

@@ -13,8 +13,19 @@ import time
 from functools import partial
 from typing import Any
 
+from edge_agent.bundle import load_bundle
 from edge_agent.config import AgentConfig
 from edge_agent.errors import ConfigError, EdgeAgentError
+from edge_agent.face_detector import build_face_detector
+from edge_agent.pipeline import Pipeline
+from edge_agent.privacy.policy import PrivacyPolicy
+from edge_agent.privacy.seal import new_seal
+from edge_agent.sources.factory import create_source
+from edge_agent.tracking import IouTracker
+from edge_agent.updater.store import ModelStore
+from edge_agent.view.render import render_frame
+from edge_agent.view.tap import ViewTap
+from edge_agent.zones import ZoneTracker
 
 logger = logging.getLogger(__name__)
 
@@ -27,18 +38,6 @@ def take_snapshot(config: AgentConfig, pipeline_name: str, timeout: float = 30.0
         ConfigError: no such pipeline.
         EdgeAgentError: no frame could be shown within ``timeout`` seconds.
     """
-    from edge_agent.bundle import load_bundle
-    from edge_agent.face_detector import build_face_detector
-    from edge_agent.pipeline import Pipeline
-    from edge_agent.privacy.policy import PrivacyPolicy
-    from edge_agent.privacy.seal import new_seal
-    from edge_agent.sources.factory import create_source
-    from edge_agent.tracking import IouTracker
-    from edge_agent.updater.store import ModelStore
-    from edge_agent.view.render import render_frame
-    from edge_agent.view.tap import ViewTap
-    from edge_agent.zones import ZoneTracker
-
     try:
         p = config.pipeline(pipeline_name)
     except KeyError:
