@@ -36,6 +36,7 @@ OPEN_TIMEOUT_MS = 10_000  # FFmpeg: give up opening a stream after this long
 READ_TIMEOUT_MS = 5_000  # FFmpeg: a stream that sends nothing for this long has failed
 DEFAULT_FILE_FPS = 25.0  # when a file does not say its frame rate
 JOIN_TIMEOUT_S = 6.0  # longer than READ_TIMEOUT_MS: a blocked read ends first
+_MJPEG_FOURCCS = frozenset({b"MJPG", b"MJPA", b"AVRN", b"JPEG"})
 
 
 def _file_path(uri: str) -> str:
@@ -65,6 +66,15 @@ def capture_target(uri: str | int) -> tuple[str | int, int]:
     return text, cv2.CAP_ANY
 
 
+def mjpeg_packet(packet: np.ndarray) -> EncodedImage:
+    """An MJPEG packet from FFmpeg's raw mode as an encoded frame (a damaged one fails at
+    decode, and the pipeline skips and counts it)."""
+    encoded = EncodedImage.jpeg(packet)
+    if encoded is None:
+        return EncodedImage("jpeg", packet.reshape(-1), 0, 0)
+    return encoded
+
+
 _opencv_note = threading.Lock()
 _opencv_noted = False
 
@@ -92,10 +102,17 @@ class OpencvCameraSource:
         dropped: frames grabbed but replaced by a newer one before the pipeline took them.
         grabbed: frames the reader thread grabbed since open().
         live: always True.
+        defer_decode: for an MJPEG stream opened through FFmpeg (``http://``, ``rtsp://``...),
+            hand frames over as their JPEG packets (``Frame.encoded``): a motion gate looks at
+            a DCT-scaled decode first, and frames dropped for newer ones are never decoded.
+            Set by the pipeline, before open(), when it has a gate. V4L2 devices are decoded
+            as before.
+        raw_packets: whether this open() reads JPEG packets.
     """
 
     live = True
     bad_lines = 0  # no text lines: nothing malformed to skip
+    defer_decode = False
 
     def __init__(self, cfg: CameraSourceConfig) -> None:
         self.cfg = cfg
@@ -108,6 +125,7 @@ class OpencvCameraSource:
         self._error: str | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self.raw_packets = False
 
     def __repr__(self) -> str:
         return f"OpencvCameraSource({self.name!r})"
@@ -129,19 +147,20 @@ class OpencvCameraSource:
         if api == cv2.CAP_FFMPEG:
             params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, OPEN_TIMEOUT_MS,
                       cv2.CAP_PROP_READ_TIMEOUT_MSEC, READ_TIMEOUT_MS]
-        cap = cv2.VideoCapture(target, api, params)
-        if not cap.isOpened():
-            cap.release()
-            _note_quiet_opencv()
-            hint = ("check that the device exists and is not used by another program"
-                    if api == cv2.CAP_V4L2 else "check the URL, the network and the credentials")
-            raise SourceError(f"camera {self.name!r} cannot be opened ({hint})")
+        cap = self._capture(target, api, params)
+        first: Frame | None = None
+        self.raw_packets = False
+        if self.defer_decode and api == cv2.CAP_FFMPEG:
+            first = self._first_packet(cap)
+            if first is None:  # not MJPEG, or packets that are not whole JPEGs: as before
+                cap.release()
+                cap = self._capture(target, api, params)
         self._configure(cap)
         self._stop.clear()
         with self._cond:
-            self._latest = None
+            self._latest = first
             self._error = None
-        self.grabbed = 0
+        self.grabbed = int(first is not None)
         # from here on the reader thread owns (and finally releases) the capture
         logger.info("camera %s opened (%s, %dx%d)", self.name, cap.getBackendName(),
                     int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)),
@@ -149,6 +168,36 @@ class OpencvCameraSource:
         self._thread = threading.Thread(target=self._reader, args=(cap,), daemon=True,
                                         name=f"camera-reader[{self.name}]")
         self._thread.start()
+
+    def _capture(self, target: str | int, api: int, params: list[int]) -> cv2.VideoCapture:
+        cap = cv2.VideoCapture(target, api, params)
+        if not cap.isOpened():
+            cap.release()
+            _note_quiet_opencv()
+            hint = ("check that the device exists and is not used by another program"
+                    if api == cv2.CAP_V4L2 else "check the URL, the network and the credentials")
+            raise SourceError(f"camera {self.name!r} cannot be opened ({hint})")
+        return cap
+
+    def _first_packet(self, cap: cv2.VideoCapture) -> Frame | None:
+        """Switch an MJPEG stream to FFmpeg's raw packets; the first packet as a frame, or
+        None when the stream is not MJPEG or its packets do not decode as JPEGs."""
+        fourcc = int(cap.get(cv2.CAP_PROP_FOURCC)).to_bytes(4, "little")
+        if fourcc.upper() not in _MJPEG_FOURCCS or not cap.set(cv2.CAP_PROP_FORMAT, -1):
+            return None
+        ok, packet = cap.read()
+        if not ok or packet is None:
+            return None
+        encoded = EncodedImage.jpeg(packet)
+        if encoded is None or encoded.width * encoded.height > MAX_FRAME_PIXELS:
+            return None
+        full = encoded.decode()
+        if full is None or full.shape[:2] != (encoded.height, encoded.width):
+            return None
+        self.raw_packets = True
+        frame = Frame(index=self._index, ts=time.time(), encoded=encoded)
+        self._index += 1
+        return frame
 
     def _configure(self, cap: cv2.VideoCapture) -> None:
         cfg = self.cfg
@@ -173,7 +222,11 @@ class OpencvCameraSource:
                                    f"(unplugged, stream ended or lost) after "
                                    f"{self.grabbed} frames")
                     return
-                frame = Frame(index=self._index, ts=time.time(), image=image)
+                if self.raw_packets:
+                    frame = Frame(index=self._index, ts=time.time(),
+                                  encoded=mjpeg_packet(image))
+                else:
+                    frame = Frame(index=self._index, ts=time.time(), image=image)
                 self._index += 1
                 with self._cond:
                     if self._latest is not None:
@@ -290,7 +343,7 @@ class OpencvVideoSource(PacedFileSource):
         probe = cv2.VideoCapture(self.path, cv2.CAP_FFMPEG)
         try:
             fourcc = int(probe.get(cv2.CAP_PROP_FOURCC)).to_bytes(4, "little")
-            if fourcc.upper() not in {b"MJPG", b"MJPA", b"AVRN", b"JPEG"}:
+            if fourcc.upper() not in _MJPEG_FOURCCS:
                 return False
             if not probe.set(cv2.CAP_PROP_FORMAT, -1):
                 return False
@@ -333,7 +386,7 @@ class OpencvVideoSource(PacedFileSource):
         ok, image = self._cap.read()
         if ok and image is not None:
             self._in_pass += 1
-            return self._packet(image) if self.raw_packets else image
+            return mjpeg_packet(image) if self.raw_packets else image
         if self._in_pass == 0:
             raise SourceError(f"video file {self.name} has no readable frames")
         if not self.cfg.loop:
@@ -347,14 +400,7 @@ class OpencvVideoSource(PacedFileSource):
         if not ok or image is None:
             raise SourceError(f"video file {self.name} has no readable frames")
         self._in_pass = 1
-        return self._packet(image) if self.raw_packets else image
-
-    @staticmethod
-    def _packet(packet: np.ndarray) -> EncodedImage:
-        encoded = EncodedImage.jpeg(packet)
-        if encoded is None:  # a damaged packet: the pipeline's decode fails and skips it
-            return EncodedImage("jpeg", packet.reshape(-1), 0, 0)
-        return encoded
+        return mjpeg_packet(image) if self.raw_packets else image
 
     def close(self) -> None:
         """Release the file; a read() waiting on another thread returns None. Safe twice."""

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import cv2
+import numpy as np
 import pytest
 
 from edge_agent.config import CameraSourceConfig
@@ -159,3 +160,53 @@ def test_credentials_never_reach_logs_or_errors() -> None:
     assert display_uri(0) == "0"
     source = _camera("rtsp://admin:secret@127.0.0.1:9/none")
     assert "secret" not in repr(source) and "secret" not in source.name
+
+
+def test_http_mjpeg_stream_hands_over_jpeg_packets_when_asked(tmp_path: Path,
+                                                              http_folder: str) -> None:
+    """defer_decode (a gated pipeline): an MJPEG stream through FFmpeg gives its packets,
+    which decode to the same frames, in order; the first packet, read to check the stream,
+    is not lost."""
+    write_numbered_video(tmp_path / "stream.avi", 30)
+    source = _camera(f"{http_folder}/stream.avi")
+    source.defer_decode = True
+    source.open()
+    seen: list[int] = []
+    try:
+        assert source.raw_packets
+        with pytest.raises(SourceError, match="stopped delivering"):
+            while True:
+                frame = source.read(5.0)
+                if frame is None:
+                    continue
+                assert frame.image is None and frame.encoded is not None
+                image = frame.encoded.decode()
+                assert image is not None
+                seen.append(frame_number(image))
+    finally:
+        source.close()
+    assert seen and seen == sorted(seen) and seen[-1] == 29
+    assert len(seen) + source.dropped == 30
+
+
+def test_non_mjpeg_stream_is_decoded_as_before_when_asked(tmp_path: Path,
+                                                          http_folder: str) -> None:
+    from tests.sources.clips import SIZE, level
+
+    path = tmp_path / "stream.avi"
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*"FFV1"), 25.0, SIZE)
+    assert writer.isOpened()
+    for i in range(10):
+        writer.write(np.full((SIZE[1], SIZE[0], 3), level(i), np.uint8))
+    writer.release()
+    source = _camera(f"{http_folder}/stream.avi")
+    source.defer_decode = True
+    source.open()
+    try:
+        assert not source.raw_packets
+        frame = None
+        while frame is None:
+            frame = source.read(5.0)
+        assert frame.image is not None and frame.encoded is None
+    finally:
+        source.close()
