@@ -7,14 +7,15 @@ frame interval) before the candidate, by its recent run times, would be done. A 
 runs flat out (fps 0) has no idle time, so there the candidate gets no frames at all, which is
 the point: the active model keeps its throughput.
 
-The candidate's thread runs at nice 19; during ``when idle`` runs its interpreter work (load,
-warm-up, invoke; the interpreter's own worker threads are created then and inherit it) runs
-under ``SCHED_IDLE``, so a run that still overlaps the next frame yields every core to the
-active model. Its prepare and decode hold the GIL, which the active pipeline's threads also
-need, so those run back at nice 19 under ``SCHED_OTHER``: a thread that holds the GIL must not
-be starved by other processes. Leaving ``SCHED_IDLE`` needs root or ``RLIMIT_NICE`` >= 1
-(``LimitNICE=+19`` in the unit; it permits no priority above nice 19); without it the thread
-stays at nice 19 throughout.
+An every-Nth candidate's thread runs at nice 19 (its interpreter's worker threads, created
+on it, inherit that). A ``when idle`` candidate's interpreter work (load, warm-up, invoke; the
+worker threads are created then and inherit it) runs under ``SCHED_IDLE``, so a run that still
+overlaps the next frame yields every core to the active model; its prepare and decode hold the
+GIL, which the active pipeline's threads also need, so those run at the thread's normal
+priority: a thread that holds the GIL must not wait behind other processes (at nice 19, on a
+loaded machine, it did, and the active pipeline lost frames waiting for the lock). Leaving
+``SCHED_IDLE`` for nice 0 needs root or ``RLIMIT_NICE`` >= 20 (``LimitNICE=+0`` in the unit: no
+priority above the daemon's own); without it the thread runs at nice 19 throughout.
 """
 
 from __future__ import annotations
@@ -36,9 +37,9 @@ RUN_MARGIN = 1.3  # budget = median run time x this + RUN_SLACK_S
 RUN_SLACK_S = 0.001
 
 
-def _can_leave_sched_idle() -> bool:
+def _can_leave_sched_idle(nice: int) -> bool:
     """Whether this process may switch a thread from SCHED_IDLE back to SCHED_OTHER at nice
-    19 (Linux: root, CAP_SYS_NICE, or RLIMIT_NICE >= 20 - 19)."""
+    ``nice`` (Linux: root, CAP_SYS_NICE, or RLIMIT_NICE >= 20 - nice)."""
     if not hasattr(os, "sched_setscheduler") or not hasattr(os, "SCHED_IDLE"):
         return False
     if os.geteuid() == 0:
@@ -49,27 +50,34 @@ def _can_leave_sched_idle() -> bool:
         soft = resource.getrlimit(resource.RLIMIT_NICE)[0]
     except (ImportError, AttributeError, OSError, ValueError):
         return False
-    return soft == resource.RLIM_INFINITY or soft >= 20 - BACKGROUND_NICE
+    return soft == resource.RLIM_INFINITY or soft >= 20 - nice
 
 
 class BackgroundThread:
     """The calling thread's priority as a shadow candidate's worker (Linux; else no-op).
 
     Args:
-        sched_idle: use SCHED_IDLE around interpreter work (``when idle`` candidates).
+        sched_idle: SCHED_IDLE around interpreter work, the normal priority for the rest
+            (``when idle`` candidates); else (or when SCHED_IDLE could not be left again)
+            nice 19 throughout.
     """
 
     def __init__(self, sched_idle: bool) -> None:
         self.tid = threading.get_native_id()
-        self.sched_idle = sched_idle and _can_leave_sched_idle()
+        nice = 0
+        with contextlib.suppress(AttributeError, OSError):
+            nice = os.getpriority(os.PRIO_PROCESS, self.tid)
+        self.sched_idle = sched_idle and _can_leave_sched_idle(nice)
+        if self.sched_idle:
+            self.mode = "SCHED_IDLE while invoking"
+            return
         self.mode = "nice 19"
         with contextlib.suppress(AttributeError, OSError):
             os.setpriority(os.PRIO_PROCESS, self.tid, BACKGROUND_NICE)
-        if self.sched_idle:
-            self.mode = "nice 19, SCHED_IDLE while invoking"
-        elif sched_idle:
+        if sched_idle:
             logger.info("shadow candidate: SCHED_IDLE not used (it could not be left again "
-                        "without RLIMIT_NICE >= 1); running at nice %d", BACKGROUND_NICE)
+                        "without RLIMIT_NICE >= %d); running at nice %d", 20 - nice,
+                        BACKGROUND_NICE)
 
     @contextlib.contextmanager
     def interpreter_work(self) -> Iterator[None]:
