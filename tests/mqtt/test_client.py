@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sqlite3
 import threading
 import time
 from collections import defaultdict
@@ -15,7 +16,7 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from edge_agent.mqtt.client import MqttTransport, mark_replayed
-from edge_agent.mqtt.outbox import SqliteOutbox
+from edge_agent.mqtt.outbox import FILENAME, SqliteOutbox
 from tests.broker import Mosquitto
 from tests.mqtt.conftest import (
     Subscriber,
@@ -344,10 +345,6 @@ def test_group_commit_delivers_everything_and_commits_during_an_outage(
     """``outbox.commit_ms``: a burst shares transactions, every seq arrives once and in order,
     and while the broker is down the pump still commits (results never wait in a transaction
     for the broker)."""
-    import sqlite3
-
-    from edge_agent.mqtt.outbox import FILENAME
-
     sub: Subscriber = subscriber_factory(broker, "edge-agent/test-device/results/#")
     cfg = agent_config(broker, tmp_path, outbox={"commit_ms": 5})
     transport = MqttTransport(cfg, tmp_path)

@@ -14,7 +14,7 @@ import pytest
 from edge_agent.config import CameraSourceConfig
 from edge_agent.errors import SourceError
 from edge_agent.sources.camera import OpencvCameraSource, capture_target, display_uri
-from tests.sources.clips import frame_number, write_numbered_video
+from tests.sources.clips import SIZE, frame_number, level, write_numbered_video
 
 
 def _camera(uri: str | int, **kw: object) -> OpencvCameraSource:
@@ -191,8 +191,6 @@ def test_http_mjpeg_stream_hands_over_jpeg_packets_when_asked(tmp_path: Path,
 
 def test_non_mjpeg_stream_is_decoded_as_before_when_asked(tmp_path: Path,
                                                           http_folder: str) -> None:
-    from tests.sources.clips import SIZE, level
-
     path = tmp_path / "stream.avi"
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*"FFV1"), 25.0, SIZE)
     assert writer.isOpened()

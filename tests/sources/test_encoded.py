@@ -16,12 +16,17 @@ import pytest
 
 from edge_agent.config import ImagesSourceConfig, MotionConfig, PipelineConfig, VideoSourceConfig
 from edge_agent.motion import MotionGate
+from edge_agent.pipeline import Pipeline
+from edge_agent.privacy import new_seal
+from edge_agent.privacy.egress import EgressGuard
+from edge_agent.privacy.policy import PrivacyPolicy
 from edge_agent.sources.camera import OpencvVideoSource
 from edge_agent.sources.conform import image_file_pixels
 from edge_agent.sources.encoded import EncodedImage, jpeg_size, reduce_factor
 from edge_agent.sources.images import ImageFolderSource
 from edge_agent.sources.synthetic import write_clip
 from edge_agent.types import Frame
+from tests.fakes import RecordingTransport, fake_bundle
 
 FPS = 10
 EPISODES = [(2.0, 3.0), (6.0, 7.5), (12.0, 12.3), (16.0, 19.0)]  # as tests/test_motion.py
@@ -179,11 +184,6 @@ def test_raw_planes_subsampled_match_the_full_conversion(kind: str) -> None:
 
 def test_gated_pipeline_on_mjpeg_reports_every_episode_and_decodes_only_what_it_infers(
         tmp_path: Path) -> None:
-    from edge_agent.privacy import new_seal
-    from edge_agent.privacy.egress import EgressGuard
-    from edge_agent.privacy.policy import PrivacyPolicy
-    from tests.fakes import RecordingTransport, fake_bundle
-
     clip = tmp_path / "clip.avi"
     truth = write_clip(clip, fps=FPS, seconds=24, episodes=EPISODES, seed=1)
     cfg = PipelineConfig.model_validate({
@@ -194,8 +194,6 @@ def test_gated_pipeline_on_mjpeg_reports_every_episode_and_decodes_only_what_it_
     def factory(c: VideoSourceConfig) -> OpencvVideoSource:
         sources.append(OpencvVideoSource(c))
         return sources[-1]
-
-    from edge_agent.pipeline import Pipeline
 
     transport = RecordingTransport()
     seal = new_seal()
