@@ -24,6 +24,7 @@ from typing import Any
 
 from edge_agent import __version__, sysinfo
 from edge_agent.config import AgentConfig, load_config
+from edge_agent.contract.messages import OutgoingMessage
 from edge_agent.contract.payloads import StatusState
 from edge_agent.errors import ConfigError, EdgeAgentError
 from edge_agent.face_detector import build_face_detector
@@ -63,10 +64,10 @@ class Agent:
         self.stop_event = threading.Event()
         self.reload_event = threading.Event()
         self.started_at = time.time()
-        self._last_status_key: Any = None
+        self._last_status_key: tuple[tuple[object, ...], ...] | None = None
         self.exit_code = 0
         self._stats_failures = 0
-        self._inventory_key: Any = None
+        self._inventory_key: str | None = None
         self.inventory_dirty = threading.Event()
 
     # ------------------------------------------------------------------ wiring
@@ -81,7 +82,7 @@ class Agent:
                                  self.audit, self.seal, qos=cfg.mqtt.qos,
                                  discovery_prefix=cfg.homeassistant.discovery_prefix)
         self.metrics = Metrics(state_dir=cfg.state_dir)
-        self.metrics_server: Any = None
+        self.metrics_server: MetricsServer | None = None
         if cfg.metrics.prometheus.enabled:
             self.metrics_server = MetricsServer(self.metrics, cfg.metrics.prometheus.bind,
                                                 cfg.metrics.prometheus.port,
@@ -89,14 +90,14 @@ class Agent:
         face_detector = build_face_detector(cfg)
         self.pipelines = PipelineSet(cfg, self.seal, self.guard, self.metrics, face_detector,
                                      on_state=self.publish_model_state)
-        self.view_server: Any = None
+        self.view_server: ViewServer | None = None
         if cfg.view.enabled:
             self.view_server = ViewServer(cfg.view, load_token(cfg.view), self.pipelines.taps,
                                           self.view_state)
 
     # ------------------------------------------------------------------ messages
 
-    def status_message(self, state: StatusState) -> Any:
+    def status_message(self, state: StatusState) -> OutgoingMessage:
         """The retained status message (online or offline)."""
         pipelines = self.pipelines.status() if state == "online" else []
         return self.messages.status(
@@ -129,7 +130,7 @@ class Agent:
                                                   **payload))
         self.inventory_dirty.set()
 
-    def inventory_message(self) -> Any:
+    def inventory_message(self) -> OutgoingMessage:
         """The retained inventory: versions, board, pipelines and models, groups, keys."""
         pipelines = self.pipelines.inventory()
         backend = version = None

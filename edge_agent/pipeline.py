@@ -28,7 +28,7 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -42,7 +42,15 @@ from edge_agent.errors import SourceError
 from edge_agent.shadow_headroom import ArrivalClock
 from edge_agent.sources.conform import conform_image
 from edge_agent.thermal import FrameThinner
-from edge_agent.types import Frame, HealthEvent, Result, TargetChange, Transform
+from edge_agent.types import (
+    Frame,
+    HealthEvent,
+    Inference,
+    Result,
+    TargetChange,
+    TrackEvent,
+    Transform,
+)
 
 if TYPE_CHECKING:  # the agent hands these in; the pipeline module does not import the stages
     from edge_agent.camera_health import CameraHealthMonitor
@@ -53,6 +61,18 @@ if TYPE_CHECKING:  # the agent hands these in; the pipeline module does not impo
     from edge_agent.sources.base import Source
     from edge_agent.tracking import IouTracker
     from edge_agent.zones import ZoneTracker
+
+
+class ShadowSink(Protocol):
+    """A shadow candidate (:class:`edge_agent.shadow.ShadowRunner`): offered decoded frames,
+    never waited for."""
+
+    share_inputs: bool  # wants the preprocessed inputs (same input tensors as the active)
+
+    def offer(self, frame: Frame, inputs: Sequence[np.ndarray] | None, transform: Transform,
+              active: Inference, active_ms: float, idle: bool = True,
+              headroom_s: float | None = None) -> None:
+        """Take one frame and the active model's output (never blocks)."""
 
 
 class FrameTap(Protocol):
@@ -230,7 +250,7 @@ class Pipeline:
         self.on_inference = on_inference
         # a shadow candidate (edge_agent.shadow.ShadowRunner): offered decoded frames, never
         # waited for; ``arrivals`` tells it when the next frame is due (its idle budget)
-        self.shadow: Any = None
+        self.shadow: ShadowSink | None = None
         self.arrivals = ArrivalClock()
         self._observe = observe
         self.tuning = tuning or DEFAULT_TUNING
@@ -256,10 +276,10 @@ class Pipeline:
         self._last_bad_frame: str | None = None
         self._heartbeats: dict[str, float] = {}
         self.stage_ms: dict[str, float] = {}  # per stage, a moving mean (the live view)
-        self._last_key: tuple[Any, ...] | None = None
+        self._last_key: tuple[object, ...] | None = None
         self._last_publish = 0.0
         self.target_changes = 0  # execution-target changes (failovers and returns)
-        self.on_target_change: Callable[[str, Any], None] | None = None  # (pipeline, change)
+        self.on_target_change: Callable[[str, TargetChange], None] | None = None
         self._hook_targets(bundle)
 
     # ------------------------------------------------------------------ lifecycle
@@ -712,7 +732,7 @@ class Pipeline:
             shadow.offer(item.frame, item.inputs or None, item.transform, inference,
                          item.inference_ms, idle=self._q_in.empty(),
                          headroom_s=self.arrivals.headroom_s(time.perf_counter()))
-        events: list[Any] = []
+        events: list[TrackEvent] = []
         if self._tracker is not None:
             dets, events = self._tracker.update(inference.detections, item.frame.ts)
             if self._zones is not None:
@@ -767,7 +787,7 @@ class Pipeline:
         counts: dict[str, int] = {}
         for d in inf.detections:
             counts[d.label] = counts.get(d.label, 0) + 1
-        key: tuple[Any, ...] = (
+        key: tuple[object, ...] = (
             tuple(sorted(counts.items())),
             tuple(c.label for c in inf.classes[:1]) if inf.classes else (),
             tuple(sorted(d.track_id for d in inf.detections if d.track_id is not None)),

@@ -23,7 +23,7 @@ from edge_agent.config import AgentConfig, PipelineConfig
 from edge_agent.energy import EnergyMeter, PowerReader
 from edge_agent.errors import ConfigError, EdgeAgentError
 from edge_agent.motion import MotionGate
-from edge_agent.mqtt.commands import CommandDispatcher
+from edge_agent.mqtt.commands import Command, CommandDispatcher, ReplyData, Subscribable
 from edge_agent.mqtt.discovery import (
     AnnouncedTopics,
     discovery_configs,
@@ -97,7 +97,7 @@ class PipelineSet:
         self.energy = EnergyMeter(PowerReader())
         self.energy.sample(0)  # the baseline: the first stats covers the time since start
         self._lock = threading.Lock()
-        self.dispatcher: Any = None
+        self.dispatcher: CommandDispatcher | None = None
 
         self.salt = load_salt(cfg.state_dir)  # hashed fields stay stable across restarts
         for p in cfg.pipelines:
@@ -239,7 +239,7 @@ class PipelineSet:
                         "targets": sorted(st["targets"])})
         return out
 
-    def status_key(self) -> Any:
+    def status_key(self) -> tuple[tuple[object, ...], ...]:
         """Changes when something worth a new retained status changes."""
         return tuple((u.pipeline.name, u.pipeline.state, u.pipeline.source_error,
                       u.pipeline.bundle.ref.sha256, u.pipeline.health_state,
@@ -321,10 +321,10 @@ class PipelineSet:
         msgs = discovery_configs(self.cfg, [u.cfg for u in self.units.values()],
                                  previous=announced.load())
         for topic, payload in msgs:
-            self.guard.send(self._messages().discovery(self.seal, topic, payload))
+            self.guard.send(messages.discovery(self.seal, topic, payload))
         announced.save(msgs)
 
-    def attach_homeassistant(self, transport: Any) -> None:
+    def attach_homeassistant(self, transport: Subscribable) -> None:
         """Re-send discovery whenever Home Assistant says it came online."""
         if not self.cfg.homeassistant.enabled:
             return
@@ -335,21 +335,18 @@ class PipelineSet:
 
         transport.subscribe(ha_status_topic(self.cfg), on_status)
 
-    def _messages(self) -> Any:
-        return messages
-
     # ------------------------------------------------------------------ commands
 
-    def attach_commands(self, transport: Any, guard: Any,
+    def attach_commands(self, transport: Subscribable, guard: EgressGuard,
                         on_restart: Callable[[str], None] | None = None,
                         on_config: Callable[[str, str | None], None] | None = None) -> None:
         """Subscribe to the command topics and dispatch to the updaters (and the agent)."""
         def reply(request_id: str | None, ok: bool, error: str | None) -> None:
-            guard.send(self._messages().cmd_reply(self.seal, device=self.cfg.device_id,
+            guard.send(messages.cmd_reply(self.seal, device=self.cfg.device_id,
                                                   request_id=request_id or "unknown", ok=ok,
                                                   error=error))
 
-        handlers = {
+        handlers: dict[str, Callable[[Command], ReplyData]] = {
             "model/update": self._cmd_update,
             "rollback": self._cmd_rollback,
             "model/rollback": self._cmd_rollback,
@@ -359,42 +356,42 @@ class PipelineSet:
         if on_restart is not None:
             restart = on_restart
 
-            def cmd_restart(command: Any) -> None:
+            def cmd_restart(command: Command) -> None:
                 restart(str(command.payload.get("reason") or "restart command"))
 
             handlers["restart"] = cmd_restart
         if on_config is not None:
             replace_config = on_config
 
-            def cmd_config(command: Any) -> None:
+            def cmd_config(command: Command) -> None:
                 replace_config(str(command.payload["config"]), command.key_id)
 
             handlers["config"] = cmd_config
         self.dispatcher = CommandDispatcher(self.cfg, handlers, reply)
         self.dispatcher.attach(transport)
 
-    def _unit_for(self, command: Any) -> _Unit:
+    def _unit_for(self, command: Command) -> _Unit:
         name = command.payload.get("pipeline")
-        unit = self.units.get(name)
+        unit = self.units.get(name) if isinstance(name, str) else None
         if unit is None:
             raise EdgeAgentError(f"unknown pipeline {name!r} (this device has "
                                  f"{', '.join(self.units)})")
         return unit
 
-    def _cmd_update(self, command: Any) -> Any:
+    def _cmd_update(self, command: Command) -> bool:
         return self._unit_for(command).updater.handle_update(dict(command.payload),
                                                              command.group)
 
-    def _cmd_shadow(self, command: Any) -> Any:
+    def _cmd_shadow(self, command: Command) -> bool:
         return self._unit_for(command).updater.handle_shadow(dict(command.payload),
                                                              command.group)
 
-    def _cmd_promote(self, command: Any) -> Any:
-        return self._unit_for(command).updater.promote(command.payload.get("request_id"),
+    def _cmd_promote(self, command: Command) -> bool:
+        return self._unit_for(command).updater.promote(str(command.payload["request_id"]),
                                                        command.payload.get("sha256"))
 
-    def _cmd_rollback(self, command: Any) -> Any:
-        return self._unit_for(command).updater.rollback(command.payload.get("request_id"),
+    def _cmd_rollback(self, command: Command) -> bool:
+        return self._unit_for(command).updater.rollback(str(command.payload["request_id"]),
                                                         command.payload.get("sha256"))
 
 

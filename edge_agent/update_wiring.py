@@ -7,7 +7,7 @@ model state and reply. Handed to :class:`~edge_agent.updater.updater.ModelUpdate
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -20,8 +20,9 @@ from edge_agent.pipeline import Pipeline
 from edge_agent.privacy import messages
 from edge_agent.runtime.interpreter import TfliteRuntime
 from edge_agent.runtime.targets import TargetRuntime, same_tensors, target_specs
-from edge_agent.shadow import ShadowRunner, figures_of
-from edge_agent.types import ModelRef
+from edge_agent.shadow import ShadowGate, ShadowRunner, figures_of
+from edge_agent.types import ModelRef, ModelSignature
+from edge_agent.updater.store import ModelStore
 
 if TYPE_CHECKING:
     from edge_agent.pipeline_set import PipelineSet
@@ -51,15 +52,16 @@ class UpdateWiring:
     """What a pipeline's updater may do to the running pipeline."""
 
     def __init__(self, owner: PipelineSet, cfg: PipelineConfig, pipeline: Pipeline,
-                 store: Any = None) -> None:
+                 store: ModelStore | None = None) -> None:
         self.owner = owner
         self.cfg = cfg
         self.pipeline = pipeline
         self.store = store
         self._validated: tuple[Path, Path | None, ModelBundle] | None = None
         self.decoder: str | None = None  # the pipeline's decoder kind, fixed for updates
-        self._shadow: Any = None  # the ShadowRunner of a candidate in shadow
-        self._shadow_publish: Any = None
+        self._shadow: ShadowRunner | None = None  # a candidate in shadow
+        self._shadow_publish: Callable[[dict[str, Any], ShadowState, str | None],
+                                       None] | None = None
         self.shadow_report_s = 5.0  # figures go out at most this often while shadowing
 
     def active(self) -> tuple[str, int, str]:
@@ -134,7 +136,8 @@ class UpdateWiring:
             return
         self._validated = (Path(path), labels_path, bundle)
 
-    def _validate_on_target(self, name: str, path: Path, target_files: dict[str, Path]) -> Any:
+    def _validate_on_target(self, name: str, path: Path, target_files: dict[str, Path]
+                            ) -> ModelSignature:
         """Load ``target_files[name]`` on target ``name`` alone and warm it up."""
         m = self.cfg.model
         spec = next(s for s in target_specs(m, path=path, target_files=target_files)
@@ -181,8 +184,10 @@ class UpdateWiring:
 
     # -- shadow evaluation ----------------------------------------------------------------
     def shadow(self, path: Path, labels_path: Path | None, manifest: Manifest, *,
-               gate: Any = None, on_verdict: Any = None, every: int = 5,
-               when_idle: bool = False, checkpoint: Any = None,
+               gate: ShadowGate | None = None,
+               on_verdict: Callable[[str, str | None], None] | None = None, every: int = 5,
+               when_idle: bool = False,
+               checkpoint: Callable[[dict[str, Any]], None] | None = None,
                resume: Mapping[str, Any] | None = None) -> None:
         """Run the validated candidate beside the active model (its own interpreter, loaded
         on the shadow's own low-priority thread, on sampled frames) and publish its figures
@@ -216,7 +221,8 @@ class UpdateWiring:
                     manifest.name, manifest.version, f"{every}th" if every > 1 else "",
                     " when idle" if when_idle else "", runner.priority)
 
-    def _send_shadow(self, about: Mapping[str, Any], gate_raw: Any, figures: dict[str, Any],
+    def _send_shadow(self, about: Mapping[str, Any], gate_raw: Mapping[str, Any] | None,
+                     figures: dict[str, Any],
                      state: ShadowState, reason: str | None) -> None:
         o = self.owner
         o.guard.send(messages.shadow(o.seal, device=o.cfg.device_id, pipeline=self.cfg.name,
@@ -236,7 +242,7 @@ class UpdateWiring:
         self._send_shadow(manifest.describe(), manifest.raw.get("shadow"), figures, state,
                           reason)
 
-    def stop_shadow(self, state: str, reason: str | None) -> None:
+    def stop_shadow(self, state: ShadowState, reason: str | None) -> None:
         """Stop the shadow candidate (if any) and publish its final figures as ``state``."""
         runner, self._shadow = self._shadow, None
         if runner is None:

@@ -31,7 +31,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import jsonschema
 from cryptography.exceptions import InvalidSignature
@@ -131,6 +131,13 @@ def _precheck(obj: Any, schema: Mapping[str, Any]) -> None:
             raise CommandError(f"invalid: {key}: longer than {spec['maxLength']} characters")
 
 
+class Subscribable(Protocol):
+    """What commands (and Home Assistant's status) arrive through: the MqttTransport."""
+
+    def subscribe(self, topic_filter: str, handler: Callable[[str, bytes], None]) -> None:
+        """Call ``handler(topic, payload)`` for every message on ``topic_filter``."""
+
+
 class CommandError(Exception):
     """A command was refused; the message goes into the error reply.
 
@@ -222,7 +229,7 @@ class CommandDispatcher:
 
     # ------------------------------------------------------------------ threads
 
-    def attach(self, transport: Any) -> None:
+    def attach(self, transport: Subscribable) -> None:
         """Subscribe :meth:`on_message` to every command filter and start the worker.
 
         Args:

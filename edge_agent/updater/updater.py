@@ -34,6 +34,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from edge_agent.config import UpdatesConfig
+from edge_agent.contract.payloads import ShadowState
 from edge_agent.digest import sha256_file
 from edge_agent.errors import EdgeAgentError, UpdateError
 from edge_agent.shadow import ShadowGate
@@ -88,7 +89,7 @@ class UpdateHooks:
     validated candidate in shadow of the active model (replacing any earlier one) and publish
     its agreement figures; ``on_verdict(verdict, reason)`` when the manifest's gate is
     decided. None: the agent has no shadow evaluation."""
-    stop_shadow: Callable[[str, str | None], None] | None = None
+    stop_shadow: Callable[[ShadowState, str | None], None] | None = None
     """``(state, reason) -> None``: stop the shadow candidate and publish its final figures
     with ``state`` (``promoted``, ``rejected`` or ``stopped``)."""
     report_shadow: Callable[..., None] | None = None
@@ -662,7 +663,7 @@ class ModelUpdater:
                     "restart)", self.pipeline, manifest.name, manifest.version,
                     saved.get("frames", 0))
 
-    def _end_shadow(self, state: str, reason: str | None) -> None:
+    def _end_shadow(self, state: ShadowState, reason: str | None) -> None:
         with self._lock:
             self._shadow = None
             self._persist_sha = None
