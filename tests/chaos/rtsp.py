@@ -22,7 +22,8 @@ from tests.broker import free_port
 
 SYSTEM_PYTHON = "/usr/bin/python3"
 SERVE = Path(__file__).resolve().parent / "rtsp_serve.py"
-PACKAGES = "gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-good python3-gi"
+PACKAGES = ("gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-base gstreamer1.0-plugins-good "
+            "python3-gi")
 
 
 def rtsp_server_missing() -> str | None:
