@@ -6,8 +6,8 @@ run per target and the outcome to ``--out``/fuzz.json (RESILIENCE.md). Exit 0 wh
 ended in an accepted input or a clear error.
 
 ``--atheris N`` also runs the coverage-guided atheris targets (:mod:`tests.fuzz.atheris_run`:
-config loader, manifest parser) for N inputs each (``./dev fuzz --atheris N`` installs
-atheris's wheel first).
+config loader, manifest parser) for N inputs each and writes ``--out``/atheris.json
+(``./dev fuzz --atheris N`` installs atheris's wheel first; ``--cases 0`` skips hypothesis).
 """
 
 from __future__ import annotations
@@ -27,31 +27,44 @@ REPO = Path(__file__).resolve().parents[1]
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.fuzz", description=__doc__)
-    ap.add_argument("--cases", type=int, default=4000, help="cases per target")
+    ap.add_argument("--cases", type=int, default=4000,
+                    help="hypothesis cases per target (0: only the atheris run)")
     ap.add_argument("--out", type=Path, default=REPO / "docs" / "resilience")
     ap.add_argument("--atheris", type=int, default=0, metavar="N",
                     help="also run the atheris targets for N inputs each (0: not)")
     args = ap.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    code = 0
+    if args.cases > 0:
+        code = hypothesis_run(args.cases, args.out)
+    if args.atheris > 0:
+        t0 = time.monotonic()
+        summary = {"inputs_per_target": args.atheris,
+                   "targets": {t: atheris_run(t, args.atheris) for t in ("config", "manifest")}}
+        summary["minutes"] = round((time.monotonic() - t0) / 60, 1)
+        (args.out / "atheris.json").write_text(json.dumps(summary, indent=2) + "\n")
+        print(json.dumps(summary, indent=2))
+        if any(r["exit_code"] != 0 for r in summary["targets"].values()):
+            code = code or 1
+    return code
+
+
+def hypothesis_run(cases: int, out: Path) -> int:
+    """``tests/fuzz`` with ``cases`` per target; the counts go to ``out``/fuzz.json."""
     with tempfile.TemporaryDirectory(prefix="edge-fuzz-") as tmp:
         report = Path(tmp) / "counts.json"
-        env = dict(os.environ, EDGE_AGENT_FUZZ_EXAMPLES=str(args.cases),
+        env = dict(os.environ, EDGE_AGENT_FUZZ_EXAMPLES=str(cases),
                    EDGE_AGENT_FUZZ_REPORT=str(report), EDGE_AGENT_FUZZ_TMP=tmp)
         t0 = time.monotonic()
         done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
                                "-o", "timeout=0", "tests/fuzz"], cwd=REPO, env=env, check=False)
         counts = json.loads(report.read_text()) if report.exists() else {}
-    summary = {"cases_per_target": args.cases, "cases": counts, "total": sum(counts.values()),
+    summary = {"cases_per_target": cases, "cases": counts, "total": sum(counts.values()),
                "failures": 0 if done.returncode == 0 else "see the pytest output",
                "minutes": round((time.monotonic() - t0) / 60, 1)}
-    code = done.returncode
-    if args.atheris:
-        summary["atheris"] = {t: atheris_run(t, args.atheris) for t in ("config", "manifest")}
-        if any(r["exit_code"] != 0 for r in summary["atheris"].values()):
-            code = code or 1
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "fuzz.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (out / "fuzz.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(json.dumps(summary, indent=2))
-    return code
+    return done.returncode
 
 
 def atheris_run(target: str, runs: int) -> dict[str, object]:
