@@ -6,8 +6,9 @@ its size limit, its schema id and the JSON Schema file its payload must validate
 The egress guard (:mod:`edge_agent.privacy.egress`) reads all of this from the spec and
 nothing else; ``docs/schemas`` is generated from it (:mod:`edge_agent.contract.schemagen`).
 
-Adding a message kind is: one spec, one class, one schema file, one factory in the privacy
-package, one golden case in ``tests/contract``.
+Adding a message kind is: one spec, one class, one payload model in
+:mod:`edge_agent.contract.payloads` (its schema file is generated from it), one factory in the
+privacy package, one golden case in ``tests/contract``.
 
 Only :mod:`edge_agent.privacy` may construct these (through its :class:`~edge_agent.privacy.
 seal.Seal`); a static test (``tests/contract/test_boundaries.py``) fails when any other
