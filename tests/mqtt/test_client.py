@@ -376,6 +376,6 @@ def test_group_commit_delivers_everything_and_commits_during_an_outage(
         assert wait_until(lambda: transport.stats()["outbox_depth"] == 0, 10)
     finally:
         transport.stop(5)
-    got = [p["seq"] for p in sub.payloads() if not p.get("replayed")]
-    assert got == sorted(got) and set(got) == set(range(1, 71))
+    # every seq arrived (QoS 1: possibly more than once, and a resend may overtake)
+    assert {p["seq"] for p in sub.payloads()} == set(range(1, 71))
     assert transport.stats()["outbox_store_failed"] == 0
