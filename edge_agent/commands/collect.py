@@ -10,9 +10,10 @@ import threading
 from edge_agent.config import LoggingConfig
 from edge_agent.consumer.collector import Collector, install_stop_signals
 from edge_agent.consumer.options import broker_from_args
-from edge_agent.consumer.store import StoreUnavailableError, open_store
+from edge_agent.consumer.store import SqlStore, StoreUnavailableError, open_store
 from edge_agent.errors import EdgeAgentError
 from edge_agent.logsetup import setup_logging
+from edge_agent.mqtt.inbound import BrokerOptions
 from edge_agent.notify import SystemdNotifier
 
 logger = logging.getLogger(__name__)
@@ -34,7 +35,15 @@ def cmd_collect(args: argparse.Namespace) -> int:
                           share=args.share, devices=args.device, pipelines=args.pipeline,
                           batch_size=args.batch_size, queue_size=args.queue_size)
     stop = threading.Event()
-    install_stop_signals(stop)
+    relay = install_stop_signals(stop)
+    try:
+        return _collect(args, collector, stop, client_id, broker, store)
+    finally:
+        relay.stop()  # the previous handlers back (the CLI may run in-process)
+
+
+def _collect(args: argparse.Namespace, collector: Collector, stop: threading.Event,
+             client_id: str, broker: BrokerOptions, store: SqlStore) -> int:
     if args.retire:
         if not args.client_id:
             raise EdgeAgentError("--retire needs the --client-id of the collector to retire")
