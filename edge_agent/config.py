@@ -530,7 +530,13 @@ class AutoOptions(DecoderOptionsBase):
 
 
 def _options_tag(value: Any) -> str | None:
-    return f"decoder={value.get('decoder')}" if isinstance(value, dict) else None
+    # a mapping when validating, an options object when serialising (model_dump on reload:
+    # without this every dump warned "failed to get discriminator value")
+    if isinstance(value, dict):
+        return f"decoder={value.get('decoder')}"
+    if isinstance(value, DecoderOptionsBase):
+        return f"decoder={getattr(value, 'decoder', None)}"
+    return None
 
 
 DecoderOptions = Annotated[

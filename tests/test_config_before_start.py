@@ -147,3 +147,19 @@ def test_good_options_still_pass_and_reach_the_decoder(write):
     cfg, _ = load_config(write(HEAD + "    source: {type: synthetic}\n"
                                "    model: {path: m.tflite}\n"))
     assert cfg.pipelines[0].model.options == {}
+
+
+@pytest.mark.parametrize("decoder", ["auto", "ssd", "yolo", "classification", "anchors", "raw",
+                                     "threshold"])
+def test_a_config_dumps_without_serializer_warnings(write, decoder):
+    """reload compares model_dump()s: a discriminator that cannot read an options object made
+    pydantic warn on every dump (into the journal, on every SIGHUP)."""
+    import warnings
+
+    from edge_agent.config import load_config
+
+    cfg, _ = load_config(write(_options(decoder)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        dumped = cfg.model_dump()
+    assert dumped["pipelines"][0]["model"]["decoder_options"]["decoder"] == decoder
