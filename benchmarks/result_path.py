@@ -29,6 +29,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from benchmarks.bench_privacy import _NullTransport  # renders, sends nothing
+
 N = 400  # results per stage and round
 GROUPS = (1, 4, 16)  # messages per transaction with group commit (outbox.commit_ms)
 
@@ -45,21 +47,6 @@ def _results(n: int) -> list[Any]:
             for k in range(2))
         out.append(Result("cam", i, time.time(), 640, 480, model, 4.2, Inference(dets), None))
     return out
-
-
-class _RenderOnly:
-    boot_id = "bench"
-
-    def publish(self, topic: str, payload: bytes, *, qos: int, retain: bool) -> None:
-        pass
-
-    def publish_durable(self, pipeline: str, topic: str,
-                        render: Callable[[int, str], bytes]) -> int:
-        render(1, "0" * 32)
-        return 1
-
-    def set_will(self, topic: str, payload: bytes) -> None:
-        pass
 
 
 def _cpu_us(fn: Callable[[], object], n: int) -> float:
@@ -111,7 +98,7 @@ def measure(rounds: int = 5, n: int = N) -> dict[str, Any]:
 
     seal = new_seal()
     policy = PrivacyPolicy(PrivacyConfig(), "cam", "dev", seal)
-    guard = EgressGuard(_RenderOnly(), "edge-agent", "dev", None, seal)
+    guard = EgressGuard(_NullTransport(), "edge-agent", "dev", None, seal)
     results = _results(n)
     sample = policy.result(results[0])
     payload = json.dumps({**thaw(sample.payload), "id": "0" * 32, "seq": 1}).encode()

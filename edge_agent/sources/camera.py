@@ -92,6 +92,24 @@ def _note_quiet_opencv() -> None:
                     "OPENCV_LOG_LEVEL=WARNING to see why it cannot open a camera", level)
 
 
+def mjpeg_first_packet(cap: cv2.VideoCapture) -> EncodedImage | None:
+    """Switch an FFmpeg capture of an MJPEG stream or file to raw packets and return the first
+    one, checked to decode as a JPEG of the size its header says; None (the capture may have
+    been switched) when the stream is not MJPEG or its packets are not decodable JPEGs."""
+    fourcc = int(cap.get(cv2.CAP_PROP_FOURCC)).to_bytes(4, "little")
+    if fourcc.upper() not in _MJPEG_FOURCCS or not cap.set(cv2.CAP_PROP_FORMAT, -1):
+        return None
+    ok, packet = cap.read()
+    if not ok or packet is None:
+        return None
+    encoded = EncodedImage.jpeg(packet)
+    if encoded is None or encoded.width * encoded.height > MAX_FRAME_PIXELS:
+        return None
+    full = encoded.decode()
+    if full is None or full.shape[:2] != (encoded.height, encoded.width):
+        return None
+    return encoded
+
 class OpencvCameraSource:
     """A live camera or stream: a reader thread keeps only the newest frame.
 
@@ -182,17 +200,8 @@ class OpencvCameraSource:
     def _first_packet(self, cap: cv2.VideoCapture) -> Frame | None:
         """Switch an MJPEG stream to FFmpeg's raw packets; the first packet as a frame, or
         None when the stream is not MJPEG or its packets do not decode as JPEGs."""
-        fourcc = int(cap.get(cv2.CAP_PROP_FOURCC)).to_bytes(4, "little")
-        if fourcc.upper() not in _MJPEG_FOURCCS or not cap.set(cv2.CAP_PROP_FORMAT, -1):
-            return None
-        ok, packet = cap.read()
-        if not ok or packet is None:
-            return None
-        encoded = EncodedImage.jpeg(packet)
-        if encoded is None or encoded.width * encoded.height > MAX_FRAME_PIXELS:
-            return None
-        full = encoded.decode()
-        if full is None or full.shape[:2] != (encoded.height, encoded.width):
+        encoded = mjpeg_first_packet(cap)
+        if encoded is None:
             return None
         self.raw_packets = True
         frame = Frame(index=self._index, ts=time.time(), encoded=encoded)
@@ -342,19 +351,7 @@ class OpencvVideoSource(PacedFileSource):
             return False
         probe = cv2.VideoCapture(self.path, cv2.CAP_FFMPEG)
         try:
-            fourcc = int(probe.get(cv2.CAP_PROP_FOURCC)).to_bytes(4, "little")
-            if fourcc.upper() not in _MJPEG_FOURCCS:
-                return False
-            if not probe.set(cv2.CAP_PROP_FORMAT, -1):
-                return False
-            ok, packet = probe.read()
-            if not ok or packet is None:
-                return False
-            encoded = EncodedImage.jpeg(packet)
-            if encoded is None or encoded.width * encoded.height > MAX_FRAME_PIXELS:
-                return False
-            full = encoded.decode()
-            return full is not None and full.shape[:2] == (encoded.height, encoded.width)
+            return mjpeg_first_packet(probe) is not None
         finally:
             probe.release()
 
