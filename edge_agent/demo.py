@@ -254,9 +254,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
     agent: subprocess.Popen[bytes] | None = None
     sub: Subscriber | None = None
     stop = threading.Event()
-    # set on a relay thread, not in a handler (a handler setting an Event the main thread is
-    # waiting on can deadlock it: edge_agent.signals); SIGINT stays KeyboardInterrupt
-    relay = SignalRelay({signal.SIGTERM: stop.set})
+    # Ctrl-C and SIGTERM set ``stop`` on a relay thread (a handler setting an Event the main
+    # thread waits on can deadlock it: edge_agent.signals). Not KeyboardInterrupt: that could
+    # land between starting the agent and remembering it (the agent would be left running),
+    # and a shell that starts us in the background has SIGINT ignored, which this overrides.
+    relay = SignalRelay({signal.SIGTERM: stop.set, signal.SIGINT: stop.set})
     relay.start()
     plain = args.plain or not sys.stdout.isatty()
     view = LiveView(plain)

@@ -44,12 +44,13 @@ def test_demo_runs_and_stops_cleanly(broker: str) -> None:
         time.sleep(0.2)
     proc.send_signal(signal.SIGINT)
     try:
-        _, err = proc.communicate(timeout=60)
+        proc.wait(60)
     except subprocess.TimeoutExpired:
         proc.kill()
-        _, err = proc.communicate()
-        pytest.fail("the demo did not stop within 60 s of Ctrl-C")
+        proc.wait()
+        pytest.fail("the demo did not stop within 60 s of Ctrl-C:\n" + "".join(lines)[-3000:])
     reader.join(10)
+    err = proc.stderr.read() if proc.stderr is not None else ""
     out = "".join(lines)
     assert proc.returncode == 0, out[-3000:] + err[-3000:]
     assert "/results/door" in out, out[-3000:] + err[-3000:]
