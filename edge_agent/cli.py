@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import signal
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -287,6 +288,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI and return the exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        # started from a background shell (`cmd &` in a script inherits SIGINT ignored, and so
+        # does CI): then Python installs no KeyboardInterrupt, and watch, fleet status and the
+        # demo could not be stopped with the Ctrl-C / SIGINT they document
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         return int(args.func(args))
     except ConfigError as exc:
