@@ -290,8 +290,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
                 sys.stdout.write("\x1b[H\x1b[2J" + view.render() + "\n")
                 sys.stdout.flush()
             stop.wait(0.5)
-    except KeyboardInterrupt:
-        pass
     finally:
         if agent is not None and agent.poll() is None:
             agent.send_signal(signal.SIGTERM)
