@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import logging
 import math
-import socket
 import threading
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Sequence
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any, TypeVar
+
+from edge_agent.capped_http import CappedHTTPServer
 
 logger = logging.getLogger(__name__)
 
@@ -269,45 +270,18 @@ class _Handler(BaseHTTPRequestHandler):
         logger.debug("metrics http: " + format, *args)  # noqa: G003
 
 
-class _HttpServer(ThreadingHTTPServer):
-    """At most ``max_connections`` connections are served at once; a connection beyond that
-    is closed at once (its file descriptor freed), so a flood of held connections can neither
-    exhaust the process's file descriptors nor start a thread each."""
+class _HttpServer(CappedHTTPServer):
+    """The /metrics server: a flood of held connections is closed at once (see
+    CappedHTTPServer); the request threads are joined on close."""
 
     daemon_threads = False  # server_close() joins the request threads
     render: Callable[[], str]
+
     def __init__(self, address: tuple[str, int], max_connections: int = 16) -> None:
-        self.max_connections = max_connections
-        self.refused = 0
-        self._slots = threading.BoundedSemaphore(max_connections)
-        super().__init__(address, _Handler)
-
-    def process_request(self, request: Any, client_address: Any) -> None:
-        if not self._slots.acquire(blocking=False):
-            self.refused += 1
-            if self.refused in (1, 10, 100, 1000) or self.refused % 10000 == 0:
-                logger.warning("metrics http: %d connections refused so far (over the cap of "
-                               "%d at once)", self.refused, self.max_connections)
-            self.shutdown_request(request)
-            return
-        try:
-            super().process_request(request, client_address)
-        except Exception:
-            self._slots.release()
-            raise
-
-    def process_request_thread(self, request: Any, client_address: Any) -> None:
-        try:
-            super().process_request_thread(request, client_address)  # type: ignore[misc]
-        finally:
-            self._slots.release()
+        super().__init__(address, _Handler, max_connections, "metrics")
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         logger.debug("metrics http: error serving %s", client_address)
-
-
-class _HttpServer6(_HttpServer):
-    address_family = socket.AF_INET6
 
 
 class PrometheusServer:
@@ -321,8 +295,7 @@ class PrometheusServer:
     def __init__(self, render: Callable[[], str], bind: str = "127.0.0.1",
                  port: int = 9108, max_connections: int = 16) -> None:
         """Bind now (so an occupied port fails at start-up, not later)."""
-        cls = _HttpServer6 if ":" in bind else _HttpServer
-        self._httpd = cls((bind, port), max_connections)
+        self._httpd = _HttpServer((bind, port), max_connections)
         self._httpd.render = render
         self.bind = bind
         self.port: int = int(self._httpd.server_address[1])

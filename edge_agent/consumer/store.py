@@ -20,6 +20,7 @@ import collections
 import contextlib
 import json
 import sqlite3
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -346,6 +347,29 @@ class SqlStore:
             cur.execute(sql, (*k, *agg[k]))
 
 
+_SQLITE_BUSY_S = 30.0
+
+
+def _set_wal(conn: sqlite3.Connection) -> None:
+    """Switch to WAL, waiting for other connections as long as any statement would.
+
+    SQLite answers ``PRAGMA journal_mode=WAL`` with "database is locked" at once, without
+    calling the busy handler, while another connection opens or converts the same new file
+    (two collectors starting together: 12 of 300 three-way starts failed here).
+    """
+    deadline = time.monotonic() + _SQLITE_BUSY_S
+    delay = 0.005
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+        time.sleep(delay)
+        delay = min(delay * 2, 0.2)
+
+
 def open_store(url: str) -> SqlStore:
     """A store for ``sqlite:///PATH`` or ``postgresql://...`` (not yet connected).
 
@@ -359,10 +383,14 @@ def open_store(url: str) -> SqlStore:
             raise ConfigError(f"--db {url}: folder {path.parent} does not exist")
 
         def connect_sqlite() -> sqlite3.Connection:
-            conn = sqlite3.connect(path, timeout=30.0, isolation_level=None,
+            conn = sqlite3.connect(path, timeout=_SQLITE_BUSY_S, isolation_level=None,
                                    check_same_thread=False)
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")
+            try:
+                _set_wal(conn)
+                conn.execute("PRAGMA synchronous=NORMAL")
+            except BaseException:
+                conn.close()
+                raise
             return conn
 
         return SqlStore(url, "sqlite", connect_sqlite)

@@ -20,17 +20,17 @@ import json
 import logging
 import os
 import re
-import socket
 import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from importlib import resources
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from edge_agent.capped_http import CappedHTTPServer
 from edge_agent.config import ViewConfig
 from edge_agent.errors import ConfigError
 from edge_agent.view.tap import ViewTap
@@ -88,43 +88,15 @@ def access_problems(cfg: ViewConfig, token: str | None) -> list[str]:
     return []
 
 
-class _Server(ThreadingHTTPServer):
+class _Server(CappedHTTPServer):
     daemon_threads = True
     block_on_close = False
-    request_queue_size = 16
+    busy_reply = (b"HTTP/1.0 503 Service Unavailable\r\nContent-Length: 0\r\n"
+                  b"Retry-After: 5\r\nConnection: close\r\n\r\n")
 
     def __init__(self, address: tuple[str, int], view: ViewServer) -> None:
-        self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
         self.view = view
-        self.slots = threading.BoundedSemaphore(view.cfg.max_clients)
-        super().__init__(address, _Handler)
-
-    def process_request(self, request: Any, client_address: Any) -> None:
-        if not self.slots.acquire(blocking=False):
-            self.view.busy += 1
-            if self.view.busy in (1, 10, 100, 1000) or self.view.busy % 10000 == 0:
-                logger.warning("view http: %d connections refused so far (over the cap of %d "
-                               "at once)", self.view.busy, self.view.cfg.max_clients)
-            try:
-                request.settimeout(1.0)
-                request.sendall(b"HTTP/1.0 503 Service Unavailable\r\nContent-Length: 0\r\n"
-                                b"Retry-After: 5\r\nConnection: close\r\n\r\n")
-            except OSError:
-                pass
-            self.shutdown_request(request)
-            return
-        try:
-            super().process_request(request, client_address)
-        except Exception:
-            self.slots.release()
-            raise
-
-    def process_request_thread(self, request: Any, client_address: Any) -> None:
-        try:
-            super().process_request_thread(request, client_address)
-        finally:
-            self.slots.release()
-
+        super().__init__(address, _Handler, view.cfg.max_clients, "view")
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         exc = sys.exc_info()[1]  # called from the request thread's except block
@@ -268,13 +240,17 @@ class ViewServer:
         self.state = state
         self.page = resources.files("edge_agent.view").joinpath("page.html").read_bytes()
         self.stopping = threading.Event()
-        self.busy = 0  # connections refused with 503 (over max_clients)
         self.unauthorized = 0
         self.streaming = 0  # open streams (see count_stream)
         self._count_lock = threading.Lock()
         self._httpd = _Server((cfg.bind, cfg.port), self)
         self.port: int = self._httpd.server_address[1]
         self._thread: threading.Thread | None = None
+
+    @property
+    def busy(self) -> int:
+        """Connections refused with 503 so far (over max_clients at once)."""
+        return self._httpd.refused
 
     def count_stream(self, delta: int) -> None:
         """A stream opened (+1) or ended (-1); handler threads do this concurrently."""

@@ -171,3 +171,29 @@ def test_concurrent_writers_keep_gaps_exact(request: pytest.FixtureRequest, tmp_
         assert gaps(stores[0]) == [("d2", "results", "cam", 250, 250)]
         for s in stores:
             s.close()
+
+
+def test_collectors_starting_together_on_a_new_sqlite_file(tmp_path: Path) -> None:
+    """SQLite answers the switch to WAL with "database is locked" at once, without waiting,
+    while another connection converts the same new file: stores opening together must wait
+    their turn instead (this failed 3 of 200 three-way starts before)."""
+    import threading
+
+    failures: list[BaseException] = []
+    for i in range(60):
+        stores = [open_store(f"sqlite:///{tmp_path}/c{i}.sqlite") for _ in range(4)]
+
+        def connect(store: SqlStore) -> None:
+            try:
+                store.connect()
+            except BaseException as exc:  # reported below
+                failures.append(exc)
+
+        threads = [threading.Thread(target=connect, args=(s,)) for s in stores]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        for s in stores:
+            s.close()
+    assert not failures, failures
