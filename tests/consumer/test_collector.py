@@ -86,7 +86,7 @@ def test_two_collectors_on_a_share_store_everything_once(
                 pub.send(f"{P}/dev1/results/cam", data)
         pub.send(f"{P}/dev1/results/cam", b"{broken")
         assert wait_until(lambda: sqlite_count(db) == 300, 30), sqlite_count(db)
-        assert wait_until(lambda: sqlite_count(db, "SELECT count(*) FROM rejected") == 1, 10)
+        assert wait_until(lambda: sqlite_count(db, "SELECT count(*) FROM rejected") == 1, 30)
     finally:
         pub.close()
     a.close()

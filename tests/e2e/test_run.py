@@ -112,7 +112,7 @@ def test_run_publishes_results_and_stops_cleanly(tmp_path: Path, broker: Mosquit
     late = Inbox()
     sub2 = subscribe(broker.host, broker.port, ["edge-agent/e2e-1/status"], late)
     try:
-        assert late.wait_for(lambda m: bool(m), 5)
+        assert late.wait_for(lambda m: bool(m), 30)
         assert json.loads(late.messages[0][1])["state"] == "offline"
         assert late.messages[0][2] is True
     finally:

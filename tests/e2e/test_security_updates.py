@@ -68,7 +68,7 @@ def _refused(dev: UpdateDevice, rid: str, since: int, *words: str) -> str:
     error = str(reply["error"])
     for word in words:
         assert word in error, (error, dev.log())
-    dev.wait(f"the refusal in the log ({words[0]})", lambda: words[0] in dev.log(), 10)
+    dev.wait(f"the refusal in the log ({words[0]})", lambda: words[0] in dev.log(), 30)
     return error
 
 

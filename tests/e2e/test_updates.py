@@ -132,7 +132,7 @@ def test_signed_update_swaps_live_then_manual_rollback(tmp_path: Path, broker: M
     late = Inbox()
     sub = subscribe(broker.host, broker.port, [f"{dev.prefix}/model/{PIPELINE}/state"], late)
     try:
-        assert late.wait_for(lambda m: bool(m), 5)
+        assert late.wait_for(lambda m: bool(m), 30)
     finally:
         sub.stop()
     topic, payload, retained = late.messages[0]

@@ -89,7 +89,7 @@ def test_sigkill_loses_nothing_and_seq_continues(broker: Mosquitto, tmp_path: Pa
     assert left_over >= 150
     transport.start()
     try:
-        assert wait_until(lambda: transport.stats()["connected"], 10)
+        assert wait_until(lambda: transport.stats()["connected"], 30)
         render = result_renderer("cam", transport.boot_id)
         after = [transport.publish_durable("cam", transport.topics.results("cam"), render)
                  for _ in range(10)]

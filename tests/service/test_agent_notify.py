@@ -144,7 +144,7 @@ def test_ready_then_watchdog_pings_then_stopping(tmp_path: Path, broker: Mosquit
         assert 'edge_agent_model_info{pipeline="ok"' in text
     finally:
         code = _stop(proc)
-    fake_systemd.wait_for("STOPPING=1", 5)
+    fake_systemd.wait_for("STOPPING=1", 30)
     assert code == 0, _log(tmp_path)
     assert fake_systemd.received.index("READY=1") < fake_systemd.received.index("WATCHDOG=1")
 

@@ -135,7 +135,7 @@ def test_no_viewer_no_cost_and_a_rate_limit_while_watched(view: Any) -> None:
         time.sleep(0.3)
         assert tap.rendered == 0 and not tap.wanted()  # nobody watches: nothing is taken
         with tap.watch():
-            first = tap.wait_new(0, 10)
+            first = tap.wait_new(0, 30)
             assert first is not None
             time.sleep(0.5)
         rendered = tap.rendered
