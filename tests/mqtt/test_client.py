@@ -254,6 +254,8 @@ def test_mark_replayed() -> None:
 
 
 @pytest.mark.allow_threads
+# the test kills paho's network thread on purpose: its traceback is the expected input
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
 def test_a_dead_network_thread_is_restarted_and_nothing_is_lost(
         broker: Mosquitto, tmp_path: Path, subscriber_factory: Any) -> None:
     """paho's loop thread ends on an unexpected exception (the chaos run saw an OSError from
