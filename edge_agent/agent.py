@@ -40,6 +40,7 @@ from edge_agent.privacy.egress import EgressGuard
 from edge_agent.privacy.policy import iso_ts
 from edge_agent.privacy.seal import new_seal
 from edge_agent.remote_config import local_weakenings, weakenings
+from edge_agent.runtime.targets import TargetRuntime
 from edge_agent.signals import SignalRelay
 from edge_agent.signing import load_public_keys
 from edge_agent.sysinfo import cpu_temperature
@@ -72,7 +73,9 @@ class Agent:
 
     # ------------------------------------------------------------------ wiring
 
-    def _build(self) -> None:
+    def _build(self, checked: dict[str, TargetRuntime] | None = None) -> None:
+        """``checked``: runtimes the start-up check loaded, by pipeline; the pipelines take
+        (pop) the ones they use."""
         cfg = self.config
         self.messages = messages
         self.seal = new_seal()
@@ -89,7 +92,7 @@ class Agent:
                                                 cfg.metrics.prometheus.max_connections)
         face_detector = build_face_detector(cfg)
         self.pipelines = PipelineSet(cfg, self.seal, self.guard, self.metrics, face_detector,
-                                     on_state=self.publish_model_state)
+                                     on_state=self.publish_model_state, checked=checked)
         self.view_server: ViewServer | None = None
         if cfg.view.enabled:
             self.view_server = ViewServer(cfg.view, load_token(cfg.view), self.pipelines.taps,
@@ -200,10 +203,18 @@ class Agent:
 
     def run(self) -> int:
         """Run until stopped; return the exit code (0 on a clean stop)."""
-        problems = preflight(self.config, self.config_file, open_sources=False)
-        if problems:
-            raise ConfigError(problems)
-        self._build()
+        # the check loads each pipeline's model; the pipelines take those runtimes instead of
+        # loading every model a second time (seconds on a small board)
+        checked: dict[str, TargetRuntime] = {}
+        try:
+            problems = preflight(self.config, self.config_file, open_sources=False,
+                                 keep=checked)
+            if problems:
+                raise ConfigError(problems)
+            self._build(checked)
+        finally:
+            for runtime in checked.values():  # the ones no pipeline took
+                runtime.close()
 
         for line in local_weakenings(self.config):  # the device's own opt-ins, on record
             logger.warning("privacy/security opt-in in the local config: %s", line)

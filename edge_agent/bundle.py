@@ -92,6 +92,7 @@ def load_bundle(
     sha256: str | None = None,
     target_files: Mapping[str, Path] | None = None,
     busy_threads: int = 0,
+    loaded: TargetRuntime | None = None,
 ) -> ModelBundle:
     """Load a model as configured (or ``path`` instead of ``model.path``, for updates) on the
     first of its execution targets that loads and passes a warm-up run.
@@ -101,6 +102,10 @@ def load_bundle(
 
     ``busy_threads``: interpreter threads other pipelines use (``threads: auto`` measures
     1..CPUs minus these).
+
+    ``loaded``: a runtime already loaded for this model (the agent's start-up check loads the
+    configured model); used when it is exactly what this call would load, else closed. Either
+    way this call owns it.
     """
     model_path = Path(path or model.path)
     choice = None
@@ -109,10 +114,19 @@ def load_bundle(
         logger.info("model %s: %s", model_path.name, choice.describe())
     threads = choice.threads if choice is not None else fixed_threads(model)
     lab_path = labels_path if labels_path is not None else model.labels
-    runtime = TargetRuntime(
-        target_specs(model, path=path, target_files=target_files), threads=threads,
-        invoke_timeout_s=model.invoke_timeout_s, load_timeout_s=model.load_timeout_s,
-        reprobe_s=model.reprobe_s, reprobe_max_s=model.reprobe_max_s)
+    specs = target_specs(model, path=path, target_files=target_files)
+    if loaded is not None and choice is None and loaded.built_as(
+            specs, threads=threads, invoke_timeout_s=model.invoke_timeout_s,
+            load_timeout_s=model.load_timeout_s, reprobe_s=model.reprobe_s,
+            reprobe_max_s=model.reprobe_max_s):
+        runtime = loaded
+    else:
+        if loaded is not None:
+            loaded.close()
+        runtime = TargetRuntime(
+            specs, threads=threads, invoke_timeout_s=model.invoke_timeout_s,
+            load_timeout_s=model.load_timeout_s, reprobe_s=model.reprobe_s,
+            reprobe_max_s=model.reprobe_max_s)
     try:
         labels = load_labels(lab_path)
         decoder = create_decoder(model.decoder, runtime.signature, labels,

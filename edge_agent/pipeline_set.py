@@ -34,6 +34,7 @@ from edge_agent.pipeline import Pipeline
 from edge_agent.privacy import messages
 from edge_agent.privacy.hashing import load_salt
 from edge_agent.privacy.policy import PrivacyPolicy
+from edge_agent.runtime.targets import TargetRuntime
 from edge_agent.signing import load_public_keys
 from edge_agent.sources.factory import create_source
 from edge_agent.thermal import ThermalMonitor
@@ -83,7 +84,10 @@ class PipelineSet:
 
     def __init__(self, cfg: AgentConfig, seal: Seal, guard: EgressGuard, metrics: Metrics,
                  face_detector: Callable[[np.ndarray], list[Box]] | None,
-                 on_state: Callable[[dict[str, Any]], None]) -> None:
+                 on_state: Callable[[dict[str, Any]], None],
+                 checked: dict[str, TargetRuntime] | None = None) -> None:
+        """``checked``: runtimes the agent's start-up check loaded, by pipeline name; a
+        pipeline pops its own and uses it when it is what it would load (else closes it)."""
         self.cfg = cfg
         self.seal = seal
         self.guard = guard
@@ -101,11 +105,17 @@ class PipelineSet:
 
         self.salt = load_salt(cfg.state_dir)  # hashed fields stay stable across restarts
         for p in cfg.pipelines:
-            self.units[p.name] = self._build(p)
+            mine = checked.pop(p.name, None) if checked else None
+            try:
+                self.units[p.name] = self._build(p, mine)
+            except BaseException:
+                if mine is not None:
+                    mine.close()  # closing twice is harmless
+                raise
 
     # ------------------------------------------------------------------ build
 
-    def _build(self, p: PipelineConfig) -> _Unit:
+    def _build(self, p: PipelineConfig, checked: TargetRuntime | None = None) -> _Unit:
         keys = load_public_keys(self.cfg.updates.public_keys)
         store = ModelStore(self.cfg.state_dir / "models" / p.name, keys=keys)
         active = store.resolve_active(p.model.path)
@@ -118,7 +128,8 @@ class PipelineSet:
                              version=active.version,
                              name=active.name or p.model.name or Path(p.model.path).stem,
                              sha256=active.sha256, busy_threads=self.busy_threads(p.name),
-                             target_files=store.target_files(active.manifest, names))
+                             target_files=store.target_files(active.manifest, names),
+                             loaded=checked)
         problem = raw_image_problem(bundle, p)
         if problem is not None:
             bundle.close()

@@ -66,8 +66,8 @@ def _readable(path: Path) -> str | None:
     return None
 
 
-def check_pipeline_model(p: PipelineConfig, index: int = 0, *,
-                         each_target: bool = False) -> list[Finding]:
+def check_pipeline_model(p: PipelineConfig, index: int = 0, *, each_target: bool = False,
+                         keep: dict[str, TargetRuntime] | None = None) -> list[Finding]:
     """One pipeline's model, labels and decoder: the model loads as the agent loads it (the
     first of its execution targets that loads and passes a warm-up) and the decoder fits it.
 
@@ -77,6 +77,9 @@ def check_pipeline_model(p: PipelineConfig, index: int = 0, *,
         each_target: also load each execution target on its own (doctor: one
             ``<pipeline>: target <name>`` row per target, so a target behind a working one is
             checked too); only when the model has more than one.
+        keep: when given and nothing failed, the loaded runtime is left open in it under the
+            pipeline's name (the agent's start-up hands it to the pipeline instead of loading
+            the model a second time); the caller closes what it does not use.
     """
     m = p.model
     base = ("pipelines", index, "model")
@@ -123,9 +126,11 @@ def check_pipeline_model(p: PipelineConfig, index: int = 0, *,
             found.append(Finding(row, (*base, "targets"), OK,
                                  f"loads and passes warm-up; {role}"))
     try:
+        # the same arguments as load_bundle, so the agent's start-up can keep this runtime
         runtime = TargetRuntime(specs, threads=fixed_threads(m),
                                 invoke_timeout_s=m.invoke_timeout_s,
-                                load_timeout_s=m.load_timeout_s)
+                                load_timeout_s=m.load_timeout_s, reprobe_s=m.reprobe_s,
+                                reprobe_max_s=m.reprobe_max_s)
     except ModelError as exc:
         key = "delegate" if "delegate" in str(exc) else "path"
         return [*found, Finding(model, (*base, key), FAIL, str(exc), fix_model)]
@@ -158,7 +163,10 @@ def check_pipeline_model(p: PipelineConfig, index: int = 0, *,
             found.append(Finding(decoder, (*base, "decoder"), OK,
                                  f"{made.kind} fits the model's outputs"))
     finally:
-        runtime.close()
+        if keep is not None and not any(f.status == FAIL for f in found):
+            keep[p.name] = runtime
+        else:
+            runtime.close()
     return found
 
 
@@ -250,27 +258,30 @@ def check_state_dir(config: AgentConfig) -> list[Finding]:
     return [Finding("state_dir", ("state_dir",), OK, f"{d} is writable")]
 
 
-def findings(config: AgentConfig, *, open_sources: bool = True,
-             state_dir: bool = True) -> list[Finding]:
+def findings(config: AgentConfig, *, open_sources: bool = True, state_dir: bool = True,
+             keep: dict[str, TargetRuntime] | None = None) -> list[Finding]:
     """Every check of ``config``, in order: state folder, files, live view, then per pipeline
-    its model and decoder and (with ``open_sources``) its source."""
+    its model and decoder and (with ``open_sources``) its source. ``keep``: see
+    :func:`check_pipeline_model`."""
     found: list[Finding] = []
     if state_dir:
         found += check_state_dir(config)
     found += check_files(config)
     found += check_view(config)
     for i, p in enumerate(config.pipelines):
-        found += check_pipeline_model(p, i)
+        found += check_pipeline_model(p, i, keep=keep)
         if open_sources:
             found += check_source(p, i)
     return found
 
 
 def preflight(config: AgentConfig, config_file: str | Path, *, open_sources: bool = True,
-              state_dir: bool = True) -> list[str]:
-    """Every real-world problem of ``config``, one ``FILE:LINE key.path: ...`` line each."""
+              state_dir: bool = True, keep: dict[str, TargetRuntime] | None = None) -> list[str]:
+    """Every real-world problem of ``config``, one ``FILE:LINE key.path: ...`` line each.
+    ``keep``: see :func:`check_pipeline_model`."""
     return [f"{locate(config_file, f.key)}: {f.detail}"
-            for f in findings(config, open_sources=open_sources, state_dir=state_dir)
+            for f in findings(config, open_sources=open_sources, state_dir=state_dir,
+                              keep=keep)
             if f.status == FAIL]
 
 

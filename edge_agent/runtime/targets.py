@@ -293,6 +293,19 @@ class TargetRuntime:
         assert self._reference is not None
         self.signature: ModelSignature = self._reference
 
+    def built_as(self, specs: Sequence[TargetSpec], *, threads: int, invoke_timeout_s: float,
+                 load_timeout_s: float, reprobe_s: float, reprobe_max_s: float) -> bool:
+        """Whether this open runtime is what these arguments would build (the same targets with
+        the same files, threads and timeouts), so a caller may use it instead of loading the
+        model again."""
+        def key(s: TargetSpec) -> tuple[Any, ...]:
+            return s.name, s.library, dict(s.options), s.path
+        return (not self._closed and self._loaded is not None and threads == self._threads
+                and [key(s) for s in specs] == [key(st.spec) for st in self._states]
+                and invoke_timeout_s == self.invoke_timeout_s
+                and load_timeout_s == self.load_timeout_s and reprobe_s == self.reprobe_s
+                and max(reprobe_max_s, reprobe_s) == self.reprobe_max_s)
+
     # ------------------------------------------------------------------ the runtime protocol
 
     @property

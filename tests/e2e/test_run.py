@@ -75,6 +75,9 @@ def test_run_publishes_results_and_stops_cleanly(tmp_path: Path, broker: Mosquit
     finally:
         code = agent.terminate()
     assert code == 0, agent.log()
+    # the start-up check's runtimes serve the pipelines: each model file is loaded once
+    loads = [line for line in agent.log().splitlines() if "target cpu: loaded" in line]
+    assert sum(model.name in line for line in loads) == 2, "\n".join(loads)
     assert inbox.wait_for(lambda m: any(t.endswith("/status") and b'"offline"' in p
                                         for t, p, _ in m), 10)
     sub.stop()
