@@ -20,7 +20,8 @@
    such case is listed as a near-threshold difference (report.json and the summary). The
    emulated inference time is printed as a curiosity, not a Pi figure.
 
-Run as root: ``./dev arm64`` (about 20 min on 2 cores; the first run builds the root, ~35 min).
+Run as root: ``./dev arm64`` (11 to 20 min on 2 cores, by load; the first run builds the
+root, ~35 min more).
 """
 
 from __future__ import annotations
