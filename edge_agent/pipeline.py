@@ -43,6 +43,7 @@ from edge_agent.shadow_headroom import ArrivalClock
 from edge_agent.sources.conform import conform_image
 from edge_agent.thermal import FrameThinner
 from edge_agent.types import (
+    EncodedPixels,
     Frame,
     HealthEvent,
     Inference,
@@ -107,11 +108,16 @@ class Tuning:
             it waiting behind the post thread. Only ever lowered. None leaves it.
         aux_nice: niceness added to the capture and post threads (0: none), so the inference
             thread and its interpreter workers win a contended core.
+        model_scale_decode: decode JPEG/MJPEG frames only as large as the model's input
+            needs (JPEG DCT scaling to 1/2, 1/4 or 1/8 while both sides stay at least the
+            input's), where nothing needs the full frame (see ``Pipeline._decode_when_needed``).
+            Off: every frame the model sees is decoded in full (the benchmarks' baseline).
     """
 
     cv2_threads: int | None = 1
     switch_interval_s: float | None = 0.001
     aux_nice: int = 0
+    model_scale_decode: bool = True
 
 
 DEFAULT_TUNING = Tuning()
@@ -440,8 +446,10 @@ class Pipeline:
                 if source is None:
                     try:
                         source = self._source_factory(self.cfg.source)
-                        if self._gate is not None and hasattr(source, "defer_decode"):
-                            # JPEG/MJPEG frames reach the gate undecoded (a reduced decode)
+                        if (self._gate is not None or self.tuning.model_scale_decode) \
+                                and hasattr(source, "defer_decode"):
+                            # JPEG/MJPEG frames arrive undecoded: the gate measures a reduced
+                            # decode, the model gets one at its own scale
                             source.defer_decode = True
                         source.open()
                         live = bool(source.live)
@@ -559,11 +567,19 @@ class Pipeline:
                 frame = replace(frame, image=image)
         if gate is not None and frame.image is not None:
             moving = gate.check(frame.image, frame.ts)
-        if self._health is not None and frame.image is not None:
-            small = None if self._gate is None else self._gate.small
-            events = self._health.check(frame.image, time.monotonic(), frame.ts, small)
-            if events:
-                self._send_health(events)
+        health = self._health
+        if health is not None and frame.image is not None:
+            now = time.monotonic()
+            # camera health always measures the full frame (its sharpness and similarity
+            # figures depend on the scale): decoded in full here when the check is due
+            full: np.ndarray | None = frame.image
+            if frame.encoded is not None and health.due(now):
+                full = frame.encoded.decode()
+            if full is not None:
+                small = None if self._gate is None else self._gate.small
+                events = health.check(full, now, frame.ts, small)
+                if events:
+                    self._send_health(events)
         # the tracker needs frames while it confirms that objects left (``pending``)
         pending = self._tracker is not None and bool(self._tracker.pending)
         if not moving and not pending:
@@ -607,10 +623,13 @@ class Pipeline:
                 self._heartbeats["capture"] = time.monotonic()
 
     def _decode_when_needed(self, frame: Frame) -> tuple[Frame, bool] | None:
-        """An encoded frame: the gate decides on a reduced decode, and the full frame is
-        decoded only when it is needed (the gate opens, the tracker waits for frames, a camera
-        health check is due). Returns ``(frame with image, moving)``, or None when the frame
-        stops here (gated, or corrupt)."""
+        """An encoded frame: the gate decides on a reduced decode, and the frame is decoded
+        only when it is needed (the gate opens, the tracker waits for frames, a camera health
+        check is due). Returns ``(frame with image, moving)``, or None when the frame stops
+        here (gated, or corrupt).
+
+        The decode is at the model's scale (:meth:`_model_scale_image`) where nothing needs
+        the full frame; the frame then keeps ``encoded`` (its full size for the result)."""
         encoded = frame.encoded
         assert encoded is not None
         gate = self._gate
@@ -627,11 +646,29 @@ class Pipeline:
                 with self.stats.lock:
                     self.stats.gated += 1
                 return None
-        image = encoded.decode()
+        image = self._model_scale_image(encoded)
         if image is None:
             self._bad_frame("an encoded frame cannot be decoded")
             return None
-        return replace(frame, image=image, encoded=None), moving
+        scaled = image.shape[:2] != (encoded.height, encoded.width)
+        return replace(frame, image=image, encoded=encoded if scaled else None), moving
+
+    def _model_scale_image(self, encoded: EncodedPixels) -> np.ndarray | None:
+        """The frame decoded as small as the model's input allows (JPEG DCT scaling, both
+        sides at least the input's), or in full when something needs the full frame.
+
+        Full: snapshots (``publish_images``: the face redaction runs on the full frame), a
+        live viewer watching, a shadow candidate (its input may be larger), a model without
+        an image preprocessor, or ``Tuning.model_scale_decode`` off. The privacy masks are
+        applied afterwards to whatever is decoded (normalised polygons), so the model never
+        sees a masked pixel either way; camera health decodes in full when its check is due.
+        """
+        pre = self._bundle.preprocessor
+        view = self.view
+        if (pre is None or not self.tuning.model_scale_decode or self.shadow is not None
+                or self.cfg.privacy.publish_images or (view is not None and view.wanted())):
+            return encoded.decode()
+        return encoded.at_least(pre.width, pre.height)
 
     def _bad_frame(self, problem: str) -> None:
         with self.stats.lock:

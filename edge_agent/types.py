@@ -79,6 +79,11 @@ class EncodedPixels(Protocol):
         """The full frame, (H, W, 3) uint8 BGR; None when the bytes are corrupt."""
         ...
 
+    def at_least(self, min_width: int, min_height: int) -> np.ndarray | None:
+        """The frame decoded as small as possible with both sides at least ``min_width`` x
+        ``min_height`` (JPEG DCT scaling; others in full); None when the bytes are corrupt."""
+        ...
+
     def reduced(self, min_width: int) -> np.ndarray | None:
         """A copy at 1/2, 1/4 or 1/8 of each side (at least ``min_width`` wide where the frame
         allows), (h, w, 3) uint8 BGR; None when the bytes are corrupt."""
@@ -96,8 +101,12 @@ class Frame:
         data: the sensor window (samples, channels) for sensor sources, else None.
         timestamps: per-sample timestamps of a sensor window, when the source has them.
         encoded: the frame before decoding, when the source was asked to defer the decode
-            (``defer_decode``, set by a pipeline with a motion gate); ``image`` is then None
-            until the pipeline decodes it.
+            (``defer_decode``, set by the pipeline); ``image`` is then None until the pipeline
+            decodes it. When the pipeline decodes it at the model's scale (JPEG DCT scaling),
+            ``image`` is that smaller decode and ``encoded`` stays: ``width`` and ``height``
+            are still the full frame's, and ``encoded.decode()`` gives the full frame
+            (as the camera delivered it: without the privacy masks the pipeline burned into
+            ``image``).
     """
 
     index: int
@@ -109,20 +118,22 @@ class Frame:
 
     @property
     def width(self) -> int:
-        """Image width in pixels (sensor windows: number of samples)."""
-        if self.image is not None:
-            return int(self.image.shape[1])
+        """Image width in pixels (sensor windows: number of samples); the full frame's when
+        ``image`` is a decode at the model's scale."""
         if self.encoded is not None:
             return self.encoded.width
+        if self.image is not None:
+            return int(self.image.shape[1])
         return int(self.data.shape[0]) if self.data is not None else 0
 
     @property
     def height(self) -> int:
-        """Image height in pixels (sensor windows: number of channels)."""
-        if self.image is not None:
-            return int(self.image.shape[0])
+        """Image height in pixels (sensor windows: number of channels); the full frame's when
+        ``image`` is a decode at the model's scale."""
         if self.encoded is not None:
             return self.encoded.height
+        if self.image is not None:
+            return int(self.image.shape[0])
         if self.data is not None:
             return int(self.data.shape[1]) if self.data.ndim > 1 else 1
         return 0

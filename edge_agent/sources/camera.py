@@ -96,7 +96,8 @@ def mjpeg_first_packet(cap: cv2.VideoCapture) -> EncodedImage | None:
     """Switch an FFmpeg capture of an MJPEG stream or file to raw packets and return the first
     one, checked to decode as a JPEG of the size its header says; None (the capture may have
     been switched) when the stream is not MJPEG or its packets are not decodable JPEGs."""
-    fourcc = int(cap.get(cv2.CAP_PROP_FOURCC)).to_bytes(4, "little")
+    # a capture that did not open (an empty or truncated file) reports -1: not MJPEG
+    fourcc = (int(cap.get(cv2.CAP_PROP_FOURCC)) & 0xFFFFFFFF).to_bytes(4, "little")
     if fourcc.upper() not in _MJPEG_FOURCCS or not cap.set(cv2.CAP_PROP_FORMAT, -1):
         return None
     ok, packet = cap.read()

@@ -39,6 +39,15 @@ def reduce_factor(width: int, target: int) -> int:
     return factor
 
 
+def scale_factor(width: int, height: int, min_width: int, min_height: int) -> int:
+    """The largest of 1, 2, 4, 8 that keeps both sides at least ``min_width`` x ``min_height``."""
+    factor = 1
+    for f in (2, 4, 8):
+        if width // f >= min_width and height // f >= min_height:
+            factor = f
+    return factor
+
+
 def jpeg_size(data: bytes | np.ndarray) -> tuple[int, int] | None:
     """``(width, height)`` from a JPEG's frame header (SOFn), or None when there is none.
 
@@ -140,6 +149,25 @@ class EncodedImage:
             else:
                 self._full = cv2.cvtColor(self._data, cv2.COLOR_YUV2BGR_NV12)
         return self._full
+
+    def at_least(self, min_width: int, min_height: int) -> np.ndarray | None:
+        """The frame decoded as small as JPEG DCT scaling allows while both sides stay at least
+        ``min_width`` x ``min_height`` (a model's input size), (h, w, 3) uint8 BGR; None when
+        the bytes are corrupt.
+
+        Only JPEG frames are decoded smaller (1/2, 1/4 or 1/8: each output pixel comes from
+        the coefficients of its 2x2, 4x4 or 8x8 block, an area average rather than the
+        aliasing of a linear shrink); raw YUYV/NV12 frames and frames too small to shrink come
+        back in full (:meth:`decode`).
+        """
+        factor = scale_factor(self.width, self.height, min_width, min_height)
+        if factor == 1 or self.kind != "jpeg":
+            return self.decode()
+        try:
+            scaled: np.ndarray | None = cv2.imdecode(self._data, _JPEG_REDUCED[factor])
+        except cv2.error:
+            return None
+        return scaled
 
     def reduced(self, min_width: int) -> np.ndarray | None:
         """A copy at 1/2, 1/4 or 1/8 of each side, at least ``min_width`` wide where the frame

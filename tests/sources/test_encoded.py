@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from edge_agent.config import ImagesSourceConfig, MotionConfig, PipelineConfig, VideoSourceConfig
+from edge_agent.errors import SourceError
 from edge_agent.motion import MotionGate
 from edge_agent.pipeline import Pipeline
 from edge_agent.privacy import new_seal
@@ -214,3 +215,15 @@ def test_gated_pipeline_on_mjpeg_reports_every_episode_and_decodes_only_what_it_
     assert st["state"] == "finished"
     assert st["frames"] == 240
     assert st["gated"] + len(res) == 240 and st["gated"] > 120
+
+
+@pytest.mark.parametrize("content", [b"", b"RIFF\x00\x00"])
+def test_an_unreadable_file_with_deferred_decoding_is_a_clear_error(tmp_path: Path,
+                                                                    content: bytes) -> None:
+    clip = tmp_path / "broken.avi"
+    clip.write_bytes(content)  # the probe capture does not open: FOURCC reads as -1
+    src = OpencvVideoSource(VideoSourceConfig(type="video", uri=str(clip), fps=0))
+    src.defer_decode = True
+    with pytest.raises(SourceError, match="cannot be read"):
+        src.open()
+    assert not src.raw_packets
