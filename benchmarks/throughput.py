@@ -8,7 +8,10 @@ For each model and interpreter thread count, on the same 640x480 MJPEG clip (unp
 * **pipeline**: edge-agent's pipeline, publishing every result through the privacy policy, the
   egress guard, the SQLite outbox and a local mosquitto (QoS 1);
 * **untuned**: the same pipeline without its process tuning (OpenCV's default thread pool,
-  Python's 5 ms GIL interval), to show what the tuning is worth.
+  Python's 5 ms GIL interval), to show what the tuning is worth;
+* **full decode**: for a model whose input is at most half the clip's size on both sides
+  (BlazeFace's 192x192 on 640x480), the pipeline with ``Tuning.model_scale_decode`` off, so
+  every frame is decoded in full as before (the baseline of decoding at the model's scale).
 
 The runs alternate in short blocks (see ``common.interleave``); each ratio is the median of
 per-round ratios.
@@ -48,6 +51,7 @@ def measure_model(model: Path, labels: Path | None, clip: Path, egress: Egress |
     from edge_agent.pipeline import DEFAULT_TUNING, Pipeline, Tuning, apply_process_tuning
     from edge_agent.privacy import new_seal
     from edge_agent.privacy.policy import PrivacyPolicy
+    from edge_agent.sources.encoded import scale_factor
     from edge_agent.sources.factory import create_source
     from edge_agent.types import Result
 
@@ -62,6 +66,9 @@ def measure_model(model: Path, labels: Path | None, clip: Path, egress: Egress |
     while frame is None:
         frame = src.read(1.0)
     src.close()
+    pre = bundle.preprocessor
+    decode_scale = 1 if pre is None else scale_factor(frame.width, frame.height, pre.width,
+                                                      pre.height)
     x, _ = bundle.prepare(frame)
     x = [a.copy() for a in x]
     for _ in range(3):
@@ -122,7 +129,8 @@ def measure_model(model: Path, labels: Path | None, clip: Path, egress: Egress |
         counter.done.wait(600)
         pipe.stop()
         if key is not None:
-            cpu[key].append((time.process_time() - c) / max(1, len(counter.times)))
+            cpu.setdefault(key, []).append((time.process_time() - c)
+                                           / max(1, len(counter.times)))
         return steady_rate(counter.times)
 
     def untuned_pipeline() -> float:
@@ -139,6 +147,9 @@ def measure_model(model: Path, labels: Path | None, clip: Path, egress: Egress |
             "pipeline": lambda: run_pipeline(None, "pipeline")}
     if untuned:
         runs["untuned"] = untuned_pipeline
+    if decode_scale > 1:
+        runs["full_decode"] = lambda: run_pipeline(Tuning(model_scale_decode=False),
+                                                   "pipeline_full_decode")
     rates = interleave(runs, rounds)
     bundle.close()
     med = {k: round(sorted(v)[len(v) // 2], 2) for k, v in rates.items()}
@@ -156,4 +167,7 @@ def measure_model(model: Path, labels: Path | None, clip: Path, egress: Egress |
     }
     if untuned:
         out["pipeline_over_untuned"] = ratio(rates["pipeline"], rates["untuned"])
+    if decode_scale > 1:
+        out["decode_scale"] = decode_scale
+        out["full_decode_over_bare"] = ratio(rates["full_decode"], rates["bare"])
     return out
