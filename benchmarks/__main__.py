@@ -54,12 +54,23 @@ NOTES = [
     "on this machine; the entropy decoding is not skipped) and the frame is decoded in full "
     "only when the gate opens. At 10 fps with 80 of 1200 frames inferred, the inferred frames "
     "alone are 0.067 of the ungated CPU, so the remaining gated frames leave little room: "
-    "on/off <= 0.08 needs a gated frame to cost about a tenth of an inferred one.",
+    "on/off <= 0.08 needs a gated frame to cost about a tenth of an inferred one. The smallest "
+    "DCT scale (1/8, 80x60 for 640x480) would still decode every coefficient (about 0.6 ms "
+    "against 0.79 ms at 1/4 here) and would change the gate's resolution, so 1/8 is used only "
+    "where it still gives the gate's 160 pixels (frames 1280 or more wide).",
+    "Decoding at the model's scale: the pipeline decodes each MJPEG packet only as large as the "
+    "model's input needs (1/2 by DCT scaling for BlazeFace's 192x192 on 640x480: about 1.1 ms "
+    "of CPU against 1.6 ms for a full decode, and the resize to the input starts from 320x240); "
+    "the 300x300 and 320x320 inputs of COCO SSD and YOLOv5n get full decodes of this clip. "
+    "Detections match full decodes within the tolerance of tests/sources/test_model_scale.py.",
     "The result path (policy, egress guard with its schema check, SQLite outbox, paho) costs "
-    "about 0.3-0.4 ms of CPU per result (section above): a small share of the fast default "
-    "model's per-frame CPU next to its MJPEG decode (about 1.6 ms) and preprocessing (about "
-    "0.3 ms); those, with the pipeline's thread hand-overs, are most of pipeline CPU over "
-    "bare for BlazeFace.",
+    "about 0.3-0.4 ms of CPU per result measured stage by stage in one thread (section "
+    "below). Inside the running pipeline the threads that carry it cost more: per BlazeFace "
+    "frame (2 threads, thread CPU from /proc, 23:2x UTC, load average ~3) the post thread "
+    "took about 0.9-1.2 ms, the outbox pump 0.45-0.65 ms and paho's thread 0.3-0.5 ms, and "
+    "the capture thread (read, decode at 1/2, masks, preprocessing) 1.5-2.3 ms against "
+    "2.1-2.9 ms with full decodes: the thread hand-overs and wake-ups per message are a "
+    "share of the fast model's overhead next to the decode.",
     "Other benchmarks of single parts: `benchmarks/bench_outbox.py` (outbox append cost and "
     "drain rate), `benchmarks/bench_privacy.py` (policy, guard and redaction cost), "
     "`benchmarks/bench_contract.py` (validating and serialising a result: today's JSON Schema "
