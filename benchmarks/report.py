@@ -262,11 +262,11 @@ def _motion(rows: list[dict[str, Any]]) -> list[str]:
             f"{r['inferred']['gate_on']} / {r['inferred']['gate_off']} | "
             f"{r['moving_fraction']:.3f} | {r['episodes_reported']} of {len(r['episodes'])} |")
     out += ["", "Three runs per round, alternating: gate off; gate on as the pipeline runs it "
-            "(each MJPEG packet decoded at 1/4 size by JPEG DCT scaling for the gate, in full "
-            "only when the gate opens); gate on with every frame decoded in full first (the "
-            "pipeline before deferred decoding). The model runs on motion, for 3 frames after "
-            "it, and on the 30 s heartbeat. An episode counts as reported when every gated "
-            "run published a result inside it.", ""]
+            "(each MJPEG packet decoded at 1/4 size by JPEG DCT scaling for the gate, and at "
+            "the model's scale only when the gate opens); gate on with every frame decoded in "
+            "full first (the pipeline before deferred decoding). The model runs on motion, for "
+            "3 frames after it, and on the 30 s heartbeat. An episode counts as reported when "
+            "every gated run published a result inside it.", ""]
     return out
 
 def _latency(rows: list[dict[str, Any]]) -> list[str]:
