@@ -48,7 +48,9 @@ class Subscriber:
             self.client.tls_set(**tls)
         self.topic = topic
         self.connected = threading.Event()
+        self.subscriptions = 0  # SUBACKs received: one per (re)connect that subscribed
         self.client.on_connect = self._on_connect
+        self.client.on_subscribe = self._on_subscribe
         self.client.on_message = self._on_message
         self.client.connect_async(broker.host, broker.port)
         self.client.loop_start()
@@ -61,6 +63,11 @@ class Subscriber:
         if not rc.is_failure:
             client.subscribe(self.topic, qos=1)
             self.connected.set()
+
+    def _on_subscribe(self, client: paho.Client, userdata: Any, mid: int, reason_codes: Any,
+                      props: Any) -> None:
+        with self._lock:
+            self.subscriptions += 1
 
     def _on_message(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
         with self._lock:

@@ -82,7 +82,11 @@ def test_sigkill_loses_nothing_and_seq_continues(broker: Mosquitto, tmp_path: Pa
         in_flight = dict(db.execute("SELECT sent, COUNT(*) FROM messages GROUP BY sent"))
     assert in_flight.get(1, 0) >= 1, f"nothing was in flight at the kill: {in_flight}"
     assert in_flight.get(0, 0) >= 1, f"no unsent backlog at the kill: {in_flight}"
+    # The broker was killed before it saved anything, so the subscriber's session is gone: until
+    # it has subscribed again, the broker would drop what the agent publishes for it.
+    subscribed = sub.subscriptions
     broker.start()
+    assert wait_until(lambda: sub.subscriptions > subscribed, 30), "subscriber did not return"
     # what the killed process committed but the broker had not acknowledged is in the outbox
     transport = MqttTransport(agent_config(broker, state), state)
     left_over = transport.stats()["outbox_depth"]
@@ -94,7 +98,12 @@ def test_sigkill_loses_nothing_and_seq_continues(broker: Mosquitto, tmp_path: Pa
         after = [transport.publish_durable("cam", transport.topics.results("cam"), render)
                  for _ in range(10)]
         wanted = set(range(1, after[-1] + 1))
-        assert wait_until(lambda: {p["seq"] for p in sub.payloads()} >= wanted, 60)
+
+        def got() -> set[int]:
+            return {p["seq"] for p in sub.payloads()}
+
+        assert wait_until(lambda: got() >= wanted, 60), (
+            f"missing seqs {sorted(wanted - got())[:50]}; {transport.stats()}")
         assert wait_until(lambda: transport.stats()["outbox_depth"] == 0)
     finally:
         transport.stop(5)
