@@ -344,8 +344,14 @@ class RestartCheck:
         self.boots.add(st["boot_id"])
         sha = st["pipelines"][0]["model"]["sha256"]
         self.check_file(sha)
-        dev.wait("start-up model state", lambda: bool(dev.states(since)))
-        state = dev.states(since)[0]
+
+        # model states this boot made: a state the killed boot had committed to its outbox
+        # just before the kill (say "downloading" 0.02 s after a command) is still delivered,
+        # by the killed boot or by this one's outbox, after the mark: it is not this start-up's
+        def states() -> list[dict[str, Any]]:
+            return [s for s in dev.states(since) if epoch(s["ts"]) >= started]
+        dev.wait("start-up model state", lambda: bool(states()))
+        state = states()[0]
         assert state["state"] in {"active", "rolled_back"}, (state, self.notes)
         assert state["active"]["sha256"] == sha, (state, self.notes)
 
@@ -357,22 +363,22 @@ class RestartCheck:
         assert fresh()[0]["model"]["sha256"] == sha, (fresh()[0], self.notes)
         # every start-up state message agrees (none says "active" before a "rolled_back")
         startup = list(itertools.takewhile(lambda x: x in {"active", "rolled_back"},
-                                           (x["state"] for x in dev.states(since))))
-        assert set(startup) == {state["state"]}, (dev.states(since), self.notes)
+                                           (x["state"] for x in states())))
+        assert set(startup) == {state["state"]}, (states(), self.notes)
         if self.notes:
             why = f" ({state['reason']})" if state["reason"] else ""
             self.notes[-1] += (f"; restarted {state['state']} on {state['active']['name']} "
                                f"v{state['active']['version']}{why}")
         busy = {"downloading", "verifying", "validating"}
         if pending is not None and (dev.reply(pending[0], since) is not None or any(
-                s["state"] in busy for s in dev.states(since))):
+                s["state"] in busy for s in states())):
             rid, new = pending
             ok = dev.wait_reply(rid, since)["ok"]
             if ok:
                 def watched() -> bool:
-                    states = dev.states(since)
-                    return any(s["state"] == "rolled_back" for s in states) or sum(
-                        s["state"] == "active" and s["sha256"] == new for s in states) >= 2
+                    now = states()
+                    return any(s["state"] == "rolled_back" for s in now) or sum(
+                        s["state"] == "active" and s["sha256"] == new for s in now) >= 2
                 dev.wait("the end of the watch", watched)
             self.notes[-1] += ("; the command was delivered again: "
                                f"{'active' if ok else 'refused'}")
