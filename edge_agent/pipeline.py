@@ -519,7 +519,16 @@ class Pipeline:
                            self.name, message, backoff)
         self.state, self.source_error = "reconnecting", message
         self._source_changed(False, False)
-        self._stop.wait(backoff)
+        # retrying is progress, not a stall: the backoff (up to 30 s) must not age the
+        # heartbeat past stall_timeout_s, or the watchdog restarts the daemon over a camera
+        # that is merely down
+        deadline = time.monotonic() + backoff
+        while not self._stop.is_set():
+            now = time.monotonic()
+            self._heartbeats["capture"] = now
+            if now >= deadline:
+                break
+            self._stop.wait(min(POLL_S, deadline - now))
 
     def _source_changed(self, up: bool, live: bool) -> None:
         """source_up/source_down events (camera health on) when the source's state flips."""

@@ -251,3 +251,29 @@ def test_default_model_on_a_real_video_file_every_frame_in_order(tmp_path: Path)
     assert [r["frame"]["index"] for r in res] == list(range(20))
     assert {(r["frame"]["width"], r["frame"]["height"]) for r in res} == {(640, 480)}
     assert pipe.status()["state"] == "finished"
+
+
+def test_a_source_that_keeps_failing_is_retrying_not_stalled() -> None:
+    # the backoff between reopens doubles up to 30 s, the default stall_timeout_s: a camera
+    # that is down for minutes must not read as a stalled pipeline, or the systemd watchdog
+    # restarts the whole daemon over it
+    opens = []
+
+    class Down(FakeSource):
+        def open(self) -> None:
+            opens.append(time.monotonic())
+            raise SourceError("camera unplugged")
+
+    rig = Rig(lambda _cfg: Down([1]), stall_timeout_s=3)
+    rig.pipe.start()
+    unhealthy = 0
+    deadline = time.monotonic() + DEADLINE
+    try:
+        while len(opens) < 5:  # waits of 0.5, 1, 2, 4 s: the last outlasts the stall timeout
+            assert time.monotonic() < deadline, f"only {len(opens)} opens (hang?)"
+            unhealthy += not rig.pipe.healthy()
+            time.sleep(0.05)
+        assert rig.pipe.status()["source_error"] == "camera unplugged"
+    finally:
+        rig.pipe.stop()
+    assert unhealthy == 0, f"unhealthy on {unhealthy} checks while the source was retried"
