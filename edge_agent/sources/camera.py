@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import logging
 import os
+import select
+import stat
 import threading
 import time
 from pathlib import Path
@@ -73,6 +75,61 @@ def mjpeg_packet(packet: np.ndarray) -> EncodedImage:
     if encoded is None:
         return EncodedImage("jpeg", packet.reshape(-1), 0, 0)
     return encoded
+
+
+class _FifoWriterWait:
+    """Wait for a FIFO's writer in Python, not inside OpenCV.
+
+    OpenCV's FFmpeg backend opens every capture under one process-wide lock. A FIFO that no
+    program writes to blocks open(2), and so every other camera and video file of the daemon
+    could not open either (measured with OpenCV 5.1: a video file's open waited as long as
+    the FIFO's). Here the wait is a poll(2) on a non-blocking descriptor, which holds no lock:
+    the FIFO's pipeline stalls alone (the watchdog sees its heartbeat age), the others run.
+
+    Use as a context manager around the capture's open. Until it returns, the wait keeps a
+    reader's end open (a writer never finds the FIFO without a reader) and, once data is
+    there, a writer's end too: OpenCV's blocking open(2) then returns at once even when the
+    program that fed the FIFO has already written everything and left.
+    """
+
+    def __init__(self, path: str, name: str) -> None:
+        self.path = path
+        self.name = name
+        self._fds: list[int] = []
+
+    def __enter__(self) -> _FifoWriterWait:
+        try:
+            if not stat.S_ISFIFO(os.stat(self.path).st_mode):
+                return self
+            reader = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK)
+        except OSError:
+            return self  # not there or not readable: OpenCV's open says so
+        self._fds.append(reader)
+        poller = select.poll()
+        poller.register(reader, select.POLLIN)
+        started = time.monotonic()
+        warned = False
+        while True:
+            events = poller.poll(500)
+            if any(ev & select.POLLIN for _, ev in events):
+                self._fds.append(os.open(self.path, os.O_WRONLY | os.O_NONBLOCK))
+                return self
+            if events:  # POLLHUP without data: a writer came and went without sending
+                self._close()
+                raise SourceError(f"camera {self.name!r}: the program writing to the FIFO "
+                                  "closed it without sending a frame")
+            if not warned and time.monotonic() - started >= OPEN_TIMEOUT_MS / 1000:
+                warned = True
+                logger.warning("camera %s: nothing has written to the FIFO for %.0f s; "
+                               "still waiting (start the program that feeds it)", self.name,
+                               OPEN_TIMEOUT_MS / 1000)
+
+    def __exit__(self, *exc: object) -> None:
+        self._close()
+
+    def _close(self) -> None:
+        while self._fds:
+            os.close(self._fds.pop())
 
 
 _opencv_note = threading.Lock()
@@ -189,7 +246,11 @@ class OpencvCameraSource:
         self._thread.start()
 
     def _capture(self, target: str | int, api: int, params: list[int]) -> cv2.VideoCapture:
-        cap = cv2.VideoCapture(target, api, params)
+        if isinstance(target, str) and api == cv2.CAP_FFMPEG and "://" not in target:
+            with _FifoWriterWait(target, self.name):
+                cap = cv2.VideoCapture(target, api, params)
+        else:
+            cap = cv2.VideoCapture(target, api, params)
         if not cap.isOpened():
             cap.release()
             _note_quiet_opencv()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -208,3 +210,75 @@ def test_non_mjpeg_stream_is_decoded_as_before_when_asked(tmp_path: Path,
         assert frame.image is not None and frame.encoded is None
     finally:
         source.close()
+
+
+def _feed_fifo(fifo: Path, data: bytes) -> threading.Thread:
+    def feed() -> None:
+        with open(fifo, "wb") as out:  # blocks until the source reads
+            out.write(data)
+    thread = threading.Thread(target=feed, daemon=True, name="test-fifo-writer")
+    thread.start()
+    return thread
+
+
+def test_a_fifo_without_a_writer_stalls_only_its_own_camera(tmp_path: Path) -> None:
+    # OpenCV opens FFmpeg captures under one process-wide lock: a FIFO blocked in open(2)
+    # inside OpenCV kept every other camera and video of the daemon from opening
+    fifo = tmp_path / "camera.fifo"
+    os.mkfifo(fifo)
+    clip = write_numbered_video(tmp_path / "stream.avi", 20)
+    waiting = _camera(str(fifo))
+    outcome: list[object] = []
+
+    def open_waiting() -> None:
+        try:
+            waiting.open()
+            outcome.append("opened")
+        except SourceError as exc:
+            outcome.append(exc)
+
+    opener = threading.Thread(target=open_waiting, daemon=True, name="test-fifo-open")
+    opener.start()
+    time.sleep(0.5)  # the FIFO's open is waiting by now (it would wait for ever)
+    other = _camera(str(clip))
+    done = threading.Event()
+    threading.Thread(target=lambda: (other.open(), done.set()), daemon=True).start()
+    try:
+        assert done.wait(20.0), "a second camera could not open while the FIFO waited"
+        assert outcome == []
+        # the program that feeds the FIFO starts: the waiting camera opens and delivers
+        writer = _feed_fifo(fifo, clip.read_bytes())
+        opener.join(20.0)
+        assert outcome == ["opened"], outcome
+        frame = waiting.read(10.0)
+        assert frame is not None and frame.image is not None
+        writer.join(20.0)
+    finally:
+        other.close()
+        waiting.close()
+        if opener.is_alive():  # a writer that opens and closes wakes a blocked open(2)
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+
+
+def test_a_fifo_writer_that_leaves_without_data_is_a_source_error(tmp_path: Path) -> None:
+    fifo = tmp_path / "camera.fifo"
+    os.mkfifo(fifo)
+    source = _camera(str(fifo))
+    errors: list[SourceError] = []
+
+    def open_it() -> None:
+        try:
+            source.open()
+        except SourceError as exc:
+            errors.append(exc)
+
+    opener = threading.Thread(target=open_it, daemon=True)
+    opener.start()
+    deadline = time.monotonic() + 10.0
+    while opener.is_alive() and time.monotonic() < deadline:
+        with contextlib.suppress(OSError):  # ENXIO until the source holds its end open
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        opener.join(0.1)
+    assert not opener.is_alive()
+    assert len(errors) == 1 and "without sending a frame" in str(errors[0]), errors
+    source.close()
