@@ -14,10 +14,12 @@ from __future__ import annotations
 import logging
 import os
 import select
+import socket
 import stat
 import threading
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import cv2
 import numpy as np
@@ -75,6 +77,41 @@ def mjpeg_packet(packet: np.ndarray) -> EncodedImage:
     if encoded is None:
         return EncodedImage("jpeg", packet.reshape(-1), 0, 0)
     return encoded
+
+
+# schemes that connect over TCP, with the port each implies (tcp:// always names one)
+_TCP_PORTS: dict[str, int | None] = {"rtsp": 554, "rtsps": 322, "rtmp": 1935, "http": 80,
+                                     "https": 443, "tcp": None}
+
+
+def _reach_stream_host(url: str, name: str) -> None:
+    """Connect to a TCP stream's host in Python before OpenCV opens it.
+
+    OpenCV's FFmpeg backend opens under one process-wide lock: a camera whose host is off (a
+    connect that hangs until the open timeout) kept every other camera and video file of the
+    daemon from opening for that long, at each retry. A host that cannot be reached is found
+    here, outside the lock; one that accepts the connection is left to OpenCV.
+
+    Raises:
+        SourceError: the host does not resolve, refuses, or does not answer in time.
+    """
+    try:
+        parts = urlsplit(url)
+        scheme = parts.scheme.lower()
+        if scheme not in _TCP_PORTS:
+            return  # UDP (udp://, srt://): nothing to connect to
+        host, port = parts.hostname, parts.port or _TCP_PORTS[scheme]
+    except ValueError:
+        return  # a malformed URL (a port out of range): OpenCV's open says so
+    if not host or port is None:
+        return
+    try:
+        socket.create_connection((host, port), timeout=OPEN_TIMEOUT_MS / 1000).close()
+    except OSError as exc:
+        reason = "no answer" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc))
+        raise SourceError(f"camera {name!r} cannot be opened: {host}:{port} cannot be "
+                          f"reached ({reason}; check the address, the network and that "
+                          "the camera is on)") from None
 
 
 class _FifoWriterWait:
@@ -249,6 +286,9 @@ class OpencvCameraSource:
         if isinstance(target, str) and api == cv2.CAP_FFMPEG and "://" not in target:
             with _FifoWriterWait(target, self.name):
                 cap = cv2.VideoCapture(target, api, params)
+        elif isinstance(target, str) and api == cv2.CAP_FFMPEG:
+            _reach_stream_host(target, self.name)
+            cap = cv2.VideoCapture(target, api, params)
         else:
             cap = cv2.VideoCapture(target, api, params)
         if not cap.isOpened():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -282,3 +283,45 @@ def test_a_fifo_writer_that_leaves_without_data_is_a_source_error(tmp_path: Path
     assert not opener.is_alive()
     assert len(errors) == 1 and "without sending a frame" in str(errors[0]), errors
     source.close()
+
+
+def test_a_refused_stream_says_which_host_and_port() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # bound, not listening: connections are refused
+        with pytest.raises(SourceError, match=f"127.0.0.1:{port} cannot be reached") as err:
+            _camera(f"rtsp://user:secret@127.0.0.1:{port}/live").open()
+    assert "secret" not in str(err.value)
+
+
+def test_a_stream_host_that_does_not_answer_stalls_only_its_own_camera(tmp_path: Path) -> None:
+    # OpenCV opens FFmpeg captures under one process-wide lock: a connect that hangs inside it
+    # kept every other camera and video of the daemon from opening until the open timeout
+    with socket.socket() as server, socket.socket() as queued:
+        server.bind(("127.0.0.1", 0))
+        server.listen(0)  # never accepted: once one connection waits, SYNs are dropped
+        port = server.getsockname()[1]
+        queued.connect(("127.0.0.1", port))
+        silent = _camera(f"rtsp://127.0.0.1:{port}/live")
+        errors: list[SourceError] = []
+
+        def open_silent() -> None:
+            try:
+                silent.open()
+            except SourceError as exc:
+                errors.append(exc)
+
+        opener = threading.Thread(target=open_silent, daemon=True, name="test-silent-open")
+        opener.start()
+        time.sleep(0.5)  # the silent camera's connect is hanging by now
+        other = _camera(str(write_numbered_video(tmp_path / "stream.avi", 20)))
+        done = threading.Event()
+        threading.Thread(target=lambda: (other.open(), done.set()), daemon=True).start()
+        try:
+            assert done.wait(30.0)
+            assert opener.is_alive(), "the silent camera's open ended before the other's"
+            opener.join(30.0)
+            assert len(errors) == 1 and "no answer" in str(errors[0]), errors
+        finally:
+            other.close()
+            silent.close()
