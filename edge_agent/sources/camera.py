@@ -82,6 +82,7 @@ def mjpeg_packet(packet: np.ndarray) -> EncodedImage:
 # schemes that connect over TCP, with the port each implies (tcp:// always names one)
 _TCP_PORTS: dict[str, int | None] = {"rtsp": 554, "rtsps": 322, "rtmp": 1935, "http": 80,
                                      "https": 443, "tcp": None}
+_PROXY_VARIABLES = ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY")
 
 
 def _reach_stream_host(url: str, name: str) -> None:
@@ -105,6 +106,8 @@ def _reach_stream_host(url: str, name: str) -> None:
         return  # a malformed URL (a port out of range): OpenCV's open says so
     if not host or port is None:
         return
+    if scheme.startswith("http") and any(os.environ.get(v) for v in _PROXY_VARIABLES):
+        return  # FFmpeg goes through the proxy: the camera may not be reachable directly
     try:
         socket.create_connection((host, port), timeout=OPEN_TIMEOUT_MS / 1000).close()
     except OSError as exc:

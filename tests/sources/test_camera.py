@@ -325,3 +325,20 @@ def test_a_stream_host_that_does_not_answer_stalls_only_its_own_camera(tmp_path:
         finally:
             other.close()
             silent.close()
+
+
+def test_an_http_stream_behind_a_proxy_is_left_to_ffmpeg(monkeypatch: pytest.MonkeyPatch) -> None:
+    # FFmpeg reaches http(s) cameras through $http_proxy: a direct connect proves nothing
+    from edge_agent.sources.camera import _PROXY_VARIABLES, _reach_stream_host
+
+    for name in _PROXY_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+        with pytest.raises(SourceError, match="cannot be reached"):
+            _reach_stream_host(f"http://127.0.0.1:{port}/mjpg", "cam")
+        monkeypatch.setenv("http_proxy", "http://proxy.example:3128")
+        _reach_stream_host(f"http://127.0.0.1:{port}/mjpg", "cam")  # no error: not checked
+        with pytest.raises(SourceError, match="cannot be reached"):
+            _reach_stream_host(f"rtsp://127.0.0.1:{port}/live", "cam")  # RTSP: no proxy
