@@ -213,6 +213,22 @@ def test_non_mjpeg_stream_is_decoded_as_before_when_asked(tmp_path: Path,
         source.close()
 
 
+def _open_in_background(source: OpencvCameraSource) -> tuple[threading.Thread, list[object]]:
+    """Start ``source.open()`` on a thread; its outcome list gets "opened" or the SourceError."""
+    outcome: list[object] = []
+
+    def run() -> None:
+        try:
+            source.open()
+            outcome.append("opened")
+        except SourceError as exc:
+            outcome.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True, name=f"test-open[{source.name}]")
+    thread.start()
+    return thread, outcome
+
+
 def _feed_fifo(fifo: Path, data: bytes) -> threading.Thread:
     def feed() -> None:
         with open(fifo, "wb") as out:  # blocks until the source reads
@@ -229,23 +245,13 @@ def test_a_fifo_without_a_writer_stalls_only_its_own_camera(tmp_path: Path) -> N
     os.mkfifo(fifo)
     clip = write_numbered_video(tmp_path / "stream.avi", 20)
     waiting = _camera(str(fifo))
-    outcome: list[object] = []
-
-    def open_waiting() -> None:
-        try:
-            waiting.open()
-            outcome.append("opened")
-        except SourceError as exc:
-            outcome.append(exc)
-
-    opener = threading.Thread(target=open_waiting, daemon=True, name="test-fifo-open")
-    opener.start()
+    opener, outcome = _open_in_background(waiting)
     time.sleep(0.5)  # the FIFO's open is waiting by now (it would wait for ever)
     other = _camera(str(clip))
-    done = threading.Event()
-    threading.Thread(target=lambda: (other.open(), done.set()), daemon=True).start()
+    second, opened = _open_in_background(other)
     try:
-        assert done.wait(20.0), "a second camera could not open while the FIFO waited"
+        second.join(20.0)
+        assert opened == ["opened"], "a second camera could not open while the FIFO waited"
         assert outcome == []
         # the program that feeds the FIFO starts: the waiting camera opens and delivers
         writer = _feed_fifo(fifo, clip.read_bytes())
@@ -265,16 +271,7 @@ def test_a_fifo_writer_that_leaves_without_data_is_a_source_error(tmp_path: Path
     fifo = tmp_path / "camera.fifo"
     os.mkfifo(fifo)
     source = _camera(str(fifo))
-    errors: list[SourceError] = []
-
-    def open_it() -> None:
-        try:
-            source.open()
-        except SourceError as exc:
-            errors.append(exc)
-
-    opener = threading.Thread(target=open_it, daemon=True)
-    opener.start()
+    opener, errors = _open_in_background(source)
     deadline = time.monotonic() + 10.0
     while opener.is_alive() and time.monotonic() < deadline:
         with contextlib.suppress(OSError):  # ENXIO until the source holds its end open
@@ -303,22 +300,13 @@ def test_a_stream_host_that_does_not_answer_stalls_only_its_own_camera(tmp_path:
         port = server.getsockname()[1]
         queued.connect(("127.0.0.1", port))
         silent = _camera(f"rtsp://127.0.0.1:{port}/live")
-        errors: list[SourceError] = []
-
-        def open_silent() -> None:
-            try:
-                silent.open()
-            except SourceError as exc:
-                errors.append(exc)
-
-        opener = threading.Thread(target=open_silent, daemon=True, name="test-silent-open")
-        opener.start()
+        opener, errors = _open_in_background(silent)
         time.sleep(0.5)  # the silent camera's connect is hanging by now
         other = _camera(str(write_numbered_video(tmp_path / "stream.avi", 20)))
-        done = threading.Event()
-        threading.Thread(target=lambda: (other.open(), done.set()), daemon=True).start()
+        second, opened = _open_in_background(other)
         try:
-            assert done.wait(30.0)
+            second.join(30.0)
+            assert opened == ["opened"], opened
             assert opener.is_alive(), "the silent camera's open ended before the other's"
             opener.join(30.0)
             assert len(errors) == 1 and "no answer" in str(errors[0]), errors
