@@ -11,6 +11,7 @@ file's own fps by default (``fps: 0`` as fast as the pipeline takes them, ``fps:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import select
@@ -18,6 +19,7 @@ import socket
 import stat
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -117,8 +119,9 @@ def _reach_stream_host(url: str, name: str) -> None:
                           "the camera is on)") from None
 
 
-class _FifoWriterWait:
-    """Wait for a FIFO's writer in Python, not inside OpenCV.
+@contextlib.contextmanager
+def _fifo_writer_waited(path: str, name: str) -> Iterator[None]:
+    """Around OpenCV's open of ``path``: when it is a FIFO, wait for its writer here first.
 
     OpenCV's FFmpeg backend opens every capture under one process-wide lock. A FIFO that no
     program writes to blocks open(2), and so every other camera and video file of the daemon
@@ -126,50 +129,44 @@ class _FifoWriterWait:
     the FIFO's). Here the wait is a poll(2) on a non-blocking descriptor, which holds no lock:
     the FIFO's pipeline stalls alone (the watchdog sees its heartbeat age), the others run.
 
-    Use as a context manager around the capture's open. Until it returns, the wait keeps a
-    reader's end open (a writer never finds the FIFO without a reader) and, once data is
-    there, a writer's end too: OpenCV's blocking open(2) then returns at once even when the
-    program that fed the FIFO has already written everything and left.
+    Until the block ends, a reader's end stays open (a writer never finds the FIFO without a
+    reader) and, once data is there, a writer's end too: OpenCV's blocking open(2) then
+    returns at once even when the program that fed the FIFO has already written and left.
+
+    Raises:
+        SourceError: a writer came and went without sending anything.
     """
+    fds: list[int] = []
+    try:
+        with contextlib.suppress(OSError):  # not there or not readable: OpenCV's open says so
+            if stat.S_ISFIFO(os.stat(path).st_mode):
+                fds.append(os.open(path, os.O_RDONLY | os.O_NONBLOCK))
+        if fds:
+            _wait_for_data(fds[0], name)
+            fds.append(os.open(path, os.O_WRONLY | os.O_NONBLOCK))
+        yield
+    finally:
+        for fd in fds:
+            os.close(fd)
 
-    def __init__(self, path: str, name: str) -> None:
-        self.path = path
-        self.name = name
-        self._fds: list[int] = []
 
-    def __enter__(self) -> _FifoWriterWait:
-        try:
-            if not stat.S_ISFIFO(os.stat(self.path).st_mode):
-                return self
-            reader = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK)
-        except OSError:
-            return self  # not there or not readable: OpenCV's open says so
-        self._fds.append(reader)
-        poller = select.poll()
-        poller.register(reader, select.POLLIN)
-        started = time.monotonic()
-        warned = False
-        while True:
-            events = poller.poll(500)
-            if any(ev & select.POLLIN for _, ev in events):
-                self._fds.append(os.open(self.path, os.O_WRONLY | os.O_NONBLOCK))
-                return self
-            if events:  # POLLHUP without data: a writer came and went without sending
-                self._close()
-                raise SourceError(f"camera {self.name!r}: the program writing to the FIFO "
-                                  "closed it without sending a frame")
-            if not warned and time.monotonic() - started >= OPEN_TIMEOUT_MS / 1000:
-                warned = True
-                logger.warning("camera %s: nothing has written to the FIFO for %.0f s; "
-                               "still waiting (start the program that feeds it)", self.name,
-                               OPEN_TIMEOUT_MS / 1000)
-
-    def __exit__(self, *exc: object) -> None:
-        self._close()
-
-    def _close(self) -> None:
-        while self._fds:
-            os.close(self._fds.pop())
+def _wait_for_data(fd: int, name: str) -> None:
+    """Until the FIFO ``fd`` has data; a warning once it has waited the open timeout."""
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    warn_at: float | None = time.monotonic() + OPEN_TIMEOUT_MS / 1000
+    while True:
+        events = poller.poll(500)
+        if any(ev & select.POLLIN for _, ev in events):
+            return
+        if events:  # POLLHUP without data: a writer came and went without sending
+            raise SourceError(f"camera {name!r}: the program writing to the FIFO closed it "
+                              "without sending a frame")
+        if warn_at is not None and time.monotonic() >= warn_at:
+            warn_at = None
+            logger.warning("camera %s: nothing has written to the FIFO for %.0f s; still "
+                           "waiting (start the program that feeds it)", name,
+                           OPEN_TIMEOUT_MS / 1000)
 
 
 _opencv_note = threading.Lock()
@@ -260,6 +257,8 @@ class OpencvCameraSource:
         self.close()
         target, api = capture_target(self.cfg.uri)
         params: list[int] = []
+        if isinstance(target, str) and "://" in target:
+            _reach_stream_host(target, self.name)  # once: open() may capture twice
         if api == cv2.CAP_FFMPEG:
             params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, OPEN_TIMEOUT_MS,
                       cv2.CAP_PROP_READ_TIMEOUT_MSEC, READ_TIMEOUT_MS]
@@ -287,11 +286,8 @@ class OpencvCameraSource:
 
     def _capture(self, target: str | int, api: int, params: list[int]) -> cv2.VideoCapture:
         if isinstance(target, str) and api == cv2.CAP_FFMPEG and "://" not in target:
-            with _FifoWriterWait(target, self.name):
+            with _fifo_writer_waited(target, self.name):
                 cap = cv2.VideoCapture(target, api, params)
-        elif isinstance(target, str) and api == cv2.CAP_FFMPEG:
-            _reach_stream_host(target, self.name)
-            cap = cv2.VideoCapture(target, api, params)
         else:
             cap = cv2.VideoCapture(target, api, params)
         if not cap.isOpened():
