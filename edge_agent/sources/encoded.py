@@ -184,16 +184,19 @@ class EncodedImage:
             except cv2.error:
                 return None
             return small
+        # a smaller frame of the same format, converted the way decode() converts (the
+        # camera's limited-range BT.601), so the copy is the full frame shrunk
+        h, w = self.height // factor & ~1, self.width // factor & ~1
         if self.kind == "yuyv":
-            # pixel pairs (Y0 U Y1 V): luma of every factor-th pixel, chroma of its pair
-            luma = self._data[::factor, ::factor, 0]
-            pairs = self._data[::factor, :, 1].reshape(-1, self.width // 2, 2)
-            uv = pairs[:, ::max(1, factor // 2)][:, :luma.shape[1]]
-            yuv = np.dstack((luma, uv[..., 0], uv[..., 1]))
+            # pixel pairs (Y0 U Y1 V): luma of every factor-th pixel, the chroma of every
+            # factor-th pair, packed again as pairs
+            luma = self._data[::factor, ::factor, 0][:h, :w]
+            chroma = self._data[::factor, :, 1].reshape(-1, self.width // 2, 2)[:, ::factor]
+            packed = np.dstack((luma, chroma.reshape(chroma.shape[0], -1)[:h, :w]))
+            bgr: np.ndarray = cv2.cvtColor(packed, cv2.COLOR_YUV2BGR_YUYV)
         else:
-            h = self.height
-            luma = self._data[:h:factor, ::factor]
-            uv = self._data[h:].reshape(h // 2, self.width // 2, 2)[::factor // 2, ::factor // 2]
-            yuv = np.dstack((luma, uv[..., 0], uv[..., 1]))
-        bgr: np.ndarray = cv2.cvtColor(np.ascontiguousarray(yuv), cv2.COLOR_YUV2BGR)
+            luma = self._data[:self.height:factor, ::factor][:h, :w]
+            uv = self._data[self.height:].reshape(self.height // 2, self.width // 2, 2)
+            chroma = uv[::factor, ::factor][:h // 2, :w // 2].reshape(h // 2, w)
+            bgr = cv2.cvtColor(np.vstack((luma, chroma)), cv2.COLOR_YUV2BGR_NV12)
         return bgr
