@@ -3,7 +3,10 @@
 :class:`OpencvCameraSource` opens a V4L2 device (an index such as ``0`` or ``"0"``, or a path
 ``/dev/videoN``) or a network stream (``rtsp://``, ``http(s)://``, ... through FFmpeg). A reader
 thread grabs continuously and keeps only the newest frame, so the pipeline always works on the
-present and the frames it could not take are counted in ``dropped``.
+present and the frames it could not take are counted in ``dropped``. With ``defer_decode`` it
+hands frames over still encoded (a V4L2 device's YUYV, NV12 or MJPEG buffers, an FFmpeg
+stream's MJPEG packets), so frames a motion gate finds still and frames dropped for newer ones
+are never converted in full.
 
 :class:`OpencvVideoSource` reads a file and hands over every frame in order, paced at the
 file's own fps by default (``fps: 0`` as fast as the pipeline takes them, ``fps: N`` at N).
@@ -43,6 +46,9 @@ READ_TIMEOUT_MS = 5_000  # FFmpeg: a stream that sends nothing for this long has
 DEFAULT_FILE_FPS = 25.0  # when a file does not say its frame rate
 JOIN_TIMEOUT_S = 6.0  # longer than READ_TIMEOUT_MS: a blocked read ends first
 _MJPEG_FOURCCS = frozenset({b"MJPG", b"MJPA", b"AVRN", b"JPEG"})
+# V4L2 formats whose raw buffers are handed over as encoded frames (``defer_decode``)
+_V4L2_RAW = {b"YUYV": "yuyv", b"YUY2": "yuyv", b"NV12": "nv12", b"MJPG": "jpeg",
+             b"JPEG": "jpeg"}
 
 
 def _file_path(uri: str) -> str:
@@ -70,6 +76,22 @@ def capture_target(uri: str | int) -> tuple[str | int, int]:
     if text.startswith("file://") or Path(text).exists():
         return _file_path(text), cv2.CAP_FFMPEG
     return text, cv2.CAP_ANY
+
+
+def _raw_buffer(kind: str, buffer: np.ndarray, size: tuple[int, int]) -> EncodedImage | None:
+    """A V4L2 buffer that OpenCV handed over unconverted, as an encoded frame of ``size``;
+    None when its bytes do not fit the format (a driver that pads lines, say)."""
+    width, height = size
+    if buffer.dtype != np.uint8 or width <= 0 or height <= 0:
+        return None
+    if kind == "jpeg":
+        encoded = EncodedImage.jpeg(buffer)
+        return encoded if encoded is not None and encoded.width == width else None
+    if kind == "yuyv" and buffer.size == width * height * 2 and width % 2 == 0:
+        return EncodedImage.yuyv(buffer, width, height)
+    if kind == "nv12" and buffer.size == width * height * 3 // 2 and not (width | height) % 2:
+        return EncodedImage.nv12(buffer, width, height)
+    return None
 
 
 def mjpeg_packet(packet: np.ndarray) -> EncodedImage:
@@ -215,12 +237,16 @@ class OpencvCameraSource:
         dropped: frames grabbed but replaced by a newer one before the pipeline took them.
         grabbed: frames the reader thread grabbed since open().
         live: always True.
-        defer_decode: for an MJPEG stream opened through FFmpeg (``http://``, ``rtsp://``...),
-            hand frames over as their JPEG packets (``Frame.encoded``): a motion gate looks at
-            a DCT-scaled decode first, and frames dropped for newer ones are never decoded.
-            Set by the pipeline, before open(), when it has a gate. V4L2 devices are decoded
+        defer_decode: hand frames over still encoded (``Frame.encoded``), so that a motion
+            gate looks at a cheap reduced copy first and frames dropped for newer ones are
+            never decoded: an MJPEG stream opened through FFmpeg (``http://``, ``rtsp://``...)
+            as its JPEG packets; a V4L2 device that delivers YUYV, NV12 or MJPEG as its raw
+            buffers (``CAP_PROP_CONVERT_RGB`` off; the full conversion is the one OpenCV
+            would have made). Set by the pipeline before open(); any other format is decoded
             as before.
-        raw_packets: whether this open() reads JPEG packets.
+        raw_packets: whether this open() reads JPEG packets from FFmpeg.
+        raw_format: the V4L2 format this open() hands over undecoded (``yuyv``, ``nv12`` or
+            ``jpeg``), or None.
     """
 
     live = True
@@ -239,6 +265,8 @@ class OpencvCameraSource:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.raw_packets = False
+        self.raw_format: str | None = None
+        self._size = (0, 0)
 
     def __repr__(self) -> str:
         return f"OpencvCameraSource({self.name!r})"
@@ -271,15 +299,19 @@ class OpencvCameraSource:
                 cap.release()
                 cap = self._capture(target, api, params)
         self._configure(cap)
+        self.raw_format = None
+        if self.defer_decode and api == cv2.CAP_V4L2:
+            first = self._first_raw_buffer(cap)
         self._stop.clear()
         with self._cond:
             self._latest = first
             self._error = None
         self.grabbed = int(first is not None)
         # from here on the reader thread owns (and finally releases) the capture
-        logger.info("camera %s opened (%s, %dx%d)", self.name, cap.getBackendName(),
+        logger.info("camera %s opened (%s, %dx%d%s)", self.name, cap.getBackendName(),
                     int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)),
-                    int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT)))
+                    int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT)),
+                    f", {self.raw_format} buffers decoded on demand" if self.raw_format else "")
         self._thread = threading.Thread(target=self._reader, args=(cap,), daemon=True,
                                         name=f"camera-reader[{self.name}]")
         self._thread.start()
@@ -305,6 +337,28 @@ class OpencvCameraSource:
         if encoded is None:
             return None
         self.raw_packets = True
+        frame = Frame(index=self._index, ts=time.time(), encoded=encoded)
+        self._index += 1
+        return frame
+
+    def _first_raw_buffer(self, cap: cv2.VideoCapture) -> Frame | None:
+        """Switch a V4L2 device that delivers YUYV, NV12 or MJPEG to its raw buffers; the
+        first buffer as a frame, or None (conversion left on) for any other format or a
+        buffer that does not look like the format says."""
+        fourcc = int(cap.get(cv2.CAP_PROP_FOURCC)).to_bytes(4, "little")
+        kind = _V4L2_RAW.get(fourcc)
+        if kind is None or not cap.set(cv2.CAP_PROP_CONVERT_RGB, 0):
+            return None
+        size = (int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT)))
+        ok, buffer = cap.read()
+        encoded = _raw_buffer(kind, buffer, size) if ok and buffer is not None else None
+        if encoded is None:
+            logger.info("camera %s: %s buffers of shape %s are not what OpenCV converts; "
+                        "decoding every frame", self.name, fourcc.decode("ascii", "replace"),
+                        None if buffer is None else buffer.shape)
+            cap.set(cv2.CAP_PROP_CONVERT_RGB, 1)
+            return None
+        self.raw_format, self._size = kind, size
         frame = Frame(index=self._index, ts=time.time(), encoded=encoded)
         self._index += 1
         return frame
@@ -335,6 +389,14 @@ class OpencvCameraSource:
                 if self.raw_packets:
                     frame = Frame(index=self._index, ts=time.time(),
                                   encoded=mjpeg_packet(image))
+                elif self.raw_format is not None:
+                    encoded = _raw_buffer(self.raw_format, image, self._size)
+                    if encoded is None:
+                        self._fail(f"camera {self.name!r} delivered a {self.raw_format} "
+                                   f"buffer of shape {image.shape} for "
+                                   f"{self._size[0]}x{self._size[1]}")
+                        return
+                    frame = Frame(index=self._index, ts=time.time(), encoded=encoded)
                 else:
                     frame = Frame(index=self._index, ts=time.time(), image=image)
                 self._index += 1
