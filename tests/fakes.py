@@ -198,3 +198,29 @@ def fake_bundle(name: str = "fake", version: int = 0, *, size: int = 8,
     pre = Preprocessor(runtime.signature.inputs[0], letterbox=False, color="rgb", buffers=5)
     ref = ModelRef(name=name, version=version, sha256=f"{version:064x}")
     return ModelBundle(runtime, pre, CountDecoder(), load_labels(None), ref, runtime.path, None)
+
+
+def gated_pipeline(cfg: Any, source_class: Callable[[Any], Any]
+                   ) -> tuple[Any, list[Any], RecordingTransport]:
+    """A Pipeline on ``cfg`` (with its motion gate) around :func:`fake_bundle`, publishing
+    through the real policy and egress guard into a RecordingTransport; the sources it
+    opens are collected in the returned list."""
+    from edge_agent.motion import MotionGate
+    from edge_agent.pipeline import Pipeline
+    from edge_agent.privacy import new_seal
+    from edge_agent.privacy.egress import EgressGuard
+    from edge_agent.privacy.policy import PrivacyPolicy
+
+    sources: list[Any] = []
+
+    def factory(c: Any) -> Any:
+        sources.append(source_class(c))
+        return sources[-1]
+
+    transport = RecordingTransport()
+    seal = new_seal()
+    guard = EgressGuard(transport, "edge-agent", "dev", None, seal)
+    pipe = Pipeline(cfg, fake_bundle(), source_factory=factory,
+                    policy=PrivacyPolicy(cfg.privacy, cfg.name, "dev", seal), send=guard.send,
+                    gate=MotionGate(cfg.motion))
+    return pipe, sources, transport

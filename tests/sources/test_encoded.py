@@ -17,17 +17,13 @@ import pytest
 from edge_agent.config import ImagesSourceConfig, MotionConfig, PipelineConfig, VideoSourceConfig
 from edge_agent.errors import SourceError
 from edge_agent.motion import MotionGate
-from edge_agent.pipeline import Pipeline
-from edge_agent.privacy import new_seal
-from edge_agent.privacy.egress import EgressGuard
-from edge_agent.privacy.policy import PrivacyPolicy
 from edge_agent.sources.camera import OpencvVideoSource
 from edge_agent.sources.conform import image_file_pixels
 from edge_agent.sources.encoded import EncodedImage, jpeg_size, reduce_factor
 from edge_agent.sources.images import ImageFolderSource
 from edge_agent.sources.synthetic import write_clip
 from edge_agent.types import Frame
-from tests.fakes import RecordingTransport, fake_bundle
+from tests.fakes import gated_pipeline
 
 FPS = 10
 EPISODES = [(2.0, 3.0), (6.0, 7.5), (12.0, 12.3), (16.0, 19.0)]  # as tests/test_motion.py
@@ -195,18 +191,7 @@ def test_gated_pipeline_on_mjpeg_reports_every_episode_and_decodes_only_what_it_
     cfg = PipelineConfig.model_validate({
         "name": "door", "source": {"type": "video", "uri": str(clip), "fps": 0},
         "model": {"path": "fake.tflite"}, "motion": {"enabled": True, "heartbeat_s": 10}})
-    sources: list[OpencvVideoSource] = []
-
-    def factory(c: VideoSourceConfig) -> OpencvVideoSource:
-        sources.append(OpencvVideoSource(c))
-        return sources[-1]
-
-    transport = RecordingTransport()
-    seal = new_seal()
-    guard = EgressGuard(transport, "edge-agent", "dev", None, seal)
-    pipe = Pipeline(cfg, fake_bundle(), source_factory=factory,  # type: ignore[arg-type]
-                    policy=PrivacyPolicy(cfg.privacy, "door", "dev", seal), send=guard.send,
-                    gate=MotionGate(cfg.motion))
+    pipe, sources, transport = gated_pipeline(cfg, OpencvVideoSource)
     pipe.start()
     pipe.join(60)
     pipe.stop()

@@ -24,15 +24,10 @@ import numpy as np
 import pytest
 
 from edge_agent.config import CameraSourceConfig, PipelineConfig
-from edge_agent.motion import MotionGate
-from edge_agent.pipeline import Pipeline
-from edge_agent.privacy import new_seal
-from edge_agent.privacy.egress import EgressGuard
-from edge_agent.privacy.policy import PrivacyPolicy
 from edge_agent.sources.camera import OpencvCameraSource
 from edge_agent.sources.encoded import EncodedImage
 from edge_agent.types import Frame
-from tests.fakes import RecordingTransport, fake_bundle
+from tests.fakes import gated_pipeline
 
 DEVICE = os.environ.get("EDGE_AGENT_V4L2_DEVICE", "")
 pytestmark = pytest.mark.skipif(
@@ -124,18 +119,7 @@ def test_gated_pipeline_converts_only_what_it_infers(monkeypatch: pytest.MonkeyP
         # vivid's text block (its clock) masked, as one masks a camera's timestamp overlay
         "motion": {"enabled": True, "heartbeat_s": 600,
                    "masks": [[[0, 0], [0.75, 0], [0.75, 0.32], [0, 0.32]]]}})
-    sources: list[OpencvCameraSource] = []
-
-    def factory(c: CameraSourceConfig) -> OpencvCameraSource:
-        sources.append(OpencvCameraSource(c))
-        return sources[-1]
-
-    transport = RecordingTransport()
-    seal = new_seal()
-    guard = EgressGuard(transport, "edge-agent", "dev", None, seal)
-    pipe = Pipeline(cfg, fake_bundle(), source_factory=factory,  # type: ignore[arg-type]
-                    policy=PrivacyPolicy(cfg.privacy, "door", "dev", seal), send=guard.send,
-                    gate=MotionGate(cfg.motion))
+    pipe, sources, transport = gated_pipeline(cfg, OpencvCameraSource)
     _brightness(128)
     pipe.start()
     try:
