@@ -184,19 +184,19 @@ class EncodedImage:
             except cv2.error:
                 return None
             return small
-        # a smaller frame of the same format, converted the way decode() converts (the
-        # camera's limited-range BT.601), so the copy is the full frame shrunk
+        # a smaller frame of the same format (every factor-th line, and every factor-th pixel
+        # pair or pixel: only those are read), converted the way
+        # decode() converts (the camera's limited-range BT.601): the full frame shrunk
         h, w = self.height // factor & ~1, self.width // factor & ~1
         if self.kind == "yuyv":
-            # pixel pairs (Y0 U Y1 V): luma of every factor-th pixel, the chroma of every
-            # factor-th pair, packed again as pairs
-            luma = self._data[::factor, ::factor, 0][:h, :w]
-            chroma = self._data[::factor, :, 1].reshape(-1, self.width // 2, 2)[:, ::factor]
-            packed = np.dstack((luma, chroma.reshape(chroma.shape[0], -1)[:h, :w]))
-            bgr: np.ndarray = cv2.cvtColor(packed, cv2.COLOR_YUV2BGR_YUYV)
+            # as pairs of pixels (Y0 U Y1 V): each kept pair keeps its own chroma
+            pairs = self._data.reshape(self.height, self.width // 2, 4)
+            small = cv2.resize(pairs, (w // 2, h), interpolation=cv2.INTER_NEAREST)
+            bgr: np.ndarray = cv2.cvtColor(small.reshape(h, w, 2), cv2.COLOR_YUV2BGR_YUYV)
         else:
             luma = self._data[:self.height:factor, ::factor][:h, :w]
             uv = self._data[self.height:].reshape(self.height // 2, self.width // 2, 2)
-            chroma = uv[::factor, ::factor][:h // 2, :w // 2].reshape(h // 2, w)
-            bgr = cv2.cvtColor(np.vstack((luma, chroma)), cv2.COLOR_YUV2BGR_NV12)
+            chroma = cv2.resize(uv, (w // 2, h // 2), interpolation=cv2.INTER_NEAREST)
+            bgr = cv2.cvtColor(np.vstack((luma, chroma.reshape(h // 2, w))),
+                               cv2.COLOR_YUV2BGR_NV12)
         return bgr
