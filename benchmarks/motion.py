@@ -5,9 +5,11 @@ episodes as frame ranges (the ground truth). Three runs process the whole clip u
 frame, in order) through the same pipeline and egress: the gate off; the gate on, measuring a
 DCT-scaled decode of each MJPEG packet and decoding in full only what it lets through (what
 the pipeline does); and the gate on with every frame decoded in full first (the pipeline
-before deferred decoding, kept as the baseline). They alternate over ``rounds`` rounds; the
-CPU seconds of the process are compared per round, and every episode must have at least one
-published result inside its frame range when the gate is on.
+before deferred decoding, kept as the baseline). Two more runs take the same frames as a raw
+YUYV camera hands them over (:class:`_RawCameraSource`): gate off and gate on, the gate
+measuring a subsampled copy of the planes. They alternate over ``rounds`` rounds; the CPU
+seconds of the process are compared per round (raw gate on against raw gate off), and every
+episode must have at least one published result inside its frame range when the gate is on.
 """
 
 from __future__ import annotations
@@ -45,8 +47,75 @@ class _DecodingSource:
         self._inner.close()
 
 
+class _RawCameraSource:
+    """The clip's frames as a YUYV camera delivers them, undecoded.
+
+    Each frame's buffer is read from a file of raw YUYV frames (converted from the clip once,
+    before any measured run) into a new array, the copy OpenCV makes of a V4L2 buffer, and
+    handed over as an ``EncodedImage`` the way ``OpencvCameraSource`` hands over a V4L2
+    camera's YUYV buffers (``tests/sources/test_v4l2_device.py`` runs that on a real driver).
+    Unpaced, every frame in order, like the clip runs.
+    """
+
+    live = False
+    bad_lines = 0
+    dropped = 0
+    defer_decode = True
+
+    def __init__(self, path: Path, width: int, height: int) -> None:
+        self._path = path
+        self._size = (width, height)
+        self._file: Any = None
+        self._index = 0
+
+    def open(self) -> None:
+        self._file = self._path.open("rb", buffering=0)
+        self._index = 0
+
+    def read(self, timeout: float) -> Any:
+        import numpy as np
+
+        from edge_agent.sources.encoded import EncodedImage
+        from edge_agent.types import Frame
+
+        width, height = self._size
+        buffer = np.empty(width * height * 2, np.uint8)
+        if self._file is None or self._file.readinto(buffer) != buffer.size:
+            raise EOFError
+        frame = Frame(index=self._index, ts=time.time(),
+                      encoded=EncodedImage.yuyv(buffer, width, height))
+        self._index += 1
+        return frame
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
+def write_raw_frames(clip: Path, dest: Path) -> tuple[int, int]:
+    """Every frame of ``clip`` as raw YUYV (BT.601, as cameras send it) into ``dest``, once;
+    the frame size."""
+    import cv2
+
+    cap = cv2.VideoCapture(str(clip))
+    size = (int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT)))
+    if not dest.exists():
+        part = dest.with_suffix(".part")
+        with part.open("wb") as out:
+            while True:
+                ok, image = cap.read()
+                if not ok:
+                    break
+                out.write(cv2.cvtColor(image, cv2.COLOR_BGR2YUV_YUYV).tobytes())
+        part.rename(dest)
+    cap.release()
+    return size
+
+
 def _run(model: Path, labels: Path | None, clip: Path, egress: Egress | None, *,
-         gated: bool, threads: int, defer: bool = True
+         gated: bool, threads: int, defer: bool = True,
+         raw: tuple[Path, int, int] | None = None
          ) -> tuple[float, float, list[int], dict[str, Any]]:
     from edge_agent.bundle import load_bundle
     from edge_agent.motion import MotionGate
@@ -69,6 +138,8 @@ def _run(model: Path, labels: Path | None, clip: Path, egress: Egress | None, *,
     gate = MotionGate(pcfg.motion) if gated else None
 
     def factory(cfg: Any) -> Any:
+        if raw is not None:
+            return _RawCameraSource(*raw)
         return create_source(cfg) if defer else _DecodingSource(create_source(cfg))
 
     pipe = Pipeline(pcfg, bundle, source_factory=factory,
@@ -103,10 +174,14 @@ def measure(model: Path, labels: Path | None, work: Path, egress: Egress | None,
         truth = write_clip(clip, seconds=CLIP_S, fps=FPS, episodes=EPISODES, seed=3)
         (work / "static.truth").write_text(repr(truth))
     truth = eval((work / "static.truth").read_text())  # our own repr of tuples
-    cpu: dict[str, list[float]] = {"gate_off": [], "gate_on": [], "gate_on_full_decode": []}
+    raw = (work / "static.yuyv", *write_raw_frames(clip, work / "static.yuyv"))
+    cpu: dict[str, list[float]] = {"gate_off": [], "gate_on": [], "gate_on_full_decode": [],
+                                   "raw_gate_off": [], "raw_gate_on": []}
     wall: dict[str, list[float]] = {k: [] for k in cpu}
-    ratios: dict[str, list[float]] = {"gate_on": [], "gate_on_full_decode": []}
+    ratios: dict[str, list[float]] = {"gate_on": [], "gate_on_full_decode": [],
+                                      "raw_gate_on": []}
     missed_any: set[tuple[int, int]] = set()
+    raw_missed: set[tuple[int, int]] = set()
     st: dict[str, dict[str, Any]] = {}
     off_idx: list[int] = []
     for _ in range(rounds):
@@ -123,6 +198,16 @@ def measure(model: Path, labels: Path | None, work: Path, egress: Egress | None,
             published = set(idx)
             missed_any |= {(a, b) for a, b in truth
                            if not any(a <= i <= b for i in published)}
+        raw_off, w, _, st["raw_gate_off"] = _run(model, labels, clip, egress, gated=False,
+                                                 threads=threads, raw=raw)
+        cpu["raw_gate_off"].append(raw_off)
+        wall["raw_gate_off"].append(w)
+        c, w, idx, st["raw_gate_on"] = _run(model, labels, clip, egress, gated=True,
+                                            threads=threads, raw=raw)
+        cpu["raw_gate_on"].append(c)
+        wall["raw_gate_on"].append(w)
+        ratios["raw_gate_on"].append(c / raw_off if raw_off else float("nan"))
+        raw_missed |= {(a, b) for a, b in truth if not any(a <= i <= b for i in set(idx))}
     moving = sum(b - a + 1 for a, b in truth)
     missed = sorted(missed_any)
 
@@ -147,6 +232,13 @@ def measure(model: Path, labels: Path | None, work: Path, egress: Egress | None,
                      "gate_on": st["gate_on"]["inferred"],
                      "gate_on_full_decode": st["gate_on_full_decode"]["inferred"]},
         "gated_frames": st["gate_on"]["gated"],
+        # the same frames from a raw YUYV camera: gate on / off, both on raw frames
+        "raw": {"cpu_ratio": round(_median(ratios["raw_gate_on"]), 3),
+                "cpu_ratio_rounds": spread(ratios["raw_gate_on"]),
+                "inferred": {"gate_off": st["raw_gate_off"]["inferred"],
+                             "gate_on": st["raw_gate_on"]["inferred"]},
+                "episodes_reported": len(truth) - len(raw_missed),
+                "episodes_missed": [list(e) for e in sorted(raw_missed)]},
         "episodes_reported": len(truth) - len(missed),
         "episodes_missed": [list(e) for e in missed],
         "frames_off": len(off_idx),
