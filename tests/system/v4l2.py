@@ -13,8 +13,9 @@ its ``vivid`` test driver loaded, a real V4L2 capture device that speaks YUYV, N
    writes pytest's exit code into a temp folder of the host, and powers off.
 
 TCG (software emulation, ``-cpu max`` for the vector instructions numpy and OpenCV use): KVM
-hangs in the kernel's start-up on this nested host. About a minute all told. Needs root (9p
-passthrough of ``/``) and qemu-system-x86 (the dev script installs it).
+hangs in the kernel's start-up on this nested host. 2 to 4 minutes all told, by load. Needs
+root (9p passthrough of ``/``) and qemu-system-x86 (the dev script installs it). The last pass
+of ``.ci/run``.
 """
 
 from __future__ import annotations
