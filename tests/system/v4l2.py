@@ -61,6 +61,20 @@ def _download(names: list[str], dest: Path) -> None:
                    capture_output=True)
 
 
+def _image_package() -> str:
+    """The versioned kernel package ``linux-image-amd64`` stands for (the package index is
+    refreshed once if it does not know it)."""
+    for attempt in range(2):
+        deps = subprocess.run(["apt-cache", "depends", "linux-image-amd64"],
+                              capture_output=True, text=True).stdout
+        for line in deps.splitlines():
+            if line.strip().startswith("Depends: linux-image-"):
+                return line.split()[-1]
+        if attempt == 0:
+            subprocess.run(["apt-get", "update", "-qq"], check=True, capture_output=True)
+    raise SystemExit("v4l2: Debian's package index has no linux-image-amd64")
+
+
 def _kernel() -> tuple[Path, Path]:
     """Debian's amd64 kernel and its unpacked modules (with modules.dep), cached."""
     done = CACHE / "kernel" / ".complete"
@@ -68,11 +82,7 @@ def _kernel() -> tuple[Path, Path]:
     if not done.exists():
         shutil.rmtree(root, ignore_errors=True)
         root.mkdir(parents=True)
-        deps = subprocess.run(["apt-cache", "depends", "linux-image-amd64"], check=True,
-                              capture_output=True, text=True).stdout
-        image = next(w.split()[-1] for w in deps.splitlines()
-                     if w.strip().startswith("Depends: linux-image-"))
-        _download([image, "busybox-static"], root)
+        _download([_image_package(), "busybox-static"], root)
         for deb in root.glob("*.deb"):
             subprocess.run(["dpkg-deb", "-x", str(deb), str(root / "x")], check=True)
         release = next((root / "x" / "lib" / "modules").iterdir()).name
@@ -136,6 +146,10 @@ def run(pytest_args: list[str], timeout: float) -> int:
     did not report one)."""
     if os.geteuid() != 0:
         print("v4l2: needs root (the guest mounts this host's / over 9p)", file=sys.stderr)
+        return 2
+    if os.uname().machine != "x86_64":
+        print(f"v4l2: this runner boots an amd64 kernel and needs an x86_64 host, not "
+              f"{os.uname().machine}", file=sys.stderr)
         return 2
     qemu = shutil.which("qemu-system-x86_64")
     if qemu is None:
