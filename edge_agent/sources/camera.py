@@ -386,7 +386,8 @@ class OpencvCameraSource:
                                    f"(unplugged, stream ended or lost) after "
                                    f"{self.grabbed} frames")
                     return
-                if self.raw_packets:
+                if self.raw_packets or self.raw_format == "jpeg":
+                    # a damaged JPEG fails at decode; the pipeline skips and counts it
                     frame = Frame(index=self._index, ts=time.time(),
                                   encoded=mjpeg_packet(image))
                 elif self.raw_format is not None:

@@ -17,6 +17,7 @@ import pytest
 from edge_agent.config import CameraSourceConfig
 from edge_agent.errors import SourceError
 from edge_agent.sources.camera import OpencvCameraSource, capture_target, display_uri
+from edge_agent.sources.encoded import EncodedImage
 from tests.sources.clips import SIZE, frame_number, level, write_numbered_video
 
 
@@ -330,3 +331,36 @@ def test_an_http_stream_behind_a_proxy_is_left_to_ffmpeg(monkeypatch: pytest.Mon
         _reach_stream_host(f"http://127.0.0.1:{port}/mjpg", "cam")  # no error: not checked
         with pytest.raises(SourceError, match="cannot be reached"):
             _reach_stream_host(f"rtsp://127.0.0.1:{port}/live", "cam")  # RTSP: no proxy
+
+
+class _BufferCapture:
+    """Stands in for an opened V4L2 capture in raw mode: hands out the given buffers, then
+    ends (the reader's logic only; tests/sources/test_v4l2_device.py runs a real driver)."""
+
+    def __init__(self, buffers: list[np.ndarray]) -> None:
+        self._buffers = list(buffers)
+
+    def read(self) -> tuple[bool, np.ndarray | None]:
+        return (True, self._buffers.pop(0)) if self._buffers else (False, None)
+
+    def release(self) -> None:
+        pass
+
+
+def test_a_damaged_mjpeg_buffer_from_a_v4l2_camera_is_handed_on_not_fatal() -> None:
+    good = np.frombuffer(cv2.imencode(".jpg", np.full((48, 64, 3), 90, np.uint8))[1], np.uint8)
+    damaged = np.frombuffer(b"\xff\xd8garbage", np.uint8)
+    source = _camera("/dev/video0")
+    source.raw_format, source._size = "jpeg", (64, 48)
+    source._thread = threading.current_thread()  # read() needs an open source
+    source._reader(_BufferCapture([good, damaged, good]))  # type: ignore[arg-type]
+    # all three were handed on (the damaged one fails at decode, where the pipeline counts
+    # it); the source ended only because the buffers did
+    assert source.grabbed == 3 and source.dropped == 2
+    frame = source.read(0.1)
+    assert frame is not None and frame.encoded is not None
+    decoded = frame.encoded.decode()
+    assert decoded is not None and decoded.shape == (48, 64, 3)
+    with pytest.raises(SourceError, match="stopped delivering frames"):
+        source.read(0.1)
+    assert EncodedImage("jpeg", damaged, 0, 0).decode() is None
