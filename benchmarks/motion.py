@@ -184,30 +184,31 @@ def measure(model: Path, labels: Path | None, work: Path, egress: Egress | None,
     raw_missed: set[tuple[int, int]] = set()
     st: dict[str, dict[str, Any]] = {}
     off_idx: list[int] = []
+    # in this order each round; a gated run's ratio is against the ungated run of its kind
+    runs: tuple[tuple[str, dict[str, Any]], ...] = (
+        ("gate_off", {"gated": False}), ("gate_on", {"gated": True}),
+        ("gate_on_full_decode", {"gated": True, "defer": False}),
+        ("raw_gate_off", {"gated": False, "raw": raw}),
+        ("raw_gate_on", {"gated": True, "raw": raw}))
+    baseline = {"gate_on": "gate_off", "gate_on_full_decode": "gate_off",
+                "raw_gate_on": "raw_gate_off"}
     for _ in range(rounds):
-        off_cpu, off_wall, off_idx, st["gate_off"] = _run(model, labels, clip, egress,
-                                                          gated=False, threads=threads)
-        cpu["gate_off"].append(off_cpu)
-        wall["gate_off"].append(off_wall)
-        for key, defer in (("gate_on", True), ("gate_on_full_decode", False)):
-            c, w, idx, st[key] = _run(model, labels, clip, egress, gated=True,
-                                      threads=threads, defer=defer)
+        for key, options in runs:
+            c, w, idx, st[key] = _run(model, labels, clip, egress, threads=threads, **options)
             cpu[key].append(c)
             wall[key].append(w)
-            ratios[key].append(c / off_cpu if off_cpu else float("nan"))
-            published = set(idx)
-            missed_any |= {(a, b) for a, b in truth
-                           if not any(a <= i <= b for i in published)}
-        raw_off, w, _, st["raw_gate_off"] = _run(model, labels, clip, egress, gated=False,
-                                                 threads=threads, raw=raw)
-        cpu["raw_gate_off"].append(raw_off)
-        wall["raw_gate_off"].append(w)
-        c, w, idx, st["raw_gate_on"] = _run(model, labels, clip, egress, gated=True,
-                                            threads=threads, raw=raw)
-        cpu["raw_gate_on"].append(c)
-        wall["raw_gate_on"].append(w)
-        ratios["raw_gate_on"].append(c / raw_off if raw_off else float("nan"))
-        raw_missed |= {(a, b) for a, b in truth if not any(a <= i <= b for i in set(idx))}
+            if key == "gate_off":
+                off_idx = idx
+            if key in baseline:
+                off = cpu[baseline[key]][-1]
+                ratios[key].append(c / off if off else float("nan"))
+                published = set(idx)
+                unreported = {(a, b) for a, b in truth
+                              if not any(a <= i <= b for i in published)}
+                if key == "raw_gate_on":
+                    raw_missed |= unreported
+                else:
+                    missed_any |= unreported
     moving = sum(b - a + 1 for a, b in truth)
     missed = sorted(missed_any)
 

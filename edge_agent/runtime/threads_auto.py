@@ -6,13 +6,12 @@ threads other pipelines' interpreters already use, at least 1): one interpreter 
 each warmed up once, then timed invokes on a zero input, the candidates taking turns in slices
 of ``SLICE_S`` (each opened by an untimed invoke: the first one after another candidate's turn
 finds caches and worker threads cold) until each has run for ``MEASURE_S`` (and at least
-``invokes`` times). Taking turns
-matters: the machine's load drifts (another process, the other pipelines), and candidates
-measured one after the other in a few milliseconds each would each see a different moment of
-it (measured: on a 2-core machine with a process busy 100 ms in every 200 ms, five invokes per
-candidate in a row picked 1 thread for BlazeFace 5 times in 12 and 2 threads 7 times). The
-choice is the fewest threads whose median invoke time is within ``TOLERANCE`` of the fastest:
-a thread that buys less than that is not worth its CPU.
+``invokes`` times). Taking turns matters: the machine's load drifts (another process, the
+other pipelines), and candidates measured one after the other in a few milliseconds each would
+each see a different moment of it (measured: on a 2-core machine with a process busy 100 ms
+in every 200 ms, five invokes per candidate in a row picked 1 thread for BlazeFace 5 times in
+12 and 2 threads 7 times). The choice is the fewest threads whose median invoke time is within
+``TOLERANCE`` of the fastest: a thread that buys less than that is not worth its CPU.
 """
 
 from __future__ import annotations
