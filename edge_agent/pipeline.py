@@ -39,6 +39,7 @@ from edge_agent.bundle import ModelBundle, outputs_finite
 from edge_agent.config import PipelineConfig
 from edge_agent.credentials import scrub_text
 from edge_agent.errors import SourceError
+from edge_agent.runtime.threads_auto import PipelineTrial
 from edge_agent.shadow_headroom import ArrivalClock
 from edge_agent.sources.conform import conform_image
 from edge_agent.thermal import FrameThinner
@@ -142,14 +143,29 @@ def _lower_thread_priority(increment: int) -> None:
         logger.debug("could not lower the priority of %s", threading.current_thread().name)
 
 
-def _thread_choice(bundle: ModelBundle) -> dict[str, Any]:
-    """``threads: auto``: the mode and each candidate's median invoke ms (status)."""
+def _thread_choice(bundle: ModelBundle, trial: PipelineTrial | None) -> dict[str, Any]:
+    """``threads: auto``: the mode, each candidate's median invoke ms at load and, once the
+    trial in the pipeline has decided, each one's frames per second there (status)."""
     choice = getattr(bundle, "thread_choice", None)
     if choice is None:
         return {}
-    return {"threads_mode": "auto",
-            "threads_measured": ", ".join(f"{n}: {ms} ms"
-                                          for n, ms in sorted(choice.median_ms.items()))}
+    out = {"threads_mode": "auto",
+           "threads_measured": ", ".join(f"{n}: {ms} ms"
+                                         for n, ms in sorted(choice.median_ms.items()))}
+    if trial is not None and trial.runtime is bundle.runtime and trial.choice is not None:
+        out["threads_pipeline"] = ", ".join(
+            f"{n}: {fps} fps" for n, fps in sorted(trial.choice.pipeline_fps.items()))
+    return out
+
+
+def _new_trial(bundle: ModelBundle) -> PipelineTrial | None:
+    """``threads: auto`` with more than one candidate, on a runtime that can change its CPU
+    interpreter: the trial of the candidates in the running pipeline."""
+    choice = getattr(bundle, "thread_choice", None)
+    if choice is None or len(choice.candidates) < 2 \
+            or not hasattr(bundle.runtime, "cpu_variant"):
+        return None
+    return PipelineTrial(bundle.runtime, choice)
 
 
 @dataclass(slots=True)
@@ -287,6 +303,7 @@ class Pipeline:
         self.target_changes = 0  # execution-target changes (failovers and returns)
         self.on_target_change: Callable[[str, TargetChange], None] | None = None
         self._hook_targets(bundle)
+        self._trial = _new_trial(bundle)  # threads: auto, tried again on the real frames
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -354,7 +371,10 @@ class Pipeline:
             return
         bundle, done = pending
         self._hook_targets(bundle)
+        if self._trial is not None:
+            self._trial.abort()
         old, self._bundle = self._bundle, bundle
+        self._trial = _new_trial(bundle)
         self._hook_targets(old, hook=False)
         logger.info("pipeline %s: now serving %s v%d (%s)", self.name, bundle.ref.name,
                     bundle.ref.version, bundle.ref.sha256[:12])
@@ -402,7 +422,7 @@ class Pipeline:
             "runtime": {"backend": info.backend, "version": info.backend_version,
                         "delegate": info.delegate, "threads": info.threads,
                         "fallback": info.fallback_reason,
-                        **_thread_choice(self._bundle)},
+                        **_thread_choice(self._bundle, self._trial)},
             "target": getattr(self._bundle.runtime, "active", None),
             "targets": {t["name"]: t["state"] for t in targets},
             "target_changes": self.target_changes,
@@ -697,6 +717,8 @@ class Pipeline:
                 except queue.Empty:
                     if self._capture_done.is_set() and self._q_in.empty():
                         break
+                    if self._trial is not None:
+                        self._trial.overdue()
                     continue
                 if item is _END:
                     break
@@ -707,6 +729,8 @@ class Pipeline:
             logger.exception("pipeline %s: inference thread failed", self.name)
             self.state = "error"
         finally:
+            if self._trial is not None:
+                self._trial.abort()
             self._infer_done.set()
             self._put_end(self._q_out, "post")
 
@@ -735,6 +759,9 @@ class Pipeline:
                        if shadow is not None and shadow.share_inputs else [])
         self._observe_stage("invoke", dt)
         self._q_out.put(item)
+        trial = self._trial
+        if trial is not None and trial.active:
+            trial.frame_done()  # between frames: it may switch the serving interpreter
 
     def _post_loop(self) -> None:
         _lower_thread_priority(self.tuning.aux_nice)

@@ -422,7 +422,35 @@ class TargetRuntime:
                                                      self.invoke_timeout_s, self.on_wait)
         return result
 
-    def _build(self, spec: TargetSpec, recover: bool) -> TfliteRuntime:
+    def cpu_variant(self, threads: int) -> TfliteRuntime | None:
+        """Another CPU interpreter of the serving model, with ``threads`` threads, warmed up
+        (for :meth:`exchange`; ``threads: auto``'s trial in the running pipeline). None when
+        the serving target is not the CPU: a delegate's thread count is not ours to try.
+
+        Raises:
+            ModelError: the model does not load or warm up with that count.
+        """
+        index, loaded = self._active, self._loaded
+        if index is None or loaded is None or loaded.worker is not None \
+                or self._states[index].spec.library is not None:
+            return None
+        return self._build(self._states[index].spec, recover=False, threads=threads)
+
+    def exchange(self, runtime: TfliteRuntime) -> TfliteRuntime | None:
+        """Serve with ``runtime`` (from :meth:`cpu_variant`) from the next invoke on; return
+        the interpreter it replaces, now the caller's. None, and nothing changes, when the
+        serving target is no longer the CPU (a failover since). Between frames, on the
+        inference thread, like ``infer``."""
+        index, loaded = self._active, self._loaded
+        if self._closed or index is None or loaded is None or loaded.worker is not None \
+                or self._states[index].spec.library is not None:
+            return None
+        self._loaded = _Loaded(runtime, None)
+        self._threads = runtime.info.threads  # later (re)loads use the count serving now
+        return loaded.runtime
+
+    def _build(self, spec: TargetSpec, recover: bool, threads: int | None = None
+               ) -> TfliteRuntime:
         """Load ``spec`` and warm it up (on the thread that will invoke it)."""
         if recover and spec.recover is not None:
             did = spec.recover()
@@ -437,7 +465,7 @@ class TargetRuntime:
         if spec.library is not None:
             delegate = spec.library if spec.library == "edgetpu" and not spec.options else \
                 {"library": spec.library, "options": dict(spec.options)}
-        runtime = TfliteRuntime(spec.path, threads=self._threads, delegate=delegate,
+        runtime = TfliteRuntime(spec.path, threads=threads or self._threads, delegate=delegate,
                                 fallback_to_cpu=False, backend=self._backend)
         # every load names its target and file (which file ran where is auditable in the log)
         logger.info("target %s: loaded %s", spec.name, spec.path.name)

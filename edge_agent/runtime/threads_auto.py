@@ -12,6 +12,20 @@ each see a different moment of it (measured: on a 2-core machine with a process 
 in every 200 ms, five invokes per candidate in a row picked 1 thread for BlazeFace 5 times in
 12 and 2 threads 7 times). The choice is the fewest threads whose median invoke time is within
 ``TOLERANCE`` of the fastest: a thread that buys less than that is not worth its CPU.
+
+That measures the model alone. In the running pipeline the interpreter's threads share the
+CPUs with the pipeline's own work (reading and decoding frames, preparing inputs, publishing)
+and with the other pipelines, and on a small machine that work can make fewer threads the
+faster pipeline (measured on 2 CPUs: BlazeFace ran 1.4x faster alone at 2 threads, but its
+pipeline 1.24x faster at 1). So once a pipeline has run ``TRIAL_WARMUP_S``, a
+:class:`PipelineTrial` tries the candidates again in the pipeline itself: each serves the
+real frames in turn (``TRIAL_ROUNDS`` rounds of at least ``TRIAL_SLICE_S`` and
+``TRIAL_SLICE_FRAMES`` frames each), and the pipeline keeps the fewest threads whose median
+frames per second is within ``TOLERANCE`` of the best. A camera that delivers fewer frames than
+either count can infer thus gets the fewest threads. Pauses longer than ``TRIAL_GAP_S``
+between two frames (a motion gate that is closed, a slow sensor) are not counted; a pipeline
+that has not inferred enough frames for the trial within ``TRIAL_DEADLINE_S`` keeps the pick
+made at load.
 """
 
 from __future__ import annotations
@@ -20,8 +34,10 @@ import logging
 import os
 import statistics
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -34,6 +50,12 @@ INVOKES = 5  # timed invokes per candidate at least, after one warm-up
 MEASURE_S = 0.2  # seconds of timed invokes per candidate at least (taken in turns)
 SLICE_S = 0.05  # one turn: this long (at least one invoke) before the next candidate runs
 MAX_INVOKES = 400  # per candidate: a tiny model stops here rather than at MEASURE_S
+TRIAL_WARMUP_S = 3.0  # the pipeline runs this long on the load-time pick before its trial
+TRIAL_SLICE_S = 1.0  # one candidate's turn in the pipeline: this long (frames flowing) ...
+TRIAL_SLICE_FRAMES = 10  # ... and at least this many frames, the first after a switch not counted
+TRIAL_ROUNDS = 3  # turns per candidate
+TRIAL_GAP_S = 0.5  # a longer pause between two frames is not counted (gate closed, slow source)
+TRIAL_DEADLINE_S = 120.0  # not enough frames by then: the load-time pick stays
 
 
 @dataclass(frozen=True)
@@ -43,9 +65,17 @@ class ThreadChoice:
     threads: int
     candidates: tuple[int, ...]
     median_ms: dict[int, float] = field(default_factory=dict)
+    # after the trial in the running pipeline: each candidate's median frames per second and
+    # the process's CPU ms per frame in its turns (empty before, or when it did not run)
+    pipeline_fps: dict[int, float] = field(default_factory=dict)
+    pipeline_cpu_ms: dict[int, float] = field(default_factory=dict)
 
     def describe(self) -> str:
         """One log line: the choice and what it was chosen from."""
+        if self.pipeline_fps:
+            tried = ", ".join(f"{n}: {fps:.1f} fps, {self.pipeline_cpu_ms.get(n, 0.0):.2f} ms CPU"
+                              for n, fps in sorted(self.pipeline_fps.items()))
+            return f"threads auto -> {self.threads} in the pipeline (per frame {tried})"
         tried = ", ".join(f"{n}: {ms:.2f} ms" for n, ms in sorted(self.median_ms.items()))
         return f"threads auto -> {self.threads} (median invoke {tried})"
 
@@ -107,3 +137,143 @@ def pick_threads(path: str | Path, *, budget: int, invokes: int = INVOKES,
     best = min(medians.values())
     threads = min(n for n, ms in medians.items() if ms <= best * (1.0 + TOLERANCE))
     return ThreadChoice(threads, candidates, medians)
+
+
+class PipelineTrial:
+    """``threads: auto``'s second look, in the running pipeline (see the module doc).
+
+    Driven by the pipeline's inference thread: :meth:`frame_done` after every inference,
+    between frames, which is also when it switches the serving interpreter. ``runtime`` is the
+    bundle's runtime (``cpu_variant(threads)`` and ``exchange(interpreter)``, see
+    :class:`~edge_agent.runtime.targets.TargetRuntime`); ``clock`` and ``cpu`` are the wall and
+    process CPU clocks (tests drive them).
+    """
+
+    def __init__(self, runtime: Any, choice: ThreadChoice, *,
+                 clock: Callable[[], float] = time.monotonic,
+                 cpu: Callable[[], float] = time.process_time) -> None:
+        self.runtime = runtime
+        self.load_choice = choice
+        self.choice: ThreadChoice | None = None  # the outcome, once decided
+        self.active = True
+        self._clock, self._cpu = clock, cpu
+        self._serving = choice.threads
+        self._spare: dict[int, Any] = {}  # the candidates' interpreters not serving now
+        order = list(choice.candidates)
+        # the turns: forward, then backward, ... so that a drift weighs on every candidate alike
+        self._turns = [n for r in range(TRIAL_ROUNDS) for n in (order if r % 2 == 0
+                                                                  else order[::-1])]
+        self._fps: dict[int, list[float]] = {n: [] for n in order}
+        self._cpu_ms: dict[int, list[float]] = {n: [] for n in order}
+        self._start: float | None = None  # the first frame
+        self._measuring_since: float | None = None
+        self._last: tuple[float, float] | None = None  # (wall, cpu) of the previous frame
+        self._frames = 0
+        self._wall = self._cpu_s = 0.0
+
+    def frame_done(self) -> None:
+        """One frame inferred: count it, and move on to the next turn or decide when due."""
+        if not self.active:
+            return
+        now, cpu = self._clock(), self._cpu()
+        if self._measuring_since is None:
+            if self._start is None:
+                self._start = now
+            elif now - self._start >= TRIAL_WARMUP_S:
+                self._begin(now)
+            return
+        if self.overdue():
+            return
+        last, self._last = self._last, (now, cpu)
+        if last is None:  # the first frame after a switch opens the turn, uncounted
+            return
+        gap = now - last[0]
+        if gap > TRIAL_GAP_S:
+            return
+        self._frames += 1
+        self._wall += gap
+        self._cpu_s += max(0.0, cpu - last[1])
+        if self._wall >= TRIAL_SLICE_S and self._frames >= TRIAL_SLICE_FRAMES:
+            n = self._turns.pop(0)
+            self._fps[n].append(self._frames / self._wall)
+            self._cpu_ms[n].append(1000.0 * self._cpu_s / self._frames)
+            if self._turns:
+                self._serve(self._turns[0])
+            else:
+                self._decide()
+
+    def overdue(self) -> bool:
+        """Whether the trial ran out of time (checked by :meth:`frame_done`, and by the
+        pipeline while no frame comes): the load-time pick then stays, the spare
+        interpreters are closed."""
+        since = self._measuring_since
+        if not self.active or since is None or self._clock() - since <= TRIAL_DEADLINE_S:
+            return False
+        logger.info("threads auto: the pipeline did not infer enough frames in %.0f s to "
+                    "compare thread counts; keeping %d", TRIAL_DEADLINE_S,
+                    self.load_choice.threads)
+        self._finish(self.load_choice.threads, decided=False)
+        return True
+
+    def abort(self) -> None:
+        """Stop without deciding (the pipeline stops, or swaps its model): the interpreter
+        serving now stays, the others are closed."""
+        if self.active:
+            self.active = False
+            self._close_spares()
+
+    # ------------------------------------------------------------------ internals
+
+    def _begin(self, now: float) -> None:
+        try:
+            for n in self.load_choice.candidates:
+                if n != self._serving:
+                    variant = self.runtime.cpu_variant(n)
+                    if variant is None:  # a delegate serves: nothing to try
+                        self.abort()
+                        return
+                    self._spare[n] = variant
+        except Exception as exc:  # a count that does not load: the load-time pick stays
+            logger.warning("threads auto: no trial in the pipeline (%s)", exc)
+            self.abort()
+            return
+        self._measuring_since = now
+        self._serve(self._turns[0])
+
+    def _serve(self, threads: int) -> None:
+        self._last, self._frames, self._wall, self._cpu_s = None, 0, 0.0, 0.0
+        if threads == self._serving:
+            return
+        variant = self._spare.pop(threads)
+        old = self.runtime.exchange(variant)
+        if old is None:  # the runtime failed over to a delegate meanwhile
+            self._spare[threads] = variant
+            self.abort()
+            return
+        self._spare[self._serving] = old
+        self._serving = threads
+
+    def _decide(self) -> None:
+        fps = {n: round(statistics.median(v), 1) for n, v in self._fps.items()}
+        best = max(fps.values())
+        threads = min(n for n, f in fps.items() if f >= best * (1.0 - TOLERANCE))
+        cpu_ms = {n: round(statistics.median(v), 2) for n, v in self._cpu_ms.items()}
+        self.choice = replace(self.load_choice, threads=threads, pipeline_fps=fps,
+                              pipeline_cpu_ms=cpu_ms)
+        logger.info("%s", self.choice.describe())
+        self._finish(threads, decided=True)
+
+    def _finish(self, threads: int, decided: bool) -> None:
+        if threads != self._serving and threads in self._spare:
+            self._serve(threads)
+        if not decided:
+            self.choice = None
+        self.abort()
+
+    def _close_spares(self) -> None:
+        spares, self._spare = self._spare, {}
+        for rt in spares.values():
+            try:
+                rt.close()
+            except Exception:  # closing must not stop the pipeline
+                logger.warning("threads auto: closing an interpreter failed", exc_info=True)
