@@ -1,7 +1,8 @@
 """``python -m benchmarks`` (``./dev bench``): run the performance figures, write BENCHMARKS.md.
 
-Sections (``--only`` picks some): throughput (with the ``threads: auto`` choice), motion,
-latency, memory, quant, stages (CPU us per result on the result path). Models from
+Sections (``--only`` picks some): throughput (with ``threads: auto`` against the fixed
+counts, as pipelines), motion, latency, memory, quant, stages (CPU us per result on the result
+path). Models from
 ../shared/models are used when present; figures that need them are skipped with a note
 otherwise. ``--rss-seconds 600`` gives the 10-minute memory figure (default 120 s);
 ``--rss-from FILE`` takes the memory figure from an earlier ``python -m benchmarks.memory``
@@ -125,7 +126,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                         row["goal"] = goal
                         rows.append(row)
                 fig["throughput"] = rows
-                fig["threads_auto"] = _threads_auto(rows)
+                fig["threads_auto"] = _threads_auto(rows, clip, egress, args)
             if "motion" in only:
                 from benchmarks.motion import measure as motion
 
@@ -157,29 +158,23 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return fig
 
 
-def _threads_auto(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """What ``threads: auto`` picks for each model, and the bare fps of that count over the
-    best fixed count's, from the throughput rows of this run."""
-    from edge_agent.runtime.threads_auto import cpu_budget, pick_threads
+def _threads_auto(rows: list[dict[str, Any]], clip: Path, egress: Any,
+                  args: argparse.Namespace) -> list[dict[str, Any]]:
+    """``threads: auto``'s pipeline against each fixed count's, for every model the throughput
+    rows measured at two or more counts (``benchmarks.auto_threads``)."""
+    from benchmarks.auto_threads import measure
 
-    out: list[dict[str, Any]] = []
-    by_model: dict[str, dict[int, float]] = {}
-    paths: dict[str, Path] = {}
+    counts: dict[str, list[int]] = {}
     for r in rows:
         if "skipped" not in r:
-            by_model.setdefault(r["model"], {})[int(r["threads"])] = float(r["fps"]["bare"])
-    for model, _, _ in _models():
-        paths[model.name] = model
-    for name, fps in by_model.items():
-        if len(fps) < 2:
+            counts.setdefault(r["model"], []).append(int(r["threads"]))
+    out: list[dict[str, Any]] = []
+    for model, labels, _ in _models():
+        if len(counts.get(model.name, [])) < 2:
             continue
-        _log(f"threads auto {name}")
-        choice = pick_threads(paths[name], budget=min(cpu_budget(0), max(fps)))
-        best = max(fps.values())
-        picked = fps.get(choice.threads)
-        out.append({"model": name, "picked": choice.threads, "medians_ms": choice.median_ms,
-                    "bare_fps": fps, "best_fixed": max(fps, key=lambda n: fps[n]),
-                    "picked_over_best": round(picked / best, 3) if picked else None})
+        _log(f"threads auto {model.name}")
+        out.append(measure(model, labels, clip, egress, counts=sorted(counts[model.name]),
+                           rounds=max(1, min(args.rounds, 3)), block_s=args.block_seconds))
     return out
 
 

@@ -131,15 +131,25 @@ def _goal_rows(fig: dict[str, Any]) -> list[tuple[str, str, float | None, str]]:
                      None, f"p50 {a['p50']:.2f}, p99 {a['p99']:.2f}"))
     for r in fig.get("threads_auto", []):
         ratio = r.get("picked_over_best")
-        rows.append((f"auto/{r['model']}", f"threads: auto within 5% of the best fixed count, "
-                     f"{r['model']}", ratio, "n/a" if ratio is None else
-                     f"{ratio:.3f} (auto {r['picked']}, best fixed {r['best_fixed']})"))
+        rows.append((f"auto/{r['model']}", "threads: auto within 5% of the best fixed count, "
+                     f"pipeline results/s, {r['model']}", ratio, "n/a" if ratio is None else
+                     f"{ratio:.3f} (auto settled on {r['picked']}, best fixed "
+                     f"{r['best_fixed']}; {_auto_detail(r)})"))
     mem = fig.get("memory", {})
     if mem and "growth_mb" in mem:
         rows.append(("memory", f"RSS growth within 2 MB over {mem['seconds']} s",
                      abs(mem["growth_mb"]), f"{mem['growth_mb']:+.2f} MB "
                      f"(peak {mem['peak_rss_mb']} MB)"))
     return rows
+
+
+def _auto_detail(r: dict[str, Any]) -> str:
+    """fps of each run, and the picks at load -> in the pipeline, per round."""
+    fps = ", ".join(f"{k.replace('fixed_', '')} {v:g}" for k, v in r.get("fps", {}).items())
+    picks = ", ".join(f"{p['load']}->{p['pipeline']}" for p in r.get("picks", []))
+    lo, hi = r.get("picked_over_best_range", [None, None])
+    spread = f", rounds {lo:.2f}-{hi:.2f}" if lo is not None else ""
+    return f"fps {fps}{spread}; load->pipeline pick per round {picks}"
 
 
 def _goal_verdict(key: str, value: float | None) -> str:

@@ -1,0 +1,103 @@
+"""``threads: auto`` against every fixed thread count, as pipelines.
+
+For one model, on the 640x480 MJPEG clip (unpaced, looping), publishing every result like the
+throughput runs, alternating in rounds (``common.interleave``):
+
+* **fixed N**: the pipeline with ``threads: N`` (loaded once), its steady results per second
+  over one block after a short start;
+* **auto**: a fresh ``threads: auto`` load each round (the pick at load), the pipeline started,
+  and, once its trial in the running pipeline has decided, its results per second over one
+  block: the count it settled on, measured as the user gets it.
+
+The figure is the median of the per-round ratios of auto's rate over the best fixed count's
+rate in the same round.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from benchmarks.common import Egress, ResultCounter, interleave, pipeline_config, steady_rate
+
+START_S = 0.5  # results in a block's first half second are not counted
+TRIAL_WAIT_S = 120.0  # the trial normally takes about 10 s
+
+
+def measure(model: Path, labels: Path | None, clip: Path, egress: Egress | None, *,
+            counts: list[int], rounds: int, block_s: float) -> dict[str, Any]:
+    """auto's pipeline rate over the best fixed count's, per round (see the module doc)."""
+    from edge_agent.bundle import load_bundle
+    from edge_agent.config import ModelConfig, PipelineConfig
+    from edge_agent.pipeline import Pipeline
+    from edge_agent.privacy import new_seal
+    from edge_agent.privacy.policy import PrivacyPolicy
+    from edge_agent.sources.factory import create_source
+
+    source = {"type": "video", "uri": str(clip), "fps": 0, "loop": True}
+    seal = egress.seal if egress is not None else new_seal()
+    send = egress.guard.send if egress is not None else (lambda _m: True)
+    fixed_cfg = {n: pipeline_config(model, labels, source, threads=n) for n in counts}
+    bundles = {n: load_bundle(c.model, c.score_threshold) for n, c in fixed_cfg.items()}
+    auto_cfg = PipelineConfig.model_validate({
+        "name": "bench", "source": source,
+        "model": ModelConfig(path=model, labels=labels, threads="auto").model_dump()})
+    picks: list[dict[str, Any]] = []
+
+    def block(cfg: PipelineConfig, bundle: Any, wait_trial: bool) -> float:
+        counter = ResultCounter(send, 1 << 30)
+        pipe = Pipeline(cfg, bundle, source_factory=create_source,
+                        policy=PrivacyPolicy(cfg.privacy, cfg.name, "bench", seal),
+                        send=counter.send)
+        pipe.start()
+        try:
+            deadline = time.monotonic() + TRIAL_WAIT_S
+            trial = pipe._trial
+            while wait_trial and trial is not None and trial.active \
+                    and time.monotonic() < deadline:
+                time.sleep(0.05)
+            time.sleep(START_S)
+            first = len(counter.times)
+            time.sleep(block_s)
+            times = counter.times[first:]
+        finally:
+            pipe.stop()
+        if wait_trial:
+            picks.append({"load": bundle.thread_choice.threads if bundle.thread_choice else None,
+                          "pipeline": bundle.runtime.info.threads,
+                          "trial_fps": dict(trial.choice.pipeline_fps)
+                          if trial is not None and trial.choice is not None else None})
+        return steady_rate(times, skip=0)
+
+    def auto() -> float:
+        bundle = load_bundle(auto_cfg.model, auto_cfg.score_threshold)
+        try:
+            return block(auto_cfg, bundle, wait_trial=True)
+        finally:
+            bundle.close()
+
+    def fixed(n: int) -> Callable[[], float]:
+        return lambda: block(fixed_cfg[n], bundles[n], False)
+
+    runs: dict[str, Callable[[], float]] = {f"fixed_{n}": fixed(n) for n in counts}
+    runs["auto"] = auto
+    try:
+        rates = interleave(runs, rounds)
+    finally:
+        for b in bundles.values():
+            b.close()
+    per_round = [rates["auto"][i] / max(rates[f"fixed_{n}"][i] for n in counts)
+                 for i in range(rounds)]
+    fps = {k: round(statistics.median(v), 1) for k, v in rates.items()}
+    best = max(counts, key=lambda n: fps[f"fixed_{n}"])
+    picked = Counter(p["pipeline"] for p in picks).most_common(1)[0][0]
+    return {
+        "model": model.name, "rounds": rounds, "block_s": block_s, "fps": fps,
+        "picked": picked, "picks": picks, "best_fixed": best,
+        "picked_over_best": round(statistics.median(per_round), 3),
+        "picked_over_best_range": [round(min(per_round), 3), round(max(per_round), 3)],
+    }
