@@ -23,9 +23,10 @@ real frames in turn (``TRIAL_ROUNDS`` rounds of at least ``TRIAL_SLICE_S`` and
 ``TRIAL_SLICE_FRAMES`` frames each), and the pipeline keeps the fewest threads whose median
 frames per second is within ``TOLERANCE`` of the best. A camera that delivers fewer frames than
 either count can infer thus gets the fewest threads. Pauses longer than ``TRIAL_GAP_S``
-between two frames (a motion gate that is closed, a slow sensor) are not counted; a pipeline
-that has not inferred enough frames for the trial within ``TRIAL_DEADLINE_S`` keeps the pick
-made at load.
+between two frames (a motion gate that is closed, a slow sensor) are not counted, nor, for a
+slow model, longer than three of its slowest invokes at load; a pipeline that has not inferred
+enough frames for the trial within ``TRIAL_DEADLINE_S`` (plus twice the trial's frames at that
+invoke time) keeps the pick made at load.
 """
 
 from __future__ import annotations
@@ -163,6 +164,12 @@ class PipelineTrial:
         # the turns: forward, then backward, ... so that a drift weighs on every candidate alike
         self._turns = [n for r in range(TRIAL_ROUNDS) for n in (order if r % 2 == 0
                                                                   else order[::-1])]
+        # a slow model's frames are far apart without any pause: the limits grow with the
+        # slowest candidate's invoke measured at load
+        slowest_s = max(choice.median_ms.values(), default=0.0) / 1000.0
+        self._gap_limit = max(TRIAL_GAP_S, 3.0 * slowest_s)
+        self._deadline_s = TRIAL_DEADLINE_S + 2.0 * len(self._turns) * (
+            TRIAL_SLICE_FRAMES + 1) * slowest_s
         self._fps: dict[int, list[float]] = {n: [] for n in order}
         self._cpu_ms: dict[int, list[float]] = {n: [] for n in order}
         self._start: float | None = None  # the first frame
@@ -188,7 +195,7 @@ class PipelineTrial:
         if last is None:  # the first frame after a switch opens the turn, uncounted
             return
         gap = now - last[0]
-        if gap > TRIAL_GAP_S:
+        if gap > self._gap_limit:
             return
         self._frames += 1
         self._wall += gap
@@ -207,10 +214,10 @@ class PipelineTrial:
         pipeline while no frame comes): the load-time pick then stays, the spare
         interpreters are closed."""
         since = self._measuring_since
-        if not self.active or since is None or self._clock() - since <= TRIAL_DEADLINE_S:
+        if not self.active or since is None or self._clock() - since <= self._deadline_s:
             return False
         logger.info("threads auto: the pipeline did not infer enough frames in %.0f s to "
-                    "compare thread counts; keeping %d", TRIAL_DEADLINE_S,
+                    "compare thread counts; keeping %d", self._deadline_s,
                     self.load_choice.threads)
         self._finish(self.load_choice.threads, decided=False)
         return True
@@ -254,7 +261,7 @@ class PipelineTrial:
         self._serving = threads
 
     def _decide(self) -> None:
-        fps = {n: round(statistics.median(v), 1) for n, v in self._fps.items()}
+        fps = {n: round(statistics.median(v), 2) for n, v in self._fps.items()}
         best = max(fps.values())
         threads = min(n for n, f in fps.items() if f >= best * (1.0 - TOLERANCE))
         cpu_ms = {n: round(statistics.median(v), 2) for n, v in self._cpu_ms.items()}

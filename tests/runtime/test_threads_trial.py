@@ -137,6 +137,16 @@ def test_pauses_between_frames_do_not_count() -> None:
     assert trial.choice.pipeline_fps[2] == pytest.approx(80, rel=0.01)
 
 
+def test_a_slow_model_is_compared_too() -> None:
+    """0.8 s per frame is no pause for a model whose invoke took that long at load."""
+    rt, clock = _Runtime(2), _Clock()
+    choice = ThreadChoice(2, (1, 2), {1: 1400.0, 2: 800.0})
+    trial = PipelineTrial(rt, choice, clock=lambda: clock.now, cpu=lambda: clock.cpu)
+    _run(trial, rt, clock, {1: 1.4, 2: 0.8})
+    assert trial.choice is not None and trial.choice.threads == 2
+    assert trial.choice.pipeline_fps[1] == pytest.approx(1 / 1.4, rel=0.01)
+
+
 def test_too_few_frames_keep_the_load_time_pick() -> None:
     """A slow sensor (a frame every 2 s, each a pause) never fills a turn: after the deadline
     the pick made at load stays and the spare interpreters are closed."""
