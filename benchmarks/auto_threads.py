@@ -14,8 +14,13 @@ Every block starts at the same time after its pipeline's start, since a pipeline
 publishes every result does not run at the same rate throughout its first seconds (measured:
 COCO SSD at 2 threads 52-56 results/s in its first 2.5 s, 48 from its 10th second on).
 
-The figure is the median of the per-round ratios of auto's rate over the best fixed count's
-rate in the same round.
+The goal's figure judges the choice: per round, the fixed run of the count auto settled on over
+the fixed run of the best count (the highest median over the rounds), the median of those
+(1.0 when auto settled on the best count every round). Comparing auto's own run with the best
+fixed run instead mixes in how far two runs of the same count differ on this machine (20% and
+more on a shared 2-core VM, measured), and the per-round maximum of two noisy runs is biased
+high; that comparison, auto's run over the fixed run of the count it settled on, is reported
+beside it (``auto_over_same_count``).
 """
 
 from __future__ import annotations
@@ -98,14 +103,21 @@ def measure(model: Path, labels: Path | None, clip: Path, egress: Egress | None,
     finally:
         for b in bundles.values():
             b.close()
-    per_round = [rates["auto"][i] / max(rates[f"fixed_{n}"][i] for n in counts)
-                 for i in range(rounds)]
     fps = {k: round(statistics.median(v), 1) for k, v in rates.items()}
     best = max(counts, key=lambda n: fps[f"fixed_{n}"])
+    # the choice: the fixed run of the count auto settled on in that round over the best count's
+    # fixed run in the same round (1.0 where auto settled on the best count)
+    choice = [rates[f"fixed_{p['pipeline']}"][i] / rates[f"fixed_{best}"][i]
+              for i, p in enumerate(picks)]
+    # auto's own run over the fixed run of the count it settled on, same round
+    own = [rates["auto"][i] / rates[f"fixed_{p['pipeline']}"][i] for i, p in enumerate(picks)]
     picked = Counter(p["pipeline"] for p in picks).most_common(1)[0][0]
     return {
         "model": model.name, "rounds": rounds, "block_s": block_s, "fps": fps,
+        "fps_per_round": {k: [round(x, 1) for x in v] for k, v in rates.items()},
         "picked": picked, "picks": picks, "best_fixed": best,
-        "picked_over_best": round(statistics.median(per_round), 3),
-        "picked_over_best_range": [round(min(per_round), 3), round(max(per_round), 3)],
+        "picked_over_best": round(statistics.median(choice), 3),
+        "picked_over_best_range": [round(min(choice), 3), round(max(choice), 3)],
+        "auto_over_same_count": round(statistics.median(own), 3),
+        "auto_over_same_count_range": [round(min(own), 3), round(max(own), 3)],
     }

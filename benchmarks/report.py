@@ -132,7 +132,8 @@ def _goal_rows(fig: dict[str, Any]) -> list[tuple[str, str, float | None, str]]:
     for r in fig.get("threads_auto", []):
         ratio = r.get("picked_over_best")
         rows.append((f"auto/{r['model']}", "threads: auto within 5% of the best fixed count, "
-                     f"pipeline results/s, {r['model']}", ratio, "n/a" if ratio is None else
+                     f"pipeline results/s of the count it settles on, {r['model']}", ratio,
+                     "n/a" if ratio is None else
                      f"{ratio:.3f} (auto settled on {r['picked']}, best fixed "
                      f"{r['best_fixed']}; {_auto_detail(r)})"))
     mem = fig.get("memory", {})
@@ -149,7 +150,11 @@ def _auto_detail(r: dict[str, Any]) -> str:
     picks = ", ".join(f"{p['load']}->{p['pipeline']}" for p in r.get("picks", []))
     lo, hi = r.get("picked_over_best_range", [None, None])
     spread = f", rounds {lo:.2f}-{hi:.2f}" if lo is not None else ""
-    return f"fps {fps}{spread}; load->pipeline pick per round {picks}"
+    own = r.get("auto_over_same_count")
+    own_text = "" if own is None else (
+        f"; auto's own run / that count's fixed run {own:.3f} "
+        f"({r['auto_over_same_count_range'][0]:.2f}-{r['auto_over_same_count_range'][1]:.2f})")
+    return f"fps {fps}{spread}; load->pipeline pick per round {picks}{own_text}"
 
 
 def _goal_verdict(key: str, value: float | None) -> str:
