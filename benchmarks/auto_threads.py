@@ -69,7 +69,7 @@ def measure(model: Path, labels: Path | None, clip: Path, egress: Egress | None,
         started = time.monotonic()
         pipe.start()
         try:
-            trial = pipe._trial
+            trial = pipe.thread_trial
             while wait_trial and trial is not None and trial.active \
                     and time.monotonic() < started + TRIAL_WAIT_S:
                 time.sleep(0.05)

@@ -312,6 +312,12 @@ class Pipeline:
         """The model serving now."""
         return self._bundle
 
+    @property
+    def thread_trial(self) -> PipelineTrial | None:
+        """``threads: auto``'s trial in this pipeline for the model serving now (None without
+        one); ``active`` while it measures, ``choice`` once it has decided."""
+        return self._trial
+
     def start(self) -> None:
         """Start the capture, inference and post threads."""
         apply_process_tuning(self.tuning)

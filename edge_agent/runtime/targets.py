@@ -430,24 +430,30 @@ class TargetRuntime:
         Raises:
             ModelError: the model does not load or warm up with that count.
         """
-        index, loaded = self._active, self._loaded
-        if index is None or loaded is None or loaded.worker is not None \
-                or self._states[index].spec.library is not None:
+        serving = self._serving_cpu()
+        if serving is None:
             return None
-        return self._build(self._states[index].spec, recover=False, threads=threads)
+        return self._build(self._states[serving[0]].spec, recover=False, threads=threads)
 
     def exchange(self, runtime: TfliteRuntime) -> TfliteRuntime | None:
         """Serve with ``runtime`` (from :meth:`cpu_variant`) from the next invoke on; return
         the interpreter it replaces, now the caller's. None, and nothing changes, when the
         serving target is no longer the CPU (a failover since). Between frames, on the
         inference thread, like ``infer``."""
+        serving = self._serving_cpu()
+        if serving is None:
+            return None
+        self._loaded = _Loaded(runtime, None)
+        self._threads = runtime.info.threads  # later (re)loads use the count serving now
+        return serving[1].runtime
+
+    def _serving_cpu(self) -> tuple[int, _Loaded] | None:
+        """The serving target's index and interpreter when it is the CPU (open, no delegate)."""
         index, loaded = self._active, self._loaded
         if self._closed or index is None or loaded is None or loaded.worker is not None \
                 or self._states[index].spec.library is not None:
             return None
-        self._loaded = _Loaded(runtime, None)
-        self._threads = runtime.info.threads  # later (re)loads use the count serving now
-        return loaded.runtime
+        return index, loaded
 
     def _build(self, spec: TargetSpec, recover: bool, threads: int | None = None
                ) -> TfliteRuntime:

@@ -31,18 +31,13 @@ class _Runtime:
     """What the trial uses of a TargetRuntime: a CPU variant per count, and the exchange."""
 
     def __init__(self, threads: int, delegate: bool = False) -> None:
-        self.serving = self._first = _Interp(threads)
+        self.serving = self.first = _Interp(threads)
         self.delegate = delegate
         self.made: list[_Interp] = []  # the variants the trial asked for
 
     def idle(self) -> list[_Interp]:
         """Every interpreter there was but the one serving now."""
         return [i for i in [self.first, *self.made] if i is not self.serving]
-
-    @property
-    def first(self) -> _Interp:
-        return self._first
-
 
     def cpu_variant(self, threads: int) -> _Interp | None:
         if self.delegate:
@@ -278,7 +273,7 @@ def test_pipeline_trial_on_a_real_model(model: Path, tmp_path: Path,
         pipe.start()
         pipe.join(120)
         status = pipe.status()
-        trial = pipe._trial
+        trial = pipe.thread_trial
         assert trial is not None and not trial.active
         assert trial.choice is not None, f"{frames} frames were not enough for the trial"
         fps = trial.choice.pipeline_fps
