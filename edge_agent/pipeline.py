@@ -152,7 +152,7 @@ def _thread_choice(bundle: ModelBundle, trial: PipelineTrial | None) -> dict[str
     out = {"threads_mode": "auto",
            "threads_measured": ", ".join(f"{n}: {ms} ms"
                                          for n, ms in sorted(choice.median_ms.items()))}
-    if trial is not None and trial.runtime is bundle.runtime and trial.choice is not None:
+    if trial is not None and trial.choice is not None:  # the trial is the serving model's
         out["threads_pipeline"] = ", ".join(
             f"{n}: {fps} fps" for n, fps in sorted(trial.choice.pipeline_fps.items()))
     return out

@@ -219,7 +219,7 @@ class PipelineTrial:
         logger.info("threads auto: the pipeline did not infer enough frames in %.0f s to "
                     "compare thread counts; keeping %d", self._deadline_s,
                     self.load_choice.threads)
-        self._finish(self.load_choice.threads, decided=False)
+        self._finish(self.load_choice.threads)
         return True
 
     def abort(self) -> None:
@@ -268,13 +268,12 @@ class PipelineTrial:
         self.choice = replace(self.load_choice, threads=threads, pipeline_fps=fps,
                               pipeline_cpu_ms=cpu_ms)
         logger.info("%s", self.choice.describe())
-        self._finish(threads, decided=True)
+        self._finish(threads)
 
-    def _finish(self, threads: int, decided: bool) -> None:
+    def _finish(self, threads: int) -> None:
+        """Serve with ``threads`` and end the trial."""
         if threads != self._serving and threads in self._spare:
             self._serve(threads)
-        if not decided:
-            self.choice = None
         self.abort()
 
     def _close_spares(self) -> None:
