@@ -39,7 +39,7 @@ from edge_agent.bundle import ModelBundle, outputs_finite
 from edge_agent.config import PipelineConfig
 from edge_agent.credentials import scrub_text
 from edge_agent.errors import SourceError
-from edge_agent.runtime.threads_auto import PipelineTrial
+from edge_agent.runtime.threads_auto import PipelineTrial, ThreadChoice, TrialSlot, choice_again
 from edge_agent.shadow_headroom import ArrivalClock
 from edge_agent.sources.conform import conform_image
 from edge_agent.thermal import FrameThinner
@@ -143,29 +143,31 @@ def _lower_thread_priority(increment: int) -> None:
         logger.debug("could not lower the priority of %s", threading.current_thread().name)
 
 
-def _thread_choice(bundle: ModelBundle, trial: PipelineTrial | None) -> dict[str, Any]:
-    """``threads: auto``: the mode, each candidate's median invoke ms at load and, once the
-    trial in the pipeline has decided, each one's frames per second there (status)."""
+def _thread_choice(bundle: ModelBundle, trial: ThreadChoice | None) -> dict[str, Any]:
+    """``threads: auto``: the mode, each candidate's median invoke ms at load and, once a
+    trial in the pipeline has decided (``trial``), each one's frames per second there."""
     choice = getattr(bundle, "thread_choice", None)
     if choice is None:
         return {}
     out = {"threads_mode": "auto",
            "threads_measured": ", ".join(f"{n}: {ms} ms"
                                          for n, ms in sorted(choice.median_ms.items()))}
-    if trial is not None and trial.choice is not None:  # the trial is the serving model's
+    if trial is not None:
         out["threads_pipeline"] = ", ".join(
-            f"{n}: {fps} fps" for n, fps in sorted(trial.choice.pipeline_fps.items()))
+            f"{n}: {fps} fps" for n, fps in sorted(trial.pipeline_fps.items()))
     return out
 
 
-def _new_trial(bundle: ModelBundle) -> PipelineTrial | None:
+def _new_trial(bundle: ModelBundle, slot: TrialSlot | None,
+               choice: ThreadChoice | None = None) -> PipelineTrial | None:
     """``threads: auto`` with more than one candidate, on a runtime that can change its CPU
-    interpreter: the trial of the candidates in the running pipeline."""
-    choice = getattr(bundle, "thread_choice", None)
+    interpreter: the trial of the candidates in the running pipeline (``choice``: what a
+    trial made again starts from; default the pick at load)."""
+    choice = choice or getattr(bundle, "thread_choice", None)
     if choice is None or len(choice.candidates) < 2 \
             or not hasattr(bundle.runtime, "cpu_variant"):
         return None
-    return PipelineTrial(bundle.runtime, choice)
+    return PipelineTrial(bundle.runtime, choice, slot=slot)
 
 
 @dataclass(slots=True)
@@ -256,7 +258,10 @@ class Pipeline:
         observe: Callable[[str, str, float], None] | None = None,
         tuning: Tuning | None = None,
         thermal: Callable[[], float] | None = None,
+        trial_slot: TrialSlot | None = None,
     ) -> None:
+        """``trial_slot``: shared by the pipelines of a process so that their ``threads: auto``
+        trials measure one at a time (None: this pipeline's trial does not wait)."""
         self.cfg = cfg
         self.name = cfg.name
         self._bundle = bundle
@@ -303,7 +308,10 @@ class Pipeline:
         self.target_changes = 0  # execution-target changes (failovers and returns)
         self.on_target_change: Callable[[str, TargetChange], None] | None = None
         self._hook_targets(bundle)
-        self._trial = _new_trial(bundle)  # threads: auto, tried again on the real frames
+        self._trial_slot = trial_slot
+        self._trial = _new_trial(bundle, trial_slot)  # threads: auto, on the real frames
+        self._settled: ThreadChoice | None = None  # an earlier trial's outcome, same model
+        self._retry_budget: int | None = None  # try_threads_again() asked, not yet done
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -317,6 +325,37 @@ class Pipeline:
         """``threads: auto``'s trial in this pipeline for the model serving now (None without
         one); ``active`` while it measures, ``choice`` once it has decided."""
         return self._trial
+
+    def try_threads_again(self, budget: int) -> None:
+        """``threads: auto``: try the thread counts again in the running pipeline, 1 up to
+        ``budget`` (or the count serving now, if more). The pipeline set asks this when other
+        pipelines came or went; the inference thread does it between frames. Nothing happens
+        for a fixed count or a delegate."""
+        with self._swap_lock:
+            self._retry_budget = budget
+
+    def _trial_outcome(self) -> ThreadChoice | None:
+        """The latest decided trial's outcome for the model serving now (status)."""
+        trial = self._trial
+        return trial.choice if trial is not None and trial.choice is not None \
+            else self._settled
+
+    def _apply_retry(self) -> None:
+        with self._swap_lock:
+            budget, self._retry_budget = self._retry_budget, None
+        bundle = self._bundle
+        load = getattr(bundle, "thread_choice", None)
+        if budget is None or load is None or bundle.runtime.info.delegate is not None:
+            return  # a fixed count, or a delegate serves: not ours to try
+        old = self._trial
+        if old is not None:
+            old.abort()
+            self._settled = old.choice or self._settled
+        choice = choice_again(load, int(bundle.runtime.info.threads), budget)
+        self._trial = None if choice is None else _new_trial(bundle, self._trial_slot, choice)
+        if self._trial is not None:
+            logger.info("pipeline %s: threads auto: the pipelines changed; trying %s threads "
+                        "again", self.name, ", ".join(map(str, self._trial.load_choice.candidates)))
 
     def start(self) -> None:
         """Start the capture, inference and post threads."""
@@ -380,7 +419,7 @@ class Pipeline:
         if self._trial is not None:
             self._trial.abort()
         old, self._bundle = self._bundle, bundle
-        self._trial = _new_trial(bundle)
+        self._trial, self._settled = _new_trial(bundle, self._trial_slot), None
         self._hook_targets(old, hook=False)
         logger.info("pipeline %s: now serving %s v%d (%s)", self.name, bundle.ref.name,
                     bundle.ref.version, bundle.ref.sha256[:12])
@@ -428,7 +467,7 @@ class Pipeline:
             "runtime": {"backend": info.backend, "version": info.backend_version,
                         "delegate": info.delegate, "threads": info.threads,
                         "fallback": info.fallback_reason,
-                        **_thread_choice(self._bundle, self._trial)},
+                        **_thread_choice(self._bundle, self._trial_outcome())},
             "target": getattr(self._bundle.runtime, "active", None),
             "targets": {t["name"]: t["state"] for t in targets},
             "target_changes": self.target_changes,
@@ -718,6 +757,8 @@ class Pipeline:
                 self._heartbeats["infer"] = time.monotonic()
                 if self._pending_swap is not None:
                     self._apply_swap()
+                if self._retry_budget is not None:
+                    self._apply_retry()
                 try:
                     item = self._q_in.get(timeout=POLL_S)
                 except queue.Empty:

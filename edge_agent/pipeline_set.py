@@ -35,6 +35,7 @@ from edge_agent.privacy import messages
 from edge_agent.privacy.hashing import load_salt
 from edge_agent.privacy.policy import PrivacyPolicy
 from edge_agent.runtime.targets import TargetRuntime
+from edge_agent.runtime.threads_auto import TrialSlot, cpu_budget
 from edge_agent.signing import load_public_keys
 from edge_agent.sources.factory import create_source
 from edge_agent.thermal import ThermalMonitor
@@ -102,6 +103,7 @@ class PipelineSet:
         self.energy.sample(0)  # the baseline: the first stats covers the time since start
         self._lock = threading.Lock()
         self.dispatcher: CommandDispatcher | None = None
+        self.trial_slot = TrialSlot()  # ``threads: auto`` trials: one pipeline at a time
 
         self.salt = load_salt(cfg.state_dir)  # hashed fields stay stable across restarts
         for p in cfg.pipelines:
@@ -145,7 +147,8 @@ class PipelineSet:
                             send=self.guard.send, gate=gate, tracker=tracker, zones=zones,
                             health=health,
                             observe=self.metrics.observe_stage,
-                            thermal=self.thermal.factor if self.cfg.thermal.enabled else None)
+                            thermal=self.thermal.factor if self.cfg.thermal.enabled else None,
+                            trial_slot=self.trial_slot)
         wired = UpdateWiring(self, p, pipeline, store)
         # updates keep the decoder kind the pipeline runs: ``auto`` is resolved once, for the
         # configured model, and never re-inferred (a classifier cannot replace a detector)
@@ -189,8 +192,10 @@ class PipelineSet:
             unit.updater.stop()
 
     def apply(self, new: AgentConfig) -> list[str]:
-        """Restart changed pipelines, stop removed ones, start added ones."""
+        """Restart changed pipelines, stop removed ones, start added ones; the others, when
+        anything changed, try their ``threads: auto`` counts again beside the new set."""
         changed: list[str] = []
+        rebuilt: set[str] = set()
         new_names = {p.name for p in new.pipelines}
         for name in list(self.units):
             if name not in new_names:
@@ -209,7 +214,12 @@ class PipelineSet:
             self.units[p.name] = unit
             unit.updater.start()
             unit.pipeline.start()
+            rebuilt.add(p.name)
             changed.append(f"{'restarted' if old else 'added'} {p.name}")
+        if changed:
+            for name, unit in self.units.items():
+                if name not in rebuilt:
+                    unit.pipeline.try_threads_again(cpu_budget(self.busy_threads(name)))
         return changed
 
     def healthy(self) -> bool:

@@ -27,6 +27,13 @@ between two frames (a motion gate that is closed, a slow sensor) are not counted
 slow model, longer than three of its slowest invokes at load; a pipeline that has not inferred
 enough frames for the trial within ``TRIAL_DEADLINE_S`` (plus twice the trial's frames at that
 invoke time) keeps the pick made at load.
+
+Trials in several pipelines of one process take a :class:`TrialSlot` in turn: one measures at a
+time, so none sees another switching its interpreters, and each later one measures beside the
+counts the earlier ones settled on. When the set of pipelines changes (a reload adds or removes
+one), every other ``threads: auto`` pipeline tries its counts again beside the new set: the
+candidates are 1 up to the CPUs the other pipelines' interpreters now leave it, or the count
+serving now if that is more.
 """
 
 from __future__ import annotations
@@ -34,6 +41,7 @@ from __future__ import annotations
 import logging
 import os
 import statistics
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -140,6 +148,38 @@ def pick_threads(path: str | Path, *, budget: int, invokes: int = INVOKES,
     return ThreadChoice(threads, candidates, medians)
 
 
+def choice_again(choice: ThreadChoice, serving: int, budget: int) -> ThreadChoice | None:
+    """What a trial made again starts from: the count serving now, and candidates 1 up to
+    ``budget`` or ``serving``, whichever is more; None when that leaves one candidate."""
+    candidates = tuple(range(1, max(1, budget, serving) + 1))
+    if len(candidates) < 2:
+        return None
+    return replace(choice, threads=serving, candidates=candidates, pipeline_fps={},
+                   pipeline_cpu_ms={})
+
+
+class TrialSlot:
+    """One :class:`PipelineTrial` measuring at a time in this process (the pipeline set hands
+    the same slot to every pipeline)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._holder: object | None = None
+
+    def take(self, trial: object) -> bool:
+        """Whether ``trial`` may measure now (it then holds the slot until it releases it)."""
+        with self._lock:
+            if self._holder is None:
+                self._holder = trial
+            return self._holder is trial
+
+    def release(self, trial: object) -> None:
+        """``trial`` is done; nothing happens if it did not hold the slot."""
+        with self._lock:
+            if self._holder is trial:
+                self._holder = None
+
+
 class PipelineTrial:
     """``threads: auto``'s second look, in the running pipeline (see the module doc).
 
@@ -147,16 +187,20 @@ class PipelineTrial:
     between frames, which is also when it switches the serving interpreter. ``runtime`` is the
     bundle's runtime (``cpu_variant(threads)`` and ``exchange(interpreter)``, see
     :class:`~edge_agent.runtime.targets.TargetRuntime`); ``clock`` and ``cpu`` are the wall and
-    process CPU clocks (tests drive them).
+    process CPU clocks (tests drive them). ``slot``: taken before measuring, released at the
+    end (None: measure without waiting for other pipelines' trials). A trial made again while
+    the pipeline runs gets a ``choice`` whose ``threads`` is the count serving now, which an
+    undecided trial keeps.
     """
 
-    def __init__(self, runtime: Any, choice: ThreadChoice, *,
+    def __init__(self, runtime: Any, choice: ThreadChoice, *, slot: TrialSlot | None = None,
                  clock: Callable[[], float] = time.monotonic,
                  cpu: Callable[[], float] = time.process_time) -> None:
         self.runtime = runtime
         self.load_choice = choice
         self.choice: ThreadChoice | None = None  # the outcome, once decided
         self.active = True
+        self._slot = slot
         self._clock, self._cpu = clock, cpu
         self._serving = choice.threads
         self._spare: dict[int, Any] = {}  # the candidates' interpreters not serving now
@@ -186,8 +230,9 @@ class PipelineTrial:
         if self._measuring_since is None:
             if self._start is None:
                 self._start = now
-            elif now - self._start >= TRIAL_WARMUP_S:
-                self._begin(now)
+            elif now - self._start >= TRIAL_WARMUP_S and (self._slot is None
+                                                          or self._slot.take(self)):
+                self._begin(now)  # (else another pipeline's trial measures: wait for it)
             return
         if self.overdue():
             return
@@ -228,6 +273,8 @@ class PipelineTrial:
         if self.active:
             self.active = False
             self._close_spares()
+            if self._slot is not None:
+                self._slot.release(self)
 
     # ------------------------------------------------------------------ internals
 

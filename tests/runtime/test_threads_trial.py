@@ -15,7 +15,13 @@ import numpy as np
 import pytest
 
 from edge_agent.runtime import threads_auto
-from edge_agent.runtime.threads_auto import TOLERANCE, PipelineTrial, ThreadChoice
+from edge_agent.runtime.threads_auto import (
+    TOLERANCE,
+    PipelineTrial,
+    ThreadChoice,
+    TrialSlot,
+    choice_again,
+)
 
 
 class _Interp:
@@ -76,9 +82,10 @@ def _run(trial: PipelineTrial, rt: _Runtime, clock: _Clock, frame_s: dict[int, f
 
 
 def _trial(rt: _Runtime, clock: _Clock, picked: int = 2,
-           candidates: tuple[int, ...] = (1, 2)) -> PipelineTrial:
+           candidates: tuple[int, ...] = (1, 2), slot: TrialSlot | None = None
+           ) -> PipelineTrial:
     choice = ThreadChoice(picked, candidates, {n: 1.0 for n in candidates})
-    return PipelineTrial(rt, choice, clock=lambda: clock.now, cpu=lambda: clock.cpu)
+    return PipelineTrial(rt, choice, slot=slot, clock=lambda: clock.now, cpu=lambda: clock.cpu)
 
 
 @pytest.mark.parametrize(("frame_s", "expected"), [
@@ -196,6 +203,66 @@ def test_abort_keeps_the_serving_interpreter() -> None:
     assert rt.idle() and all(i.closed for i in rt.idle())
 
 
+def test_trials_sharing_a_slot_measure_one_at_a_time() -> None:
+    """Two pipelines' trials: the second waits until the first has decided, then decides by
+    its own frames (each pipeline here gets a frame in turn)."""
+    slot, clock = TrialSlot(), _Clock()
+    rt_a, rt_b = _Runtime(2), _Runtime(2)
+    a, b = _trial(rt_a, clock, slot=slot), _trial(rt_b, clock, slot=slot)
+    frame_s = {"a": {1: 1 / 170, 2: 1 / 139}, "b": {1: 1 / 41, 2: 1 / 52}}
+    b_waited = False
+    for _ in range(100_000):
+        if not (a.active or b.active):
+            break
+        for name, trial, rt in (("a", a, rt_a), ("b", b, rt_b)):
+            clock.now += frame_s[name][rt.serving.threads]
+            trial.frame_done()
+        if a.active and a.choice is None and rt_a.made:  # a measures
+            assert not rt_b.made, "b began while a was measuring"
+            b_waited = True
+    assert b_waited
+    assert a.choice is not None and a.choice.threads == 1 == rt_a.serving.threads
+    assert b.choice is not None and b.choice.threads == 2 == rt_b.serving.threads
+    assert slot.take(object())  # both released it
+
+
+def test_an_aborted_trial_frees_the_slot() -> None:
+    slot, clock = TrialSlot(), _Clock()
+    rt_a, rt_b = _Runtime(2), _Runtime(2)
+    a, b = _trial(rt_a, clock, slot=slot), _trial(rt_b, clock, slot=slot)
+    warm = int(threads_auto.TRIAL_WARMUP_S / 0.01) + 2
+    for _ in range(warm):
+        clock.now += 0.01
+        a.frame_done()
+        b.frame_done()
+    assert rt_a.made and not rt_b.made  # a took the slot, b waits
+    a.abort()
+    clock.now += 0.01
+    b.frame_done()
+    assert rt_b.made  # b measures now
+    _run(b, rt_b, clock, {1: 0.01, 2: 0.02})
+    assert b.choice is not None and b.choice.threads == 1
+
+
+def test_a_trial_made_again_starts_from_the_count_serving_now() -> None:
+    load = ThreadChoice(2, (1, 2), {1: 5.0, 2: 4.0}, {1: 150.0, 2: 120.0}, {1: 6.0, 2: 9.0})
+    again = choice_again(load, serving=1, budget=2)
+    assert again is not None
+    assert (again.threads, again.candidates, again.pipeline_fps) == (1, (1, 2), {})
+    assert again.median_ms == load.median_ms  # the slow-model limits still come from load
+    # fewer CPUs left than the count serving: that count is still a candidate
+    assert choice_again(load, serving=2, budget=1) == again.__class__(
+        2, (1, 2), load.median_ms)
+    assert choice_again(load, serving=1, budget=1) is None  # one candidate: nothing to try
+    assert choice_again(load, serving=1, budget=3).candidates == (1, 2, 3)  # type: ignore[union-attr]
+    # serving 1 while a CPU is taken: the trial from 1 keeps 1 when 2 is no faster
+    rt, clock = _Runtime(1), _Clock()
+    trial = PipelineTrial(rt, again, clock=lambda: clock.now, cpu=lambda: clock.cpu)
+    _run(trial, rt, clock, {1: 0.01, 2: 0.01})
+    assert trial.choice is not None and trial.choice.threads == 1 == rt.serving.threads
+    assert not rt.first.closed and all(i.closed for i in rt.idle())
+
+
 # ---------------------------------------------------------------- the real interpreter switch
 
 
@@ -292,3 +359,139 @@ def test_pipeline_trial_on_a_real_model(model: Path, tmp_path: Path,
     finally:
         pipe.stop()
         bundle.close()
+
+
+def test_a_running_pipeline_tries_again_when_asked(model: Path, tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """``Pipeline.try_threads_again`` (the pipeline set, when other pipelines came or went):
+    a new trial from the count serving now, decided on the real frames; the status keeps the
+    last outcome; with one candidate left there is nothing to try."""
+    import time
+
+    from edge_agent.bundle import load_bundle
+    from edge_agent.config import PipelineConfig
+    from edge_agent.pipeline import Pipeline
+    from edge_agent.privacy import new_seal
+    from edge_agent.privacy.policy import PrivacyPolicy
+    from edge_agent.sources.factory import create_source
+    from edge_agent.sources.synthetic import write_clip
+
+    monkeypatch.setattr(threads_auto, "TRIAL_WARMUP_S", 0.2)
+    monkeypatch.setattr(threads_auto, "TRIAL_SLICE_S", 0.1)
+    monkeypatch.setattr(threads_auto, "TRIAL_SLICE_FRAMES", 5)
+    from edge_agent import bundle as bundle_mod
+
+    monkeypatch.setattr(bundle_mod, "cpu_budget", lambda _others: 2)
+    clip = tmp_path / "clip.avi"
+    write_clip(clip, width=320, height=240, seconds=10, fps=10, episodes=[(0.5, 9.5)])
+    cfg = PipelineConfig.model_validate({
+        "name": "cam", "source": {"type": "video", "uri": str(clip), "fps": 0, "loop": True},
+        "model": {"path": str(model), "threads": "auto"}})
+    bundle = load_bundle(cfg.model, 0.5)
+    pipe = Pipeline(cfg, bundle, source_factory=create_source, send=lambda _m: True,
+                    policy=PrivacyPolicy(cfg.privacy, "cam", "dev", new_seal()))
+
+    def decided(previous: PipelineTrial | None) -> PipelineTrial:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            trial = pipe.thread_trial
+            if trial is not None and trial is not previous and trial.choice is not None:
+                return trial
+            assert pipe.state in {"starting", "running"}, pipe.state
+            time.sleep(0.05)
+        raise AssertionError("no trial decided within 90 s")
+
+    try:
+        pipe.start()
+        first = decided(None)
+        assert first.choice is not None
+        pipe.try_threads_again(2)
+        second = decided(first)
+        assert second.load_choice.threads == first.choice.threads  # from the count serving
+        assert second.load_choice.candidates == (1, 2)
+        assert second.choice is not None
+        assert bundle.runtime.info.threads == second.choice.threads
+        status = pipe.status()["runtime"]
+        assert status["threads_pipeline"].startswith(f"1: {second.choice.pipeline_fps[1]} fps")
+        # one CPU left for it: 1 serving means nothing to try; 2 serving is tried against 1
+        pipe.try_threads_again(1)
+        deadline = time.monotonic() + 30
+        while pipe.thread_trial is second and time.monotonic() < deadline:
+            time.sleep(0.02)
+        third = pipe.thread_trial
+        if second.choice.threads == 1:
+            assert third is None
+            # the last outcome is still what the status shows
+            assert pipe.status()["runtime"]["threads_pipeline"] == status["threads_pipeline"]
+        else:
+            assert third is not None and third.load_choice.candidates == (1, 2)
+    finally:
+        pipe.stop()
+        bundle.close()
+
+
+def test_a_reload_that_adds_a_pipeline_makes_the_others_try_again(
+        model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``PipelineSet.apply``: the pipeline it added runs its own trial; the one it kept tries
+    its counts again beside it, with the CPUs the others leave it; trials take turns."""
+    import time
+
+    from edge_agent import bundle as bundle_mod
+    from edge_agent import pipeline_set as set_mod
+    from edge_agent.config import make_config
+    from edge_agent.metrics import Metrics
+    from edge_agent.privacy import new_seal
+    from edge_agent.privacy.egress import EgressGuard
+    from edge_agent.sources.synthetic import write_clip
+    from tests.fakes import RecordingTransport
+
+    monkeypatch.setattr(threads_auto, "TRIAL_WARMUP_S", 0.2)
+    monkeypatch.setattr(threads_auto, "TRIAL_SLICE_S", 0.1)
+    monkeypatch.setattr(threads_auto, "TRIAL_SLICE_FRAMES", 5)
+    monkeypatch.setattr(bundle_mod, "cpu_budget", lambda _others: 2)
+    budgets: list[int] = []
+
+    def budget(others: int) -> int:
+        budgets.append(others)
+        return 2
+
+    monkeypatch.setattr(set_mod, "cpu_budget", budget)
+    clip = tmp_path / "clip.avi"
+    write_clip(clip, width=320, height=240, seconds=10, fps=10, episodes=[(0.5, 9.5)])
+
+    def pipeline(name: str) -> dict[str, object]:
+        return {"name": name, "source": {"type": "video", "uri": str(clip), "fps": 0,
+                                         "loop": True},
+                "model": {"path": str(model), "threads": "auto"}}
+
+    def config(*names: str) -> object:
+        return make_config(device_id="dev", state_dir=str(tmp_path / "state"),
+                           pipelines=[pipeline(n) for n in names])
+
+    seal = new_seal()
+    cfg = config("one")
+    guard = EgressGuard(RecordingTransport(), "edge-agent", "dev", None, seal)
+    pipes = set_mod.PipelineSet(cfg, seal, guard, Metrics(), None,  # type: ignore[arg-type]
+                                on_state=lambda _s: None)
+
+    def decided(name: str, previous: PipelineTrial | None) -> PipelineTrial:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            trial = pipes.units[name].pipeline.thread_trial
+            if trial is not None and trial is not previous and trial.choice is not None:
+                return trial
+            time.sleep(0.05)
+        raise AssertionError(f"{name}: no trial decided within 90 s")
+
+    try:
+        pipes.start_all()
+        first = decided("one", None)
+        assert pipes.apply(config("one", "two")) == ["added two"]  # type: ignore[arg-type]
+        again = decided("one", first)
+        assert again.load_choice.candidates == (1, 2)
+        two_load = pipes.units["two"].pipeline.bundle.thread_choice
+        assert two_load is not None and budgets == [two_load.threads]  # two as loaded
+        decided("two", None)
+        assert pipes.units["one"].pipeline.thread_trial is again  # asked once, not per frame
+    finally:
+        pipes.stop_all()
