@@ -85,6 +85,9 @@ class ThreadChoice:
             tried = ", ".join(f"{n}: {fps:.1f} fps, {self.pipeline_cpu_ms.get(n, 0.0):.2f} ms CPU"
                               for n, fps in sorted(self.pipeline_fps.items()))
             return f"threads auto -> {self.threads} in the pipeline (per frame {tried})"
+        if not self.median_ms:  # one candidate: nothing was measured
+            return (f"threads auto -> {self.threads} (the only count: the process's CPUs "
+                    "less the other pipelines' interpreter threads leave no more)")
         tried = ", ".join(f"{n}: {ms:.2f} ms" for n, ms in sorted(self.median_ms.items()))
         return f"threads auto -> {self.threads} (median invoke {tried})"
 

@@ -41,6 +41,9 @@ def test_pick_records_every_candidate_and_follows_the_rule(model: object) -> Non
 def test_one_cpu_left_means_one_thread_without_measuring(model: object) -> None:
     choice = pick_threads(model, budget=1)  # type: ignore[arg-type]
     assert (choice.threads, choice.candidates, choice.median_ms) == (1, (1,), {})
+    # the log line says why, rather than an empty list of measurements
+    assert choice.describe() == ("threads auto -> 1 (the only count: the process's CPUs less "
+                                 "the other pipelines' interpreter threads leave no more)")
 
 
 def test_load_bundle_runs_with_the_picked_count(model: object) -> None:
