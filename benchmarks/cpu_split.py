@@ -170,11 +170,17 @@ def idle(work: Path) -> dict[str, Any]:
         packets.append(packet.reshape(-1).copy())
     cap.release()
     cfg = MotionConfig(enabled=True)
-    raw_small = [EncodedImage.yuyv(b, width, height).reduced(cfg.width) for b in raw]
-    factor = reduce_factor(width, cfg.width)
-    flag = {2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4,
-            8: cv2.IMREAD_REDUCED_COLOR_8}.get(factor, cv2.IMREAD_COLOR)
-    jpeg_small = [cv2.imdecode(p, flag) for p in packets]
+    # a new EncodedImage per call, as the pipeline makes per frame (it caches its decode)
+    def raw_reduced(b: Any) -> Any:
+        return EncodedImage.yuyv(b, width, height).reduced(cfg.width)
+
+    def jpeg(p: Any) -> EncodedImage:
+        image = EncodedImage.jpeg(p)
+        assert image is not None  # the clip's own packets
+        return image
+
+    raw_small = [raw_reduced(b) for b in raw]
+    jpeg_small = [jpeg(p).reduced(cfg.width) for p in packets]
 
     def gate_us(smalls: list[Any]) -> float:
         gate = MotionGate(cfg)
@@ -183,16 +189,15 @@ def idle(work: Path) -> dict[str, Any]:
 
     return {"frame": f"{width}x{height}", "frames": len(raw),
             "raw_copy_us": _cpu_us(lambda b: b.copy(), raw),
-            "raw_reduced_us": _cpu_us(
-                lambda b: EncodedImage.yuyv(b, width, height).reduced(cfg.width), raw),
+            "raw_reduced_us": _cpu_us(raw_reduced, raw),
             "raw_gate_us": gate_us(raw_small),
             "raw_full_convert_us": _cpu_us(lambda b: EncodedImage.yuyv(b, width, height)
                                            .decode(), raw),
             "jpeg_packet_bytes": int(np.median([p.size for p in packets])),
-            f"jpeg_reduced_1_{factor}_us": _cpu_us(lambda p: cv2.imdecode(p, flag), packets),
+            f"jpeg_reduced_1_{reduce_factor(width, cfg.width)}_us":
+                _cpu_us(lambda p: jpeg(p).reduced(cfg.width), packets),
             "jpeg_gate_us": gate_us(jpeg_small),
-            "jpeg_full_decode_us": _cpu_us(lambda p: cv2.imdecode(p, cv2.IMREAD_COLOR),
-                                           packets)}
+            "jpeg_full_decode_us": _cpu_us(lambda p: jpeg(p).decode(), packets)}
 
 
 def main(argv: list[str] | None = None) -> int:
