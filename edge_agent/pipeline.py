@@ -159,11 +159,10 @@ def _thread_choice(bundle: ModelBundle, trial: ThreadChoice | None) -> dict[str,
 
 
 def _new_trial(bundle: ModelBundle, slot: TrialSlot | None,
-               choice: ThreadChoice | None = None) -> PipelineTrial | None:
+               choice: ThreadChoice | None) -> PipelineTrial | None:
     """``threads: auto`` with more than one candidate, on a runtime that can change its CPU
-    interpreter: the trial of the candidates in the running pipeline (``choice``: what a
-    trial made again starts from; default the pick at load)."""
-    choice = choice or getattr(bundle, "thread_choice", None)
+    interpreter: the trial of the candidates in the running pipeline (``choice``: the pick at
+    load, or what a trial made again starts from; None: no trial)."""
     if choice is None or len(choice.candidates) < 2 \
             or not hasattr(bundle.runtime, "cpu_variant"):
         return None
@@ -309,7 +308,8 @@ class Pipeline:
         self.on_target_change: Callable[[str, TargetChange], None] | None = None
         self._hook_targets(bundle)
         self._trial_slot = trial_slot
-        self._trial = _new_trial(bundle, trial_slot)  # threads: auto, on the real frames
+        # threads: auto, tried again on the real frames
+        self._trial = _new_trial(bundle, trial_slot, getattr(bundle, "thread_choice", None))
         self._settled: ThreadChoice | None = None  # an earlier trial's outcome, same model
         self._retry_budget: int | None = None  # try_threads_again() asked, not yet done
 
@@ -351,8 +351,8 @@ class Pipeline:
         if old is not None:
             old.abort()
             self._settled = old.choice or self._settled
-        choice = choice_again(load, int(bundle.runtime.info.threads), budget)
-        self._trial = None if choice is None else _new_trial(bundle, self._trial_slot, choice)
+        self._trial = _new_trial(bundle, self._trial_slot,
+                                 choice_again(load, int(bundle.runtime.info.threads), budget))
         if self._trial is not None:
             logger.info("pipeline %s: threads auto: the pipelines changed; trying %s threads "
                         "again", self.name, ", ".join(map(str, self._trial.load_choice.candidates)))
@@ -419,7 +419,8 @@ class Pipeline:
         if self._trial is not None:
             self._trial.abort()
         old, self._bundle = self._bundle, bundle
-        self._trial, self._settled = _new_trial(bundle, self._trial_slot), None
+        self._trial = _new_trial(bundle, self._trial_slot, getattr(bundle, "thread_choice", None))
+        self._settled = None
         self._hook_targets(old, hook=False)
         logger.info("pipeline %s: now serving %s v%d (%s)", self.name, bundle.ref.name,
                     bundle.ref.version, bundle.ref.sha256[:12])
